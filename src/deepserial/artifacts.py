@@ -1,0 +1,127 @@
+"""Saving and loading models: one safetensors file whose header carries a JSON manifest.
+
+A shipped model is a single ``.safetensors`` file (a format that cannot execute code on load, unlike
+pickle). Its metadata holds the manifest: network name, input shape, class count, normalisation,
+scheme, serial-number geometry, provenance (dataset, seed, versions) and an integrity block:
+
+- ``sha256``: SHA-256 over the canonical manifest (without the integrity block) and every tensor's
+  name, dtype, shape and bytes. Any change to weights or manifest, and any truncation, is refused on
+  load with :class:`~deepserial.errors.IntegrityError`.
+- ``signature`` (optional): the owner's signature over that digest. A digest alone stops accidents
+  and naive edits; someone who rewrites the file can recompute it, so a party who holds the owner's
+  public key checks the signature too (``load_model(..., owner=identity)``).
+
+Files are written atomically: a reader sees the previous file or the complete new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from deepserial.errors import IdentityError, IntegrityError
+from deepserial.identity import OwnerIdentity, atomic_write
+from deepserial.nets import SplitNet, create_model
+
+FORMAT = "deepserial-model/1"
+
+
+@dataclass
+class LoadedModel:
+    """A model read back from disk with its verified manifest."""
+
+    model: SplitNet
+    manifest: dict[str, Any]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.manifest["input_shape"])  # type: ignore[return-value]
+
+
+def _digest(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    body = {k: v for k, v in manifest.items() if k != "integrity"}
+    h.update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"\x00{name}\x00{t.dtype}\x00{tuple(t.shape)}\x00".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_model(path: str | Path, model: SplitNet, manifest: dict[str, Any],
+               owner: OwnerIdentity | None = None) -> dict[str, Any]:
+    """Write ``model`` with ``manifest`` (which must name ``arch``, ``input_shape``, ``num_classes``)
+    to ``path``; sign the digest when ``owner`` is given. Returns the manifest as written."""
+    for key in ("arch", "input_shape", "num_classes"):
+        if key not in manifest:
+            raise ValueError(f"manifest lacks {key!r}")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    man = dict(manifest, format=FORMAT)
+    man.pop("integrity", None)
+    digest = _digest(man, tensors)
+    man["integrity"] = {"sha256": digest}
+    if owner is not None:
+        man["integrity"]["signature"] = owner.sign(bytes.fromhex(digest)).hex()
+        man["integrity"]["owner_fingerprint"] = owner.fingerprint()
+    atomic_write(path, st_save(tensors, metadata={"deepserial": json.dumps(man, sort_keys=True)}))
+    return man
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a model file, after checking the file's integrity."""
+    return _read(path)[0]
+
+
+def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise IntegrityError(f"cannot read model file {path}: {e.strerror}") from None
+    try:
+        tensors = st_load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8: 8 + header_len])
+        man = json.loads(header["__metadata__"]["deepserial"])
+    except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        raise IntegrityError(
+            f"{path} is not a deepserial model file or is truncated/corrupt; ask the vendor for a fresh copy"
+        ) from None
+    if man.get("format") != FORMAT:
+        raise IntegrityError(f"{path} has format {man.get('format')!r}, expected {FORMAT!r}")
+    want = man.get("integrity", {}).get("sha256")
+    if not want or _digest(man, tensors) != want:
+        raise IntegrityError(
+            f"{path} failed its integrity check (weights or manifest were modified); do not use this file"
+        )
+    return man, tensors
+
+
+def load_model(path: str | Path, owner: OwnerIdentity | None = None) -> LoadedModel:
+    """Load and verify a model file; with ``owner``, also require the owner's signature on it."""
+    man, tensors = _read(path)
+    if owner is not None:
+        sig = man["integrity"].get("signature")
+        if not sig:
+            raise IntegrityError(f"{path} carries no owner signature; it was not issued by this owner")
+        try:
+            owner.verify(bytes.fromhex(man["integrity"]["sha256"]), bytes.fromhex(sig))
+        except IdentityError:
+            raise IntegrityError(f"{path}: the owner signature does not verify; the file was not issued "
+                                 "by this owner or was re-written") from None
+    model = create_model(man["arch"], man["input_shape"], int(man["num_classes"]))
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError:
+        raise IntegrityError(f"{path}: weights do not match network {man['arch']!r}") from None
+    model.eval()
+    return LoadedModel(model, man)

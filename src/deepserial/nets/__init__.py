@@ -1,0 +1,141 @@
+"""Networks of the papers' appendices, by name, through one registry.
+
+``create_model("dsn_mnist", input_shape=(1, 28, 28), num_classes=10)`` builds a network whose layer
+sizes adapt to the input shape and class count. Every network is a :class:`SplitNet`: a feature
+extractor ``features`` (DSN's Ge, ending in the penultimate activation) and a ``classifier`` (Gy),
+because DSN trains a second head on Ge, DeepSigns reads the penultimate activations, and transfer
+learning replaces the classifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from deepserial.errors import ConfigError, GeometryError
+
+__all__ = ["SplitNet", "create_model", "available_models", "register", "visible_mask", "check_visible"]
+
+
+class SplitNet(nn.Module):
+    """A classifier split into Ge (``features``: input -> penultimate vector) and Gy (``classifier``)."""
+
+    def __init__(self, features: nn.Module, classifier: nn.Module, feature_dim: int) -> None:
+        super().__init__()
+        self.features = features
+        self.classifier = classifier
+        self.feature_dim = feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+_REGISTRY: dict[str, tuple[Callable[[tuple[int, int, int], int], SplitNet], str]] = {}
+
+
+def register(name: str, doc: str) -> Callable:
+    """Decorator: add a builder ``(input_shape, num_classes) -> SplitNet`` to the registry."""
+
+    def deco(fn: Callable[[tuple[int, int, int], int], SplitNet]) -> Callable:
+        _REGISTRY[name] = (fn, doc)
+        return fn
+
+    return deco
+
+
+def available_models() -> dict[str, str]:
+    return {k: v[1] for k, v in sorted(_REGISTRY.items())}
+
+
+def create_model(name: str, input_shape: Sequence[int], num_classes: int) -> SplitNet:
+    """Build a registered network for inputs of shape (C, H, W) and ``num_classes`` outputs."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown network {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise ConfigError(f"input shape must be (C, H, W), got {tuple(input_shape)}")
+    if num_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+    return _REGISTRY[name][0](tuple(int(s) for s in input_shape), int(num_classes))
+
+
+def _flat_dim(body: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    with torch.no_grad():
+        try:
+            return int(body(torch.zeros(1, *input_shape)).flatten(1).shape[1])
+        except RuntimeError:
+            raise ConfigError(f"input shape {input_shape} is too small for this network") from None
+
+
+def _conv_stack(in_ch: int, plan: Sequence[int | str], padding: int) -> nn.Sequential:
+    """3x3 convolutions with ReLU ('M' = 2x2 max pooling), as in the papers' tables."""
+    layers: list[nn.Module] = []
+    ch = in_ch
+    for item in plan:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(ch, int(item), 3, 1, padding), nn.ReLU(inplace=True)]
+            ch = int(item)
+    return nn.Sequential(*layers)
+
+
+def _build(input_shape: tuple[int, int, int], num_classes: int, plan: Sequence[int | str],
+           hidden: int, padding: int) -> SplitNet:
+    body = _conv_stack(input_shape[0], plan, padding)
+    flat = _flat_dim(body, input_shape)
+    features = nn.Sequential(body, nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(inplace=True))
+    return SplitNet(features, nn.Linear(hidden, num_classes), hidden)
+
+
+@register("dsn_mnist", "DSN Table 7: 2 x (conv 32 3x3 valid + maxpool) + FC 120 + FC classes (the paper's MNIST net)")
+def dsn_mnist(input_shape: tuple[int, int, int], num_classes: int) -> SplitNet:
+    return _build(input_shape, num_classes, [32, "M", 32, "M"], 120, padding=0)
+
+
+@register("dsn_gtsrb", "DSN Table 8: 3 x (2 conv 3x3 same + maxpool), 32-64-128 channels, FC 512 + FC classes")
+def dsn_gtsrb(input_shape: tuple[int, int, int], num_classes: int) -> SplitNet:
+    # Six valid 3x3 convolutions would shrink a 32x32 input to nothing; the table's sizes only work
+    # with "same" padding, so this net pads (Table 7 keeps the valid convolutions it can afford).
+    return _build(input_shape, num_classes, [32, 32, "M", 64, 64, "M", 128, 128, "M"], 512, padding=1)
+
+
+def visible_mask(model: nn.Module, input_shape: Sequence[int], samples: int = 8, seed: int = 0) -> torch.Tensor:
+    """Boolean (H, W) mask of input pixels that influence the output of ``model`` as built.
+
+    A pixel is visible when the gradient of the summed logits with respect to it is non-zero for
+    at least one of ``samples`` random inputs (all channels pooled). Pixels cropped away by valid
+    convolutions and flooring pooling have an exactly-zero gradient for every input.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(samples, *input_shape, generator=g).requires_grad_(True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = model(x)
+            (grad,) = torch.autograd.grad(out.sum(), x)
+    finally:
+        model.train(was_training)
+    return grad.abs().sum(dim=(0, 1)) > 0
+
+
+def check_visible(model: nn.Module, geometry, input_shape: Sequence[int]) -> None:
+    """Refuse a serial-number geometry with pixels the network can never see.
+
+    A bit the network cannot see cannot be checked: keys that differ only there unlock the model
+    (the DSN Table 7 net ignores input rows and columns 26-27 of a 28x28 image).
+    """
+    geometry.check_fits(tuple(input_shape))
+    mask = visible_mask(model, input_shape)
+    region = mask[geometry.top: geometry.top + geometry.height, geometry.left: geometry.left + geometry.width]
+    if not bool(region.all()):
+        blind = int((~region).sum())
+        rows = torch.nonzero(mask.any(dim=1)).flatten()
+        cols = torch.nonzero(mask.any(dim=0)).flatten()
+        raise GeometryError(
+            f"{blind} of the {geometry.nbits} serial-number pixels ({geometry.describe()}) never reach the "
+            f"network's output; this network sees rows {int(rows.min())}-{int(rows.max())} and columns "
+            f"{int(cols.min())}-{int(cols.max())}: move the serial number inside that field"
+        )

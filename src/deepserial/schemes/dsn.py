@@ -1,0 +1,321 @@
+"""Deep Serial Number (DSN): a customer model that works only with its serial number.
+
+Tang, Du, Hu. "Deep Serial Number: Computational Watermarking for DNN Intellectual Property
+Protection." arXiv:2011.08960 (v1 2020; ECML-PKDD 2023 version v3).
+
+A private teacher is trained first; each customer's student is distilled from it (Eq. 1, 3) on inputs
+stamped with that customer's serial number (Eq. 7), while on inputs without the valid serial number
+it must behave like random guessing (Eq. 2). Two modes:
+
+``paper``
+    §2.2 exactly: a second head Gd sits behind a gradient reversal layer (GRL) on the features Ge(x)
+    of raw inputs and is trained with cross-entropy on the true labels (Eq. 5, 6); the GRL multiplies
+    the gradient flowing into Ge by ``-grl_coefficient`` (the paper does not give the value).
+``default`` (this project's)
+    The calibration in DESIGN.md found that the GRL head alone does not make raw accuracy drop, and
+    that serial numbers one bit away are the hard part. The default mode trains the student's own
+    output towards the uniform distribution (KL(U || P_S), i.e. "random guessing") on raw inputs, on
+    random wrong serial numbers and on Hamming-1 and Hamming-2 neighbours of the valid one, and keeps
+    the GRL head at a small weight, which lowers what a linear probe recovers from the features of
+    raw inputs (a lever against transfer learning). The 2023 version of the paper also trains the
+    invalid branch on wrong patterns.
+
+The shipped customer model is Ge + Gy only (no Gd, no serial number inside).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from deepserial.data import TensorData
+from deepserial.errors import GeometryError
+from deepserial.nets import SplitNet, check_visible, visible_mask
+from deepserial.serial import SerialGeometry, SerialNumber, stamp, stamp_many
+from deepserial.training import Batch, LossOut, TrainConfig, TrainLog, fit, predict_logits
+
+SCHEME = "dsn"
+
+
+class DSNConfig(BaseModel):
+    """Settings of DSN student training (validated; unknown keys are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["default", "paper"] = "default"
+    temperature: float = Field(2.0, gt=0, description="distillation temperature T (Eq. 1, 3)")
+    grl_coefficient: float = Field(1.0, ge=0, description="GRL gradient multiplier lambda (§2.2)")
+    gd_weight: float = Field(1.0, ge=0, description="weight of the Gd cross-entropy (Eq. 5)")
+    uniform_weight: float = Field(1.0, ge=0, description="default mode: weight of KL(U || P_S) on invalid inputs")
+    invalid_ratio: float = Field(1.0, gt=0, description="invalid inputs per valid one in a batch (paper: 1)")
+    mix_raw: float = Field(0.2, ge=0)
+    mix_random: float = Field(0.2, ge=0)
+    mix_hamming1: float = Field(0.4, ge=0)
+    mix_hamming2: float = Field(0.2, ge=0)
+
+    @model_validator(mode="after")
+    def _mix(self) -> DSNConfig:
+        if self.mode == "default" and self.mix_raw + self.mix_random + self.mix_hamming1 + self.mix_hamming2 <= 0:
+            raise ValueError("at least one of mix_raw, mix_random, mix_hamming1, mix_hamming2 must be > 0")
+        return self
+
+    @classmethod
+    def paper(cls, **kw: float) -> DSNConfig:
+        """§2.2 as written: raw inputs only on the invalid side, Gd behind a GRL, no uniform loss."""
+        return cls(mode="paper", **kw)
+
+    @classmethod
+    def default(cls, **kw: float) -> DSNConfig:
+        return cls(mode="default", grl_coefficient=1.0, gd_weight=0.1, **kw)
+
+
+class _GradReverse(torch.autograd.Function):
+    """Identity forward; gradient multiplied by ``-coefficient`` backward (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, coefficient: float) -> torch.Tensor:  # noqa: ANN001
+        ctx.coefficient = coefficient
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        return -ctx.coefficient * grad, None
+
+
+def grad_reverse(x: torch.Tensor, coefficient: float) -> torch.Tensor:
+    return _GradReverse.apply(x, coefficient)
+
+
+class DSNTrainNet(nn.Module):
+    """The two-branch training network of Fig. 1: Ge shared, Gy (shipped) and Gd (kept, then dropped).
+
+    One ``forward`` returns both heads' logits so the shared training loop can wrap it in DDP.
+    """
+
+    def __init__(self, student: SplitNet, grl_coefficient: float) -> None:
+        super().__init__()
+        self.student = student
+        self.gd = nn.Linear(student.feature_dim, student.classifier.out_features)
+        self.grl_coefficient = grl_coefficient
+
+    def forward(self, x: torch.Tensor, n_gd: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of Gy on all of ``x``, and of Gd(GRL(Ge)) on its last ``n_gd`` rows."""
+        e = self.student.features(x)
+        y = self.student.classifier(e)
+        d = self.gd(grad_reverse(e[len(e) - n_gd:], self.grl_coefficient)) if n_gd else y[:0]
+        return y, d
+
+
+@dataclass
+class WrongKeys:
+    """Precomputed invalid serial numbers that training samples from."""
+
+    hamming1: torch.Tensor
+    hamming2: torch.Tensor
+
+
+def _counts(n: int, cfg: DSNConfig) -> dict[str, int]:
+    total = int(round(n * cfg.invalid_ratio))
+    if cfg.mode == "paper":
+        return {"raw": total, "random": 0, "hamming1": 0, "hamming2": 0}
+    weights = {"raw": cfg.mix_raw, "random": cfg.mix_random, "hamming1": cfg.mix_hamming1,
+               "hamming2": cfg.mix_hamming2}
+    s = sum(weights.values())
+    counts = {k: int(math.floor(total * w / s)) for k, w in weights.items()}
+    counts[max(weights, key=weights.get)] += total - sum(counts.values())  # type: ignore[arg-type]
+    return counts
+
+
+def make_student_loss(serial: SerialNumber, teacher_logits: torch.Tensor, cfg: DSNConfig, num_classes: int):
+    """The per-batch DSN loss for the shared training loop.
+
+    Each batch of n images becomes n inputs stamped with the valid serial number (distilled towards
+    the teacher's soft labels at temperature T) plus ``invalid_ratio * n`` invalid inputs (raw, and in
+    default mode also random wrong and Hamming-1/2 serial numbers) on which Gy is pushed to uniform
+    (default mode) and Gd, behind the GRL, learns the true label (both modes).
+    """
+    geometry = serial.geometry
+    valid = serial.as_tensor()
+    wrong = WrongKeys(serial.hamming_neighbours(1), serial.hamming_neighbours(2) if geometry.nbits >= 2
+                      else serial.hamming_neighbours(1))
+    T = cfg.temperature
+    log_c = math.log(num_classes)
+
+    def loss_fn(net: nn.Module, batch: Batch) -> LossOut:
+        x, y = batch.x, batch.y
+        n = len(x)
+        dev = x.device
+        counts = _counts(n, cfg)
+        parts = [stamp(x, geometry, valid)]
+        labels = []
+        pick = torch.randint(0, n, (sum(counts.values()),), device=dev)
+        off = 0
+        for kind, k in counts.items():
+            if k == 0:
+                continue
+            xi = x[pick[off: off + k]]
+            if kind == "raw":
+                parts.append(xi)
+            else:
+                if kind == "random":
+                    bits = torch.randint(0, 2, (k, geometry.height, geometry.width), device=dev).float()
+                    same = (bits == valid.to(dev)).flatten(1).all(1)
+                    bits[same] = wrong.hamming1[0].to(dev)  # a random pattern equal to the key is replaced
+                else:
+                    pool = wrong.hamming1 if kind == "hamming1" else wrong.hamming2
+                    bits = pool[torch.randint(0, len(pool), (k,))].to(dev)
+                parts.append(stamp(xi, geometry, bits))
+            labels.append(y[pick[off: off + k]])
+            off += k
+        inputs = torch.cat(parts)
+        n_inv = len(inputs) - n
+        logits_y, logits_d = net(inputs, n_gd=n_inv if cfg.gd_weight > 0 else 0)
+        zt = teacher_logits[batch.idx].to(dev)
+        distill = F.kl_div(F.log_softmax(logits_y[:n] / T, 1), F.log_softmax(zt / T, 1), log_target=True,
+                           reduction="batchmean") * T * T
+        loss = distill
+        metrics = {"distill": float(distill.detach())}
+        if n_inv and cfg.mode == "default" and cfg.uniform_weight > 0:
+            uniform = (-F.log_softmax(logits_y[n:], 1).mean(1) - log_c).mean()
+            loss = loss + cfg.uniform_weight * uniform
+            metrics["uniform"] = float(uniform.detach())
+        if n_inv and cfg.gd_weight > 0:
+            gd = F.cross_entropy(logits_d, torch.cat(labels))
+            loss = loss + cfg.gd_weight * gd
+            metrics["gd_ce"] = float(gd.detach())
+        metrics["valid_acc"] = 100.0 * float((logits_y[:n].argmax(1) == y).float().mean())
+        return LossOut(loss, len(inputs), metrics)
+
+    return loss_fn
+
+
+def train_student(
+    student: SplitNet,
+    teacher: nn.Module,
+    data: TensorData,
+    serial: SerialNumber,
+    dsn: DSNConfig,
+    train: TrainConfig,
+) -> TrainLog:
+    """Distil ``teacher`` into ``student`` with ``serial`` embedded (in place); returns the log.
+
+    The geometry is first checked against the student as built: every serial-number pixel must
+    reach the output (see :func:`deepserial.nets.check_visible`).
+    """
+    input_shape = tuple(data.x.shape[1:])
+    check_visible(student, serial.geometry, input_shape)
+    teacher_logits = predict_logits(teacher, data.x)
+    net = DSNTrainNet(student, dsn.grl_coefficient)
+    loss_fn = make_student_loss(serial, teacher_logits, dsn, student.classifier.out_features)
+    return fit(net, data, loss_fn, train, desc="student")
+
+
+def default_geometry(model: nn.Module, input_shape: tuple[int, int, int], height: int, width: int,
+                     margin: int = 0) -> SerialGeometry:
+    """A pattern in the bottom-right corner of what the network can see, ``margin`` pixels inside.
+
+    The corner disturbs the task least (DSN §2.2: "less important position such as corners"), and
+    the visible field, not the raw image size, is what decides which corner is real.
+    """
+    mask = visible_mask(model, input_shape)
+    rows = torch.nonzero(mask.any(1)).flatten()
+    cols = torch.nonzero(mask.any(0)).flatten()
+    top = int(rows.max()) - margin - height + 1
+    left = int(cols.max()) - margin - width + 1
+    if top < int(rows.min()) or left < int(cols.min()):
+        raise GeometryError(f"a {height}x{width} serial number does not fit the network's visible field")
+    g = SerialGeometry(height, width, top, left)
+    check_visible(model, g, input_shape)
+    return g
+
+
+# ----- evaluation ----------------------------------------------------------------------------------
+@torch.no_grad()
+def key_accuracies(model: nn.Module, x: torch.Tensor, y: torch.Tensor, geometry: SerialGeometry,
+                   keys: torch.Tensor, chunk_samples: int = 65536) -> np.ndarray:
+    """Accuracy (%) of ``model`` on (x, y) stamped with each of the K keys (K, h, w): shape (K,)."""
+    device = next(model.parameters()).device
+    model.eval()
+    xd, yd = x.to(device), y.to(device)
+    n = len(x)
+    per = max(1, chunk_samples // n)
+    accs = []
+    for i in range(0, len(keys), per):
+        kb = keys[i: i + per].to(device)
+        pred = model(stamp_many(xd, geometry, kb)).argmax(1).view(len(kb), n)
+        accs.append((pred == yd.unsqueeze(0)).float().mean(1).mul(100).cpu())
+    return torch.cat(accs).numpy() if accs else np.zeros(0)
+
+
+def linear_probe(model: SplitNet, train: TensorData, test: TensorData, seed: int = 0) -> float:
+    """Accuracy (%) of a logistic regression trained on the model's features Ge(x) of raw inputs.
+
+    A transfer-learning attacker keeps Ge and fits a new head on data without the serial number; this
+    measures how much task information Ge still hands out to such an attacker.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    with torch.no_grad():
+        ftr = torch.cat([model.features(train.x[i: i + 2048]) for i in range(0, len(train), 2048)]).numpy()
+        fte = torch.cat([model.features(test.x[i: i + 2048]) for i in range(0, len(test), 2048)]).numpy()
+    scaler = StandardScaler().fit(ftr)
+    clf = LogisticRegression(max_iter=300, random_state=seed)
+    clf.fit(scaler.transform(ftr), train.y.numpy())
+    return 100.0 * float(clf.score(scaler.transform(fte), test.y.numpy()))
+
+
+def evaluate(
+    student: SplitNet,
+    serial: SerialNumber,
+    test: TensorData,
+    probe_train: TensorData,
+    *,
+    teacher: nn.Module | None = None,
+    n_wrong: int = 1000,
+    wrong_eval_samples: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Every figure DSN users care about, as a flat dict (the fields of ``dsn_report.json``).
+
+    Valid, raw, Hamming-1/2 and probe accuracies use the whole test set; random wrong keys (at least
+    1,000, or all of them when fewer exist) use ``wrong_eval_samples`` test images each when given.
+    """
+    t0 = time.perf_counter()
+    g = serial.geometry
+    x, y = test.x, test.y
+    rng = np.random.default_rng(seed)
+    out: dict = {}
+    if teacher is not None:
+        out["teacher_acc"] = _acc(teacher, x, y)
+    out["valid_sn_acc"] = float(key_accuracies(student, x, y, g, serial.as_tensor()[None])[0])
+    out["raw_acc"] = _acc(student, x, y)
+    wrong = serial.random_wrong(n_wrong, rng)
+    if wrong_eval_samples is not None and wrong_eval_samples < len(x):
+        sel = torch.from_numpy(rng.choice(len(x), wrong_eval_samples, replace=False))
+        xw, yw = x[sel], y[sel]
+    else:
+        xw, yw = x, y
+    acc_w = key_accuracies(student, xw, yw, g, wrong)
+    out |= {"wrong_sn_mean": float(acc_w.mean()), "wrong_sn_max": float(acc_w.max()),
+            "wrong_sn_count": len(wrong), "wrong_sn_eval_samples": len(xw)}
+    for d in (1, 2):
+        nb = serial.hamming_neighbours(d)
+        acc = key_accuracies(student, x, y, g, nb)
+        out |= {f"hamming{d}_mean": float(acc.mean()), f"hamming{d}_max": float(acc.max()),
+                f"hamming{d}_count": len(nb)}
+    out["probe_acc"] = linear_probe(student, probe_train, test, seed)
+    out["eval_wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return 100.0 * float((predict_logits(model, x).argmax(1) == y).float().mean())

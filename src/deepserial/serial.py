@@ -1,0 +1,310 @@
+"""Serial numbers (SN): a 0/1 bit pattern stamped at a position of the input (DSN, Tang et al., Eq. 7).
+
+A :class:`SerialNumber` is its bits plus a :class:`SerialGeometry` (height, width, position and the
+channels it covers). It can be
+
+- derived from an owner's signature (:meth:`SerialNumber.from_signature`), so that the owner can
+  always show where a serial number came from;
+- stamped on a batch (:func:`stamp`): Eq. 7 sets pixels under 1 bits to 1 and under 0 bits to 0 and
+  leaves every other pixel as it was; the null-embedding "filter" is the same operation with
+  ``values=(-lam, +lam)``;
+- written as a product key a person types (:meth:`SerialNumber.to_product_key`), and parsed back
+  exactly, with one-line errors for a wrong length, character, checksum or geometry;
+- surrounded by the wrong keys an evaluation needs: random ones and all Hamming-1/2 neighbours.
+
+Product key format (decided here; the paper has none): the bytes ``version, h, w, top, left,
+channel mask`` then the bits packed MSB-first, then the first two bytes of SHA-256 of all that as a
+checksum; encoded in Crockford base32 (digits and letters without I, L, O, U, case-insensitive,
+O read as 0 and I/L as 1) in hyphen-separated groups of five. A typo is caught by the checksum with
+probability 1 - 2^-16 instead of silently running the model with a wrong key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from deepserial.errors import GeometryError, SerialNumberError
+from deepserial.identity import derive
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
+_DECODE = {c: i for i, c in enumerate(_ALPHABET)} | {"O": 0, "I": 1, "L": 1}
+_VERSION = 1
+_HEADER = 6
+_CHECK = 2
+_GROUP = 5
+
+
+@dataclass(frozen=True)
+class SerialGeometry:
+    """Where and how big a serial number is: ``height x width`` bits with its top-left pixel at
+    ``(top, left)``, on the listed channels (empty tuple = every channel, the default)."""
+
+    height: int
+    width: int
+    top: int
+    left: int
+    channels: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.height <= 255 and 1 <= self.width <= 255):
+            raise GeometryError(f"serial number size {self.height}x{self.width} must be 1..255 on each side")
+        if not (0 <= self.top <= 255 and 0 <= self.left <= 255):
+            raise GeometryError(f"serial number position ({self.top},{self.left}) must be 0..255")
+        if any(not 0 <= c < 8 for c in self.channels) or len(set(self.channels)) != len(self.channels):
+            raise GeometryError(f"channels {self.channels} must be distinct indices 0..7 (empty = all)")
+
+    @property
+    def nbits(self) -> int:
+        return self.height * self.width
+
+    def check_fits(self, input_shape: Sequence[int]) -> None:
+        """Raise unless the pattern lies inside an input of shape (C, H, W)."""
+        c, h, w = input_shape
+        if self.top + self.height > h or self.left + self.width > w:
+            raise GeometryError(
+                f"a {self.height}x{self.width} serial number at ({self.top},{self.left}) does not fit "
+                f"a {h}x{w} input; choose a smaller size or another position"
+            )
+        if any(ch >= c for ch in self.channels):
+            raise GeometryError(f"serial number channels {self.channels} do not exist in a {c}-channel input")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"height": self.height, "width": self.width, "top": self.top, "left": self.left,
+                "channels": list(self.channels)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SerialGeometry:
+        return cls(int(d["height"]), int(d["width"]), int(d["top"]), int(d["left"]),
+                   tuple(int(c) for c in d.get("channels", ())))
+
+    def describe(self) -> str:
+        ch = "all channels" if not self.channels else f"channels {list(self.channels)}"
+        return f"{self.height}x{self.width} at ({self.top},{self.left}), {ch}"
+
+
+@dataclass(frozen=True)
+class SerialNumber:
+    """A serial number: its geometry and its bits (a ``height x width`` array of 0/1)."""
+
+    geometry: SerialGeometry
+    bits: np.ndarray = field(repr=False)
+
+    def __post_init__(self) -> None:
+        b = np.asarray(self.bits)
+        if b.shape != (self.geometry.height, self.geometry.width):
+            raise SerialNumberError(
+                f"serial number bits have shape {b.shape}, expected {(self.geometry.height, self.geometry.width)}"
+            )
+        if not np.isin(b, (0, 1)).all():
+            raise SerialNumberError("serial number bits must be 0 or 1")
+        object.__setattr__(self, "bits", b.astype(np.uint8))
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, SerialNumber) and self.geometry == other.geometry
+                and bool(np.array_equal(self.bits, other.bits)))
+
+    def __hash__(self) -> int:
+        return hash((self.geometry, self.bits.tobytes()))
+
+    # ----- derivation ------------------------------------------------------------------------------
+    @classmethod
+    def from_signature(cls, signature: bytes, geometry: SerialGeometry) -> SerialNumber:
+        """The serial number an owner's signature determines for this geometry.
+
+        Patterns whose share of 1 bits lies outside [1/3, 2/3] are skipped (the next candidate is
+        derived with a counter): on inputs with a dark or bright background a pattern of almost all
+        0s or all 1s is nearly the raw input itself, i.e. a serial number a few bits away from "no
+        serial number at all".
+        """
+        n = geometry.nbits
+        lo, hi = math.ceil(n / 3), math.floor(2 * n / 3)
+        if lo > hi:  # 1 or 2 bits: no balanced pattern exists; take any nonzero one
+            lo, hi = 1, n
+        for attempt in range(10_000):
+            raw = derive(signature, f"serial-number/bits/{attempt}", (n + 7) // 8)
+            bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[:n]
+            if lo <= int(bits.sum()) <= hi:
+                return cls(geometry, bits.reshape(geometry.height, geometry.width))
+        raise SerialNumberError("could not derive a balanced serial number")  # pragma: no cover
+
+    # ----- product key -----------------------------------------------------------------------------
+    def to_product_key(self) -> str:
+        """The grouped base32 form a customer types, e.g. ``0G3K2-8M0Q1-...``."""
+        g = self.geometry
+        mask = sum(1 << c for c in g.channels)
+        payload = bytes([_VERSION, g.height, g.width, g.top, g.left, mask])
+        payload += np.packbits(self.bits.reshape(-1)).tobytes()
+        payload += hashlib.sha256(payload).digest()[:_CHECK]
+        chars = _b32encode(payload)
+        return "-".join(chars[i: i + _GROUP] for i in range(0, len(chars), _GROUP))
+
+    @classmethod
+    def from_product_key(cls, key: str, expect: SerialGeometry | None = None) -> SerialNumber:
+        """Parse a product key; with ``expect``, also refuse a key made for another geometry."""
+        if not isinstance(key, str) or not key.strip():
+            raise SerialNumberError("empty product key; type the key you were given, e.g. 0G3K2-8M0Q1-...")
+        chars = re.sub(r"[\s\-]", "", key).upper()
+        for i, ch in enumerate(chars):
+            if ch not in _DECODE:
+                raise SerialNumberError(
+                    f"product key character {ch!r} at position {i + 1} is not allowed "
+                    "(allowed: digits and letters except I, L, O, U); check for a typo"
+                )
+        min_chars = math.ceil((_HEADER + 1 + _CHECK) * 8 / 5)
+        if len(chars) < min_chars:
+            raise SerialNumberError(
+                f"product key has {len(chars)} characters, at least {min_chars} expected; it is incomplete"
+            )
+        head = _b32decode(chars[: math.ceil(_HEADER * 8 / 5)])[:_HEADER]
+        version, h, w, top, left, mask = head
+        if version != _VERSION:
+            raise SerialNumberError(f"product key version {version} is not supported (this is v{_VERSION})")
+        if h == 0 or w == 0:
+            raise SerialNumberError("product key is corrupt (zero-sized serial number); check for a typo")
+        nbytes = _HEADER + (h * w + 7) // 8 + _CHECK
+        want = math.ceil(nbytes * 8 / 5)
+        if len(chars) != want:
+            raise SerialNumberError(
+                f"product key has {len(chars)} characters, expected {want} for a {h}x{w} serial number; "
+                "a character is missing or extra"
+            )
+        data = _b32decode(chars)
+        if len(data) < nbytes or any(data[nbytes:]) or _pad_bits(chars, nbytes):
+            raise SerialNumberError("product key checksum does not match; check for a typo")
+        payload, check = data[: nbytes - _CHECK], data[nbytes - _CHECK: nbytes]
+        if hashlib.sha256(payload).digest()[:_CHECK] != check:
+            raise SerialNumberError("product key checksum does not match; check for a typo")
+        channels = tuple(c for c in range(8) if mask >> c & 1)
+        try:
+            geometry = SerialGeometry(h, w, top, left, channels)
+        except Exception as e:
+            raise SerialNumberError(f"product key encodes an invalid geometry: {e}") from None
+        bits = np.unpackbits(np.frombuffer(payload[_HEADER:], dtype=np.uint8))[: h * w].reshape(h, w)
+        sn = cls(geometry, bits)
+        if expect is not None and geometry != expect:
+            raise SerialNumberError(
+                f"this product key is for a serial number {geometry.describe()}, but the model expects "
+                f"{expect.describe()}; use the key issued with this model"
+            )
+        return sn
+
+    # ----- wrong keys for evaluation ---------------------------------------------------------------
+    def as_tensor(self) -> torch.Tensor:
+        return torch.from_numpy(self.bits.astype(np.float32))
+
+    def random_wrong(self, n: int, rng: np.random.Generator) -> torch.Tensor:
+        """``n`` distinct random bit patterns other than this one, shape (n, h, w); all of them when
+        fewer than ``n`` wrong patterns exist."""
+        nbits = self.geometry.nbits
+        own = int("".join(map(str, self.bits.reshape(-1))), 2)
+        if nbits <= 20 and 2**nbits - 1 <= n:
+            codes = np.array([c for c in range(2**nbits) if c != own], dtype=np.int64)
+            return _codes_to_bits(codes, self.geometry)
+        out: set[bytes] = set()
+        rows = []
+        own_bytes = self.bits.reshape(-1).tobytes()
+        while len(rows) < n:
+            cand = rng.integers(0, 2, size=(n, nbits), dtype=np.uint8)
+            for r in cand:
+                b = r.tobytes()
+                if b != own_bytes and b not in out:
+                    out.add(b)
+                    rows.append(r)
+                    if len(rows) == n:
+                        break
+        return torch.from_numpy(np.stack(rows).astype(np.float32)).view(n, *self.bits.shape)
+
+    def hamming_neighbours(self, distance: int) -> torch.Tensor:
+        """Every pattern exactly ``distance`` bits away from this one, shape (K, h, w)."""
+        flat = self.bits.reshape(-1)
+        combos = list(itertools.combinations(range(flat.size), distance))
+        out = np.repeat(flat[None, :], len(combos), axis=0)
+        for row, idx in enumerate(combos):
+            out[row, list(idx)] ^= 1
+        return torch.from_numpy(out.astype(np.float32)).view(len(combos), *self.bits.shape)
+
+
+def stamp(
+    x: torch.Tensor,
+    geometry: SerialGeometry,
+    bits: torch.Tensor | np.ndarray,
+    values: tuple[float, float] = (0.0, 1.0),
+) -> torch.Tensor:
+    """Eq. 7 of DSN on a batch: a copy of ``x`` (N, C, H, W) with the pattern written in.
+
+    ``bits`` is one pattern (h, w), applied to every sample, or one per sample (N, h, w). Pixels
+    under 0 bits become ``values[0]``, under 1 bits ``values[1]``; null embedding uses
+    ``(-lam, lam)``. To stamp K patterns on the same N inputs, use :func:`stamp_many`.
+    """
+    if x.dim() != 4:
+        raise GeometryError(f"stamp expects a batch (N, C, H, W), got shape {tuple(x.shape)}")
+    geometry.check_fits(tuple(x.shape[1:]))
+    b = torch.as_tensor(bits, dtype=x.dtype, device=x.device)
+    if b.dim() == 2:
+        b = b.unsqueeze(0)
+    if b.shape[-2:] != (geometry.height, geometry.width) or b.shape[0] not in (1, x.shape[0]):
+        raise GeometryError(f"bits of shape {tuple(b.shape)} do not match geometry {geometry.describe()}")
+    lo, hi = values
+    patch = (lo + (hi - lo) * b).unsqueeze(1)  # (N|1, 1, h, w)
+    out = x.clone()
+    g = geometry
+    rows, cols = slice(g.top, g.top + g.height), slice(g.left, g.left + g.width)
+    if g.channels:
+        for c in g.channels:
+            out[:, c: c + 1, rows, cols] = patch
+    else:
+        out[:, :, rows, cols] = patch.expand(-1, x.shape[1], -1, -1)
+    return out
+
+
+def stamp_many(x: torch.Tensor, geometry: SerialGeometry, bits: torch.Tensor) -> torch.Tensor:
+    """Stamp each of K patterns (K, h, w) on all N inputs: returns (K * N, C, H, W), key-major."""
+    k, n = bits.shape[0], x.shape[0]
+    xs = x.unsqueeze(0).expand(k, *x.shape).reshape(k * n, *x.shape[1:])
+    per_sample = bits.to(x.device).repeat_interleave(n, dim=0)
+    return stamp(xs, geometry, per_sample)
+
+
+def bits_from_strings(rows: Iterable[str]) -> np.ndarray:
+    """Bits from rows like ``["101", "010"]``: a helper for tests and configs."""
+    return np.array([[int(c) for c in r] for r in rows], dtype=np.uint8)
+
+
+def _codes_to_bits(codes: np.ndarray, g: SerialGeometry) -> torch.Tensor:
+    shifts = np.arange(g.nbits - 1, -1, -1, dtype=np.int64)
+    bits = (codes[:, None] >> shifts[None, :]) & 1
+    return torch.from_numpy(bits.astype(np.float32)).view(len(codes), g.height, g.width)
+
+
+def _b32encode(data: bytes) -> str:
+    n = int.from_bytes(data, "big")
+    nbits = len(data) * 8
+    nchars = math.ceil(nbits / 5)
+    n <<= nchars * 5 - nbits
+    return "".join(_ALPHABET[(n >> (5 * (nchars - 1 - i))) & 31] for i in range(nchars))
+
+
+def _b32decode(chars: str) -> bytes:
+    n = 0
+    for ch in chars:
+        n = n << 5 | _DECODE[ch]
+    nbits = len(chars) * 5
+    nbytes = nbits // 8
+    return (n >> (nbits - nbytes * 8)).to_bytes(nbytes, "big")
+
+
+def _pad_bits(chars: str, nbytes: int) -> int:
+    """The value of the padding bits past ``nbytes`` (must be 0 in a well-formed key)."""
+    n = 0
+    for ch in chars:
+        n = n << 5 | _DECODE[ch]
+    extra = len(chars) * 5 - nbytes * 8
+    return n & ((1 << extra) - 1) if extra > 0 else 0

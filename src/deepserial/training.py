@@ -1,0 +1,242 @@
+"""The one training loop every scheme and attack plugs into.
+
+A scheme does not write its own loop: it hands :func:`fit` a module and a :data:`BatchLoss`, a
+function from ``(module, batch)`` to a :class:`LossOut` (the loss to minimise, how many samples went
+through a forward pass, and any metrics to log). The loop owns everything else: seeding, device
+placement, shuffling (through ``DistributedSampler``, so the same code shards data when launched with
+``torchrun``), DistributedDataParallel wrapping, Adam with the papers' "divide by 10 on plateau"
+schedule, a progress bar that scripts can silence, per-epoch logs, callbacks for learning curves and
+resumable checkpoints.
+
+Under DDP a loss function must call the module it is given (the DDP wrapper), not submodules of the
+underlying network, or gradients are not synchronised; schemes that need several heads therefore
+wrap them in one module whose ``forward`` returns all outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DistributedSampler
+from tqdm.auto import tqdm
+
+from deepserial.data import TensorData
+from deepserial.errors import ConfigError
+
+
+@dataclass
+class Batch:
+    """One mini-batch: inputs, labels, and the indices of the samples in the training set (so a
+    scheme can look up per-sample precomputed values such as cached teacher outputs)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+
+
+@dataclass
+class LossOut:
+    """What a batch loss returns: the loss, the number of samples forwarded, metrics to log."""
+
+    loss: torch.Tensor
+    forward_samples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+BatchLoss = Callable[[nn.Module, Batch], LossOut]
+EpochCallback = Callable[[int, nn.Module], dict[str, float]]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every training path (defaults: the DSN paper's §3.2)."""
+
+    epochs: int = 10
+    batch_size: int = 500
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    plateau_patience: int = 2
+    seed: int = 0
+    device: str | None = None
+    progress: bool = True
+    checkpoint: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
+
+
+@dataclass
+class TrainLog:
+    """Per-epoch record of a run: losses, metrics, learning rate, samples and wall time."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    forward_samples: int = 0
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"epochs": self.epochs, "forward_samples": self.forward_samples, "wall_s": self.wall_s}
+
+
+def resolve_device(spec: str | None = None) -> torch.device:
+    """``None``/"auto": CUDA when present, else CPU; otherwise the named device."""
+    if spec in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch so that a run repeats exactly on the same machine and build."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless running under an initialised process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return world()[0] == 0
+
+
+def fit(
+    model: nn.Module,
+    data: TensorData,
+    loss_fn: BatchLoss,
+    cfg: TrainConfig,
+    *,
+    params: list[nn.Parameter] | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    desc: str = "train",
+) -> TrainLog:
+    """Train ``model`` in place on ``data`` with ``loss_fn`` and return the per-epoch log.
+
+    ``params`` restricts optimisation to some parameters (fine-tuning the last layer only);
+    ``on_epoch_end`` is called after every epoch with the unwrapped model and its returned metrics
+    are logged (learning curves). With ``cfg.checkpoint`` set, the state is saved after each epoch and
+    a run restarted with the same path resumes from the last completed epoch.
+    """
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    rank, world_size = world()
+    model.to(device)
+    trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=cfg.plateau_patience)
+    net: nn.Module = model
+    if world_size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = DistributedSampler(range(len(data)), num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.seed)
+    log = TrainLog()
+    start_epoch = 0
+    if cfg.checkpoint is not None and Path(cfg.checkpoint).exists():
+        state = torch.load(cfg.checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        log = TrainLog(**state["log"])
+    x_all, y_all = data.x, data.y
+    per_rank = max(1, cfg.batch_size // world_size)
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(iter(sampler)), dtype=torch.long)
+        nb = math.ceil(len(order) / per_rank)
+        t0 = time.perf_counter()
+        tot_loss, tot_n, samples = 0.0, 0, 0
+        sums: dict[str, float] = {}
+        bar = tqdm(range(nb), desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and rank == 0),
+                   leave=False, dynamic_ncols=True)
+        for b in bar:
+            idx = order[b * per_rank: (b + 1) * per_rank]
+            batch = Batch(x_all[idx].to(device, non_blocking=True), y_all[idx].to(device, non_blocking=True), idx)
+            out = loss_fn(net, batch)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+            n = len(idx)
+            tot_loss += float(out.loss.detach()) * n
+            tot_n += n
+            samples += out.forward_samples
+            for k, v in out.metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            if b % 10 == 0:
+                bar.set_postfix(loss=f"{tot_loss / tot_n:.4f}")
+        bar.close()
+        stats = torch.tensor([tot_loss, tot_n, samples, *sums.values()], dtype=torch.float64, device=device)
+        if world_size > 1:
+            dist.all_reduce(stats)
+        tot_loss, tot_n, samples = float(stats[0]), float(stats[1]), int(stats[2])
+        epoch_log = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1), "lr": opt.param_groups[0]["lr"],
+                     "samples": samples, "wall_s": time.perf_counter() - t0}
+        epoch_log |= {k: float(v) / max(tot_n, 1) for k, v in zip(sums, stats[3:].tolist(), strict=True)}
+        sched.step(epoch_log["loss"])
+        if on_epoch_end is not None:
+            model.eval()
+            epoch_log |= on_epoch_end(epoch + 1, model)
+        log.epochs.append(epoch_log)
+        log.forward_samples += samples
+        if cfg.checkpoint is not None and rank == 0:
+            _save_checkpoint(cfg.checkpoint, model, opt, sched, epoch, log)
+    log.wall_s += time.perf_counter() - t_start
+    model.eval()
+    return log
+
+
+def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: object, epoch: int,
+                     log: TrainLog) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "epoch": epoch, "log": log.to_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2048,
+                   device: torch.device | None = None) -> torch.Tensor:
+    """Logits of ``model`` on ``x`` in evaluation mode, batched, returned on the CPU."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    outs = [model(x[i: i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(model: nn.Module, data: TensorData, batch_size: int = 2048) -> float:
+    """Top-1 accuracy in percent."""
+    pred = predict_logits(model, data.x, batch_size).argmax(1)
+    return 100.0 * float((pred == data.y).float().mean())
+
+
+def supervised_loss(net: nn.Module, batch: Batch) -> LossOut:
+    """Plain cross-entropy on the true labels: teachers, unmarked references, from-scratch baselines."""
+    logits = net(batch.x)
+    loss = nn.functional.cross_entropy(logits, batch.y)
+    return LossOut(loss, len(batch.x), {"acc": 100.0 * float((logits.argmax(1) == batch.y).float().mean())})
