@@ -96,6 +96,9 @@ def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         raise IntegrityError(
             f"{path} is not a deepserial model file or is truncated/corrupt; ask the vendor for a fresh copy"
         ) from None
+    if not isinstance(man, dict) or not isinstance(man.get("integrity", {}), dict):
+        raise IntegrityError(f"{path} is not a deepserial model file or is corrupt (manifest is not a JSON object); "
+                             "ask the vendor for a fresh copy")
     if man.get("format") != FORMAT:
         raise IntegrityError(f"{path} has format {man.get('format')!r}, expected {FORMAT!r}")
     want = man.get("integrity", {}).get("sha256")
@@ -115,7 +118,7 @@ def load_model(path: str | Path, owner: OwnerIdentity | None = None) -> LoadedMo
             raise IntegrityError(f"{path} carries no owner signature; it was not issued by this owner")
         try:
             owner.verify(bytes.fromhex(man["integrity"]["sha256"]), bytes.fromhex(sig))
-        except IdentityError:
+        except (IdentityError, ValueError, TypeError):  # ValueError/TypeError: signature is not a hex string
             raise IntegrityError(f"{path}: the owner signature does not verify; the file was not issued "
                                  "by this owner or was re-written") from None
     model = create_model(man["arch"], man["input_shape"], int(man["num_classes"]))

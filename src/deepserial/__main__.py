@@ -1,0 +1,5 @@
+import sys
+
+from deepserial.cli import main
+
+sys.exit(main())

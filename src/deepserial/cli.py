@@ -1,0 +1,333 @@
+"""The ``deepserial`` command.
+
+Every user mistake ends as one line on stderr (``deepserial: error: ...``) and exit status 2, and
+no command leaves a partial output file behind (outputs are written atomically, after the work).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import click
+import torch
+import typer
+
+from deepserial.errors import ConfigError, DeepSerialError, IdentityError
+from deepserial.identity import OwnerIdentity, public_key_path
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Serial numbers and ownership watermarks for neural networks.")
+reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce the papers' tables beside our numbers.")
+app.add_typer(reproduce_app, name="reproduce")
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Seed = Annotated[int, typer.Option(help="Random seed of training and evaluation.")]
+
+
+def _passphrase(env: str | None) -> str | None:
+    name = env or "DEEPSERIAL_PASSPHRASE"
+    value = os.environ.get(name)
+    if env and value is None:
+        raise IdentityError(f"environment variable {env} is not set; export it with the key's passphrase")
+    return value
+
+
+def _refuse_overwrite(*paths: Path, force: bool) -> None:
+    for p in paths:
+        if p.exists() and not force:
+            raise ConfigError(f"{p} exists; pass --force to overwrite it")
+
+
+def _dsn_config(mode: str, epochs: int, batch_size: int, seed: int, quiet: bool):
+    from deepserial.schemes.dsn import DSNConfig
+    from deepserial.training import TrainConfig
+
+    if mode not in ("default", "paper"):
+        raise ConfigError(f"unknown DSN mode {mode!r}; use 'default' or 'paper'")
+    cfg = DSNConfig.default() if mode == "default" else DSNConfig.paper()
+    return cfg, TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, progress=not quiet)
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Private key file (the public key goes beside it).")] = Path(
+        "owner.pem"),
+    algorithm: Annotated[str, typer.Option(help="ed25519 (default) or rsa (RSA-PSS 3072).")] = "ed25519",
+    passphrase_env: Annotated[str | None, typer.Option(
+        help="Encrypt with the passphrase in this environment variable (default: DEEPSERIAL_PASSPHRASE if set).")]
+    = None,
+    force: Annotated[bool, typer.Option(help="Overwrite existing key files.")] = False,
+) -> None:
+    """Generate the owner's key pair: the root of every serial number and watermark."""
+    _refuse_overwrite(out, public_key_path(out), force=force)
+    ident = OwnerIdentity.generate(algorithm)  # type: ignore[arg-type]
+    priv, pub = ident.save(out, _passphrase(passphrase_env))
+    typer.echo(f"wrote {priv} (private, keep it secret) and {pub} (public); owner fingerprint {ident.fingerprint()}")
+
+
+@app.command()
+def teacher(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Teacher model file (.safetensors).")] = Path(
+        "teacher.safetensors"),
+    dataset: Annotated[str, typer.Option(help="mnist5k, fashion-mnist, or a path to your data.")] = "mnist5k",
+    arch: Annotated[str, typer.Option(help="Network name (see `deepserial models`).")] = "dsn_mnist",
+    epochs: int = 20,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: Seed = 0,
+    split_seed: Annotated[int, typer.Option(help="Seed of the owner/attacker/test split.")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Use only this many training samples.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    quiet: Quiet = False,
+    force: bool = False,
+) -> None:
+    """Train the owner's private teacher on the owner part of the data."""
+    from deepserial.artifacts import save_model
+    from deepserial.training import TrainConfig
+    from deepserial.workflow import DataSpec, train_teacher
+
+    _refuse_overwrite(out, force=force)
+    t = train_teacher(DataSpec(dataset, split_seed, limit=limit),
+                      TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                                  progress=not quiet), arch)
+    save_model(out, t.model, t.manifest)
+    typer.echo(f"teacher: test accuracy {t.manifest['test_acc']:.2f}% on {len(t.splits.test)} images, "
+               f"{t.log.wall_s:.1f} s; wrote {out}")
+
+
+@app.command()
+def issue(
+    customer: Annotated[str, typer.Option(help="Customer name or id (goes into the signed verifier string).")],
+    teacher_path: Annotated[Path, typer.Option("--teacher", help="Teacher model file.")] = Path(
+        "teacher.safetensors"),
+    key: Annotated[Path, typer.Option(help="Owner private key file.")] = Path("owner.pem"),
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Customer model file.")] = None,
+    licence: Annotated[Path | None, typer.Option(help="Owner's licence record (secret).")] = None,
+    owner_id: Annotated[str | None, typer.Option(help="Owner name in the verifier string.")] = None,
+    size: Annotated[str, typer.Option(help="Serial-number size HxW (default 6x6 = 36 bits; paper 3x3).")] = "6x6",
+    position: Annotated[str, typer.Option(help="'auto' (inside the visible field) or ROW,COL.")] = "auto",
+    mode: Annotated[str, typer.Option(help="default (rejects wrong/near keys) or paper (GRL head only).")] =
+    "default",
+    epochs: int = 30,
+    batch_size: int = 128,
+    seed: Seed = 0,
+    passphrase_env: Annotated[str | None, typer.Option(help="Env variable holding the key's passphrase.")] = None,
+    quiet: Quiet = False,
+    force: bool = False,
+) -> None:
+    """Issue a customer model that works only with that customer's serial number.
+
+    Prints the product key once: hand it to the customer with the model file.
+    """
+    from deepserial.artifacts import load_model
+    from deepserial.workflow import issue as do_issue
+    from deepserial.workflow import parse_position, parse_size, save_issued
+
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in customer)
+    out = out or Path(f"customer-{safe}.safetensors")
+    licence = licence or out.with_name(out.name.removesuffix(".safetensors") + ".licence.json")
+    _refuse_overwrite(out, licence, force=force)
+    ident = OwnerIdentity.load(key, _passphrase(passphrase_env))
+    t = load_model(teacher_path)
+    cfg, train = _dsn_config(mode, epochs, batch_size, seed, quiet)
+    issued = do_issue(t, ident, customer, owner_id=owner_id, size=parse_size(size), position=parse_position(position),
+                      config=cfg, train=train)
+    save_issued(issued, out, licence, ident)
+    typer.echo(f"customer model: {out}\nlicence record (owner only, secret): {licence}\n"
+               f"serial number: {issued.serial.geometry.describe()}")
+    typer.echo(f"product key for {customer} (shown once): {issued.product_key}")
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or an .npz with array x.")],
+    model: Annotated[Path, typer.Option(help="Customer model file.")],
+    serial: Annotated[str | None, typer.Option(help="Product key (or set DEEPSERIAL_SERIAL).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Predict classes with a customer model, stamping your serial number on every input."""
+    from deepserial.artifacts import load_model
+    from deepserial.inputs import load_inputs
+    from deepserial.serial import SerialGeometry, SerialNumber, stamp
+    from deepserial.training import predict_logits
+
+    key = serial or os.environ.get("DEEPSERIAL_SERIAL")
+    if not key:
+        raise ConfigError("no serial number: pass --serial KEY or set DEEPSERIAL_SERIAL")
+    m = load_model(model)
+    if "serial_geometry" not in m.manifest:
+        raise ConfigError(f"{model} is not a serial-number protected model (no serial geometry in its manifest)")
+    sn = SerialNumber.from_product_key(key, expect=SerialGeometry.from_dict(m.manifest["serial_geometry"]))
+    x = load_inputs(inputs, m.input_shape)
+    probs = torch.softmax(predict_logits(m.model, stamp(x, sn.geometry, sn.as_tensor())), 1)
+    conf, pred = probs.max(1)
+    for i, (p, c) in enumerate(zip(pred.tolist(), conf.tolist(), strict=True)):
+        if as_json:
+            typer.echo(json.dumps({"index": i, "class": p, "confidence": round(c, 6)}))
+        else:
+            typer.echo(f"{i}\t{p}\t{c:.4f}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="Customer model file.")],
+    serial: Annotated[str | None, typer.Option(help="Its product key.")] = None,
+    licence: Annotated[Path | None, typer.Option(help="Or: the owner's licence record.")] = None,
+    teacher_path: Annotated[Path | None, typer.Option("--teacher", help="Teacher model, for teacher_acc.")] = None,
+    n_wrong: Annotated[int, typer.Option(help="Random wrong serial numbers to try.")] = 1000,
+    wrong_samples: Annotated[int | None, typer.Option(
+        help="Test images per random/Hamming-2 wrong key (default: all).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the report JSON here.")] = None,
+    seed: Seed = 0,
+) -> None:
+    """Accuracy with the valid serial number, without it, with wrong and near-miss ones; linear probe."""
+    from deepserial.artifacts import load_model
+    from deepserial.report import write_json
+    from deepserial.serial import SerialGeometry, SerialNumber
+    from deepserial.workflow import evaluate_customer, serial_from_licence
+
+    m = load_model(model)
+    if "serial_geometry" not in m.manifest:
+        raise ConfigError(f"{model} is not a serial-number protected model")
+    expect = SerialGeometry.from_dict(m.manifest["serial_geometry"])
+    if serial:
+        sn = SerialNumber.from_product_key(serial, expect=expect)
+    elif licence:
+        sn = serial_from_licence(licence)
+    else:
+        raise ConfigError("pass --serial KEY or --licence FILE")
+    t = load_model(teacher_path) if teacher_path else None
+    rep = evaluate_customer(m, sn, teacher=t, n_wrong=n_wrong, wrong_eval_samples=wrong_samples, seed=seed)
+    typer.echo(dsn_markdown(rep))
+    if out:
+        write_json(out, rep)
+        typer.echo(f"wrote {out}")
+
+
+def dsn_markdown(rep: dict) -> str:
+    """The DSN evaluation as a Markdown table."""
+    from deepserial.report import markdown_table
+
+    rows = [
+        ("teacher (no serial number)", rep.get("teacher_acc")),
+        ("customer model, valid serial number", rep["valid_sn_acc"]),
+        ("customer model, no serial number (raw)", rep["raw_acc"]),
+        (f"random wrong serial numbers, mean of {rep['wrong_sn_count']}", rep["wrong_sn_mean"]),
+        ("random wrong serial numbers, max", rep["wrong_sn_max"]),
+        (f"one bit away (Hamming 1), mean of {rep['hamming1_count']}", rep["hamming1_mean"]),
+        ("one bit away, max", rep["hamming1_max"]),
+        (f"two bits away (Hamming 2), mean of {rep['hamming2_count']}", rep["hamming2_mean"]),
+        ("two bits away, max", rep["hamming2_max"]),
+        ("linear probe on features of raw inputs", rep["probe_acc"]),
+    ]
+    return markdown_table(["test accuracy (%)", "value"], rows)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo"),
+    size: Annotated[str, typer.Option(help="Serial-number size HxW.")] = "6x6",
+    teacher_epochs: int = 20,
+    epochs: Annotated[int, typer.Option(help="Student epochs.")] = 30,
+    n_wrong: int = 1000,
+    wrong_samples: Annotated[int, typer.Option(help="Test images per random/Hamming-2 wrong key.")] = 300,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+) -> None:
+    """The whole vendor pipeline on the embedded mnist5k data: key, teacher, customer model, report."""
+    from deepserial.artifacts import load_model, save_model
+    from deepserial.report import write_json, write_text
+    from deepserial.training import TrainConfig
+    from deepserial.workflow import DataSpec, evaluate_customer, parse_size, save_issued, train_teacher
+    from deepserial.workflow import issue as do_issue
+
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    say = (lambda s: None) if quiet else (lambda s: typer.echo(s, err=True))
+    ident = OwnerIdentity.generate()
+    ident.save(out / "owner.pem")
+    say("[1/4] owner key: written")
+    t = train_teacher(DataSpec("mnist5k", seed), TrainConfig(epochs=teacher_epochs, batch_size=128, seed=seed,
+                                                            progress=not quiet))
+    save_model(out / "teacher.safetensors", t.model, t.manifest)
+    say(f"[2/4] teacher: {t.manifest['test_acc']:.2f}% test accuracy ({t.log.wall_s:.0f} s)")
+    cfg, train = _dsn_config("default", epochs, 128, seed, quiet)
+    teacher_m = load_model(out / "teacher.safetensors")
+    issued = do_issue(teacher_m, ident, "demo-customer", owner_id="demo-owner", size=parse_size(size),
+                      config=cfg, train=train)
+    save_issued(issued, out / "customer.safetensors", out / "customer.licence.json", ident)
+    say(f"[3/4] customer model issued ({issued.log.wall_s:.0f} s); product key {issued.product_key}")
+    customer = load_model(out / "customer.safetensors", owner=ident)
+    rep = evaluate_customer(customer, issued.serial, teacher=teacher_m, splits=issued.splits, n_wrong=n_wrong,
+                            wrong_eval_samples=wrong_samples, seed=seed)
+    rep["timings"]["demo_total_s"] = time.perf_counter() - t0
+    rep["product_key"] = issued.product_key
+    write_json(out / "dsn_report.json", rep)
+    md = (f"# DSN demo on mnist5k\n\nSerial number {issued.serial.geometry.describe()} "
+          f"({issued.serial.geometry.nbits} bits), seed {seed}, "
+          f"total {rep['timings']['demo_total_s']:.0f} s.\n\n{dsn_markdown(rep)}\n")
+    write_text(out / "dsn_report.md", md)
+    say(f"[4/4] evaluated; wrote {out / 'dsn_report.json'} and {out / 'dsn_report.md'}")
+    typer.echo(md)
+
+
+@reproduce_app.command("dsn")
+def reproduce_dsn(
+    dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Reports folder.")] = Path("reports"),
+    seed: Seed = 0,
+    quiet: Quiet = False,
+) -> None:
+    """DSN Table 2 (accuracy with / without the serial number) beside ours, with wrong and near keys."""
+    from deepserial.experiments.dsn import run
+
+    paths = run(dataset, out, seed=seed, progress=not quiet)
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@app.command()
+def info(model: Annotated[Path, typer.Argument(help="Model file.")]) -> None:
+    """Print a model file's verified manifest (no secrets are stored in it)."""
+    from deepserial.artifacts import read_manifest
+
+    typer.echo(json.dumps(read_manifest(model), indent=2))
+
+
+@app.command()
+def models() -> None:
+    """List the registered networks and data sets."""
+    from deepserial.data import available_datasets
+    from deepserial.nets import available_models
+
+    for k, v in available_models().items():
+        typer.echo(f"network  {k:12s} {v}")
+    for k, v in available_datasets().items():
+        typer.echo(f"dataset  {k:12s} {v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the command, turning user errors into one line and exit status 2."""
+    cmd = typer.main.get_command(app)
+    try:
+        cmd.main(args=argv, prog_name="deepserial", standalone_mode=False)
+    except DeepSerialError as e:
+        typer.echo(f"deepserial: error: {e}", err=True)
+        return e.exit_code
+    except click.exceptions.Abort:
+        typer.echo("deepserial: aborted", err=True)
+        return 1
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

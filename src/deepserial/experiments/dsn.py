@@ -1,0 +1,163 @@
+"""Reproduction of DSN Table 2 (accuracy with and without the serial number), extended.
+
+Tang, Du, Hu, arXiv:2011.08960, Table 2 reports teacher / student-with-SN / student-without-SN
+accuracy; the 2023 version adds wrong 2x2 serial numbers (13.5% mean, 27.2% max). We run, on the same
+teacher and split:
+
+- ``paper-3x3``: the paper's recipe (§2.2: GRL head Gd on raw inputs, 3x3 serial number);
+- ``default-3x3``: this project's default recipe with the paper's 3x3 serial number;
+- ``default-6x6``: this project's default recipe and default 36-bit serial number;
+
+and report, for each, every figure of :func:`deepserial.schemes.dsn.evaluate` (raw, random wrong,
+Hamming-1/2 neighbours, linear probe), beside the paper's numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from deepserial.errors import ConfigError
+from deepserial.report import environment, markdown_table, save_figure, write_json, write_text
+from deepserial.schemes.dsn import DSNConfig
+from deepserial.training import TrainConfig
+
+PAPER_TABLE2 = {"MNIST": {"teacher": 99.9, "with_sn": 99.8, "without_sn": 9.2},
+                "GTSRB": {"teacher": 97.0, "with_sn": 97.2, "without_sn": 8.2},
+                "PubFig": {"teacher": 87.9, "with_sn": 87.3, "without_sn": 7.3}}
+PAPER_2023_WRONG_2X2 = {"mean": 13.5, "max": 27.2}
+
+
+class RunSpec(BaseModel):
+    """One student configuration of the reproduction."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    mode: str
+    size: tuple[int, int]
+
+
+class ExperimentConfig(BaseModel):
+    """The declarative configuration of ``reproduce dsn`` for one data set."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str
+    teacher_epochs: int
+    student_epochs: int
+    batch_size: int = 128
+    n_wrong: int = 1000
+    wrong_eval_samples: int | None = None
+    runs: list[RunSpec]
+
+
+RUNS = [RunSpec(name="paper-3x3", mode="paper", size=(3, 3)),
+        RunSpec(name="default-3x3", mode="default", size=(3, 3)),
+        RunSpec(name="default-6x6", mode="default", size=(6, 6))]
+
+CONFIGS = {
+    "mnist5k": ExperimentConfig(dataset="mnist5k", teacher_epochs=20, student_epochs=40, runs=RUNS),
+    "fashion-mnist": ExperimentConfig(dataset="fashion-mnist", teacher_epochs=15, student_epochs=15,
+                                      batch_size=256, wrong_eval_samples=1000, runs=RUNS),
+}
+
+
+def run(dataset: str, out: Path, seed: int = 0, progress: bool = True) -> list[Path]:
+    """Run the reproduction for ``dataset`` and write ``out/dsn_<dataset>.{md,json,png}``."""
+    from deepserial.identity import OwnerIdentity
+    from deepserial.workflow import DataSpec, evaluate_customer, issue, loaded, train_teacher
+
+    if dataset not in CONFIGS:
+        raise ConfigError(f"no DSN reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)}")
+    cfg = CONFIGS[dataset]
+    t0 = time.perf_counter()
+    tr = train_teacher(DataSpec(dataset, seed),
+                       TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed,
+                                   progress=progress))
+    teacher = loaded(tr.model, tr.manifest)
+    ident = OwnerIdentity.generate()
+    results: dict[str, Any] = {}
+    for spec in cfg.runs:
+        dsn_cfg = DSNConfig.paper() if spec.mode == "paper" else DSNConfig.default()
+        train = TrainConfig(epochs=cfg.student_epochs, batch_size=cfg.batch_size, seed=seed, progress=progress)
+        iss = issue(teacher, ident, f"reproduce-{spec.name}", owner_id="reproduce", size=spec.size,
+                    config=dsn_cfg, train=train)
+        rep = evaluate_customer(loaded(iss.student, iss.manifest), iss.serial, teacher=teacher, splits=iss.splits,
+                                n_wrong=cfg.n_wrong, wrong_eval_samples=cfg.wrong_eval_samples, seed=seed)
+        rep["dsn_config"] = dsn_cfg.model_dump()
+        rep["train_log"] = iss.log.to_dict()
+        results[spec.name] = rep
+    report = {"experiment": "dsn-table2", "dataset": dataset, "seed": seed, "config": cfg.model_dump(),
+              "teacher_acc": tr.manifest["test_acc"], "runs": results, "paper_table2": PAPER_TABLE2,
+              "paper_2023_wrong_2x2": PAPER_2023_WRONG_2X2, "wall_s": time.perf_counter() - t0,
+              "environment": environment()}
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"dsn_{dataset}"
+    write_json(stem.with_suffix(".json"), report)
+    write_text(stem.with_suffix(".md"), _markdown(report))
+    save_figure(_figure(report), stem.with_suffix(".png"))
+    return [stem.with_suffix(s) for s in (".md", ".json", ".png")]
+
+
+_ROWS = [("teacher (no SN)", "teacher_acc", "teacher"), ("valid SN", "valid_sn_acc", "with_sn"),
+         ("no SN (raw)", "raw_acc", "without_sn"), ("random wrong SN, mean", "wrong_sn_mean", "wrong_mean"),
+         ("random wrong SN, max", "wrong_sn_max", "wrong_max"), ("Hamming-1 SN, mean", "hamming1_mean", None),
+         ("Hamming-1 SN, max", "hamming1_max", None), ("Hamming-2 SN, mean", "hamming2_mean", None),
+         ("Hamming-2 SN, max", "hamming2_max", None), ("linear probe, raw features", "probe_acc", None)]
+
+
+def _markdown(rep: dict[str, Any]) -> str:
+    paper = dict(PAPER_TABLE2["MNIST"], wrong_mean=PAPER_2023_WRONG_2X2["mean"],
+                 wrong_max=PAPER_2023_WRONG_2X2["max"])
+    names = list(rep["runs"])
+    rows = [[label, paper.get(pkey) if pkey else None, *[rep["runs"][n][key] for n in names]]
+            for label, key, pkey in _ROWS]
+    env = rep["environment"]
+    lines = [
+        f"# DSN Table 2 on `{rep['dataset']}` (test accuracy, %)",
+        "",
+        "Paper column: MNIST, Table 2 of arXiv:2011.08960 v1 (full MNIST, 60,000 training images); wrong-SN "
+        "figures from the 2023 version (all wrong 2x2 patterns). Our runs share one teacher and one split; "
+        f"seed {rep['seed']}.",
+        "",
+        markdown_table(["figure", "paper (MNIST)", *names], rows),
+        "",
+        "| run | serial number | random wrong keys | test images per wrong key | student train (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for n in names:
+        r = rep["runs"][n]
+        g = r["serial_geometry"]
+        lines.append(f"| {n} | {g['height']}x{g['width']} at ({g['top']},{g['left']}) | {r['wrong_sn_count']} | "
+                     f"{r['wrong_sn_eval_samples']} | {r['timings']['student_train_s']:.0f} |")
+    lines += ["", f"Sizes: {rep['runs'][names[0]]['sizes']}. Total wall time {rep['wall_s']:.0f} s on "
+              f"{env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}, Python {env['python']}.",
+              "", "Reproduce: `deepserial reproduce dsn --dataset " + rep["dataset"] + "`.", ""]
+    return "\n".join(lines)
+
+
+def _figure(rep: dict[str, Any]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = [k for _, k, _ in _ROWS[1:]]
+    labels = [lab for lab, _, _ in _ROWS[1:]]
+    names = list(rep["runs"])
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    width = 0.8 / len(names)
+    xs = np.arange(len(keys))
+    for i, n in enumerate(names):
+        ax.bar(xs + i * width, [rep["runs"][n][k] for k in keys], width, label=n)
+    ax.axhline(rep["teacher_acc"], color="k", ls="--", lw=1, label=f"teacher {rep['teacher_acc']:.1f}%")
+    ax.axhline(10, color="gray", ls=":", lw=1, label="chance (10%)")
+    ax.set_xticks(xs + width * (len(names) - 1) / 2, labels, rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"DSN on {rep['dataset']}: accuracy by key (seed {rep['seed']})")
+    ax.legend(fontsize=8, ncol=2)
+    return fig

@@ -1,0 +1,267 @@
+"""The vendor's DSN workflow as functions: train a teacher, issue a customer model, evaluate it.
+
+The CLI, the demo and the reproductions all call these, so the three never drift apart. Files:
+
+- teacher / customer models: safetensors + embedded manifest (:mod:`deepserial.artifacts`); the
+  manifest records the data set, split seed and fractions, so later steps use the same split;
+- licence record (``*.licence.json``, mode 0600, owner-only): the verifier string, the owner's
+  signature, the serial-number geometry and the owner's public key. The signature is the secret the
+  serial number is derived from; the customer receives only the product key.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepserial.artifacts import LoadedModel, save_model
+from deepserial.data import Splits, load_dataset, split
+from deepserial.errors import ConfigError, IdentityError, IntegrityError
+from deepserial.identity import OwnerIdentity, VerifierString, atomic_write
+from deepserial.nets import SplitNet, check_visible, create_model
+from deepserial.report import environment
+from deepserial.schemes import dsn
+from deepserial.serial import SerialGeometry, SerialNumber
+from deepserial.training import TrainConfig, TrainLog, accuracy, fit, supervised_loss
+
+LICENCE_FORMAT = "deepserial-licence/1"
+DEFAULT_SN_SIZE = (6, 6)
+PAPER_SN_SIZE = (3, 3)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data and which split: recorded in every manifest so later steps see the same parts."""
+
+    name: str = "mnist5k"
+    seed: int = 0
+    test_fraction: float = 0.2
+    attacker_fraction: float = 0.4
+    limit: int | None = None
+
+    def load(self) -> Splits:
+        bundle = load_dataset(self.name, limit=self.limit)
+        return split(bundle, self.seed, test_fraction=self.test_fraction, attacker_fraction=self.attacker_fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "seed": self.seed, "test_fraction": self.test_fraction,
+                "attacker_fraction": self.attacker_fraction, "limit": self.limit}
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> DataSpec:
+        d = manifest.get("dataset")
+        if not isinstance(d, dict) or "name" not in d:
+            raise IntegrityError("model manifest does not record its data set; pass --dataset explicitly")
+        return cls(name=d["name"], seed=int(d["seed"]), test_fraction=float(d["test_fraction"]),
+                   attacker_fraction=float(d["attacker_fraction"]), limit=d.get("limit"))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"6x6"`` -> (6, 6)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"serial-number size {text!r} must look like HxW, e.g. 6x6") from None
+    if h < 1 or w < 1:
+        raise ConfigError(f"serial-number size {text!r} must be positive")
+    return h, w
+
+
+def parse_position(text: str | None) -> tuple[int, int] | None:
+    """``"auto"``/None -> None (choose inside the visible field); ``"20,20"`` -> (20, 20)."""
+    if text in (None, "", "auto"):
+        return None
+    try:
+        r, c = (int(v) for v in str(text).split(","))
+    except ValueError:
+        raise ConfigError(f"position {text!r} must be 'auto' or ROW,COL, e.g. 20,20") from None
+    return r, c
+
+
+# ----- teacher ---------------------------------------------------------------------------------------
+@dataclass
+class Trained:
+    model: SplitNet
+    manifest: dict[str, Any]
+    log: TrainLog
+    splits: Splits
+
+
+def train_teacher(data: DataSpec, train: TrainConfig, arch: str = "dsn_mnist") -> Trained:
+    """Train the owner's private teacher on the owner part of the split (plain cross-entropy)."""
+    splits = data.load()
+    shape = tuple(splits.owner.x.shape[1:])
+    num_classes = int(max(splits.owner.y.max(), splits.test.y.max())) + 1
+    model = create_model(arch, shape, num_classes)
+    log = fit(model, splits.owner, supervised_loss, train, desc="teacher")
+    manifest = {
+        "arch": arch, "input_shape": list(shape), "num_classes": num_classes, "normalisation": "[0,1]",
+        "role": "teacher", "scheme": None, "dataset": data.to_dict(), "train_seed": train.seed,
+        "test_acc": accuracy(model, splits.test), "train_wall_s": log.wall_s, "environment": environment(),
+    }
+    return Trained(model, manifest, log, splits)
+
+
+# ----- issuing -------------------------------------------------------------------------------------
+@dataclass
+class Issued:
+    """A freshly issued customer model with everything the vendor needs to hand over and keep."""
+
+    student: SplitNet
+    serial: SerialNumber
+    manifest: dict[str, Any]
+    licence: dict[str, Any]
+    log: TrainLog
+    splits: Splits
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def product_key(self) -> str:
+        return self.serial.to_product_key()
+
+
+def choose_geometry(model: SplitNet, input_shape: tuple[int, int, int], size: tuple[int, int],
+                    position: tuple[int, int] | None, margin: int | None = None) -> SerialGeometry:
+    """The serial-number geometry: an explicit position (checked against the visible field) or the
+    default corner inside the visible field."""
+    if position is None:
+        if margin is None:
+            margin = 3 if size[0] * size[1] <= 9 else 0
+        return dsn.default_geometry(model, input_shape, size[0], size[1], margin)
+    g = SerialGeometry(size[0], size[1], position[0], position[1])
+    check_visible(model, g, input_shape)
+    return g
+
+
+def issue(
+    teacher: LoadedModel,
+    identity: OwnerIdentity,
+    customer: str,
+    *,
+    owner_id: str | None = None,
+    size: tuple[int, int] = DEFAULT_SN_SIZE,
+    position: tuple[int, int] | None = None,
+    config: dsn.DSNConfig | None = None,
+    train: TrainConfig | None = None,
+    arch: str | None = None,
+) -> Issued:
+    """Sign a verifier string for ``customer``, derive its serial number and distil a customer model.
+
+    The geometry is validated against the student network before any training starts.
+    """
+    if not customer.strip():
+        raise ConfigError("customer name must not be empty")
+    config = config or dsn.DSNConfig.default()
+    train = train or TrainConfig()
+    data = DataSpec.from_manifest(teacher.manifest)
+    shape = teacher.input_shape
+    arch = arch or teacher.manifest["arch"]
+    student = create_model(arch, shape, int(teacher.manifest["num_classes"]))
+    geometry = choose_geometry(student, shape, size, position)
+    verifier = VerifierString.now(owner_id or identity.fingerprint(), customer, dsn.SCHEME)
+    signature = identity.sign(verifier)
+    serial = SerialNumber.from_signature(signature, geometry)
+    splits = data.load()
+    log = dsn.train_student(student, teacher.model, splits.owner, serial, config, train)
+    manifest = {
+        "arch": arch, "input_shape": list(shape), "num_classes": int(teacher.manifest["num_classes"]),
+        "normalisation": "[0,1]", "role": "customer", "scheme": dsn.SCHEME,
+        "serial_geometry": geometry.to_dict(), "licence": verifier.to_dict(),
+        "owner_fingerprint": identity.fingerprint(), "dataset": data.to_dict(),
+        "dsn_config": config.model_dump(), "train_seed": train.seed, "train_epochs": train.epochs,
+        "train_wall_s": log.wall_s, "environment": environment(),
+    }
+    licence = {
+        "format": LICENCE_FORMAT, "scheme": dsn.SCHEME, "verifier": verifier.to_dict(),
+        "signature": signature.hex(), "geometry": geometry.to_dict(),
+        "owner_public_key": identity.public_pem().decode(),
+    }
+    return Issued(student, serial, manifest, licence, log, splits)
+
+
+def save_issued(issued: Issued, model_path: str | Path, licence_path: str | Path,
+                identity: OwnerIdentity) -> None:
+    """Write the customer model (signed by the owner) and the owner's licence record (mode 0600)."""
+    man = save_model(model_path, issued.student, issued.manifest, owner=identity)
+    licence = dict(issued.licence, model_sha256=man["integrity"]["sha256"])
+    atomic_write(licence_path, (json.dumps(licence, indent=2) + "\n").encode(), mode=0o600)
+
+
+def serial_from_licence(path: str | Path) -> SerialNumber:
+    """Re-derive a customer's serial number from the owner's licence record, checking its signature."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise IntegrityError(f"cannot read licence record {path}: {e}") from None
+    if rec.get("format") != LICENCE_FORMAT:
+        raise IntegrityError(f"{path} is not a deepserial licence record ({LICENCE_FORMAT})")
+    try:
+        from cryptography.hazmat.primitives import serialization
+
+        pub = serialization.load_pem_public_key(rec["owner_public_key"].encode())
+        ident = OwnerIdentity(None, pub)  # type: ignore[arg-type]
+        verifier = VerifierString.from_dict(rec["verifier"])
+        signature = bytes.fromhex(rec["signature"])
+        geometry = SerialGeometry.from_dict(rec["geometry"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise IntegrityError(f"licence record {path} is malformed: {e}") from None
+    ident.verify(verifier, signature)
+    return SerialNumber.from_signature(signature, geometry)
+
+
+# ----- evaluation ----------------------------------------------------------------------------------
+def evaluate_customer(
+    customer: LoadedModel,
+    serial: SerialNumber,
+    *,
+    teacher: LoadedModel | None = None,
+    splits: Splits | None = None,
+    n_wrong: int = 1000,
+    wrong_eval_samples: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The DSN evaluation report of a customer model (fields of ``dsn_report.json``)."""
+    expect = SerialGeometry.from_dict(customer.manifest["serial_geometry"])
+    if serial.geometry != expect:
+        raise IdentityError(
+            f"serial number is for {serial.geometry.describe()} but the model expects {expect.describe()}"
+        )
+    data = DataSpec.from_manifest(customer.manifest)
+    splits = splits or data.load()
+    t0 = time.perf_counter()
+    res = dsn.evaluate(customer.model, serial, splits.test, splits.attacker,
+                       teacher=teacher.model if teacher else None, n_wrong=n_wrong,
+                       wrong_eval_samples=wrong_eval_samples, seed=seed)
+    return {
+        **res,
+        "serial_bits": serial.geometry.nbits,
+        "serial_geometry": serial.geometry.to_dict(),
+        "mode": customer.manifest.get("dsn_config", {}).get("mode"),
+        "seed": seed,
+        "dataset": data.to_dict(),
+        "sizes": splits.sizes(),
+        "timings": {"student_train_s": customer.manifest.get("train_wall_s"),
+                    "teacher_train_s": teacher.manifest.get("train_wall_s") if teacher else None,
+                    "evaluate_s": time.perf_counter() - t0},
+        "environment": environment(),
+    }
+
+
+REPORT_FIELDS = ["teacher_acc", "valid_sn_acc", "raw_acc", "wrong_sn_mean", "wrong_sn_max", "hamming1_mean",
+                 "hamming1_max", "hamming2_mean", "hamming2_max", "probe_acc"]
+
+
+def loaded(model: SplitNet, manifest: dict[str, Any]) -> LoadedModel:
+    """Wrap an in-memory model and its manifest like a model read from disk."""
+    return LoadedModel(model, manifest)
+
+
+def torch_threads(n: int | None) -> None:
+    """Use ``n`` intra-op threads (None: PyTorch's default)."""
+    if n:
+        torch.set_num_threads(n)
