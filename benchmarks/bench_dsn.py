@@ -97,7 +97,8 @@ def main() -> None:
     if "demo_wall_s" in res:
         md += [f"`deepserial demo` total wall time: **{res['demo_wall_s']:.0f} s** "
                f"(teacher {res['demo_timings']['teacher_train_s']:.0f} s, student "
-               f"{res['demo_timings']['student_train_s']:.0f} s, evaluation {res['demo_timings']['evaluate_s']:.0f} s).",
+               f"{res['demo_timings']['student_train_s']:.0f} s, "
+               f"evaluation {res['demo_timings']['evaluate_s']:.0f} s).",
                ""]
     md += [f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']} ({env['torch_threads']} threads), "
            f"Python {env['python']}, {env['time_utc']}.", "", "Run: `python benchmarks/bench_dsn.py`.", ""]
