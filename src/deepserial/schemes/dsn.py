@@ -56,9 +56,11 @@ class DSNConfig(BaseModel):
     gd_weight: float = Field(1.0, ge=0, description="weight of the Gd cross-entropy (Eq. 5)")
     uniform_weight: float = Field(1.0, ge=0, description="default mode: weight of KL(U || P_S) on invalid inputs")
     invalid_ratio: float = Field(1.0, gt=0, description="invalid inputs per valid one in a batch (paper: 1)")
-    mix_raw: float = Field(0.2, ge=0)
-    mix_random: float = Field(0.2, ge=0)
-    mix_hamming1: float = Field(0.4, ge=0)
+    # Share of each kind of invalid input. Near misses get the most: raw inputs and random wrong keys
+    # are easy to reject, keys one bit away are not (DESIGN.md, calibration; docs/dsn_research.md).
+    mix_raw: float = Field(0.1, ge=0)
+    mix_random: float = Field(0.1, ge=0)
+    mix_hamming1: float = Field(0.6, ge=0)
     mix_hamming2: float = Field(0.2, ge=0)
 
     @model_validator(mode="after")
@@ -74,7 +76,8 @@ class DSNConfig(BaseModel):
 
     @classmethod
     def default(cls, **kw: float) -> DSNConfig:
-        return cls(mode="default", grl_coefficient=1.0, gd_weight=0.1, **kw)
+        kw = {"grl_coefficient": 1.0, "gd_weight": 0.1, "uniform_weight": 2.0, "invalid_ratio": 2.0} | kw
+        return cls(mode="default", **kw)
 
 
 class _GradReverse(torch.autograd.Function):
