@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import click
 import torch
 import typer
 
@@ -318,14 +317,18 @@ def main(argv: list[str] | None = None) -> int:
     except DeepSerialError as e:
         typer.echo(f"deepserial: error: {e}", err=True)
         return e.exit_code
-    except click.exceptions.Abort:
-        typer.echo("deepserial: aborted", err=True)
-        return 1
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Exit as e:
-        return e.exit_code
+    except Exception as e:
+        # Usage errors and exits come from click or from the copy of click that typer bundles;
+        # both carry ``exit_code`` (and usage errors ``show``), so they are matched by shape.
+        if type(e).__name__ == "Abort":
+            typer.echo("deepserial: aborted", err=True)
+            return 1
+        if hasattr(e, "exit_code") and hasattr(e, "show"):
+            e.show()
+            return int(e.exit_code)
+        if hasattr(e, "exit_code"):
+            return int(e.exit_code)
+        raise
     return 0
 
 

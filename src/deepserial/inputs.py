@@ -7,6 +7,7 @@ silently resized, because a serial number stamped on a resized image is no longe
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,8 +48,8 @@ def load_inputs(paths: Sequence[str | Path], input_shape: Sequence[int]) -> torc
                     if "x" not in z.files:
                         raise InputError(f"{p} has no array 'x' (found: {', '.join(z.files) or 'nothing'})")
                     arr = z["x"]
-            except (OSError, ValueError) as e:
-                raise InputError(f"cannot read {p} as .npz: {e}") from None
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+                raise InputError(f"cannot read {p} as .npz ({type(e).__name__}); save it with numpy.savez") from None
             try:
                 arr = _npz_images(arr, p, "x")
             except DatasetError as e:

@@ -27,7 +27,7 @@ from deepserial.nets import SplitNet, check_visible, create_model
 from deepserial.report import environment
 from deepserial.schemes import dsn
 from deepserial.serial import SerialGeometry, SerialNumber
-from deepserial.training import TrainConfig, TrainLog, accuracy, fit, supervised_loss
+from deepserial.training import TrainConfig, TrainLog, accuracy, fit, seed_everything, supervised_loss
 
 LICENCE_FORMAT = "deepserial-licence/1"
 DEFAULT_SN_SIZE = (6, 6)
@@ -97,6 +97,7 @@ def train_teacher(data: DataSpec, train: TrainConfig, arch: str = "dsn_mnist") -
     splits = data.load()
     shape = tuple(splits.owner.x.shape[1:])
     num_classes = int(max(splits.owner.y.max(), splits.test.y.max())) + 1
+    seed_everything(train.seed)  # initial weights too, not only the training order
     model = create_model(arch, shape, num_classes)
     log = fit(model, splits.owner, supervised_loss, train, desc="teacher")
     manifest = {
@@ -161,6 +162,7 @@ def issue(
     data = DataSpec.from_manifest(teacher.manifest)
     shape = teacher.input_shape
     arch = arch or teacher.manifest["arch"]
+    seed_everything(train.seed)  # initial weights too, not only the training order
     student = create_model(arch, shape, int(teacher.manifest["num_classes"]))
     geometry = choose_geometry(student, shape, size, position)
     verifier = VerifierString.now(owner_id or identity.fingerprint(), customer, dsn.SCHEME)

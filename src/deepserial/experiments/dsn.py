@@ -58,7 +58,8 @@ RUNS = [RunSpec(name="paper-3x3", mode="paper", size=(3, 3)),
         RunSpec(name="default-6x6", mode="default", size=(6, 6))]
 
 CONFIGS = {
-    "mnist5k": ExperimentConfig(dataset="mnist5k", teacher_epochs=20, student_epochs=40, runs=RUNS),
+    "mnist5k": ExperimentConfig(dataset="mnist5k", teacher_epochs=20, student_epochs=40, wrong_eval_samples=300,
+                                runs=RUNS),
     "fashion-mnist": ExperimentConfig(dataset="fashion-mnist", teacher_epochs=8, student_epochs=5,
                                       batch_size=256, wrong_eval_samples=300, runs=RUNS),
 }

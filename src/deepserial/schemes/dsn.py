@@ -243,7 +243,7 @@ def default_geometry(model: nn.Module, input_shape: tuple[int, int, int], height
 # ----- evaluation ----------------------------------------------------------------------------------
 @torch.no_grad()
 def key_accuracies(model: nn.Module, x: torch.Tensor, y: torch.Tensor, geometry: SerialGeometry,
-                   keys: torch.Tensor, chunk_samples: int = 65536) -> np.ndarray:
+                   keys: torch.Tensor, chunk_samples: int = 8192) -> np.ndarray:
     """Accuracy (%) of ``model`` on (x, y) stamped with each of the K keys (K, h, w): shape (K,)."""
     device = next(model.parameters()).device
     model.eval()

@@ -1,0 +1,70 @@
+"""Shared fixtures: one tiny owner key, teacher and customer model for the whole test session.
+
+Building them costs a few seconds (mnist5k limited to 600 samples, two epochs each), so they are
+made once per session with the Python API. Tests must treat the files as read-only: copy a file to
+``tmp_path`` before tampering with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepserial import workflow
+from deepserial.artifacts import LoadedModel, load_model, save_model
+from deepserial.data import Splits
+from deepserial.identity import OwnerIdentity
+from deepserial.serial import SerialNumber
+from deepserial.training import TrainConfig
+from deepserial.workflow import DataSpec
+
+CUSTOMER = "acme"
+DATA_LIMIT = 600
+
+
+@dataclass(frozen=True)
+class Vendor:
+    """Everything a vendor holds after ``keygen``, ``teacher`` and one ``issue`` (all read-only)."""
+
+    root: Path
+    customer_name: str
+    identity: OwnerIdentity
+    key_path: Path
+    teacher_path: Path
+    customer_path: Path
+    licence_path: Path
+    serial: SerialNumber
+    product_key: str
+    splits: Splits
+
+    def teacher(self) -> LoadedModel:
+        return load_model(self.teacher_path)
+
+    def customer(self) -> LoadedModel:
+        return load_model(self.customer_path)
+
+
+@pytest.fixture(scope="session")
+def vendor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vendor]:
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convnets on a busy 2-core runner: one thread is faster and steadier
+    try:
+        root = tmp_path_factory.mktemp("vendor")
+        identity = OwnerIdentity.generate()
+        key_path, _ = identity.save(root / "owner.pem")
+        quick = TrainConfig(epochs=2, batch_size=128, progress=False)
+        trained = workflow.train_teacher(DataSpec("mnist5k", seed=0, limit=DATA_LIMIT), quick)
+        teacher_path = root / "teacher.safetensors"
+        save_model(teacher_path, trained.model, trained.manifest)
+        issued = workflow.issue(load_model(teacher_path), identity, CUSTOMER, size=(3, 3), train=quick)
+        customer_path = root / "customer-acme.safetensors"
+        licence_path = root / "customer-acme.licence.json"
+        workflow.save_issued(issued, customer_path, licence_path, identity)
+    finally:
+        torch.set_num_threads(old_threads)
+    yield Vendor(root, CUSTOMER, identity, key_path, teacher_path, customer_path, licence_path, issued.serial,
+                 issued.product_key, issued.splits)

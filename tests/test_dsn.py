@@ -1,0 +1,349 @@
+"""Unit tests of the DSN scheme (deepserial.schemes.dsn) on tiny data, and one short real training run."""
+
+from __future__ import annotations
+
+import math
+
+import pydantic
+import pytest
+import torch
+from torch import nn
+
+from deepserial import workflow
+from deepserial.errors import GeometryError
+from deepserial.nets import create_model, visible_mask
+from deepserial.schemes import dsn
+from deepserial.serial import SerialGeometry, SerialNumber, bits_from_strings, stamp
+from deepserial.training import Batch, TrainConfig, predict_logits
+from deepserial.workflow import DataSpec
+
+SHAPE = (1, 28, 28)
+CLASSES = 10
+GEOMETRY = SerialGeometry(3, 3, 20, 20)
+SERIAL = SerialNumber(GEOMETRY, bits_from_strings(["101", "011", "100"]))
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny networks only lose from intra-op threads on a busy 2-core runner. Restored after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def region(x: torch.Tensor, g: SerialGeometry = GEOMETRY) -> torch.Tensor:
+    """The serial-number pixels of a batch, (N, h, w) (single channel)."""
+    return x[:, 0, g.top: g.top + g.height, g.left: g.left + g.width]
+
+
+def outside(x: torch.Tensor, g: SerialGeometry = GEOMETRY) -> torch.Tensor:
+    """The batch with the serial-number pixels zeroed: what a stamp leaves untouched."""
+    out = x.clone()
+    out[:, :, g.top: g.top + g.height, g.left: g.left + g.width] = 0
+    return out
+
+
+# ----- gradient reversal -----------------------------------------------------------------------------
+@pytest.mark.parametrize("coefficient", [0.0, 0.5, 1.0, 3.0])
+def test_grad_reverse_is_identity_forward_and_negates_gradient(coefficient: float) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, requires_grad=True)
+    w = torch.randn(4, 7)
+    y = dsn.grad_reverse(x, coefficient)
+    assert torch.equal(y, x)
+    (y * w).sum().backward()
+    assert torch.allclose(x.grad, -coefficient * w)
+
+
+def test_grad_reverse_in_train_net_flips_feature_gradients_only() -> None:
+    """Gd learns normally; the shared features Ge receive the Gd gradient with its sign flipped."""
+    torch.manual_seed(0)
+    student = create_model("dsn_mnist", SHAPE, CLASSES)
+    x, y = torch.rand(6, *SHAPE), torch.randint(0, CLASSES, (6,))
+
+    def grads(coefficient: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        net = dsn.DSNTrainNet(student, coefficient)
+        torch.manual_seed(1)
+        net.gd.reset_parameters()
+        student.zero_grad(set_to_none=True)
+        _, logits_d = net(x, n_gd=len(x))
+        nn.functional.cross_entropy(logits_d, y).backward()
+        return ([p.grad.clone() for p in student.features.parameters()],
+                [p.grad.clone() for p in net.gd.parameters()])
+
+    feat_rev, gd_rev = grads(1.0)
+    feat_plain, gd_plain = grads(-1.0)  # -(-1) = +1: an ordinary backward pass
+    assert any(g.abs().sum() > 0 for g in feat_plain)
+    for a, b in zip(feat_rev, feat_plain, strict=True):
+        assert torch.allclose(a, -b, atol=1e-6)
+    for a, b in zip(gd_rev, gd_plain, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in student.classifier.parameters())
+
+
+def test_train_net_heads() -> None:
+    torch.manual_seed(0)
+    student = create_model("dsn_mnist", SHAPE, CLASSES)
+    net = dsn.DSNTrainNet(student, 1.0)
+    x = torch.rand(5, *SHAPE)
+    logits_y, logits_d = net(x, n_gd=2)
+    assert torch.allclose(logits_y, student(x))
+    assert logits_d.shape == (2, CLASSES)
+    assert torch.allclose(logits_d, net.gd(student.features(x[3:])), atol=1e-6)
+    assert net(x)[1].shape == (0, CLASSES)
+
+
+# ----- the per-batch loss: what goes into one forward pass -------------------------------------------
+class Recorder(nn.Module):
+    """Wraps the training net and keeps every input batch it is called with."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.calls: list[tuple[torch.Tensor, int]] = []
+
+    def forward(self, x: torch.Tensor, n_gd: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls.append((x.detach().clone(), n_gd))
+        return self.net(x, n_gd=n_gd)
+
+
+def run_loss(cfg: dsn.DSNConfig, n: int, seed: int = 0):
+    torch.manual_seed(seed)
+    x = torch.rand(n, *SHAPE)  # random grey levels: never exactly 0 or 1, so stamped pixels are recognisable
+    y = torch.randint(0, CLASSES, (n,))
+    teacher_logits = torch.randn(n, CLASSES)
+    student = create_model("dsn_mnist", SHAPE, CLASSES)
+    net = Recorder(dsn.DSNTrainNet(student, cfg.grl_coefficient))
+    loss_fn = dsn.make_student_loss(SERIAL, teacher_logits, cfg, CLASSES)
+    out = loss_fn(net, Batch(x, y, torch.arange(n)))
+    assert len(net.calls) == 1
+    inputs, n_gd = net.calls[0]
+    return x, out, inputs, n_gd
+
+
+KINDS = ("raw", "random", "hamming1", "hamming2")
+
+
+def expected_counts(n: int, cfg: dsn.DSNConfig) -> dict[str, int]:
+    """The documented mix: each kind gets its share of round(n * invalid_ratio) rounded down, and what is
+    left over goes to the kind with the largest weight."""
+    total = round(n * cfg.invalid_ratio)
+    weights = {k: getattr(cfg, f"mix_{k}") for k in KINDS}
+    counts = {k: math.floor(total * w / sum(weights.values())) for k, w in weights.items()}
+    counts[max(weights, key=weights.get)] += total - sum(counts.values())
+    return counts
+
+
+def hamming_to_valid(inputs: torch.Tensor) -> list[int]:
+    r = region(inputs)
+    assert bool(((r == 0) | (r == 1)).all()), "a stamped region must hold only 0/1 pixels"
+    return (r != SERIAL.as_tensor()).flatten(1).sum(1).tolist()
+
+
+def assert_rows_come_from(rows: torch.Tensor, x: torch.Tensor, stamped: bool) -> None:
+    """Every row is one of the batch's images, as is (raw) or with only the serial-number pixels changed."""
+    a, b = (outside(rows), outside(x)) if stamped else (rows, x)
+    for r in a:
+        assert any(torch.equal(r, s) for s in b)
+
+
+@pytest.mark.parametrize("ratio", [None, 1.0])
+def test_default_mode_batch_composition(ratio: float | None) -> None:
+    n = 20
+    cfg = dsn.DSNConfig.default() if ratio is None else dsn.DSNConfig.default(invalid_ratio=ratio)
+    n_inv = round(n * cfg.invalid_ratio)
+    if ratio == 1.0:
+        assert n_inv == n
+    x, out, inputs, n_gd = run_loss(cfg, n)
+    assert out.forward_samples == n + n_inv == len(inputs)
+    assert cfg.gd_weight > 0 and n_gd == n_inv  # Gd sees every invalid input
+    # The first n rows are the batch itself, in order, stamped with the valid serial number.
+    assert torch.equal(inputs[:n], stamp(x, GEOMETRY, SERIAL.as_tensor()))
+    counts = expected_counts(n, cfg)
+    assert dsn._counts(n, cfg) == counts
+    assert all(counts[k] > 0 for k in KINDS)  # the default mix uses every kind of invalid input
+    raw, rnd, h1, h2 = torch.split(inputs[n:], [counts[k] for k in KINDS])
+    assert_rows_come_from(raw, x, stamped=False)
+    for part in (rnd, h1, h2):
+        assert_rows_come_from(part, x, stamped=True)
+    assert all(d > 0 for d in hamming_to_valid(rnd))  # a random pattern never equals the valid key
+    assert hamming_to_valid(h1) == [1] * counts["hamming1"]
+    assert hamming_to_valid(h2) == [2] * counts["hamming2"]
+    assert torch.isfinite(out.loss) and out.loss.requires_grad
+    assert set(out.metrics) == {"distill", "uniform", "gd_ce", "valid_acc"}
+    assert out.metrics["uniform"] >= -1e-6  # KL(U || P) is never negative
+
+
+def test_paper_mode_batch_composition() -> None:
+    n = 8
+    cfg = dsn.DSNConfig.paper()
+    x, out, inputs, n_gd = run_loss(cfg, n)
+    assert out.forward_samples == 2 * n == len(inputs) and n_gd == n
+    assert torch.equal(inputs[:n], stamp(x, GEOMETRY, SERIAL.as_tensor()))
+    assert_rows_come_from(inputs[n:], x, stamped=False)  # only raw inputs on the invalid side
+    assert "uniform" not in out.metrics  # no uniform loss in the paper's mode: the GRL head only
+    assert "gd_ce" in out.metrics
+
+
+@pytest.mark.parametrize(("mix", "kind_distance"), [
+    ({"mix_raw": 0.0, "mix_random": 0.0, "mix_hamming1": 1.0, "mix_hamming2": 0.0}, 1),
+    ({"mix_raw": 0.0, "mix_random": 0.0, "mix_hamming1": 0.0, "mix_hamming2": 1.0}, 2),
+])
+def test_single_kind_mix(mix: dict[str, float], kind_distance: int) -> None:
+    n = 6
+    x, out, inputs, _ = run_loss(dsn.DSNConfig.default(invalid_ratio=1.0, **mix), n)
+    assert out.forward_samples == 2 * n
+    assert hamming_to_valid(inputs[n:]) == [kind_distance] * n
+    assert_rows_come_from(inputs[n:], x, stamped=True)
+
+
+def test_raw_only_mix_and_invalid_ratio() -> None:
+    n = 8
+    cfg = dsn.DSNConfig.default(mix_raw=1.0, mix_random=0.0, mix_hamming1=0.0, mix_hamming2=0.0, invalid_ratio=0.5)
+    x, out, inputs, n_gd = run_loss(cfg, n)
+    assert out.forward_samples == n + 4 == len(inputs) and n_gd == 4
+    assert_rows_come_from(inputs[n:], x, stamped=False)
+
+
+def test_no_gd_head_when_its_weight_is_zero() -> None:
+    _, out, inputs, n_gd = run_loss(dsn.DSNConfig.default(gd_weight=0.0, invalid_ratio=1.0), 6)
+    assert n_gd == 0 and len(inputs) == 12
+    assert "gd_ce" not in out.metrics and "uniform" in out.metrics
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 10, 33, 128])
+@pytest.mark.parametrize("ratio", [0.5, 1.0, 2.0])
+def test_counts_sum_and_mix(n: int, ratio: float) -> None:
+    cfg = dsn.DSNConfig.default(invalid_ratio=ratio)
+    counts = dsn._counts(n, cfg)
+    total = round(n * ratio)
+    assert sum(counts.values()) == total
+    assert all(v >= 0 for v in counts.values())
+    assert counts == expected_counts(n, cfg)
+    assert dsn._counts(n, dsn.DSNConfig.paper(invalid_ratio=ratio)) == {
+        "raw": total, "random": 0, "hamming1": 0, "hamming2": 0}
+
+
+def test_counts_example() -> None:
+    cfg = dsn.DSNConfig.default(mix_raw=0.2, mix_random=0.2, mix_hamming1=0.4, mix_hamming2=0.2, invalid_ratio=1.0)
+    # 7 invalid inputs: floors 1, 1, 2, 1 (sum 5); the 2 left over go to the largest weight (Hamming-1).
+    assert dsn._counts(7, cfg) == {"raw": 1, "random": 1, "hamming1": 4, "hamming2": 1}
+    # Weights need not sum to 1: only their proportions count.
+    assert dsn._counts(10, cfg.model_copy(update={"mix_raw": 2.0, "mix_random": 0.0, "mix_hamming1": 2.0,
+                                                  "mix_hamming2": 1.0})) == {"raw": 4, "random": 0, "hamming1": 4,
+                                                                             "hamming2": 2}
+
+
+# ----- evaluation helpers ----------------------------------------------------------------------------
+def test_key_accuracies_matches_a_manual_loop() -> None:
+    torch.manual_seed(0)
+    model = create_model("dsn_mnist", SHAPE, CLASSES).eval()
+    x = torch.rand(12, *SHAPE)
+    # Labels: the model's own answers with the valid key, so that key scores 100 and others differ.
+    y = predict_logits(model, stamp(x, GEOMETRY, SERIAL.as_tensor())).argmax(1)
+    keys = torch.cat([SERIAL.as_tensor()[None], SERIAL.hamming_neighbours(1)[:3], torch.zeros(1, 3, 3),
+                      torch.ones(1, 3, 3)])
+    manual = [100.0 * float((model(stamp(x, GEOMETRY, k)).argmax(1) == y).float().mean()) for k in keys]
+    # chunk_samples=60 -> five keys per chunk: exercises the chunking and the short last chunk (6 = 5 + 1).
+    for chunk in (60, 65536):
+        got = dsn.key_accuracies(model, x, y, GEOMETRY, keys, chunk_samples=chunk)
+        assert got.shape == (len(keys),)
+        assert got.tolist() == pytest.approx(manual, abs=1e-4)
+    assert manual[0] == 100.0
+    assert dsn.key_accuracies(model, x, y, GEOMETRY, keys[:0]).shape == (0,)
+
+
+def test_issue_with_same_seed_is_reproducible(vendor) -> None:
+    teacher = vendor.teacher()
+    students = []
+    for state in (1, 2):
+        torch.manual_seed(state)  # what a fresh process would have: some unrelated global random state
+        issued = workflow.issue(teacher, vendor.identity, "repro", size=(3, 3),
+                                train=TrainConfig(epochs=0, seed=0, progress=False))
+        students.append(issued.student.state_dict())
+    a, b = students
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----- geometry --------------------------------------------------------------------------------------
+def test_default_geometry_dsn_mnist() -> None:
+    model = create_model("dsn_mnist", SHAPE, CLASSES)
+    mask = visible_mask(model, SHAPE)
+    g3 = dsn.default_geometry(model, SHAPE, 3, 3, margin=3)
+    assert (g3.top, g3.left, g3.height, g3.width) == (20, 20, 3, 3)  # rows/cols 20-22
+    g6 = dsn.default_geometry(model, SHAPE, 6, 6, margin=0)
+    assert (g6.top, g6.left, g6.height, g6.width) == (20, 20, 6, 6)  # rows/cols 20-25: the last visible ones
+    for g in (g3, g6):
+        assert bool(mask[g.top: g.top + g.height, g.left: g.left + g.width].all())
+    assert not bool(mask[26:, :].any()) and not bool(mask[:, 26:].any())  # the net never sees rows/cols 26-27
+    # The workflow's choice for the paper's 3x3 and the default 6x6 uses the same margins.
+    assert workflow.choose_geometry(model, SHAPE, (3, 3), None) == g3
+    assert workflow.choose_geometry(model, SHAPE, (6, 6), None) == g6
+
+
+def test_default_geometry_too_large() -> None:
+    model = create_model("dsn_mnist", SHAPE, CLASSES)
+    with pytest.raises(GeometryError, match="visible field"):
+        dsn.default_geometry(model, SHAPE, 27, 27)
+
+
+# ----- configuration ---------------------------------------------------------------------------------
+def test_config_modes() -> None:
+    p = dsn.DSNConfig.paper()
+    assert p.mode == "paper" and p.invalid_ratio == 1.0  # the paper: one raw input per valid one
+    d = dsn.DSNConfig.default()
+    assert d.mode == "default" and 0 < d.gd_weight < p.gd_weight  # the GRL head is kept, at a small weight
+    assert dsn.DSNConfig.default(invalid_ratio=0.5, gd_weight=0.3).invalid_ratio == 0.5  # overrides win
+    assert dsn.DSNConfig.default(gd_weight=0.3).gd_weight == 0.3
+    assert dsn.DSNConfig.model_validate(d.model_dump()) == d  # what a manifest records loads back
+
+
+def test_config_refuses_unknown_keys() -> None:
+    with pytest.raises(pydantic.ValidationError, match="temprature"):
+        dsn.DSNConfig(temprature=3.0)
+    with pytest.raises(pydantic.ValidationError):
+        dsn.DSNConfig.default(no_such_setting=1.0)
+
+
+def test_config_refuses_all_zero_mix() -> None:
+    zero = {"mix_raw": 0.0, "mix_random": 0.0, "mix_hamming1": 0.0, "mix_hamming2": 0.0}
+    with pytest.raises(pydantic.ValidationError, match="mix_raw"):
+        dsn.DSNConfig.default(**zero)
+    assert dsn.DSNConfig.paper(**zero).mode == "paper"  # the paper's mode uses raw inputs only, no mix
+
+
+@pytest.mark.parametrize("bad", [{"temperature": 0.0}, {"invalid_ratio": 0.0}, {"mix_raw": -0.1},
+                                 {"grl_coefficient": -1.0}, {"mode": "other"}])
+def test_config_refuses_out_of_range_values(bad: dict) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        dsn.DSNConfig(**bad)
+
+
+# ----- a real, short training run --------------------------------------------------------------------
+def test_student_learns_the_serial_number() -> None:
+    """On real digits, the customer model answers well only with its serial number (valid >> raw), with
+    the shipped default recipe."""
+    torch.manual_seed(0)  # the networks are built before fit() seeds: fix their initial weights too
+    t = workflow.train_teacher(DataSpec("mnist5k", seed=0, limit=800),
+                               TrainConfig(epochs=5, batch_size=32, progress=False))
+    assert t.manifest["test_acc"] >= 70
+    torch.manual_seed(0)
+    student = create_model("dsn_mnist", SHAPE, CLASSES)
+    geometry = dsn.default_geometry(student, SHAPE, 3, 3, margin=3)
+    serial = SerialNumber(geometry, SERIAL.bits)
+    cfg = dsn.DSNConfig.default()
+    epochs = 12
+    log = dsn.train_student(student, t.model, t.splits.owner, serial, cfg,
+                            TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, progress=False))
+    assert len(log.epochs) == epochs
+    batches = [len(c) for c in torch.arange(len(t.splits.owner)).split(32)]
+    per_epoch = sum(b + round(b * cfg.invalid_ratio) for b in batches)
+    assert log.forward_samples == epochs * per_epoch  # n valid + invalid_ratio * n invalid inputs per batch
+    test = t.splits.test
+    valid = float(dsn.key_accuracies(student, test.x, test.y, geometry, serial.as_tensor()[None])[0])
+    raw = 100.0 * float((predict_logits(student, test.x).argmax(1) == test.y).float().mean())
+    near = float(dsn.key_accuracies(student, test.x, test.y, geometry, serial.hamming_neighbours(1)).mean())
+    assert valid >= 70, (valid, raw, near)
+    assert raw <= 30, (valid, raw, near)
+    assert near <= valid - 20, (valid, raw, near)  # keys one bit away mostly fail too
