@@ -68,3 +68,13 @@ def vendor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vendor]:
         torch.set_num_threads(old_threads)
     yield Vendor(root, CUSTOMER, identity, key_path, teacher_path, customer_path, licence_path, issued.serial,
                  issued.product_key, issued.splits)
+
+
+@pytest.fixture(autouse=True)
+def single_thread() -> Iterator[None]:
+    """Every test runs with one intra-op thread: the tests' tiny networks only lose from more, and on a
+    busy 2-core runner they lose a lot (OpenMP workers spinning against other processes). Restored after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

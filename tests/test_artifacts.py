@@ -21,13 +21,6 @@ from deepserial.nets import SplitNet, create_model
 SHAPE = (1, 12, 12)  # the smallest input the DSN MNIST net accepts: a tiny, fast model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """Tiny models only lose from intra-op threads; on a busy 2-core runner they lose a lot. Restored after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @contextmanager

@@ -23,13 +23,6 @@ GEOMETRY = SerialGeometry(3, 3, 20, 20)
 SERIAL = SerialNumber(GEOMETRY, bits_from_strings(["101", "011", "100"]))
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny networks only lose from intra-op threads on a busy 2-core runner. Restored after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def region(x: torch.Tensor, g: SerialGeometry = GEOMETRY) -> torch.Tensor:

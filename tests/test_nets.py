@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -11,15 +9,6 @@ from torch import nn
 from deepserial.errors import ConfigError, GeometryError
 from deepserial.nets import SplitNet, available_models, check_visible, create_model, visible_mask
 from deepserial.serial import SerialGeometry
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """Tiny models only lose from intra-op threads; on a busy 2-core runner they lose a lot. Restored after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,15 +56,6 @@ def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """Tiny models only lose from intra-op threads, and on a busy 2-core runner they lose a lot
-    (OpenMP workers spinning against other processes: 100x slower steps). Restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.optim.Adam([nn.Parameter(torch.zeros(1))])  # the first optimiser pays torch's one-time lazy imports
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

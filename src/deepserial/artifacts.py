@@ -20,7 +20,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -30,6 +30,9 @@ from safetensors.torch import save as st_save
 from deepserial.errors import IdentityError, IntegrityError
 from deepserial.identity import OwnerIdentity, atomic_write
 from deepserial.nets import SplitNet, create_model
+
+if TYPE_CHECKING:
+    from deepserial.schemes.base import OwnershipKey
 
 FORMAT = "deepserial-model/1"
 
@@ -128,3 +131,44 @@ def load_model(path: str | Path, owner: OwnerIdentity | None = None) -> LoadedMo
         raise IntegrityError(f"{path}: weights do not match network {man['arch']!r}") from None
     model.eval()
     return LoadedModel(model, man)
+
+
+# ----- ownership keys ------------------------------------------------------------------------------
+KEY_FORMAT = "deepserial-key/1"
+
+
+def save_key(path: str | Path, key: OwnershipKey, owner: OwnerIdentity | None = None) -> dict[str, Any]:
+    """Write an ownership key (mode 0600: it is the owner's secret) as safetensors + manifest, with the
+    same digest and optional owner signature as models. Returns the manifest as written."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in key.tensors.items()}
+    man: dict[str, Any] = {"format": KEY_FORMAT, "scheme": key.scheme, "meta": key.meta}
+    digest = _digest(man, tensors)
+    man["integrity"] = {"sha256": digest}
+    if owner is not None:
+        man["integrity"]["signature"] = owner.sign(bytes.fromhex(digest)).hex()
+        man["integrity"]["owner_fingerprint"] = owner.fingerprint()
+    atomic_write(path, st_save(tensors, metadata={"deepserial": json.dumps(man, sort_keys=True)}), mode=0o600)
+    return man
+
+
+def load_key(path: str | Path) -> OwnershipKey:
+    """Read and integrity-check an ownership key file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise IntegrityError(f"cannot read ownership key {path}: {e.strerror}") from None
+    try:
+        tensors = st_load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        man = json.loads(json.loads(raw[8: 8 + header_len])["__metadata__"]["deepserial"])
+    except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        raise IntegrityError(f"{path} is not a deepserial ownership key or is truncated/corrupt") from None
+    if not isinstance(man, dict) or man.get("format") != KEY_FORMAT:
+        raise IntegrityError(f"{path} is not a deepserial ownership key ({KEY_FORMAT})")
+    want = man.get("integrity", {}).get("sha256") if isinstance(man.get("integrity"), dict) else None
+    if not want or _digest(man, tensors) != want:
+        raise IntegrityError(f"{path} failed its integrity check (the key was modified); do not use it")
+    from deepserial.schemes.base import OwnershipKey
+
+    return OwnershipKey(str(man["scheme"]), dict(man.get("meta") or {}), dict(tensors))

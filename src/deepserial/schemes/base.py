@@ -1,0 +1,133 @@
+"""The Scheme interface every protection method implements, with its ownership key and verdict.
+
+A scheme makes an ownership key (from the owner's signature where its paper does so), embeds it while
+a model trains or is fine-tuned (a per-batch loss plugged into :func:`deepserial.training.fit`; no
+scheme writes its own loop), and verifies a suspect with a hypothesis test whose null is "this
+suspect does not carry the key" (:mod:`deepserial.stats`). Ownership keys are saved beside, never
+inside, the shipped model (:func:`deepserial.artifacts.save_key`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ValidationError
+
+from deepserial.data import TensorData
+from deepserial.errors import ConfigError
+from deepserial.nets import SplitNet
+from deepserial.suspect import Suspect
+from deepserial.training import TrainConfig, TrainLog
+
+
+@dataclass
+class OwnershipKey:
+    """Everything a scheme needs to verify later: JSON-able ``meta`` and named tensors.
+
+    ``meta`` always holds ``scheme``; schemes derived from a signature also keep the verifier string,
+    the signature (hex) and the owner's public key, so a third party can check them (null embedding's
+    Algorithm 3 starts with that check).
+    """
+
+    scheme: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise ConfigError(f"ownership key for {self.scheme!r} lacks tensor {name!r}; "
+                              "was it made by another version or scheme?") from None
+
+
+@dataclass
+class Verdict:
+    """The outcome of a verification: a statistic, its threshold at the requested false-positive
+    rate, the p-value under "the suspect does not carry the key", the decision, and the queries spent."""
+
+    scheme: str
+    statistic: float
+    statistic_name: str
+    threshold: float
+    p_value: float
+    fpr: float
+    decision: bool
+    queries: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        word = "CARRIES the key" if self.decision else "does NOT carry the key"
+        return (f"{self.scheme}: suspect {word} ({self.statistic_name} = {self.statistic:.4g}, threshold "
+                f"{self.threshold:.4g}, p-value {self.p_value:.3g} at false-positive rate {self.fpr:g}, "
+                f"{self.queries} queries)")
+
+
+class Scheme(ABC):
+    """One protection method: keys, embedding, verification. Subclasses cite their paper."""
+
+    name: ClassVar[str]
+    citation: ClassVar[str]
+    white_box: ClassVar[bool] = False
+    Config: ClassVar[type[BaseModel]]
+
+    def __init__(self, config: BaseModel | dict[str, Any] | None = None) -> None:
+        if config is None:
+            config = self.Config()
+        elif isinstance(config, dict):
+            try:
+                config = self.Config(**config)
+            except ValidationError as e:
+                raise ConfigError(f"invalid {self.name} settings: {_one_line(e)}") from None
+        self.config = config
+
+    def num_outputs(self, num_classes: int) -> int:
+        """Outputs the marked network needs for a task of ``num_classes`` (new label: C + 1)."""
+        return num_classes
+
+    @abstractmethod
+    def make_key(self, signature: bytes, data: TensorData, num_classes: int,
+                 model: SplitNet | None = None) -> OwnershipKey:
+        """Derive the ownership key from ``signature``; ``data`` is the owner's training data (schemes
+        that pick key samples from it), ``model`` a trained model for schemes that need one."""
+
+    @abstractmethod
+    def embed(self, model: SplitNet, data: TensorData, key: OwnershipKey, train: TrainConfig) -> TrainLog:
+        """Train (or fine-tune) ``model`` in place so it carries ``key``; may finalise ``key``."""
+
+    @abstractmethod
+    def verify(self, suspect: Suspect, key: OwnershipKey, fpr: float = 1e-3) -> Verdict:
+        """Test whether ``suspect`` carries ``key`` at false-positive rate ``fpr``."""
+
+    def check_key(self, key: OwnershipKey) -> None:
+        if key.scheme != self.name:
+            raise ConfigError(f"ownership key is for scheme {key.scheme!r}, not {self.name!r}")
+
+
+SCHEMES: dict[str, type[Scheme]] = {}
+
+
+def register_scheme(cls: type[Scheme]) -> type[Scheme]:
+    """Class decorator: make a scheme available by name to the CLI and the reproductions."""
+    SCHEMES[cls.name] = cls
+    return cls
+
+
+def get_scheme(name: str, config: dict[str, Any] | None = None) -> Scheme:
+    """A scheme instance by name, with validated settings."""
+    import deepserial.schemes  # noqa: F401  (registers every scheme)
+
+    if name not in SCHEMES:
+        raise ConfigError(f"unknown scheme {name!r}; choose one of {', '.join(sorted(SCHEMES))}")
+    return SCHEMES[name](config)
+
+
+def _one_line(e: ValidationError) -> str:
+    errs = e.errors()
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in errs[:3])
