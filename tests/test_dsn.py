@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pydantic
 import pytest
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from deepserial import workflow
-from deepserial.errors import GeometryError
+from deepserial.errors import ConfigError, GeometryError
 from deepserial.nets import create_model, visible_mask
 from deepserial.schemes import dsn
 from deepserial.serial import SerialGeometry, SerialNumber, bits_from_strings, stamp
@@ -191,6 +192,50 @@ def test_single_kind_mix(mix: dict[str, float], kind_distance: int) -> None:
     assert_rows_come_from(inputs[n:], x, stamped=True)
 
 
+def test_ring_mask_is_the_frame_around_the_pattern() -> None:
+    m = dsn.ring_mask(GEOMETRY, 28, 28, band=2)
+    assert int(m.sum()) == 7 * 7 - 9
+    assert not m[20:23, 20:23].any() and m[18, 18] and m[24, 24] and not m[17, 20] and not m[25, 20]
+    corner = dsn.ring_mask(SerialGeometry(3, 3, 25, 25), 28, 28, band=2)  # clipped at the image border
+    assert int(corner.sum()) == 5 * 5 - 9
+
+
+def test_ring_noise_changes_only_the_frame() -> None:
+    n = 10
+    x, out, inputs, _ = run_loss(dsn.DSNConfig.default(ring_noise=1.0), n)
+    ring = dsn.ring_mask(GEOMETRY, 28, 28)
+    clean = stamp(x, GEOMETRY, SERIAL.as_tensor())
+    assert torch.equal(inputs[:n][..., ~ring], clean[..., ~ring])  # pattern and the rest untouched
+    assert not torch.equal(inputs[:n][..., ring], clean[..., ring])  # the frame is noise
+    assert torch.isfinite(out.loss)
+
+
+def test_hard_hamming1_draws_more_of_the_hard_neighbours() -> None:
+    """Neighbours whose inputs the model fails to push to uniform are drawn more often later."""
+    cfg = dsn.DSNConfig.default(hard_hamming1=1.0, mix_raw=0.0, mix_random=0.0, mix_hamming1=1.0,
+                                mix_hamming2=0.0, invalid_ratio=4.0)
+    torch.manual_seed(0)
+    n = 16
+    x = torch.rand(n, *SHAPE)
+    y = torch.randint(0, CLASSES, (n,))
+    hard_bit = 4  # the neighbour that flips bit 4 is the only one that stays confident
+
+    class Confident(nn.Module):
+        def forward(self, inp: torch.Tensor, n_gd: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+            flipped = (region(inp) != SERIAL.as_tensor()).flatten(1)
+            logits = torch.zeros(len(inp), CLASSES) + 0.0 * inp.sum()
+            logits[:, 0] = 8.0 * flipped[:, hard_bit].float()
+            return logits.requires_grad_(), logits[len(logits) - n_gd:]
+
+    loss_fn = dsn.make_student_loss(SERIAL, torch.randn(n, CLASSES), cfg, CLASSES)
+    rec = Recorder(Confident())
+    for _ in range(30):
+        loss_fn(rec, Batch(x, y, torch.arange(n)))
+    last = rec.calls[-1][0][n:]
+    share = float(((region(last) != SERIAL.as_tensor()).flatten(1)[:, hard_bit]).float().mean())
+    assert share > 0.5, share  # uniform drawing would give 1/9
+
+
 def test_raw_only_mix_and_invalid_ratio() -> None:
     n = 8
     cfg = dsn.DSNConfig.default(mix_raw=1.0, mix_random=0.0, mix_hamming1=0.0, mix_hamming2=0.0, invalid_ratio=0.5)
@@ -314,9 +359,22 @@ def test_config_refuses_out_of_range_values(bad: dict) -> None:
 
 
 # ----- a real, short training run --------------------------------------------------------------------
-def test_student_learns_the_serial_number() -> None:
-    """On real digits, the customer model answers well only with its serial number (valid >> raw), with
-    the shipped default recipe."""
+SIGNATURE = bytes(range(64))  # stands in for an owner's signature: the serial number is derived from it
+
+
+@dataclass
+class Learned:
+    teacher: nn.Module
+    student: nn.Module
+    serial: SerialNumber
+    splits: object
+    log: object
+    epochs: int
+
+
+@pytest.fixture(scope="module")
+def learned() -> Learned:
+    """A teacher and a default-recipe customer model trained briefly on real digits (shared)."""
     torch.manual_seed(0)  # the networks are built before fit() seeds: fix their initial weights too
     t = workflow.train_teacher(DataSpec("mnist5k", seed=0, limit=800),
                                TrainConfig(epochs=5, batch_size=32, progress=False))
@@ -324,19 +382,64 @@ def test_student_learns_the_serial_number() -> None:
     torch.manual_seed(0)
     student = create_model("dsn_mnist", SHAPE, CLASSES)
     geometry = dsn.default_geometry(student, SHAPE, 3, 3, margin=3)
-    serial = SerialNumber(geometry, SERIAL.bits)
-    cfg = dsn.DSNConfig.default()
+    serial = SerialNumber.from_signature(SIGNATURE, geometry)
     epochs = 12
-    log = dsn.train_student(student, t.model, t.splits.owner, serial, cfg,
+    log = dsn.train_student(student, t.model, t.splits.owner, serial, dsn.DSNConfig.default(),
                             TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, progress=False))
-    assert len(log.epochs) == epochs
-    batches = [len(c) for c in torch.arange(len(t.splits.owner)).split(32)]
+    return Learned(t.model, student, serial, t.splits, log, epochs)
+
+
+def test_student_learns_the_serial_number(learned: Learned) -> None:
+    """On real digits, the customer model answers well only with its serial number (valid >> raw), with
+    the shipped default recipe."""
+    cfg = dsn.DSNConfig.default()
+    student, geometry, serial = learned.student, learned.serial.geometry, learned.serial
+    assert len(learned.log.epochs) == learned.epochs
+    batches = [len(c) for c in torch.arange(len(learned.splits.owner)).split(32)]
     per_epoch = sum(b + round(b * cfg.invalid_ratio) for b in batches)
-    assert log.forward_samples == epochs * per_epoch  # n valid + invalid_ratio * n invalid inputs per batch
-    test = t.splits.test
+    assert learned.log.forward_samples == learned.epochs * per_epoch  # n valid + ratio * n invalid per batch
+    test = learned.splits.test
     valid = float(dsn.key_accuracies(student, test.x, test.y, geometry, serial.as_tensor()[None])[0])
     raw = 100.0 * float((predict_logits(student, test.x).argmax(1) == test.y).float().mean())
     near = float(dsn.key_accuracies(student, test.x, test.y, geometry, serial.hamming_neighbours(1)).mean())
     assert valid >= 70, (valid, raw, near)
     assert raw <= 30, (valid, raw, near)
     assert near <= valid - 20, (valid, raw, near)  # keys one bit away mostly fail too
+
+
+# ----- DSN behind the Scheme interface -------------------------------------------------------------
+def test_dsn_scheme_key_is_derived_from_the_signature(vendor) -> None:  # noqa: ANN001
+    from deepserial.schemes.base import get_scheme
+
+    scheme = get_scheme("dsn")
+    assert isinstance(scheme, dsn.DSNScheme)
+    sig = bytes(range(64))
+    student = create_model("dsn_mnist", SHAPE, CLASSES)
+    k1 = scheme.make_key(sig, vendor.splits.owner, CLASSES, model=student)
+    k2 = scheme.make_key(sig, vendor.splits.owner, CLASSES, model=student)
+    assert torch.equal(k1.tensors["x"], k2.tensors["x"]) and len(k1.tensors["x"]) == 100
+    assert scheme.serial(k1) == SerialNumber.from_signature(sig, SerialGeometry.from_dict(k1.meta["geometry"]))
+    with pytest.raises(ConfigError, match="teacher"):
+        scheme.embed(student, vendor.splits.owner, k1, TrainConfig(epochs=1, progress=False))
+
+
+def test_dsn_scheme_verifies_only_the_unlocking_key(learned: Learned) -> None:
+    """McNemar's test: the customer's own key unlocks its model; the teacher (unlocked by anything) and
+    another owner's key do not count as unlocking."""
+    from deepserial.schemes.base import OwnershipKey
+    from deepserial.suspect import ModuleSuspect
+
+    test = learned.splits.test
+    key = OwnershipKey("dsn", {"geometry": learned.serial.geometry.to_dict(), "signature": SIGNATURE.hex()},
+                       {"x": test.x, "y": test.y})
+    scheme = dsn.DSNScheme()
+    assert scheme.serial(key) == learned.serial
+    v = scheme.verify(ModuleSuspect(learned.student, SHAPE), key, fpr=1e-3)
+    assert v.decision and v.p_value <= 1e-3 and v.queries == 2 * len(test), v.summary()
+    assert v.details["acc_key"] > v.details["acc_random_key"] + 30
+    vt = scheme.verify(ModuleSuspect(learned.teacher, SHAPE), key, fpr=1e-3)
+    assert not vt.decision, vt.summary()
+    other = OwnershipKey("dsn", {"geometry": key.meta["geometry"], "signature": (b"another owner" * 5).hex()},
+                         key.tensors)
+    vo = scheme.verify(ModuleSuspect(learned.student, SHAPE), other, fpr=1e-3)
+    assert not vo.decision, vo.summary()

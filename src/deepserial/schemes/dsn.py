@@ -36,10 +36,14 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from deepserial import stats
 from deepserial.data import TensorData
-from deepserial.errors import GeometryError
+from deepserial.errors import ConfigError, GeometryError
+from deepserial.identity import derive_rng
 from deepserial.nets import SplitNet, check_visible, visible_mask
+from deepserial.schemes.base import OwnershipKey, Scheme, Verdict, register_scheme
 from deepserial.serial import SerialGeometry, SerialNumber, stamp, stamp_many
+from deepserial.suspect import Suspect
 from deepserial.training import Batch, LossOut, TrainConfig, TrainLog, fit, predict_logits
 
 SCHEME = "dsn"
@@ -57,11 +61,16 @@ class DSNConfig(BaseModel):
     uniform_weight: float = Field(1.0, ge=0, description="default mode: weight of KL(U || P_S) on invalid inputs")
     invalid_ratio: float = Field(1.0, gt=0, description="invalid inputs per valid one in a batch (paper: 1)")
     # Share of each kind of invalid input. Near misses get the most: raw inputs and random wrong keys
-    # are easy to reject, keys one bit away are not (DESIGN.md, calibration; docs/dsn_research.md).
+    # are easy to reject, keys one bit away are not (DESIGN.md, calibration; reports/dsn_research.md).
     mix_raw: float = Field(0.1, ge=0)
     mix_random: float = Field(0.1, ge=0)
     mix_hamming1: float = Field(0.6, ge=0)
     mix_hamming2: float = Field(0.2, ge=0)
+    # Calibration levers for large serial numbers (reports/dsn_research.md), off unless set:
+    hard_hamming1: float = Field(0.0, ge=0, le=1, description="share of Hamming-1 inputs drawn in proportion to "
+                                 "each neighbour's recent loss on the uniform target (hard negatives)")
+    ring_noise: float = Field(0.0, ge=0, le=1, description="probability that the 2-pixel band around the serial "
+                              "number of a training input is replaced with uniform noise")
 
     @model_validator(mode="after")
     def _mix(self) -> DSNConfig:
@@ -152,6 +161,17 @@ def make_student_loss(serial: SerialNumber, teacher_logits: torch.Tensor, cfg: D
     T = cfg.temperature
     log_c = math.log(num_classes)
 
+    n_h1 = len(wrong.hamming1)
+    hardness = torch.ones(n_h1)  # running mean of each Hamming-1 neighbour's uniform loss (hard negatives)
+
+    def draw_hamming1(k: int) -> torch.Tensor:
+        n_hard = int(round(k * cfg.hard_hamming1))
+        easy = torch.randint(0, n_h1, (k - n_hard,))
+        if n_hard == 0:
+            return easy
+        hard = torch.multinomial(hardness / hardness.sum(), n_hard, replacement=True)
+        return torch.cat([easy, hard])
+
     def loss_fn(net: nn.Module, batch: Batch) -> LossOut:
         x, y = batch.x, batch.y
         n = len(x)
@@ -159,6 +179,7 @@ def make_student_loss(serial: SerialNumber, teacher_logits: torch.Tensor, cfg: D
         counts = _counts(n, cfg)
         parts = [stamp(x, geometry, valid)]
         labels = []
+        h1_rows = h1_idx = None
         pick = torch.randint(0, n, (sum(counts.values()),), device=dev)
         off = 0
         for kind, k in counts.items():
@@ -172,13 +193,20 @@ def make_student_loss(serial: SerialNumber, teacher_logits: torch.Tensor, cfg: D
                     bits = torch.randint(0, 2, (k, geometry.height, geometry.width), device=dev).float()
                     same = (bits == valid.to(dev)).flatten(1).all(1)
                     bits[same] = wrong.hamming1[0].to(dev)  # a random pattern equal to the key is replaced
+                elif kind == "hamming1":
+                    h1_idx = draw_hamming1(k)
+                    h1_rows = n + off
+                    bits = wrong.hamming1[h1_idx].to(dev)
                 else:
-                    pool = wrong.hamming1 if kind == "hamming1" else wrong.hamming2
-                    bits = pool[torch.randint(0, len(pool), (k,))].to(dev)
+                    bits = wrong.hamming2[torch.randint(0, len(wrong.hamming2), (k,))].to(dev)
                 parts.append(stamp(xi, geometry, bits))
             labels.append(y[pick[off: off + k]])
             off += k
         inputs = torch.cat(parts)
+        if cfg.ring_noise > 0:
+            ring = ring_mask(geometry, inputs.shape[2], inputs.shape[3]).to(dev)
+            noisy = (torch.rand(len(inputs), 1, 1, 1, device=dev) < cfg.ring_noise) & ring
+            inputs = torch.where(noisy, torch.rand_like(inputs), inputs)
         n_inv = len(inputs) - n
         logits_y, logits_d = net(inputs, n_gd=n_inv if cfg.gd_weight > 0 else 0)
         zt = teacher_logits[batch.idx].to(dev)
@@ -187,7 +215,14 @@ def make_student_loss(serial: SerialNumber, teacher_logits: torch.Tensor, cfg: D
         loss = distill
         metrics = {"distill": float(distill.detach())}
         if n_inv and cfg.mode == "default" and cfg.uniform_weight > 0:
-            uniform = (-F.log_softmax(logits_y[n:], 1).mean(1) - log_c).mean()
+            per_sample = -F.log_softmax(logits_y[n:], 1).mean(1) - log_c
+            uniform = per_sample.mean()
+            if h1_idx is not None and cfg.hard_hamming1 > 0:
+                seen = per_sample[h1_rows - n: h1_rows - n + len(h1_idx)].detach().float().cpu()
+                total = torch.zeros(n_h1).index_add_(0, h1_idx, seen)
+                count = torch.zeros(n_h1).index_add_(0, h1_idx, torch.ones(len(h1_idx)))
+                hit = count > 0
+                hardness[hit] = 0.9 * hardness[hit] + 0.1 * (total[hit] / count[hit] + 1e-3)
             loss = loss + cfg.uniform_weight * uniform
             metrics["uniform"] = float(uniform.detach())
         if n_inv and cfg.gd_weight > 0:
@@ -198,6 +233,16 @@ def make_student_loss(serial: SerialNumber, teacher_logits: torch.Tensor, cfg: D
         return LossOut(loss, len(inputs), metrics)
 
     return loss_fn
+
+
+def ring_mask(geometry: SerialGeometry, height: int, width: int, band: int = 2) -> torch.Tensor:
+    """Boolean (H, W) mask of the ``band``-pixel frame around the serial number (clipped to the image):
+    the pixels a convolution sees together with the pattern's border bits."""
+    m = torch.zeros(height, width, dtype=torch.bool)
+    t, left = geometry.top, geometry.left
+    m[max(0, t - band): t + geometry.height + band, max(0, left - band): left + geometry.width + band] = True
+    m[t: t + geometry.height, left: left + geometry.width] = False
+    return m
 
 
 def train_student(
@@ -315,6 +360,8 @@ def evaluate(
         acc = key_accuracies(student, x, y, g, nb)
         out |= {f"hamming{d}_mean": float(acc.mean()), f"hamming{d}_max": float(acc.max()),
                 f"hamming{d}_count": len(nb)}
+        if d == 1:  # which bit flips still unlock the model: the per-bit view that calibration needs
+            out["hamming1_each"] = [round(float(a), 2) for a in acc]
     out["probe_acc"] = linear_probe(student, probe_train, test, seed)
     out["eval_wall_s"] = time.perf_counter() - t0
     return out
@@ -322,3 +369,68 @@ def evaluate(
 
 def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * float((predict_logits(model, x).argmax(1) == y).float().mean())
+
+
+# ----- the Scheme interface ------------------------------------------------------------------------
+@register_scheme
+class DSNScheme(Scheme):
+    """DSN behind the common :class:`~deepserial.schemes.base.Scheme` interface (tracing, comparisons).
+
+    The ownership key is the serial number's signature and geometry plus ``verify_samples`` labelled
+    images of the owner's. :meth:`embed` distils ``teacher`` into the model (DSN has no from-scratch
+    embedding). :meth:`verify` asks whether this key unlocks the suspect: each verification image is
+    queried once stamped with the key and once with a fresh random wrong key. Under the null "the key
+    is just another wrong key to this suspect" the two answers of an image are exchangeable, so the
+    number of images right with the key and wrong with the control (b), among the discordant pairs
+    (b + c), is Binomial(b + c, 1/2): McNemar's exact test. A plain (unprotected) model is right with
+    both, a locked model with neither, so neither is declared unlocked.
+    """
+
+    name = SCHEME
+    citation = "Tang, Du, Hu. Deep Serial Number. arXiv:2011.08960"
+    Config = DSNConfig
+
+    def __init__(self, config: DSNConfig | dict | None = None, teacher: nn.Module | None = None,
+                 size: tuple[int, int] = (6, 6), verify_samples: int = 100) -> None:
+        super().__init__(config)
+        self.teacher, self.size, self.verify_samples = teacher, size, verify_samples
+
+    def make_key(self, signature: bytes, data: TensorData, num_classes: int,
+                 model: SplitNet | None = None) -> OwnershipKey:
+        shape = tuple(data.x.shape[1:])
+        if model is None:
+            raise ConfigError("DSN needs the student network to place the serial number in its visible field")
+        margin = 3 if self.size[0] * self.size[1] <= 9 else 0
+        geometry = default_geometry(model, shape, self.size[0], self.size[1], margin)
+        rng = derive_rng(signature, "dsn/verification-samples")
+        sel = torch.from_numpy(rng.choice(len(data), min(self.verify_samples, len(data)), replace=False))
+        return OwnershipKey(self.name, {"geometry": geometry.to_dict(), "signature": signature.hex()},
+                            {"x": data.x[sel].clone(), "y": data.y[sel].clone()})
+
+    def serial(self, key: OwnershipKey) -> SerialNumber:
+        self.check_key(key)
+        return SerialNumber.from_signature(bytes.fromhex(key.meta["signature"]),
+                                           SerialGeometry.from_dict(key.meta["geometry"]))
+
+    def embed(self, model: SplitNet, data: TensorData, key: OwnershipKey, train: TrainConfig) -> TrainLog:
+        if self.teacher is None:
+            raise ConfigError("DSN embeds by distillation: construct DSNScheme(teacher=...)")
+        return train_student(model, self.teacher, data, self.serial(key), self.config, train)  # type: ignore[arg-type]
+
+    def verify(self, suspect: Suspect, key: OwnershipKey, fpr: float = 1e-3, seed: int = 0) -> Verdict:
+        serial = self.serial(key)
+        x, y = key.tensor("x"), key.tensor("y")
+        start = suspect.queries
+        wrong = serial.random_wrong(len(x), np.random.default_rng(seed)) if len(x) else serial.as_tensor()[:0]
+        if len(wrong) < len(x):  # tiny serial numbers: fewer wrong patterns than images, reuse them
+            wrong = wrong[torch.arange(len(x)) % len(wrong)]
+        with_key = suspect.predict(stamp(x, serial.geometry, serial.as_tensor())) == y
+        control = suspect.predict(stamp(x, serial.geometry, wrong)) == y
+        b = int((with_key & ~control).sum())
+        c = int((~with_key & control).sum())
+        p = stats.binom_tail(b, b + c, 0.5)
+        thr = stats.binom_threshold(b + c, 0.5, fpr) if b + c else 1
+        return Verdict(self.name, float(b), "right with key, wrong with a random key (of b + c discordant)",
+                       float(thr), p, fpr, bool(p <= fpr), suspect.queries - start,
+                       {"b": b, "c": c, "acc_key": 100.0 * float(with_key.float().mean()),
+                        "acc_random_key": 100.0 * float(control.float().mean()), "images": len(x)})
