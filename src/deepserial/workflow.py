@@ -267,3 +267,65 @@ def torch_threads(n: int | None) -> None:
     """Use ``n`` intra-op threads (None: PyTorch's default)."""
     if n:
         torch.set_num_threads(n)
+
+
+# ----- ownership watermarks ------------------------------------------------------------------------
+@dataclass
+class Marked:
+    """A model that carries an ownership watermark, with its key and provenance."""
+
+    model: SplitNet
+    manifest: dict[str, Any]
+    key: Any  # OwnershipKey
+    log: TrainLog
+    splits: Splits
+
+
+def embed_watermark(
+    scheme: Any,  # deepserial.schemes.base.Scheme
+    identity: OwnerIdentity,
+    data: DataSpec,
+    train: TrainConfig,
+    *,
+    arch: str = "dsn_mnist",
+    subject: str = "model",
+    owner_id: str | None = None,
+    base: LoadedModel | None = None,
+) -> Marked:
+    """Sign a verifier string for ``subject``, derive the scheme's key from the signature and train a
+    network from scratch with it (or fine-tune ``base``, for schemes embedded after training)."""
+    from deepserial.schemes.base import Provenance
+
+    splits = data.load()
+    shape = tuple(splits.owner.x.shape[1:])
+    num_classes = int(max(splits.owner.y.max(), splits.test.y.max())) + 1
+    seed_everything(train.seed)
+    if base is not None:
+        if int(base.manifest.get("task_classes", base.manifest["num_classes"])) != num_classes:
+            raise ConfigError(f"base model has {base.manifest['num_classes']} classes, the data {num_classes}")
+        model, arch = base.model, base.manifest["arch"]
+    else:
+        model = create_model(arch, shape, scheme.num_outputs(num_classes))
+    prov = Provenance.sign(identity, owner_id or identity.fingerprint(), subject, scheme.name)
+    key = scheme.make_signed_key(prov, splits.owner, num_classes, model=model)
+    log = scheme.embed(model, splits.owner, key, train)
+    manifest = {
+        "arch": arch, "input_shape": list(shape), "num_classes": int(scheme.num_outputs(num_classes)),
+        "task_classes": num_classes, "normalisation": "[0,1]", "role": "watermarked", "scheme": scheme.name,
+        "owner_fingerprint": identity.fingerprint(), "dataset": data.to_dict(), "train_seed": train.seed,
+        "train_epochs": train.epochs, "train_wall_s": log.wall_s, "test_acc": accuracy(model, splits.test),
+        "environment": environment(),
+    }
+    key.meta.setdefault("config", scheme.config.model_dump())
+    return Marked(model, manifest, key, log, splits)
+
+
+def verify_watermark(key: Any, suspect: Any, fpr: float = 1e-3, check_signature: bool = True) -> Any:
+    """The verdict of ``key``'s scheme on ``suspect``; first checks the key's owner signature when it
+    carries one (a key without provenance is verified as is when ``check_signature`` is False)."""
+    from deepserial.schemes.base import Provenance, get_scheme
+
+    if check_signature:
+        Provenance.from_meta(key.meta).check()
+    scheme = get_scheme(key.scheme, key.meta.get("config"))
+    return scheme.verify(suspect, key, fpr=fpr)

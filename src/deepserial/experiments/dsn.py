@@ -125,7 +125,7 @@ def _markdown(rep: dict[str, Any]) -> str:
         "",
         markdown_table(["figure", "paper (MNIST)", *names], rows),
         "",
-        "| run | serial number | random wrong keys | test images per wrong key | student train (s) |",
+        "| run | serial number | random wrong keys | test images per random / Hamming-2 key | student train (s) |",
         "|---|---|---|---|---|",
     ]
     for n in names:

@@ -14,10 +14,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import torch
+from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, ValidationError
 
 from deepserial.data import TensorData
-from deepserial.errors import ConfigError
+from deepserial.errors import ConfigError, IdentityError
+from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.nets import SplitNet
 from deepserial.suspect import Suspect
 from deepserial.training import TrainConfig, TrainLog
@@ -69,6 +71,48 @@ class Verdict:
                 f"{self.queries} queries)")
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Who made a key: the verifier string, the owner's signature over it, the owner's public key.
+
+    Kept in every key's ``meta`` (``verifier``, ``signature``, ``owner_public_key``) so a third party
+    can check that the key's secrets really derive from the owner's signature (null embedding's
+    Algorithm 3 begins with that check; the CLI does it for every scheme).
+    """
+
+    verifier: VerifierString
+    signature: bytes
+    owner_public_key: str
+
+    @classmethod
+    def sign(cls, identity: OwnerIdentity, owner_id: str, subject: str, scheme: str) -> Provenance:
+        verifier = VerifierString.now(owner_id, subject, scheme)
+        return cls(verifier, identity.sign(verifier), identity.public_pem().decode())
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"verifier": self.verifier.to_dict(), "signature": self.signature.hex(),
+                "owner_public_key": self.owner_public_key}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Provenance:
+        try:
+            return cls(VerifierString.from_dict(meta["verifier"]), bytes.fromhex(meta["signature"]),
+                       str(meta["owner_public_key"]))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise IdentityError("ownership key lacks a readable verifier string, signature or owner public key; "
+                                "it was not made with an owner identity") from None
+
+    def check(self) -> bytes:
+        """The signature, after checking it is the owner's over the verifier string (IdentityError if not)."""
+        try:
+            pub = serialization.load_pem_public_key(self.owner_public_key.encode())
+            owner = OwnerIdentity(None, pub)  # type: ignore[arg-type]
+        except (ValueError, TypeError):
+            raise IdentityError("the ownership key's owner public key is not a valid PEM public key") from None
+        owner.verify(self.verifier, self.signature)
+        return self.signature
+
+
 class Scheme(ABC):
     """One protection method: keys, embedding, verification. Subclasses cite their paper."""
 
@@ -104,6 +148,13 @@ class Scheme(ABC):
     @abstractmethod
     def verify(self, suspect: Suspect, key: OwnershipKey, fpr: float = 1e-3) -> Verdict:
         """Test whether ``suspect`` carries ``key`` at false-positive rate ``fpr``."""
+
+    def make_signed_key(self, provenance: Provenance, data: TensorData, num_classes: int,
+                        model: SplitNet | None = None) -> OwnershipKey:
+        """:meth:`make_key` from a checked signature, with the provenance recorded in the key."""
+        key = self.make_key(provenance.check(), data, num_classes, model)
+        key.meta.update(provenance.to_meta())
+        return key
 
     def check_key(self, key: OwnershipKey) -> None:
         if key.scheme != self.name:
