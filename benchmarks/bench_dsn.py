@@ -3,8 +3,9 @@
 Run: ``python benchmarks/bench_dsn.py`` (writes ``benchmarks/results/bench_dsn.{json,md}``).
 
 Both runs train the same network on the same owner split of ``mnist5k`` in the same process, with
-the same number of samples per forward pass (plain: 256 images; DSN: 128 images stamped with the
-valid serial number + 128 invalid inputs), and count every sample that goes through a forward pass.
+the same number of samples per forward pass (plain: 384 images; DSN default: 128 images stamped with
+the valid serial number + 256 invalid inputs, ``invalid_ratio`` 2), and count every sample that goes
+through a forward pass.
 The DSN teacher's outputs are computed once before training (they do not depend on the student), so
 the comparison is student work against student work. Rounds alternate the order of the two to cancel
 drift (thermal, other load); the median of the rounds is reported.
@@ -38,6 +39,8 @@ def throughput(rounds: int, epochs: int, seed: int) -> dict:
     shape = tuple(owner.x.shape[1:])
     teacher = create_model("dsn_mnist", shape, 10)
     fit(teacher, owner, supervised_loss, TrainConfig(epochs=2, batch_size=128, seed=seed, progress=False))
+    cfg = DSNConfig.default()
+    forward_batch = int(round(128 * (1 + cfg.invalid_ratio)))
     plain_rates, dsn_rates = [], []
     for r in range(rounds):
         order = ("plain", "dsn") if r % 2 == 0 else ("dsn", "plain")
@@ -45,18 +48,18 @@ def throughput(rounds: int, epochs: int, seed: int) -> dict:
             model = create_model("dsn_mnist", shape, 10)
             if which == "plain":
                 log = fit(model, owner, supervised_loss,
-                          TrainConfig(epochs=epochs, batch_size=256, seed=seed, progress=False))
+                          TrainConfig(epochs=epochs, batch_size=forward_batch, seed=seed, progress=False))
                 plain_rates.append(log.forward_samples / log.wall_s)
             else:
                 geo = default_geometry(model, shape, 6, 6)
                 sn = SerialNumber.from_signature(b"benchmark", geo)
-                log = train_student(model, teacher, owner, sn, DSNConfig.default(),
+                log = train_student(model, teacher, owner, sn, cfg,
                                     TrainConfig(epochs=epochs, batch_size=128, seed=seed, progress=False))
                 dsn_rates.append(log.forward_samples / log.wall_s)
     p, d = statistics.median(plain_rates), statistics.median(dsn_rates)
     return {"plain_samples_per_s": p, "dsn_samples_per_s": d, "ratio": d / p, "rounds": rounds,
             "epochs_per_round": epochs, "plain_rates": plain_rates, "dsn_rates": dsn_rates,
-            "owner_samples": len(owner), "forward_batch": 256}
+            "owner_samples": len(owner), "forward_batch": forward_batch}
 
 
 def demo_time() -> dict:
@@ -92,7 +95,8 @@ def main() -> None:
             ("DSN student training (default mode)", res["dsn_samples_per_s"], res["ratio"])]
     md = ["# DSN training throughput", "",
           f"Forward samples per second, median of {a.rounds} alternating rounds of {a.epochs} epochs on "
-          f"{res['owner_samples']} `mnist5k` owner images, 256 samples per forward pass, seed {a.seed}.", "",
+          f"{res['owner_samples']} `mnist5k` owner images, {res['forward_batch']} samples per forward pass, "
+          f"seed {a.seed}.", "",
           markdown_table(["run", "samples/s", "ratio"], [(n, round(s), f"{r:.2f}x") for n, s, r in rows]), ""]
     if "demo_wall_s" in res:
         md += [f"`deepserial demo` total wall time: **{res['demo_wall_s']:.0f} s** "
