@@ -1,0 +1,1 @@
+"""Attacks on protected models, one module per attack (each cites its paper)."""
