@@ -224,11 +224,23 @@ def test_resolve_device_cuda_without_gpu() -> None:
     ("kw", "match"),
     [({"epochs": -1}, "epochs"), ({"batch_size": 0}, "batch size"), ({"lr": 0.0}, "learning rate"),
      ({"lr": -1e-3}, "learning rate"), ({"lr": float("nan")}, "learning rate"),
-     ({"lr": float("inf")}, "learning rate")],
+     ({"lr": float("inf")}, "learning rate"), ({"optimizer": "lbfgs"}, "optimizer"),
+     ({"momentum": 1.0}, "momentum")],
 )
 def test_train_config_validation(kw: dict[str, float], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_fit_sgd_takes_plain_gradient_steps(data: TensorData) -> None:
+    """optimizer='sgd' (null embedding, Table 14): one full-batch epoch is exactly w - lr * grad."""
+    model = tiny_net()
+    before = state(model)
+    ref = tiny_net()
+    supervised_loss(ref, Batch(data.x, data.y, torch.arange(N))).loss.backward()
+    fit(model, data, supervised_loss, cfg(epochs=1, batch_size=N, lr=0.1, optimizer="sgd"))
+    for (name, p), w0 in zip(ref.named_parameters(), before.values(), strict=True):
+        assert torch.allclose(model.state_dict()[name], w0 - 0.1 * p.grad, atol=1e-6), name
 
 
 def test_predict_logits_batches(data: TensorData) -> None:

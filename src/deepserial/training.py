@@ -65,6 +65,8 @@ class TrainConfig:
     batch_size: int = 500
     lr: float = 1e-3
     weight_decay: float = 0.0
+    optimizer: str = "adam"  # "adam" (DSN §3.2) or "sgd" (null embedding Table 14, for the Digit task)
+    momentum: float = 0.0  # SGD only
     plateau_patience: int = 2
     seed: int = 0
     device: str | None = None
@@ -78,6 +80,10 @@ class TrainConfig:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
 
 
 @dataclass
@@ -145,7 +151,11 @@ def fit(
     rank, world_size = world()
     model.to(device)
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum,
+                                                     weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=cfg.plateau_patience)
     net: nn.Module = model
     if world_size > 1:
