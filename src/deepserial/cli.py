@@ -23,6 +23,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Serial numbers and ownership watermarks for neural networks.")
 reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce the papers' tables beside our numbers.")
 app.add_typer(reproduce_app, name="reproduce")
+watermark_app = typer.Typer(no_args_is_help=True, help="Ownership watermarks: embed while training, verify a suspect.")
+app.add_typer(watermark_app, name="watermark")
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Seed = Annotated[int, typer.Option(help="Random seed of training and evaluation.")]
@@ -275,6 +277,99 @@ def demo(
     typer.echo(md)
 
 
+def _scheme_settings(items: list[str] | None) -> dict:
+    """``--set name=value`` pairs -> a dict (values parsed as JSON when they are, else strings)."""
+    out: dict = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--set {item!r} must look like name=value, e.g. --set alpha=0.01")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
+@watermark_app.command("embed")
+def watermark_embed(
+    scheme: Annotated[str, typer.Option(help="Scheme name (see `deepserial watermark schemes`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Watermarked model file (.safetensors).")],
+    key_out: Annotated[Path | None, typer.Option("--key-out", help="Ownership key file (secret; default "
+                                                  "OUT with .key).")] = None,
+    key: Annotated[Path, typer.Option(help="Owner private key file.")] = Path("owner.pem"),
+    dataset: Annotated[str, typer.Option(help="mnist5k, fashion-mnist, or a path to your data.")] = "mnist5k",
+    arch: Annotated[str, typer.Option(help="Network name (see `deepserial models`).")] = "dsn_mnist",
+    base: Annotated[Path | None, typer.Option(help="Fine-tune this trained model instead of training from "
+                                              "scratch (schemes embedded after training).")] = None,
+    subject: Annotated[str, typer.Option(help="What the watermark is for (goes into the signed verifier "
+                                         "string).")] = "model",
+    owner_id: Annotated[str | None, typer.Option(help="Owner name in the verifier string.")] = None,
+    setting: Annotated[list[str] | None, typer.Option("--set", help="Scheme setting name=value (repeat).")] = None,
+    epochs: int = 20,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: Seed = 0,
+    split_seed: Annotated[int, typer.Option(help="Seed of the owner/attacker/test split.")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Use only this many training samples.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    passphrase_env: Annotated[str | None, typer.Option(help="Env variable holding the key's passphrase.")] = None,
+    quiet: Quiet = False,
+    force: bool = False,
+) -> None:
+    """Train (or fine-tune) a model carrying an ownership watermark; write the model and its key."""
+    from deepserial.artifacts import load_model, save_key, save_model
+    from deepserial.schemes.base import get_scheme
+    from deepserial.training import TrainConfig
+    from deepserial.workflow import DataSpec, embed_watermark
+
+    key_out = key_out or out.with_name(out.name.removesuffix(".safetensors") + ".key")
+    _refuse_overwrite(out, key_out, force=force)
+    sch = get_scheme(scheme, _scheme_settings(setting))
+    ident = OwnerIdentity.load(key, _passphrase(passphrase_env))
+    base_model = load_model(base) if base is not None else None
+    data = DataSpec.from_manifest(base_model.manifest) if base_model is not None else DataSpec(dataset, split_seed,
+                                                                                                limit=limit)
+    train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=not quiet)
+    m = embed_watermark(sch, ident, data, train, arch=arch, subject=subject, owner_id=owner_id, base=base_model)
+    save_key(key_out, m.key, owner=ident)
+    save_model(out, m.model, m.manifest, owner=ident)
+    typer.echo(f"{scheme}: test accuracy {m.manifest['test_acc']:.2f}%, {m.log.wall_s:.1f} s; wrote {out} and "
+               f"ownership key {key_out} (keep it secret)")
+
+
+@watermark_app.command("verify")
+def watermark_verify(
+    suspect: Annotated[Path, typer.Argument(help="Suspect model file.")],
+    key: Annotated[Path, typer.Option("--key", help="Ownership key file written by `watermark embed`.")],
+    fpr: Annotated[float, typer.Option(help="False-positive rate the decision is taken at.")] = 1e-3,
+    budget: Annotated[int | None, typer.Option(help="Most queries the verification may spend.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+) -> None:
+    """Test whether SUSPECT carries the watermark of KEY. Exit status 0: it does; 1: it does not."""
+    from deepserial.artifacts import load_key, load_model
+    from deepserial.suspect import ModuleSuspect
+    from deepserial.workflow import verify_watermark
+
+    k = load_key(key)
+    s = ModuleSuspect.from_loaded(load_model(suspect), budget=budget)
+    v = verify_watermark(k, s, fpr=fpr)
+    typer.echo(json.dumps(v.to_dict(), indent=2) if as_json else v.summary())
+    if not v.decision:
+        raise typer.Exit(1)
+
+
+@watermark_app.command("schemes")
+def watermark_schemes() -> None:
+    """List the registered schemes and the paper of each."""
+    import deepserial.schemes  # noqa: F401
+    from deepserial.schemes.base import SCHEMES
+
+    for name, cls in sorted(SCHEMES.items()):
+        box = "white-box" if cls.white_box else "black-box"
+        typer.echo(f"{name:18s} {box}  {cls.citation}")
+
+
 @reproduce_app.command("dsn")
 def reproduce_dsn(
     dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",
@@ -287,6 +382,40 @@ def reproduce_dsn(
 
     paths = run(dataset, out, seed=seed, progress=not quiet)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _reproduce_command(name: str):  # noqa: ANN202
+    def command(
+        dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",
+        out: Annotated[Path, typer.Option("--out", "-o", help="Reports folder.")] = Path("reports"),
+        n_models: Annotated[int | None, typer.Option(help="Independently keyed models (default 10).")] = None,
+        n_random_keys: Annotated[int | None, typer.Option(help="Random keys for false positives (default "
+                                                          "1000).")] = None,
+        epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the data set's config).")] = None,
+        seed: Seed = 0,
+        quiet: Quiet = False,
+    ) -> None:
+        from deepserial.experiments.watermarks import run
+
+        over = {k: v for k, v in {"n_models": n_models, "n_random_keys": n_random_keys, "epochs": epochs}.items()
+                if v is not None}
+        paths = run(name, dataset, out, seed=seed, progress=not quiet, overrides=over)
+        typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+    return command
+
+
+def _register_reproductions() -> None:
+    import deepserial.schemes  # noqa: F401  (registers every scheme)
+    from deepserial.schemes.base import SCHEMES
+
+    for name, cls in sorted(SCHEMES.items()):
+        if name != "dsn":
+            reproduce_app.command(name, help=f"{cls.citation}: accuracy, verification, false positives.")(
+                _reproduce_command(name))
+
+
+_register_reproductions()
 
 
 @app.command()
@@ -313,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the command, turning user errors into one line and exit status 2."""
     cmd = typer.main.get_command(app)
     try:
-        cmd.main(args=argv, prog_name="deepserial", standalone_mode=False)
+        rc = cmd.main(args=argv, prog_name="deepserial", standalone_mode=False)
     except DeepSerialError as e:
         typer.echo(f"deepserial: error: {e}", err=True)
         return e.exit_code
@@ -329,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(e, "exit_code"):
             return int(e.exit_code)
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

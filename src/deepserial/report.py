@@ -50,14 +50,14 @@ def environment() -> dict[str, Any]:
     }
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub Markdown table; floats printed with one decimal, ``None`` as a dash."""
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 1) -> str:
+    """A GitHub Markdown table; floats printed with ``digits`` decimals, ``None`` as a dash."""
 
     def cell(v: Any) -> str:
         if v is None:
             return "–"
         if isinstance(v, float):
-            return f"{v:.1f}"
+            return f"{v:.{digits}f}"
         return str(v)
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -69,6 +69,7 @@ def pirate_null_embedding(
     config: NullEmbeddingConfig | dict | None = None,
     max_images: int = PAPER_ATTACKER_IMAGES,
     batch_size: int = 128,
+    optimizer: str = "adam",
     seed: int = 0,
     device: str | None = None,
     progress: bool = False,
@@ -81,7 +82,8 @@ def pirate_null_embedding(
     recipe (``config``: pattern size, lambda range, Table 14 injection ratios, warm-up; the defaults
     of :class:`NullEmbeddingConfig`) at learning rate ``lr``, the last one of the owner's training:
     pass it, or ``owner_log`` to read it from the owner's :class:`TrainLog`. The learning rate is held
-    constant during the attack. ``model`` itself is left untouched; the attacked copy and its training
+    constant during the attack; ``optimizer`` is the shared loop's ("adam", or "sgd" as Table 14 trains
+    Digit). ``model`` itself is left untouched; the attacked copy and its training
     log are returned. The pirate watermark is that of :func:`pirate_signature` (bytes are used as
     they are; a generator or seed draws random bytes), recoverable with :func:`pirate_watermark`.
     """
@@ -114,8 +116,8 @@ def pirate_null_embedding(
         return out
 
     # A constant learning rate, as in the paper's attack: the plateau schedule never fires.
-    train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, plateau_patience=epochs + 1, seed=seed,
-                        device=device, progress=progress)
+    train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                        plateau_patience=epochs + 1, seed=seed, device=device, progress=progress)
     log = fit(pirated, data, loss, train, on_epoch_end=epoch_end, desc="piracy")
     return pirated, log
 

@@ -1,0 +1,300 @@
+"""Reproduction of the ownership-watermark papers' headline figures, one runner for every scheme.
+
+For one scheme and data set it measures what issue 3 asks and what the papers report:
+
+- functionality: test accuracy of each watermarked model beside the same network trained without a
+  watermark (same seed, same budget);
+- effectiveness: ``n_models`` independently keyed models (each its own signed verifier string),
+  each verified with its own key at the false-positive rate ``fpr``; queries spent;
+- non-trivial ownership: ``n_random_keys`` random keys (each from a fresh owner identity) verified
+  against the unmarked model and against a model marked with another key: false positives counted;
+- scheme extras: the piracy attack of null embedding §7.2 (``n_pirates`` random pirate patterns),
+  new label's queries to the first Delta answer.
+
+Reports: ``reports/<scheme>_<dataset>.{md,json,png}``; ``reports/schemes_<dataset>.md`` gathers every
+scheme's report on that data set into one comparison table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from deepserial.errors import ConfigError
+from deepserial.report import environment, markdown_table, save_figure, write_json, write_text
+from deepserial.training import TrainConfig
+
+
+class WatermarkExperiment(BaseModel):
+    """The declarative configuration of ``reproduce <scheme>`` for one data set."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str
+    arch: str = "dsn_mnist"
+    epochs: int
+    batch_size: int = 128
+    n_models: int = 10
+    n_random_keys: int = 1000
+    n_pirates: int = 20
+    fpr: float = 1e-3
+    limit: int | None = None  # use only this many samples of the data set (tests, quick looks)
+    # per-scheme changes of the above (e.g. null embedding needs more, smaller steps on mnist5k)
+    per_scheme: dict[str, dict[str, Any]] = {}
+
+
+CONFIGS = {
+    "mnist5k": WatermarkExperiment(dataset="mnist5k", epochs=20,
+                                   per_scheme={"null_embedding": {"batch_size": 32}}),
+    "fashion-mnist": WatermarkExperiment(dataset="fashion-mnist", epochs=5, batch_size=256,
+                                         per_scheme={"null_embedding": {"epochs": 10, "batch_size": 128}}),
+}
+
+# The papers' own figures for the same measurements (their data sets and networks, not ours).
+PAPER: dict[str, dict[str, Any]] = {
+    "null_embedding": {
+        "source": "Li et al. 2019, Digit task (MNIST): Table 4 (10 owner watermarks), Table 3 (piracy, 100 "
+                  "pirates), §7.3 (non-trivial ownership)",
+        "reference_acc": 98.51, "marked_acc": 98.51, "verified": "10 / 10 (WM acc 97.70%)",
+        "false_positives": "0% on three tasks, 0.1% on one",
+        "piracy_nc_before": 98.72, "piracy_sgd_nc_after_mean": 19.02,
+        "piracy_sgd_pirate_verified": "not verified (pirate WM 9.31%)",
+        "piracy_sgd_owner_verified": "owner WM 1.21% after", "piracy_sgd_pirate_wm_acc_mean": 9.31,
+    },
+}
+
+Extra = Callable[[dict[str, Any]], dict[str, Any]]
+EXTRAS: dict[str, Extra] = {}
+
+
+def extra(name: str) -> Callable[[Extra], Extra]:
+    """Register a scheme-specific measurement (called with the run's context, returns report fields)."""
+    def deco(fn: Extra) -> Extra:
+        EXTRAS[name] = fn
+        return fn
+    return deco
+
+
+def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool = True,
+        overrides: dict[str, Any] | None = None) -> list[Path]:
+    """Run the reproduction of ``scheme_name`` on ``dataset``; write its report and the comparison."""
+    from deepserial.identity import OwnerIdentity
+    from deepserial.schemes.base import Provenance, get_scheme
+    from deepserial.suspect import ModuleSuspect
+    from deepserial.workflow import DataSpec, embed_watermark, train_teacher, verify_watermark
+
+    if dataset not in CONFIGS:
+        raise ConfigError(f"no watermark reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)}")
+    base = CONFIGS[dataset]
+    cfg = base.model_copy(update=base.per_scheme.get(scheme_name, {}) | (overrides or {}))
+    scheme = get_scheme(scheme_name)
+    if scheme_name == "dsn":
+        raise ConfigError("DSN has its own reproduction: `deepserial reproduce dsn`")
+    t0 = time.perf_counter()
+    data = DataSpec(dataset, seed, limit=cfg.limit)
+    train = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed, progress=progress)
+    ref = train_teacher(data, train, cfg.arch)  # the same net, seed and budget without a watermark
+    splits = ref.splits
+    num_classes = int(ref.manifest["num_classes"])
+    owner = OwnerIdentity.generate()
+    models, verdicts = [], []
+    for i in range(cfg.n_models):
+        m = embed_watermark(scheme, owner, data, train, arch=cfg.arch, subject=f"model-{i}", owner_id="reproduce")
+        v = verify_watermark(m.key, ModuleSuspect(m.model, tuple(m.manifest["input_shape"])), fpr=cfg.fpr)
+        models.append(m)
+        verdicts.append(v)
+    accs = [m.manifest["test_acc"] for m in models]
+    # non-trivial ownership: random keys against the unmarked model and a model marked with another key
+    unmarked = ModuleSuspect(ref.model, tuple(ref.manifest["input_shape"]))
+    other = ModuleSuspect(models[0].model, tuple(models[0].manifest["input_shape"]))
+    fp = {"unmarked": 0, "other_key": 0}
+    p_unmarked, p_other, q_random = [], [], []
+    t_fp = time.perf_counter()
+    for j in range(cfg.n_random_keys):
+        prov = Provenance.sign(OwnerIdentity.generate(), "random", f"random-{j}", scheme.name)
+        key = scheme.make_signed_key(prov, splits.owner, num_classes, model=_key_model(scheme, ref, models[0]))
+        key.meta.setdefault("config", scheme.config.model_dump())
+        for name, suspect, ps in (("unmarked", unmarked, p_unmarked), ("other_key", other, p_other)):
+            before = suspect.queries
+            v = scheme.verify(suspect, key, fpr=cfg.fpr)
+            fp[name] += int(v.decision)
+            ps.append(v.p_value)
+            q_random.append(suspect.queries - before)
+    rep: dict[str, Any] = {
+        "experiment": "watermark", "scheme": scheme_name, "citation": scheme.citation, "dataset": dataset,
+        "seed": seed, "config": cfg.model_dump(), "scheme_config": scheme.config.model_dump(),
+        "reference_acc": ref.manifest["test_acc"],
+        "marked_acc": accs, "marked_acc_mean": float(np.mean(accs)), "marked_acc_min": float(np.min(accs)),
+        "acc_drop_max": float(ref.manifest["test_acc"] - np.min(accs)),
+        "verified": int(sum(v.decision for v in verdicts)), "n_models": cfg.n_models,
+        "own_p_values": [v.p_value for v in verdicts], "own_queries": [v.queries for v in verdicts],
+        "own_verdicts": [v.to_dict() for v in verdicts],
+        "false_positives_unmarked": fp["unmarked"], "false_positives_other_key": fp["other_key"],
+        "n_random_keys": cfg.n_random_keys, "random_p_min_unmarked": float(np.min(p_unmarked)),
+        "random_p_min_other_key": float(np.min(p_other)), "random_queries_mean": float(np.mean(q_random)),
+        "fp_wall_s": time.perf_counter() - t_fp, "sizes": splits.sizes(),
+        "train_wall_s": {"reference": ref.log.wall_s, "marked_mean": float(np.mean([m.log.wall_s for m in models]))},
+    }
+    if scheme_name in EXTRAS:
+        ctx = {"scheme": scheme, "models": models, "reference": ref, "splits": splits, "cfg": cfg, "seed": seed,
+               "verdicts": verdicts, "progress": progress}
+        rep["extra"] = EXTRAS[scheme_name](ctx)
+    rep["paper"] = PAPER.get(scheme_name, {})
+    rep["wall_s"] = time.perf_counter() - t0
+    rep["environment"] = environment()
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{scheme_name}_{dataset}"
+    write_json(stem.with_suffix(".json"), rep)
+    write_text(stem.with_suffix(".md"), _markdown(rep))
+    save_figure(_figure(rep), stem.with_suffix(".png"))
+    comparison = write_comparison(out, dataset)
+    return [stem.with_suffix(s) for s in (".md", ".json", ".png")] + [comparison]
+
+
+def _key_model(scheme: Any, ref: Any, marked: Any) -> Any:
+    """The network a random key is made for: the marked architecture (its output count) for schemes
+    that change it, else the trained unmarked model (schemes that pick keys from its activations)."""
+    return marked.model if scheme.num_outputs(int(ref.manifest["num_classes"])) != int(
+        ref.manifest["num_classes"]) else ref.model
+
+
+def _rows(rep: dict[str, Any]) -> list[list[Any]]:
+    paper = rep.get("paper", {})
+    rows = [
+        ["test accuracy, unmarked reference (%)", paper.get("reference_acc"), rep["reference_acc"]],
+        ["test accuracy, watermarked, mean / min (%)", paper.get("marked_acc"),
+         f"{rep['marked_acc_mean']:.2f} / {rep['marked_acc_min']:.2f}"],
+        ["largest accuracy drop (points)", paper.get("acc_drop"), rep["acc_drop_max"]],
+        [f"own key verified at FPR {rep['config']['fpr']:g}", paper.get("verified"),
+         f"{rep['verified']} / {rep['n_models']}"],
+        ["queries per verification (own key, mean)", paper.get("queries"), float(np.mean(rep["own_queries"]))],
+        ["false positives, random keys vs unmarked model", paper.get("false_positives"),
+         f"{rep['false_positives_unmarked']} / {rep['n_random_keys']}"],
+        ["false positives, random keys vs model marked with another key", None,
+         f"{rep['false_positives_other_key']} / {rep['n_random_keys']}"],
+        ["smallest p-value of a random key (unmarked / other key)", None,
+         f"{rep['random_p_min_unmarked']:.3g} / {rep['random_p_min_other_key']:.3g}"],
+    ]
+    for k, v in (rep.get("extra") or {}).items():
+        if isinstance(v, (int, float, str)):
+            rows.append([k.replace("_", " "), paper.get(k), v])
+    return rows
+
+
+def _markdown(rep: dict[str, Any]) -> str:
+    env = rep["environment"]
+    cfg = rep["config"]
+    lines = [
+        f"# {rep['scheme']} on `{rep['dataset']}`",
+        "",
+        f"{rep['citation']}. Paper column: the paper's own figure for the same measurement where it reports "
+        f"one ({rep.get('paper', {}).get('source', 'no directly comparable figure')}).",
+        "",
+        markdown_table(["figure", "paper", "ours"], _rows(rep), digits=2),
+        "",
+        f"Network `{cfg['arch']}`, {cfg['epochs']} epochs, batch {cfg['batch_size']}, seed {rep['seed']}; split "
+        f"{rep['sizes']}. Scheme settings: `{json.dumps(rep['scheme_config'])}`.",
+        f"Wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}.",
+        "",
+        f"Reproduce: `deepserial reproduce {rep['scheme']} --dataset {rep['dataset']}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _figure(rep: dict[str, Any]):  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    accs = rep["marked_acc"]
+    a1.bar(range(len(accs)), accs, color="tab:blue", label="watermarked models")
+    a1.axhline(rep["reference_acc"], color="k", ls="--", lw=1, label=f"unmarked {rep['reference_acc']:.1f}%")
+    a1.set_ylim(max(0, min(accs + [rep["reference_acc"]]) - 10), 100)
+    a1.set_xlabel("model (independent key)")
+    a1.set_ylabel("test accuracy (%)")
+    a1.legend(fontsize=8)
+    own = np.clip(np.array(rep["own_p_values"], dtype=float), 1e-300, 1)
+    a2.hist(np.log10(own), bins=20, color="tab:green", label="own keys")
+    a2.axvline(np.log10(rep["config"]["fpr"]), color="r", ls=":", label=f"FPR {rep['config']['fpr']:g}")
+    a2.set_xlabel("log10 p-value")
+    a2.legend(fontsize=8)
+    fig.suptitle(f"{rep['scheme']} on {rep['dataset']} (seed {rep['seed']})")
+    fig.tight_layout()
+    return fig
+
+
+def write_comparison(out: Path, dataset: str) -> Path:
+    """``schemes_<dataset>.md``: one row per scheme report found in ``out`` for ``dataset``."""
+    rows = []
+    for p in sorted(out.glob(f"*_{dataset}.json")):
+        try:
+            rep = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if rep.get("experiment") != "watermark" or rep.get("dataset") != dataset:
+            continue
+        rows.append([rep["scheme"], rep["reference_acc"], rep["marked_acc_mean"], rep["acc_drop_max"],
+                     f"{rep['verified']}/{rep['n_models']}", float(np.mean(rep["own_queries"])),
+                     f"{rep['false_positives_unmarked']}/{rep['n_random_keys']}",
+                     f"{rep['false_positives_other_key']}/{rep['n_random_keys']}"])
+    text = "\n".join([
+        f"# Ownership watermarks compared on `{dataset}`",
+        "",
+        "Each row: `deepserial reproduce <scheme> --dataset " + dataset + "` (same network, seed and budget; "
+        "details and the papers' figures in `<scheme>_" + dataset + ".md`).",
+        "",
+        markdown_table(["scheme", "unmarked acc", "marked acc (mean)", "max drop", "own keys verified",
+                        "queries", "FP unmarked", "FP other key"], rows, digits=2),
+        "",
+    ])
+    path = out / f"schemes_{dataset}.md"
+    write_text(path, text)
+    return path
+
+
+@extra("null_embedding")
+def _null_embedding_piracy(ctx: dict[str, Any]) -> dict[str, Any]:
+    """§7.2 / Table 3: ``n_pirates`` random pirate watermarks trained into the first owner model, 10
+    epochs at the owner's last learning rate with the shared loop's optimiser (Adam, as the owner
+    trained), and the same with SGD at lr 0.001 (Table 14's Digit optimiser)."""
+    from deepserial.attacks.overwrite import pirate_null_embedding
+    from deepserial.identity import OwnerIdentity
+    from deepserial.schemes.base import Provenance
+    from deepserial.suspect import ModuleSuspect
+    from deepserial.training import accuracy
+    from deepserial.workflow import verify_watermark
+
+    scheme, owner_model, splits, cfg = ctx["scheme"], ctx["models"][0], ctx["splits"], ctx["cfg"]
+    shape = tuple(owner_model.manifest["input_shape"])
+    num_classes = int(owner_model.manifest["task_classes"])
+    out: dict[str, Any] = {"piracy_nc_before": owner_model.manifest["test_acc"], "piracy_runs": {}}
+    for label, opt, lr in (("adam", "adam", None), ("sgd", "sgd", 1e-3)):
+        runs = []
+        for i in range(cfg.n_pirates):
+            prov = Provenance.sign(OwnerIdentity.generate(), "pirate", f"pirate-{i}", scheme.name)
+            pirated, log = pirate_null_embedding(owner_model.model, splits.attacker, prov.signature, lr=lr,
+                                                 owner_log=owner_model.log, batch_size=cfg.batch_size,
+                                                 optimizer=opt, seed=ctx["seed"] + i, progress=False)
+            suspect = ModuleSuspect(pirated, shape)
+            own = verify_watermark(owner_model.key, suspect, fpr=cfg.fpr)
+            pkey = scheme.make_signed_key(prov, splits.attacker, num_classes, model=pirated)
+            pv = scheme.verify(ModuleSuspect(pirated, shape), pkey, fpr=cfg.fpr)
+            runs.append({"nc_after": accuracy(pirated, splits.test), "owner_verified": own.decision,
+                         "owner_wm_acc": own.details.get("wm_acc"), "pirate_verified": pv.decision,
+                         "pirate_acc_null": pv.details.get("acc_null"), "pirate_acc_true": pv.details.get("acc_true"),
+                         "pirate_wm_acc": pv.details.get("wm_acc"), "lr": log.epochs[-1]["lr"] if log.epochs else lr})
+        out["piracy_runs"][label] = runs
+        out[f"piracy_{label}_nc_after_mean"] = float(np.mean([r["nc_after"] for r in runs]))
+        out[f"piracy_{label}_owner_verified"] = f"{sum(r['owner_verified'] for r in runs)} / {len(runs)}"
+        out[f"piracy_{label}_pirate_verified"] = f"{sum(r['pirate_verified'] for r in runs)} / {len(runs)}"
+        wm = [r["pirate_wm_acc"] for r in runs if r["pirate_wm_acc"] is not None]
+        out[f"piracy_{label}_pirate_wm_acc_mean"] = float(np.mean(wm)) if wm else None
+    return out
