@@ -575,3 +575,63 @@ def test_console_script_user_error(tmp_path: Path) -> None:
     assert res.stdout == ""
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX) and "cannot read model file" in lines[0]
+
+
+# ----- watermark embed / verify ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def marked(tmp_path_factory: pytest.TempPathFactory, vendor: Vendor) -> Path:
+    """A null-embedding model and its key written by `watermark embed` (tiny: 600 images, 2 epochs)."""
+    root = tmp_path_factory.mktemp("wm")
+    rc = main(["watermark", "embed", "--scheme", "null_embedding", "--out", str(root / "m.safetensors"),
+               "--key", str(vendor.key_path), "--limit", "600", "--epochs", "2", "--batch-size", "32", "--quiet",
+               "--set", "threshold=0.5"])
+    assert rc == 0
+    return root
+
+
+def test_watermark_embed_writes_model_and_secret_key(marked: Path) -> None:
+    man = read_manifest(marked / "m.safetensors")
+    assert man["scheme"] == "null_embedding" and man["role"] == "watermarked" and "signature" in man["integrity"]
+    assert stat.S_IMODE((marked / "m.key").stat().st_mode) == 0o600
+
+
+def test_watermark_verify_exit_status_follows_the_verdict(capsys, marked: Path, vendor: Vendor) -> None:
+    key = str(marked / "m.key")
+    rc = main(["watermark", "verify", str(marked / "m.safetensors"), "--key", key, "--json"])
+    out, _ = capsys.readouterr()
+    verdict = json.loads(out)
+    assert verdict["scheme"] == "null_embedding" and verdict["queries"] > 0
+    assert rc == (0 if verdict["decision"] else 1)
+    rc = main(["watermark", "verify", str(vendor.teacher_path), "--key", key])
+    out, _ = capsys.readouterr()
+    assert rc == 1 and "does NOT carry" in out  # an unmarked model
+
+
+def test_watermark_bad_inputs(capsys, marked: Path, vendor: Vendor, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.key"
+    raw = bytearray((marked / "m.key").read_bytes())
+    raw[-5] ^= 0xFF
+    bad.write_bytes(bytes(raw))
+    run_err(capsys, ["watermark", "verify", str(marked / "m.safetensors"), "--key", str(bad)], "integrity")
+    run_err(capsys, ["watermark", "verify", str(marked / "m.safetensors"), "--key", str(tmp_path / "none.key")],
+            "cannot read")
+    run_err(capsys, ["watermark", "verify", str(marked / "m.safetensors"), "--key", str(marked / "m.key"),
+                     "--budget", "10"], "budget")
+    before = file_digests(tmp_path)
+    out = str(tmp_path / "x.safetensors")
+    run_err(capsys, ["watermark", "embed", "--scheme", "nope", "--out", out, "--key", str(vendor.key_path)],
+            "unknown scheme")
+    run_err(capsys, ["watermark", "embed", "--scheme", "null_embedding", "--out", out, "--key",
+                     str(vendor.key_path), "--set", "pattern_size"], "name=value")
+    run_err(capsys, ["watermark", "embed", "--scheme", "null_embedding", "--out", out, "--key",
+                     str(vendor.key_path), "--set", "no_such=1"], "null_embedding")
+    run_err(capsys, ["watermark", "embed", "--scheme", "dsn", "--out", out, "--key", str(vendor.key_path),
+                     "--limit", "300", "--epochs", "1"], "deepserial issue")
+    assert file_digests(tmp_path) == before  # nothing written by any failure
+    run_err(capsys, ["watermark", "embed", "--scheme", "null_embedding", "--out", str(marked / "m.safetensors"),
+                     "--key", str(vendor.key_path)], "exists")
+
+
+def test_watermark_schemes_lists_the_registry(capsys) -> None:
+    out = run_ok(capsys, ["watermark", "schemes"])
+    assert "null_embedding" in out and "dsn" in out and "arXiv" in out
