@@ -582,7 +582,7 @@ def test_console_script_user_error(tmp_path: Path) -> None:
 def marked(tmp_path_factory: pytest.TempPathFactory, vendor: Vendor) -> Path:
     """A null-embedding model and its key written by `watermark embed` (tiny: 600 images, 2 epochs)."""
     root = tmp_path_factory.mktemp("wm")
-    rc = main(["watermark", "embed", "--scheme", "null_embedding", "--out", str(root / "m.safetensors"),
+    rc = main(["watermark", "embed", "--scheme", "null-embedding", "--out", str(root / "m.safetensors"),
                "--key", str(vendor.key_path), "--limit", "600", "--epochs", "2", "--batch-size", "32", "--quiet",
                "--set", "threshold=0.5"])
     assert rc == 0
@@ -591,7 +591,7 @@ def marked(tmp_path_factory: pytest.TempPathFactory, vendor: Vendor) -> Path:
 
 def test_watermark_embed_writes_model_and_secret_key(marked: Path) -> None:
     man = read_manifest(marked / "m.safetensors")
-    assert man["scheme"] == "null_embedding" and man["role"] == "watermarked" and "signature" in man["integrity"]
+    assert man["scheme"] == "null-embedding" and man["role"] == "watermarked" and "signature" in man["integrity"]
     assert stat.S_IMODE((marked / "m.key").stat().st_mode) == 0o600
 
 
@@ -600,7 +600,7 @@ def test_watermark_verify_exit_status_follows_the_verdict(capsys, marked: Path, 
     rc = main(["watermark", "verify", str(marked / "m.safetensors"), "--key", key, "--json"])
     out, _ = capsys.readouterr()
     verdict = json.loads(out)
-    assert verdict["scheme"] == "null_embedding" and verdict["queries"] > 0
+    assert verdict["scheme"] == "null-embedding" and verdict["queries"] > 0
     assert rc == (0 if verdict["decision"] else 1)
     rc = main(["watermark", "verify", str(vendor.teacher_path), "--key", key])
     out, _ = capsys.readouterr()
@@ -621,17 +621,17 @@ def test_watermark_bad_inputs(capsys, marked: Path, vendor: Vendor, tmp_path: Pa
     out = str(tmp_path / "x.safetensors")
     run_err(capsys, ["watermark", "embed", "--scheme", "nope", "--out", out, "--key", str(vendor.key_path)],
             "unknown scheme")
-    run_err(capsys, ["watermark", "embed", "--scheme", "null_embedding", "--out", out, "--key",
+    run_err(capsys, ["watermark", "embed", "--scheme", "null-embedding", "--out", out, "--key",
                      str(vendor.key_path), "--set", "pattern_size"], "name=value")
-    run_err(capsys, ["watermark", "embed", "--scheme", "null_embedding", "--out", out, "--key",
-                     str(vendor.key_path), "--set", "no_such=1"], "null_embedding")
+    run_err(capsys, ["watermark", "embed", "--scheme", "null-embedding", "--out", out, "--key",
+                     str(vendor.key_path), "--set", "no_such=1"], "null-embedding")
     run_err(capsys, ["watermark", "embed", "--scheme", "dsn", "--out", out, "--key", str(vendor.key_path),
                      "--limit", "300", "--epochs", "1"], "deepserial issue")
     assert file_digests(tmp_path) == before  # nothing written by any failure
-    run_err(capsys, ["watermark", "embed", "--scheme", "null_embedding", "--out", str(marked / "m.safetensors"),
+    run_err(capsys, ["watermark", "embed", "--scheme", "null-embedding", "--out", str(marked / "m.safetensors"),
                      "--key", str(vendor.key_path)], "exists")
 
 
 def test_watermark_schemes_lists_the_registry(capsys) -> None:
     out = run_ok(capsys, ["watermark", "schemes"])
-    assert "null_embedding" in out and "dsn" in out and "arXiv" in out
+    assert "null-embedding" in out and "dsn" in out and "arXiv" in out

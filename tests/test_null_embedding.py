@@ -48,7 +48,7 @@ def identity(seed: int) -> OwnerIdentity:
 
 
 def verifier(customer: str = "acme") -> VerifierString:
-    return VerifierString("owner", customer, "2024-01-01T00:00:00+00:00", "null_embedding")
+    return VerifierString("owner", customer, "2024-01-01T00:00:00+00:00", "null-embedding")
 
 
 def sig(i: int) -> bytes:
@@ -168,7 +168,7 @@ def test_make_signed_key_checks_the_signature_and_keeps_what_algorithm_3_needs()
     owner = identity(1)
     model = create_model("dsn_mnist", SHAPE, CLASSES)
     key = scheme.make_signed_key(prov(owner, verifier()), small_data(), CLASSES, model)
-    assert key.scheme == "null_embedding"
+    assert key.scheme == "null-embedding"
     assert key.meta["verifier"] == verifier().to_dict() and key.meta["owner_public_key"] == owner.public_pem().decode()
     assert bytes.fromhex(key.meta["signature"]) == owner.sign(verifier())
     assert key.tensor("verify_x").shape == (40, *SHAPE) and key.tensor("verify_y").dtype == torch.int64
@@ -215,13 +215,13 @@ def test_tampered_keys_are_refused() -> None:
 
 
 def test_bad_configs_are_refused() -> None:
-    assert isinstance(get_scheme("null_embedding"), NullEmbeddingScheme)
+    assert isinstance(get_scheme("null-embedding"), NullEmbeddingScheme)
     with pytest.raises(ConfigError):
-        get_scheme("null_embedding", {"lam_min": 3000, "lam_max": 2000})
+        get_scheme("null-embedding", {"lam_min": 3000, "lam_max": 2000})
     with pytest.raises(ConfigError):
-        get_scheme("null_embedding", {"threshold": 1.5})
+        get_scheme("null-embedding", {"threshold": 1.5})
     with pytest.raises(ConfigError):
-        get_scheme("null_embedding", {"no_such_setting": 1})
+        get_scheme("null-embedding", {"no_such_setting": 1})
     assert NullEmbeddingConfig.for_task("traffic").ratio_true == 0.1
     assert NullEmbeddingConfig.for_task("digit").ratio_null == 0.5
     with pytest.raises(ConfigError):

@@ -15,9 +15,9 @@ TINY = {"n_models": 2, "n_random_keys": 3, "epochs": 1, "n_pirates": 1, "limit":
 
 
 def test_null_embedding_reproduction_writes_every_figure(tmp_path: Path) -> None:
-    paths = watermarks.run("null_embedding", "mnist5k", tmp_path, progress=False, overrides=TINY)
-    assert [p.name for p in paths] == ["null_embedding_mnist5k.md", "null_embedding_mnist5k.json",
-                                       "null_embedding_mnist5k.png", "schemes_mnist5k.md"]
+    paths = watermarks.run("null-embedding", "mnist5k", tmp_path, progress=False, overrides=TINY)
+    assert [p.name for p in paths] == ["null-embedding_mnist5k.md", "null-embedding_mnist5k.json",
+                                       "null-embedding_mnist5k.png", "schemes_mnist5k.md"]
     rep = json.loads(paths[1].read_text())
     assert rep["config"]["batch_size"] == 32  # the per-scheme setting applies to reference and marked alike
     assert len(rep["marked_acc"]) == 2 and len(rep["own_verdicts"]) == 2
@@ -29,12 +29,12 @@ def test_null_embedding_reproduction_writes_every_figure(tmp_path: Path) -> None
     md = paths[0].read_text()
     assert "98.51" in md and "false positives" in md  # the paper's figure beside ours
     table = paths[3].read_text()
-    assert "| null_embedding |" in table
+    assert "| null-embedding |" in table
 
 
 def test_unknown_dataset_and_dsn_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no watermark reproduction"):
-        watermarks.run("null_embedding", "cifar-100", tmp_path)
+        watermarks.run("null-embedding", "cifar-100", tmp_path)
     with pytest.raises(ConfigError, match="reproduce dsn"):
         watermarks.run("dsn", "mnist5k", tmp_path)
     assert not list(tmp_path.iterdir())  # nothing written

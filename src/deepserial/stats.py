@@ -70,6 +70,13 @@ def ber_p_value(errors: int, nbits: int) -> float:
     return float(_st.binom.cdf(errors, nbits, 0.5))
 
 
+def ber_threshold(nbits: int, fpr: float) -> int:
+    """The largest number of bit errors out of ``nbits`` whose :func:`ber_p_value` is at most ``fpr``
+    (DeepSigns' and Uchida's decision rule: "carries the key" when errors <= this); -1 when even an
+    error-free decoding is not significant (too few bits for that false-positive rate)."""
+    return nbits - binom_threshold(nbits, 0.5, fpr)
+
+
 class SequentialBinomial:
     """Query-by-query binomial test that stops as soon as the decision cannot change.
 
@@ -110,3 +117,56 @@ class SequentialBinomial:
     def p_value(self) -> float:
         """P-value of the matches seen so far, as if these were all the queries."""
         return binom_tail(self.matches, self.asked, self.p0) if self.asked else 1.0
+
+
+def binom_upper(k: int, n: int, confidence: float) -> float:
+    """One-sided Clopper-Pearson upper bound on a success rate: the largest ``p`` still consistent,
+    at ``confidence``, with ``k`` successes out of ``n`` (P[Bin(n, p) <= k] >= 1 - confidence for every
+    smaller p). 1.0 when ``k == n`` or ``n == 0``: nothing bounds the rate then."""
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(f"confidence must be between 0 and 1 (exclusive), got {confidence}")
+    return _upper(k, n, 1.0 - confidence)
+
+
+def _upper(k: int, n: int, alpha: float) -> float:
+    """Clopper-Pearson upper bound at confidence ``1 - alpha``, exact for tiny ``alpha``."""
+    if n <= 0 or k >= n:
+        return 1.0
+    return float(_st.beta.isf(alpha, k + 1, n - k))
+
+
+def controlled_level_rejects(matches: int, asked: int, control_hits: int, control_queries: int,
+                             level: float) -> bool:
+    """The two-part test of :func:`controlled_p_value` at one level: bound the chance rate from the
+    controls at confidence ``1 - level/2``, then require a binomial tail of at most ``level/2``."""
+    p0 = _upper(control_hits, control_queries, level / 2)
+    return binom_tail(matches, asked, p0) <= level / 2
+
+
+def controlled_p_value(matches: int, asked: int, control_hits: int, control_queries: int) -> float:
+    """P-value of ``matches`` out of ``asked`` key queries when the chance rate ``p0`` is unknown and
+    measured on ``control_hits`` out of ``control_queries`` control queries.
+
+    Null hypothesis: every key query matches independently with a probability at most ``p0``, the
+    (unknown) rate at which the suspect gives the key's label to control inputs, that is inputs made
+    exactly like the key samples from fresh secrets. A suspect that never saw this key cannot tell
+    our secret from a fresh one, so its key queries behave like controls. The test at level ``a``
+    takes the Clopper-Pearson upper bound of ``p0`` at confidence ``1 - a/2`` and rejects when the
+    binomial tail at that bound is at most ``a/2``; by the union bound its false-positive rate is at
+    most ``a``. The test rejects at every level above some ``a*`` (a larger level lowers the bound
+    and raises the allowed tail), and ``a*`` is the p-value returned, found by bisection in log scale.
+    """
+    if asked <= 0 or matches <= 0:
+        return 1.0
+    if not controlled_level_rejects(matches, asked, control_hits, control_queries, 1.0 - 1e-12):
+        return 1.0
+    lo, hi = -300.0, 0.0  # log10 of the level: rejects at 10**hi, search the smallest such
+    if controlled_level_rejects(matches, asked, control_hits, control_queries, 10.0 ** lo):
+        return 10.0 ** lo
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if controlled_level_rejects(matches, asked, control_hits, control_queries, 10.0 ** mid):
+            hi = mid
+        else:
+            lo = mid
+    return float(min(1.0, 10.0 ** hi))

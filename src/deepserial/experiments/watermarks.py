@@ -17,6 +17,7 @@ scheme's report on that data set into one comparison table.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -50,14 +51,14 @@ class WatermarkExperiment(BaseModel):
 
 CONFIGS = {
     "mnist5k": WatermarkExperiment(dataset="mnist5k", epochs=20,
-                                   per_scheme={"null_embedding": {"batch_size": 32}}),
+                                   per_scheme={"null-embedding": {"batch_size": 32}}),
     "fashion-mnist": WatermarkExperiment(dataset="fashion-mnist", epochs=5, batch_size=256,
-                                         per_scheme={"null_embedding": {"epochs": 10, "batch_size": 128}}),
+                                         per_scheme={"null-embedding": {"epochs": 10, "batch_size": 128}}),
 }
 
 # The papers' own figures for the same measurements (their data sets and networks, not ours).
 PAPER: dict[str, dict[str, Any]] = {
-    "null_embedding": {
+    "null-embedding": {
         "source": "Li et al. 2019, Digit task (MNIST): Table 4 (10 owner watermarks), Table 3 (piracy, 100 "
                   "pirates), §7.3 (non-trivial ownership)",
         "reference_acc": 98.51, "marked_acc": 98.51, "verified": "10 / 10 (WM acc 97.70%)",
@@ -86,7 +87,7 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
     from deepserial.identity import OwnerIdentity
     from deepserial.schemes.base import Provenance, get_scheme
     from deepserial.suspect import ModuleSuspect
-    from deepserial.workflow import DataSpec, embed_watermark, train_teacher, verify_watermark
+    from deepserial.workflow import DataSpec, embed_watermark, loaded, train_teacher, verify_watermark
 
     if dataset not in CONFIGS:
         raise ConfigError(f"no watermark reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)}")
@@ -104,7 +105,9 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
     owner = OwnerIdentity.generate()
     models, verdicts = [], []
     for i in range(cfg.n_models):
-        m = embed_watermark(scheme, owner, data, train, arch=cfg.arch, subject=f"model-{i}", owner_id="reproduce")
+        base = loaded(copy.deepcopy(ref.model), ref.manifest) if scheme.fine_tunes else None  # a fresh copy each
+        m = embed_watermark(scheme, owner, data, train, arch=cfg.arch, subject=f"model-{i}", owner_id="reproduce",
+                            base=base)
         v = verify_watermark(m.key, ModuleSuspect(m.model, tuple(m.manifest["input_shape"])), fpr=cfg.fpr)
         models.append(m)
         verdicts.append(v)
@@ -117,7 +120,7 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
     t_fp = time.perf_counter()
     for j in range(cfg.n_random_keys):
         prov = Provenance.sign(OwnerIdentity.generate(), "random", f"random-{j}", scheme.name)
-        key = scheme.make_signed_key(prov, splits.owner, num_classes, model=_key_model(scheme, ref, models[0]))
+        key = scheme.null_key(prov, splits.owner, num_classes, model=_key_model(scheme, ref, models[0]))
         key.meta.setdefault("config", scheme.config.model_dump())
         for name, suspect, ps in (("unmarked", unmarked, p_unmarked), ("other_key", other, p_other)):
             before = suspect.queries
@@ -260,7 +263,7 @@ def write_comparison(out: Path, dataset: str) -> Path:
     return path
 
 
-@extra("null_embedding")
+@extra("null-embedding")
 def _null_embedding_piracy(ctx: dict[str, Any]) -> dict[str, Any]:
     """§7.2 / Table 3: ``n_pirates`` random pirate watermarks trained into the first owner model, 10
     epochs at the owner's last learning rate with the shared loop's optimiser (Adam, as the owner

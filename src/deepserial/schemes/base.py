@@ -119,6 +119,8 @@ class Scheme(ABC):
     name: ClassVar[str]
     citation: ClassVar[str]
     white_box: ClassVar[bool] = False
+    #: embedded by fine-tuning an already trained model (DeepSigns' output layer), not while training
+    fine_tunes: ClassVar[bool] = False
     Config: ClassVar[type[BaseModel]]
 
     def __init__(self, config: BaseModel | dict[str, Any] | None = None) -> None:
@@ -155,6 +157,12 @@ class Scheme(ABC):
         key = self.make_key(provenance.check(), data, num_classes, model)
         key.meta.update(provenance.to_meta())
         return key
+
+    def null_key(self, provenance: Provenance, data: TensorData, num_classes: int,
+                 model: SplitNet | None = None) -> OwnershipKey:
+        """A complete key that was never embedded anywhere: what a false-positive study verifies against
+        models that do not carry it. Schemes whose keys are finalised during embedding override this."""
+        return self.make_signed_key(provenance, data, num_classes, model)
 
     def check_key(self, key: OwnershipKey) -> None:
         if key.scheme != self.name:

@@ -71,7 +71,7 @@ from deepserial.serial import SerialGeometry, stamp
 from deepserial.suspect import QueryBudgetError, Suspect
 from deepserial.training import Batch, BatchLoss, LossOut, TrainConfig, TrainLog, fit
 
-SCHEME = "null_embedding"
+SCHEME = "null-embedding"
 CITATION = ("Li, Wenger, Zheng, Zhao. Piracy Resistant Watermarks for Deep Neural Networks. "
             "arXiv:1910.01226")
 KEY_VERSION = 1
