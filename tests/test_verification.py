@@ -126,3 +126,27 @@ def test_ownership_key_round_trip_and_tamper(tmp_path) -> None:  # noqa: ANN001
 def test_unknown_scheme() -> None:
     with pytest.raises(ConfigError, match="unknown scheme"):
         get_scheme("no-such-scheme")
+
+
+def test_a_key_naming_its_owner_must_carry_the_owners_signature(tmp_path) -> None:  # noqa: ANN001
+    """Editing a key's bits and recomputing the digest must not let anyone verify in the owner's name."""
+    from deepserial.identity import OwnerIdentity
+    from deepserial.schemes.base import Provenance
+
+    owner, forger = OwnerIdentity.generate(), OwnerIdentity.generate()
+    prov = Provenance.sign(owner, "owner", "model", "demo")
+    key = OwnershipKey("demo", prov.to_meta(), {"bits": torch.tensor([1, 0, 1])})
+    save_key(tmp_path / "good.key", key, owner=owner)
+    assert load_key(tmp_path / "good.key").meta["signature"] == prov.signature.hex()
+    forged = OwnershipKey("demo", prov.to_meta(), {"bits": torch.tensor([0, 0, 0])})
+    save_key(tmp_path / "unsigned.key", forged)  # digest recomputed, no signature
+    with pytest.raises(IntegrityError, match="no owner signature"):
+        load_key(tmp_path / "unsigned.key")
+    save_key(tmp_path / "forged.key", forged, owner=forger)  # signed, but not by the owner it names
+    with pytest.raises(IntegrityError, match="does not verify"):
+        load_key(tmp_path / "forged.key")
+
+
+def test_scheme_settings_of_the_wrong_type() -> None:
+    with pytest.raises(ConfigError, match="settings must be"):
+        get_scheme("uchida", 3)  # type: ignore[arg-type]

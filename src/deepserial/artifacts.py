@@ -166,9 +166,27 @@ def load_key(path: str | Path) -> OwnershipKey:
         raise IntegrityError(f"{path} is not a deepserial ownership key or is truncated/corrupt") from None
     if not isinstance(man, dict) or man.get("format") != KEY_FORMAT:
         raise IntegrityError(f"{path} is not a deepserial ownership key ({KEY_FORMAT})")
-    want = man.get("integrity", {}).get("sha256") if isinstance(man.get("integrity"), dict) else None
+    integrity = man.get("integrity") if isinstance(man.get("integrity"), dict) else {}
+    want = integrity.get("sha256")
     if not want or _digest(man, tensors) != want:
         raise IntegrityError(f"{path} failed its integrity check (the key was modified); do not use it")
+    meta = man.get("meta")
+    if not isinstance(meta, dict) or not isinstance(man.get("scheme"), str):
+        raise IntegrityError(f"{path} is not a deepserial ownership key (no scheme or meta)")
+    if "owner_public_key" in meta:
+        # A key that names its owner must carry that owner's signature over its digest: otherwise anyone
+        # could edit its bits or labels, recompute the digest and "verify" any suspect in the owner's name.
+        sig = integrity.get("signature")
+        if not sig:
+            raise IntegrityError(f"{path} names an owner but carries no owner signature; it cannot be trusted")
+        try:
+            from cryptography.hazmat.primitives import serialization
+
+            owner = OwnerIdentity(None, serialization.load_pem_public_key(meta["owner_public_key"].encode()))
+            owner.verify(bytes.fromhex(want), bytes.fromhex(sig))
+        except (IdentityError, ValueError, TypeError, AttributeError):
+            raise IntegrityError(f"{path}: the owner's signature over the key does not verify; the key was "
+                                 "modified or re-written by someone else") from None
     from deepserial.schemes.base import OwnershipKey
 
-    return OwnershipKey(str(man["scheme"]), dict(man.get("meta") or {}), dict(tensors))
+    return OwnershipKey(man["scheme"], dict(meta), dict(tensors))

@@ -300,6 +300,9 @@ def embed_watermark(
     shape = tuple(splits.owner.x.shape[1:])
     num_classes = int(max(splits.owner.y.max(), splits.test.y.max())) + 1
     seed_everything(train.seed)
+    if base is None and getattr(scheme, "fine_tunes", False):
+        raise ConfigError(f"{scheme.name} is embedded by fine-tuning a trained model: pass it as --base "
+                          "(train one with `deepserial teacher`)")
     if base is not None:
         if int(base.manifest.get("task_classes", base.manifest["num_classes"])) != num_classes:
             raise ConfigError(f"base model has {base.manifest['num_classes']} classes, the data {num_classes}")

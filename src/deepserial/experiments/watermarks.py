@@ -112,7 +112,11 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
         models.append(m)
         verdicts.append(v)
     accs = [m.manifest["test_acc"] for m in models]
-    # non-trivial ownership: random keys against the unmarked model and a model marked with another key
+    # non-trivial ownership: random keys against the unmarked model and a model marked with another key.
+    # Keys that depend on a model (DeepSigns' output layer picks them on one) are made on an independently
+    # trained unmarked model: made on the suspect itself, they would be biased against it.
+    independent = train_teacher(data, TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed + 1000,
+                                                  progress=progress), cfg.arch)
     unmarked = ModuleSuspect(ref.model, tuple(ref.manifest["input_shape"]))
     other = ModuleSuspect(models[0].model, tuple(models[0].manifest["input_shape"]))
     fp = {"unmarked": 0, "other_key": 0}
@@ -120,7 +124,7 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
     t_fp = time.perf_counter()
     for j in range(cfg.n_random_keys):
         prov = Provenance.sign(OwnerIdentity.generate(), "random", f"random-{j}", scheme.name)
-        key = scheme.null_key(prov, splits.owner, num_classes, model=_key_model(scheme, ref, models[0]))
+        key = scheme.null_key(prov, splits.owner, num_classes, model=_key_model(scheme, independent, models[0]))
         key.meta.setdefault("config", scheme.config.model_dump())
         for name, suspect, ps in (("unmarked", unmarked, p_unmarked), ("other_key", other, p_other)):
             before = suspect.queries
@@ -161,7 +165,7 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
 
 def _key_model(scheme: Any, ref: Any, marked: Any) -> Any:
     """The network a random key is made for: the marked architecture (its output count) for schemes
-    that change it, else the trained unmarked model (schemes that pick keys from its activations)."""
+    that change it, else an unmarked model trained independently of every suspect."""
     return marked.model if scheme.num_outputs(int(ref.manifest["num_classes"])) != int(
         ref.manifest["num_classes"]) else ref.model
 

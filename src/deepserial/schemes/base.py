@@ -131,6 +131,9 @@ class Scheme(ABC):
                 config = self.Config(**config)
             except ValidationError as e:
                 raise ConfigError(f"invalid {self.name} settings: {_one_line(e)}") from None
+        elif not isinstance(config, self.Config):
+            raise ConfigError(f"{self.name} settings must be a {self.Config.__name__} or a dict, "
+                              f"got {type(config).__name__}")
         self.config = config
 
     def num_outputs(self, num_classes: int) -> int:
@@ -156,6 +159,7 @@ class Scheme(ABC):
         """:meth:`make_key` from a checked signature, with the provenance recorded in the key."""
         key = self.make_key(provenance.check(), data, num_classes, model)
         key.meta.update(provenance.to_meta())
+        key.meta.setdefault("config", self.config.model_dump())  # verify rebuilds the scheme from it
         return key
 
     def null_key(self, provenance: Provenance, data: TensorData, num_classes: int,

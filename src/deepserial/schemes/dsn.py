@@ -410,8 +410,12 @@ class DSNScheme(Scheme):
 
     def serial(self, key: OwnershipKey) -> SerialNumber:
         self.check_key(key)
-        return SerialNumber.from_signature(bytes.fromhex(key.meta["signature"]),
-                                           SerialGeometry.from_dict(key.meta["geometry"]))
+        try:
+            return SerialNumber.from_signature(bytes.fromhex(key.meta["signature"]),
+                                               SerialGeometry.from_dict(key.meta["geometry"]))
+        except (KeyError, ValueError, TypeError) as e:
+            raise ConfigError(f"DSN ownership key is malformed ({type(e).__name__}: {e}); "
+                              "make it with DSNScheme.make_key") from None
 
     def embed(self, model: SplitNet, data: TensorData, key: OwnershipKey, train: TrainConfig) -> TrainLog:
         if self.teacher is None:
@@ -420,8 +424,11 @@ class DSNScheme(Scheme):
         return train_student(model, self.teacher, data, self.serial(key), self.config, train)  # type: ignore[arg-type]
 
     def verify(self, suspect: Suspect, key: OwnershipKey, fpr: float = 1e-3, seed: int = 0) -> Verdict:
+        stats.check_fpr(fpr)
         serial = self.serial(key)
         x, y = key.tensor("x"), key.tensor("y")
+        if len(x) == 0:
+            raise ConfigError("DSN ownership key holds no verification images")
         start = suspect.queries
         wrong = serial.random_wrong(len(x), np.random.default_rng(seed)) if len(x) else serial.as_tensor()[:0]
         if len(wrong) < len(x):  # tiny serial numbers: fewer wrong patterns than images, reuse them

@@ -457,10 +457,13 @@ class NullEmbeddingScheme(Scheme):
             p_value, thr = 1.0, n_elig + 1
         else:
             p_value, thr = stats.binom_tail(m, n_elig, p0), stats.binom_threshold(n_elig, p0, fpr)
+        binomial_p = p_value
+        if not paper_pass:  # Algorithm 3's rule failed: no evidence is claimed, whatever the dual matches
+            p_value = 1.0
         decision = bool(paper_pass and p_value <= fpr)
         details = {
             "acc_null": acc_null, "acc_true": acc_true, "wm_acc": min(acc_null, acc_true), "T": T,
-            "paper_pass": bool(paper_pass), "p0": p0, "eligible_images": n_elig, "images": n,
+            "paper_pass": bool(paper_pass), "binomial_p": binomial_p, "p0": p0, "eligible_images": n_elig, "images": n,
             "images_queried": seen, "stopped_early": stopped, "signature_verified": True,
             "pattern_size": int(key.meta["pattern_size"]),
         }
