@@ -156,3 +156,20 @@ def test_bad_config_and_keys(splits: Splits, marked) -> None:  # noqa: ANN001
     damaged = type(key)(key.scheme, dict(key.meta), {"X": key.tensors["X"], "bits": key.tensors["bits"][:5]})
     with pytest.raises(ConfigError, match="damaged"):
         Uchida().verify(ModuleSuspect(model, SHAPE), damaged)
+
+
+def test_bits_chosen_after_the_fact_are_refused(marked, plain: SplitNet) -> None:  # noqa: ANN001
+    """An owner who sets the key's bits to what an unrelated model decodes would get BER 0; verify
+    re-derives the bits and the projection from the signature instead of trusting the stored copy."""
+    from deepserial.errors import IntegrityError
+    from deepserial.schemes.base import OwnershipKey
+
+    scheme, _, key, _ = marked
+    layer, X, _ = scheme._parts(key)
+    fitted = decode(scheme._weight(plain, layer, X), X)
+    forged = OwnershipKey(key.scheme, dict(key.meta), dict(key.tensors, bits=torch.from_numpy(fitted.astype("uint8"))))
+    with pytest.raises(IntegrityError, match="bits is not what the key's signature derives"):
+        scheme.verify(ModuleSuspect(plain, SHAPE), forged)
+    forged_x = OwnershipKey(key.scheme, dict(key.meta), dict(key.tensors, X=key.tensors["X"] * 2))
+    with pytest.raises(IntegrityError, match="X is not"):
+        scheme.verify(ModuleSuspect(plain, SHAPE), forged_x)

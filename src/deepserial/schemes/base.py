@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, ValidationError
 
 from deepserial.data import TensorData
-from deepserial.errors import ConfigError, IdentityError
+from deepserial.errors import ConfigError, IdentityError, IntegrityError
 from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.nets import SplitNet
 from deepserial.suspect import Suspect
@@ -171,6 +171,29 @@ class Scheme(ABC):
     def check_key(self, key: OwnershipKey) -> None:
         if key.scheme != self.name:
             raise ConfigError(f"ownership key is for scheme {key.scheme!r}, not {self.name!r}")
+
+
+def check_derived(key: OwnershipKey, name: str, expected: Any) -> None:
+    """Refuse a key whose tensor ``name`` is not what its signature derives (IntegrityError).
+
+    Verifying re-derives every secret the signature determines instead of trusting the stored copy:
+    an owner must not be able to pick bits or projections after the fact to fit someone else's model.
+    """
+    import numpy as np
+
+    stored = key.tensor(name).detach().cpu().numpy()
+    want = np.asarray(expected)
+    if stored.shape != want.shape or not np.array_equal(stored.astype(want.dtype), want):
+        raise IntegrityError(f"ownership key for {key.scheme!r}: {name} is not what the key's signature derives; "
+                             "the key was altered")
+
+
+def key_signature(key: OwnershipKey) -> bytes:
+    """The signature bytes a key's secrets derive from (ConfigError when the key has none)."""
+    try:
+        return bytes.fromhex(key.meta["signature"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"ownership key for {key.scheme!r} holds no readable signature") from None
 
 
 SCHEMES: dict[str, type[Scheme]] = {}

@@ -94,7 +94,15 @@ from deepserial.data import TensorData
 from deepserial.errors import ConfigError, InputError
 from deepserial.identity import derive, derive_rng
 from deepserial.nets import SplitNet
-from deepserial.schemes.base import OwnershipKey, Provenance, Scheme, Verdict, register_scheme
+from deepserial.schemes.base import (
+    OwnershipKey,
+    Provenance,
+    Scheme,
+    Verdict,
+    check_derived,
+    key_signature,
+    register_scheme,
+)
 from deepserial.suspect import QueryBudgetError, Suspect
 from deepserial.training import Batch, LossOut, TrainConfig, TrainLog, fit, predict_logits
 
@@ -324,6 +332,11 @@ class DeepSignsHidden(Scheme):
     def verify(self, suspect: Suspect, key: OwnershipKey, fpr: float = 1e-3) -> Verdict:
         stats.check_fpr(fpr)
         x, kc, classes, A, bits = self._parts(key)
+        sig = key_signature(key)
+        check_derived(key, "A", derive_rng(sig, "deepsigns-hidden/projection").standard_normal(
+            tuple(A.shape)).astype(np.float32))
+        check_derived(key, "bits", signature_bits(sig, "deepsigns-hidden/bits", bits.numel()).reshape(
+            tuple(bits.shape)))
         module = _split_net(suspect.require_module(self.name), self.name)
         _check_inputs(suspect, x, self.name)
         start = suspect.queries

@@ -40,7 +40,7 @@ from deepserial.data import TensorData
 from deepserial.errors import ConfigError, InputError
 from deepserial.identity import derive_rng
 from deepserial.nets import SplitNet
-from deepserial.schemes.base import OwnershipKey, Scheme, Verdict, register_scheme
+from deepserial.schemes.base import OwnershipKey, Scheme, Verdict, check_derived, key_signature, register_scheme
 from deepserial.schemes.deepsigns import ber_verdict, signature_bits
 from deepserial.suspect import Suspect
 from deepserial.training import Batch, LossOut, TrainConfig, TrainLog, fit
@@ -161,6 +161,9 @@ class Uchida(Scheme):
     def verify(self, suspect: Suspect, key: OwnershipKey, fpr: float = 1e-3) -> Verdict:
         stats.check_fpr(fpr)
         layer, X, bits = self._parts(key)
+        sig = key_signature(key)
+        check_derived(key, "X", derive_rng(sig, "uchida/projection").standard_normal(tuple(X.shape)).astype(np.float32))
+        check_derived(key, "bits", signature_bits(sig, "uchida/bits", len(bits)))
         module = suspect.require_module(self.name)
         decoded = decode(self._weight(module, layer, X), X)
         return ber_verdict(self.name, decoded, bits.numpy(), fpr, 0, {"layer": layer})
