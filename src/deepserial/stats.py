@@ -52,6 +52,8 @@ def min_queries(p0: float, fpr: float) -> int:
     check_fpr(fpr)
     if p0 <= 0.0:
         return 1
+    if p0 >= 1.0:
+        raise ConfigError("a chance rate of 1 can never be beaten: no number of queries reaches any FPR")
     return max(1, math.ceil(math.log(fpr) / math.log(p0)))
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from deepserial.errors import ConfigError, InputError
+from deepserial.training import model_device
 
 
 class QueryBudgetError(InputError):
@@ -85,7 +86,7 @@ class ModuleSuspect(Suspect):
         self._shape = tuple(int(v) for v in input_shape)
         if num_outputs is None:
             with torch.no_grad():
-                num_outputs = int(model(torch.zeros(1, *self._shape, device=_device(model))).shape[1])
+                num_outputs = int(model(torch.zeros(1, *self._shape, device=model_device(model))).shape[1])
         self._num_outputs = int(num_outputs)
         self._bs = batch_size
 
@@ -108,12 +109,7 @@ class ModuleSuspect(Suspect):
 
     @torch.no_grad()
     def _labels(self, x: torch.Tensor) -> torch.Tensor:
-        dev = _device(self._model)
+        dev = model_device(self._model)
         self._model.eval()
         out = [self._model(x[i: i + self._bs].to(dev)).argmax(1).cpu() for i in range(0, len(x), self._bs)]
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")

@@ -111,6 +111,12 @@ def resolve_device(spec: str | None = None) -> torch.device:
     return dev
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model's parameters live (CPU for a model without parameters)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch so that a run repeats exactly on the same machine and build."""
     random.seed(seed)

@@ -104,7 +104,7 @@ from deepserial.schemes.base import (
     register_scheme,
 )
 from deepserial.suspect import QueryBudgetError, Suspect
-from deepserial.training import Batch, LossOut, TrainConfig, TrainLog, fit, predict_logits
+from deepserial.training import Batch, LossOut, TrainConfig, TrainLog, fit, model_device, predict_logits
 
 HIDDEN = "deepsigns-hidden"
 OUTPUT = "deepsigns-output"
@@ -138,11 +138,6 @@ def _split_net(module: nn.Module, scheme: str) -> SplitNet:
         raise InputError(f"{scheme} reads the penultimate activations (a network with .features, such as "
                          f"the deepserial nets); this suspect module ({type(module).__name__}) has none")
     return module  # type: ignore[return-value]
-
-
-def _device(module: nn.Module) -> torch.device:
-    p = next(module.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _state_digest(model: nn.Module) -> str:
@@ -233,7 +228,7 @@ def decode_hidden(model: SplitNet, x: torch.Tensor, key_class: torch.Tensor, cla
                   A: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
     """Eq. 1 on a model: mean activation of each chosen class's key images, projected by A and
     thresholded at sigmoid = 0.5 (i.e. at 0 before the sigmoid). Shape (s, N), uint8."""
-    dev = _device(model)
+    dev = model_device(model)
     model.eval()
     feats = torch.cat([model.features(x[i: i + batch_size].to(dev)).float().cpu()
                        for i in range(0, len(x), batch_size)])
@@ -456,7 +451,7 @@ class DeepSignsOutput(Scheme):
                               f"{len(data)} images")
         n_cand = cfg.key_length * cfg.candidate_factor
         shape = tuple(data.x.shape[1:])
-        dev = _device(model)
+        dev = model_device(model)
         digest = _state_digest(model)
         density, train_acc = self._profile(model, data, digest)
         if train_acc < cfg.min_train_accuracy:
@@ -495,7 +490,7 @@ class DeepSignsOutput(Scheme):
         tag = (digest, data.x.data_ptr(), tuple(data.x.shape), cfg.pca_components, cfg.density_k)
         if self._cache is not None and self._cache[0] == tag:
             return self._cache[1], self._cache[2]
-        dev = _device(model)
+        dev = model_device(model)
         model.eval()
         feats, right = [], 0
         with torch.no_grad():
