@@ -443,3 +443,22 @@ def test_dsn_scheme_verifies_only_the_unlocking_key(learned: Learned) -> None:
                          key.tensors)
     vo = scheme.verify(ModuleSuspect(learned.student, SHAPE), other, fpr=1e-3)
     assert not vo.decision, vo.summary()
+
+
+def test_dsn_scheme_refuses_bad_fpr_and_malformed_keys(learned: Learned) -> None:
+    from deepserial.schemes.base import OwnershipKey
+    from deepserial.suspect import ModuleSuspect
+
+    test = learned.splits.test
+    geometry = learned.serial.geometry.to_dict()
+    good = OwnershipKey("dsn", {"geometry": geometry, "signature": SIGNATURE.hex()}, {"x": test.x, "y": test.y})
+    suspect = ModuleSuspect(learned.student, SHAPE)
+    with pytest.raises(ConfigError, match="false-positive rate"):
+        dsn.DSNScheme().verify(suspect, good, fpr=1.0)
+    for meta in ({"geometry": geometry}, {"geometry": geometry, "signature": "not hex"}, {"signature": "00"}):
+        with pytest.raises(ConfigError, match="malformed"):
+            dsn.DSNScheme().verify(suspect, OwnershipKey("dsn", meta, good.tensors))
+    empty = OwnershipKey("dsn", good.meta, {"x": test.x[:0], "y": test.y[:0]})
+    with pytest.raises(ConfigError, match="no verification images"):
+        dsn.DSNScheme().verify(suspect, empty)
+    assert suspect.queries == 0  # nothing was spent on a refused key
