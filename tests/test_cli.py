@@ -635,3 +635,12 @@ def test_watermark_bad_inputs(capsys, marked: Path, vendor: Vendor, tmp_path: Pa
 def test_watermark_schemes_lists_the_registry(capsys) -> None:
     out = run_ok(capsys, ["watermark", "schemes"])
     assert "null-embedding" in out and "dsn" in out and "arXiv" in out
+
+
+def test_reproduce_dsn_partial_rerun_needs_a_known_run_and_an_existing_report(capsys, tmp_path: Path) -> None:
+    run_err(capsys, ["reproduce", "dsn", "--runs", "nope", "--out", str(tmp_path)], "unknown run", "default-6x6")
+    run_err(capsys, ["reproduce", "dsn", "--runs", "default-6x6", "--out", str(tmp_path)], "missing",
+            "whole reproduction")
+    (tmp_path / "dsn_mnist5k.json").write_text(json.dumps({"seed": 7, "runs": {}}))
+    run_err(capsys, ["reproduce", "dsn", "--runs", "default-6x6", "--out", str(tmp_path)], "seed 7")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dsn_mnist5k.json"]

@@ -374,13 +374,16 @@ def watermark_schemes() -> None:
 def reproduce_dsn(
     dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",
     out: Annotated[Path, typer.Option("--out", "-o", help="Reports folder.")] = Path("reports"),
+    runs: Annotated[str | None, typer.Option(help="Re-run only these configurations (comma-separated, e.g. "
+                                             "default-6x6) and merge them into the existing report.")] = None,
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
     """DSN Table 2 (accuracy with / without the serial number) beside ours, with wrong and near keys."""
     from deepserial.experiments.dsn import run
 
-    paths = run(dataset, out, seed=seed, progress=not quiet)
+    only = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
+    paths = run(dataset, out, seed=seed, progress=not quiet, only=only)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
