@@ -306,7 +306,9 @@ def _null_embedding_piracy(ctx: dict[str, Any]) -> dict[str, Any]:
                                                  optimizer=opt, seed=ctx["seed"] + i, progress=False)
             suspect = ModuleSuspect(pirated, shape)
             own = verify_watermark(owner_model.key, suspect, fpr=cfg.fpr)
-            pkey = scheme.make_signed_key(prov, splits.attacker, num_classes, model=pirated)
+            # The pirate drew its pattern on the owner's model before the attack (the visible field is the
+            # architecture's); a pirated model whose features died gives no gradient to place it with.
+            pkey = scheme.make_signed_key(prov, splits.attacker, num_classes, model=owner_model.model)
             pv = scheme.verify(ModuleSuspect(pirated, shape), pkey, fpr=cfg.fpr)
             runs.append({"nc_after": accuracy(pirated, splits.test), "owner_verified": own.decision,
                          "owner_wm_acc": own.details.get("wm_acc"), "pirate_verified": pv.decision,
