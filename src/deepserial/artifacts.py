@@ -84,21 +84,24 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return _read(path)[0]
 
 
-def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    path = Path(path)
+def _parse(path: Path, what: str, hint: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+    """The manifest (as parsed JSON) and tensors of a deepserial safetensors file, or one-line errors."""
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise IntegrityError(f"cannot read model file {path}: {e.strerror}") from None
+        raise IntegrityError(f"cannot read {what} {path}: {e.strerror}") from None
     try:
         tensors = st_load(raw)
         header_len = int.from_bytes(raw[:8], "little")
-        header = json.loads(raw[8: 8 + header_len])
-        man = json.loads(header["__metadata__"]["deepserial"])
+        man = json.loads(json.loads(raw[8: 8 + header_len])["__metadata__"]["deepserial"])
     except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError):
-        raise IntegrityError(
-            f"{path} is not a deepserial model file or is truncated/corrupt; ask the vendor for a fresh copy"
-        ) from None
+        raise IntegrityError(f"{path} is not a deepserial {what} or is truncated/corrupt{hint}") from None
+    return man, tensors
+
+
+def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    path = Path(path)
+    man, tensors = _parse(path, "model file", "; ask the vendor for a fresh copy")
     if not isinstance(man, dict) or not isinstance(man.get("integrity", {}), dict):
         raise IntegrityError(f"{path} is not a deepserial model file or is corrupt (manifest is not a JSON object); "
                              "ask the vendor for a fresh copy")
@@ -154,16 +157,7 @@ def save_key(path: str | Path, key: OwnershipKey, owner: OwnerIdentity | None = 
 def load_key(path: str | Path) -> OwnershipKey:
     """Read and integrity-check an ownership key file."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise IntegrityError(f"cannot read ownership key {path}: {e.strerror}") from None
-    try:
-        tensors = st_load(raw)
-        header_len = int.from_bytes(raw[:8], "little")
-        man = json.loads(json.loads(raw[8: 8 + header_len])["__metadata__"]["deepserial"])
-    except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError):
-        raise IntegrityError(f"{path} is not a deepserial ownership key or is truncated/corrupt") from None
+    man, tensors = _parse(path, "ownership key")
     if not isinstance(man, dict) or man.get("format") != KEY_FORMAT:
         raise IntegrityError(f"{path} is not a deepserial ownership key ({KEY_FORMAT})")
     integrity = man.get("integrity") if isinstance(man.get("integrity"), dict) else {}

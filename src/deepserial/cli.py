@@ -28,6 +28,9 @@ app.add_typer(watermark_app, name="watermark")
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Seed = Annotated[int, typer.Option(help="Random seed of training and evaluation.")]
+SplitSeed = Annotated[int, typer.Option(help="Seed of the owner/attacker/test split.")]
+Limit = Annotated[int | None, typer.Option(help="Use only this many training samples.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")]
 
 
 def _passphrase(env: str | None) -> str | None:
@@ -81,9 +84,9 @@ def teacher(
     batch_size: int = 128,
     lr: float = 1e-3,
     seed: Seed = 0,
-    split_seed: Annotated[int, typer.Option(help="Seed of the owner/attacker/test split.")] = 0,
-    limit: Annotated[int | None, typer.Option(help="Use only this many training samples.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    split_seed: SplitSeed = 0,
+    limit: Limit = None,
+    device: Device = "auto",
     quiet: Quiet = False,
     force: bool = False,
 ) -> None:
@@ -310,9 +313,9 @@ def watermark_embed(
     batch_size: int = 128,
     lr: float = 1e-3,
     seed: Seed = 0,
-    split_seed: Annotated[int, typer.Option(help="Seed of the owner/attacker/test split.")] = 0,
-    limit: Annotated[int | None, typer.Option(help="Use only this many training samples.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    split_seed: SplitSeed = 0,
+    limit: Limit = None,
+    device: Device = "auto",
     passphrase_env: Annotated[str | None, typer.Option(help="Env variable holding the key's passphrase.")] = None,
     quiet: Quiet = False,
     force: bool = False,
