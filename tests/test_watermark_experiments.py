@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,3 +39,29 @@ def test_unknown_dataset_and_dsn_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="reproduce dsn"):
         watermarks.run("dsn", "mnist5k", tmp_path)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_new_label_reproduction_measures_queries_to_first_delta(tmp_path: Path) -> None:
+    paths = watermarks.run("new-label", "mnist5k", tmp_path, progress=False,
+                           overrides=TINY | {"n_random_keys": 2})
+    rep = json.loads(paths[1].read_text())
+    ex = rep["extra"]
+    assert len(ex["per_model"]) == 2 and ex["alpha"] == pytest.approx(0.01)
+    for r in ex["per_model"]:
+        n, h = r["keys"], r["delta_answers"]
+        assert r["p"] == pytest.approx(h / n)
+        if h:  # a random order of n keys with h Delta answers: first Delta at (n + 1) / (h + 1) on average
+            assert r["mean_first_delta_random_order"] == pytest.approx((n + 1) / (h + 1))
+    assert rep["false_positives_unmarked"] == 0  # C outputs: the new label is never answered
+    assert "E[q] = 2 at p = 0.8" in paths[0].read_text()
+
+
+def test_deepsigns_output_report_sets_eq5_beside_table4() -> None:
+    # the extra reads only the run's verdicts; the full run is `deepserial reproduce deepsigns-output`
+    verdicts = [SimpleNamespace(threshold=13.0, statistic=s) for s in (0.0, 4.0)]
+    ex = watermarks.EXTRAS["deepsigns-output"]({"verdicts": verdicts})
+    assert (ex["eq5_threshold_k20"], ex["eq5_threshold_k30"]) == (13, 21)  # Table 4
+    assert (ex["eq5_threshold_k20_selection_null"], ex["eq5_threshold_k30_selection_null"]) == (13, 20)
+    assert ex["own_threshold"] == 13.0 and ex["own_mismatches_max"] == 4.0
+    paper = watermarks.PAPER["deepsigns-output"]
+    assert (paper["eq5_threshold_k20"], paper["eq5_threshold_k30"]) == (13, 21)

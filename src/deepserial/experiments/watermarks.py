@@ -67,6 +67,30 @@ PAPER: dict[str, dict[str, Any]] = {
         "piracy_sgd_pirate_verified": "not verified (pirate WM 9.31%)",
         "piracy_sgd_owner_verified": "owner WM 1.21% after", "piracy_sgd_pirate_wm_acc_mean": 9.31,
     },
+    "new-label": {
+        "source": "Zhong et al. 2020, MNIST DNN-1 (alpha 0.01, beta 3.5e-3): §4.1 (watermark-free F), Table 1 "
+                  "values before fine-tuning, §3.2 (E[q]); 50 runs averaged",
+        "reference_acc": 98.0, "marked_acc": 97.94, "false_positives": "0 (a C-output model cannot answer Delta)",
+        "queries": "E[q] = 2 at p = 0.8", "expected_queries_at_mean_p": 2.0, "queries_to_first_delta_mean": 2.0,
+        "delta_hit_rate_mean": "99.89% (key samples, Table 1)",
+    },
+    "zhang-noise": {
+        "source": "Zhong et al. 2020, Table 1 row [14] (Zhang et al. noise keys), MNIST DNN-1, before fine-tuning",
+        "reference_acc": 98.0, "marked_acc": 97.88,
+        "false_positives": "not false-positive free; 40 queries for 90% Ver accuracy at p 0.8, tau 0.3 (§4.2)",
+    },
+    "deepsigns-hidden": {
+        "source": "Rouhani et al. 2019, MNIST MLP 784-512FC-512FC-10FC, N = 4: Table 2 (accuracy), Table 3 "
+                  "(BER, 10 runs)",
+        "reference_acc": 98.54, "marked_acc": 98.13, "verified": "BER 0, detected (Table 3)",
+    },
+    "deepsigns-output": {
+        "source": "Rouhani et al. 2019, MNIST MLP, K = 20: Table 2 (accuracy), Table 4 (Eq. 5 thresholds at "
+                  "0.999), Table 6 (10 key sets x 6 unmarked models)",
+        "reference_acc": 98.54, "marked_acc": 98.59, "verified": "detected (Table 3)",
+        "false_positives": "0.0 on each of 6 unmarked models (prior work [20]: 0 to 1.0)",
+        "eq5_threshold_k20": 13, "eq5_threshold_k30": 21,
+    },
 }
 
 # Stricter levels read off each test's p-value after the fact. Sequential tests stop once the decision
@@ -321,3 +345,52 @@ def _null_embedding_piracy(ctx: dict[str, Any]) -> dict[str, Any]:
         wm = [r["pirate_wm_acc"] for r in runs if r["pirate_wm_acc"] is not None]
         out[f"piracy_{label}_pirate_wm_acc_mean"] = float(np.mean(wm)) if wm else None
     return out
+
+
+@extra("new-label")
+def _new_label_queries(ctx: dict[str, Any]) -> dict[str, Any]:
+    """§3.2 / Fig. 3: queries to the first Delta answer. For each marked model, its hit rate p on the
+    judge's key samples K' (D2 + beta * eps), the paper's E[q] at that p and |K'|, and the exact mean
+    of the first-Delta position over a uniformly random query order, ``(n + 1) / (h + 1)`` for ``h`` Delta
+    answers among ``n`` keys (sampling without replacement), beside what each verification spent."""
+    from deepserial.schemes.new_label import expected_queries
+    from deepserial.training import predict_logits
+
+    per_model = []
+    for m, v in zip(ctx["models"], ctx["verdicts"], strict=True):
+        x = m.key.tensor("samples")
+        delta = int(m.key.meta["num_classes"])
+        hits = int((predict_logits(m.model, x).argmax(1) == delta).sum())
+        n = int(x.shape[0])
+        p = hits / n
+        per_model.append({"keys": n, "delta_answers": hits, "p": p,
+                          "expected_queries_formula": expected_queries(p, n) if hits else None,
+                          "mean_first_delta_random_order": (n + 1) / (hits + 1) if hits else None,
+                          "first_delta_in_verification": v.details.get("queries_to_first_delta")})
+    ps = [r["p"] for r in per_model]
+    firsts = [r["mean_first_delta_random_order"] for r in per_model if r["mean_first_delta_random_order"]]
+    seen = [r["first_delta_in_verification"] for r in per_model if r["first_delta_in_verification"]]
+    return {"alpha": ctx["scheme"].config.alpha, "beta": ctx["scheme"].config.beta,
+            "delta_hit_rate_mean": float(np.mean(ps)), "delta_hit_rate_min": float(np.min(ps)),
+            "expected_queries_at_mean_p": expected_queries(float(np.mean(ps))) if np.mean(ps) > 0 else None,
+            "queries_to_first_delta_mean": float(np.mean(firsts)) if firsts else None,
+            "queries_to_first_delta_max": float(np.max(firsts)) if firsts else None,
+            "queries_to_first_delta_seen_mean": float(np.mean(seen)) if seen else None,
+            "models_without_delta": sum(1 for r in per_model if not r["delta_answers"]),
+            "per_model": per_model}
+
+
+@extra("deepsigns-output")
+def _deepsigns_eq5(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Eq. 5 computed exactly for Table 4's key lengths (C = 10, confidence 0.999), and the mismatch
+    threshold and mismatches of this run's own keys (the key length and chance rate its verify used)."""
+    from deepserial.schemes.deepsigns import eq5_mismatch_threshold
+
+    vs = ctx["verdicts"]
+    return {"eq5_threshold_k20": eq5_mismatch_threshold(20, 10, 0.999),
+            "eq5_threshold_k30": eq5_mismatch_threshold(30, 10, 0.999),
+            # with the selection null (chance 1 / (C - 1), module docstring of schemes/deepsigns.py)
+            "eq5_threshold_k20_selection_null": eq5_mismatch_threshold(20, 10, 0.999, chance=1 / 9),
+            "eq5_threshold_k30_selection_null": eq5_mismatch_threshold(30, 10, 0.999, chance=1 / 9),
+            "own_threshold": float(vs[0].threshold),
+            "own_mismatches_max": float(max(v.statistic for v in vs))}
