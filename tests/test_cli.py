@@ -632,6 +632,25 @@ def test_watermark_bad_inputs(capsys, marked: Path, vendor: Vendor, tmp_path: Pa
                      "--key", str(vendor.key_path)], "exists")
 
 
+def test_watermark_verify_refuses_a_key_of_another_scheme_and_a_mismatched_suspect(
+        capsys, marked: Path, tmp_path: Path) -> None:
+    from deepserial.artifacts import save_model
+    from deepserial.nets import create_model
+
+    model, key = str(marked / "m.safetensors"), str(marked / "m.key")
+    run_err(capsys, ["watermark", "verify", model, "--key", key, "--scheme", "uchida"],
+            "null-embedding key, not a uchida key")
+    run_err(capsys, ["watermark", "verify", model, "--key", key, "--scheme", "nope"], "unknown scheme")
+    # a suspect that answers 11 labels where the key's task has 10
+    man = read_manifest(marked / "m.safetensors")
+    odd = tmp_path / "odd.safetensors"
+    save_model(odd, create_model(man["arch"], tuple(man["input_shape"]), 11),
+               {"arch": man["arch"], "input_shape": man["input_shape"], "num_classes": 11})
+    before = file_digests(tmp_path)
+    run_err(capsys, ["watermark", "verify", str(odd), "--key", key], "11 outputs")
+    assert file_digests(tmp_path) == before
+
+
 def test_watermark_schemes_lists_the_registry(capsys) -> None:
     out = run_ok(capsys, ["watermark", "schemes"])
     assert "null-embedding" in out and "dsn" in out and "arXiv" in out

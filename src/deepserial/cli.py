@@ -347,14 +347,22 @@ def watermark_verify(
     key: Annotated[Path, typer.Option("--key", help="Ownership key file written by `watermark embed`.")],
     fpr: Annotated[float, typer.Option(help="False-positive rate the decision is taken at.")] = 1e-3,
     budget: Annotated[int | None, typer.Option(help="Most queries the verification may spend.")] = None,
+    scheme: Annotated[str | None, typer.Option(help="Refuse a key of any other scheme (default: the key's "
+                                               "own scheme).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
 ) -> None:
     """Test whether SUSPECT carries the watermark of KEY. Exit status 0: it does; 1: it does not."""
     from deepserial.artifacts import load_key, load_model
+    from deepserial.schemes.base import get_scheme
     from deepserial.suspect import ModuleSuspect
     from deepserial.workflow import verify_watermark
 
+    if scheme is not None:
+        get_scheme(scheme)  # an unknown name is refused before any file is read
     k = load_key(key)
+    if scheme is not None and k.scheme != scheme:
+        raise ConfigError(f"{key} is a {k.scheme} key, not a {scheme} key: give the key written by "
+                          f"`watermark embed --scheme {scheme}` (or leave out --scheme)")
     s = ModuleSuspect.from_loaded(load_model(suspect), budget=budget)
     v = verify_watermark(k, s, fpr=fpr)
     typer.echo(json.dumps(v.to_dict(), indent=2) if as_json else v.summary())
