@@ -84,6 +84,13 @@ def test_module_suspect_counts_queries_and_enforces_budget() -> None:
     assert s.queries == 6  # a refused batch costs nothing
     with pytest.raises(InputError, match="shape"):
         s.predict(torch.rand(2, 1, 28, 28))
+    # white-box forwards are charged under the same rule; reserve refuses without spending
+    s.charge(3)
+    assert s.queries == 9
+    with pytest.raises(QueryBudgetError, match="lower verify_samples"):
+        s.reserve(2, lower="verify_samples")
+    assert s.queries == 9
+    s.reserve(1)
 
 
 def test_black_box_suspect_refuses_white_box_use() -> None:

@@ -58,14 +58,21 @@ class Suspect(ABC):
         if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
             raise InputError(f"suspect expects inputs of shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {tuple(x.shape)}")
-        n = len(x)
-        if self.budget is not None and self.queries + n > self.budget:
-            raise QueryBudgetError(
-                f"query budget exhausted: {self.queries} used, {n} more asked, budget {self.budget}; "
-                "raise the budget or lower the verification's query count"
-            )
-        self.queries += n
+        self.charge(len(x))
         return self._labels(x).to(torch.long).cpu()
+
+    def reserve(self, n: int, lower: str = "the verification's query count") -> None:
+        """Refuse, before any query is spent, a verification that may need ``n`` more queries than the
+        budget leaves (``lower`` names the setting that reduces them)."""
+        if self.budget is not None and self.queries + n > self.budget:
+            raise QueryBudgetError(f"query budget exhausted: {self.queries} used, {n} more needed, budget "
+                                   f"{self.budget}; raise the budget or lower {lower}")
+
+    def charge(self, n: int) -> None:
+        """Count ``n`` queries against the budget: label queries, and the forwards of white-box schemes
+        that read activations, so that every verdict's query count means the same."""
+        self.reserve(n)
+        self.queries += n
 
     def require_module(self, scheme: str) -> nn.Module:
         """The white-box network, or a clear error for black-box suspects."""

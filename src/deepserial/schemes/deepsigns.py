@@ -103,7 +103,7 @@ from deepserial.schemes.base import (
     key_signature,
     register_scheme,
 )
-from deepserial.suspect import QueryBudgetError, Suspect
+from deepserial.suspect import Suspect
 from deepserial.training import Batch, LossOut, TrainConfig, TrainLog, fit, model_device, predict_logits
 
 HIDDEN = "deepsigns-hidden"
@@ -117,14 +117,6 @@ def signature_bits(signature: bytes, purpose: str, n: int) -> np.ndarray:
     """``n`` bits (uint8 0/1) derived from ``signature`` under the domain tag ``purpose``."""
     raw = np.frombuffer(derive(signature, purpose, max(1, math.ceil(n / 8))), dtype=np.uint8)
     return np.unpackbits(raw)[:n].astype(np.uint8)
-
-
-def _charge(suspect: Suspect, n: int) -> None:
-    """Count ``n`` white-box forwards as queries, with the same budget rule as :meth:`Suspect.predict`."""
-    if suspect.budget is not None and suspect.queries + n > suspect.budget:
-        raise QueryBudgetError(f"query budget exhausted: {suspect.queries} used, {n} more asked, budget "
-                               f"{suspect.budget}; raise the budget or lower the verification's query count")
-    suspect.queries += n
 
 
 def _check_inputs(suspect: Suspect, x: torch.Tensor, scheme: str) -> None:
@@ -335,7 +327,7 @@ class DeepSignsHidden(Scheme):
         module = _split_net(suspect.require_module(self.name), self.name)
         _check_inputs(suspect, x, self.name)
         start = suspect.queries
-        _charge(suspect, len(x))
+        suspect.charge(len(x))
         decoded = decode_hidden(module, x, kc, classes, A)
         return ber_verdict(self.name, decoded, bits.numpy(), fpr, suspect.queries - start,
                             {"classes": classes.tolist(), "key_images": len(x)})

@@ -68,7 +68,7 @@ from deepserial.identity import derive, derive_rng
 from deepserial.nets import SplitNet, check_visible, visible_mask
 from deepserial.schemes.base import OwnershipKey, Provenance, Scheme, Verdict, register_scheme
 from deepserial.serial import SerialGeometry, stamp
-from deepserial.suspect import QueryBudgetError, Suspect
+from deepserial.suspect import Suspect
 from deepserial.training import Batch, BatchLoss, LossOut, TrainConfig, TrainLog, fit
 
 SCHEME = "null-embedding"
@@ -421,9 +421,7 @@ class NullEmbeddingScheme(Scheme):
         n = len(x)
         if n == 0 or tuple(x.shape[1:]) != shape or len(y) != n:
             raise IntegrityError("null-embedding key holds no usable verification images; re-create it")
-        if suspect.budget is not None and suspect.queries + 2 * n > suspect.budget:
-            raise QueryBudgetError(f"verification may need {2 * n} queries, the suspect has "
-                                   f"{suspect.budget - suspect.queries} left; raise the budget or lower verify_samples")
+        suspect.reserve(2 * n, lower="verify_samples")
         T = float(cfg.threshold)
         allowed_misses = n - math.ceil(T * n - 1e-9)  # acc >= T  <=>  misses <= allowed_misses
         start = suspect.queries
