@@ -173,3 +173,20 @@ def test_bits_chosen_after_the_fact_are_refused(marked, plain: SplitNet) -> None
     forged_x = OwnershipKey(key.scheme, dict(key.meta), dict(key.tensors, X=key.tensors["X"] * 2))
     with pytest.raises(IntegrityError, match="X is not"):
         scheme.verify(ModuleSuspect(plain, SHAPE), forged_x)
+
+
+def test_signed_key_with_a_swapped_signature_is_refused_by_verify_itself(splits: Splits, plain: SplitNet) -> None:
+    """A key that records an owner's provenance must carry that owner's signature: re-deriving the
+    secrets from another signature is consistent, but the owner never signed it."""
+    from deepserial.errors import IdentityError
+    from deepserial.identity import OwnerIdentity
+    from deepserial.schemes.base import OwnershipKey, Provenance
+
+    scheme = Uchida()
+    prov = Provenance.sign(OwnerIdentity.generate(), "owner", "model", scheme.name)
+    signed = scheme.make_signed_key(prov, splits.owner, C, model=plain)
+    assert not scheme.verify(ModuleSuspect(plain, SHAPE), signed).decision  # genuine key: runs, plain model lacks it
+    other = scheme.make_key(b"someone else's signature", splits.owner, C, model=plain)
+    forged = OwnershipKey(signed.scheme, dict(signed.meta, signature=b"someone else's signature".hex()), other.tensors)
+    with pytest.raises(IdentityError):
+        scheme.verify(ModuleSuspect(plain, SHAPE), forged)

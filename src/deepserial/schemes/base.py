@@ -189,7 +189,14 @@ def check_derived(key: OwnershipKey, name: str, expected: Any) -> None:
 
 
 def key_signature(key: OwnershipKey) -> bytes:
-    """The signature bytes a key's secrets derive from (ConfigError when the key has none)."""
+    """The signature bytes a key's secrets derive from (ConfigError when the key has none).
+
+    When the key records its provenance (verifier string and owner public key), the owner's signature
+    over the verifier is checked first (IdentityError when it fails): every scheme's ``verify`` then
+    refuses a key whose signature was swapped, not only the CLI's ``verify_watermark``.
+    """
+    if "verifier" in key.meta or "owner_public_key" in key.meta:
+        return Provenance.from_meta(key.meta).check()
     try:
         return bytes.fromhex(key.meta["signature"])
     except (KeyError, TypeError, ValueError):
