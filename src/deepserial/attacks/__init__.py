@@ -1,1 +1,7 @@
-"""Attacks on protected models, one module per attack (each cites its paper)."""
+"""Attacks on protected models, one module per attack (each cites its paper).
+
+Every attack registers itself in :data:`deepserial.attacks.base.ATTACKS` under the name the papers use
+and is called the same way: ``get_attack(name, options).run(model, attacker_data, budget)``.
+"""
+
+from deepserial.attacks import fine_tuning, pruning  # noqa: F401  (register the attacks)

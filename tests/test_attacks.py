@@ -1,0 +1,121 @@
+"""Attacks on a tiny model: each checks the attack's effect and what its log accounts for."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
+from deepserial.attacks.pruning import channel_activity, last_conv, zero_fraction
+from deepserial.data import TensorData
+from deepserial.errors import ConfigError
+from deepserial.nets import SplitNet, create_model
+from deepserial.training import TrainConfig, accuracy, fit, supervised_loss
+
+SHAPE = (1, 12, 12)
+C = 4
+
+
+def _data(n: int, seed: int) -> TensorData:
+    """A learnable toy task: the class is the quadrant holding a bright square."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, C, (n,), generator=g)
+    x = torch.rand(n, *SHAPE, generator=g) * 0.2
+    for i, c in enumerate(y.tolist()):
+        r, k = divmod(c, 2)
+        x[i, 0, r * 6 + 1: r * 6 + 5, k * 6 + 1: k * 6 + 5] = 1.0
+    return TensorData(x, y)
+
+
+@pytest.fixture(scope="module")
+def victim() -> SplitNet:
+    torch.manual_seed(0)
+    m = create_model("dsn_mnist", SHAPE, C)
+    fit(m, _data(400, 0), supervised_loss, TrainConfig(epochs=3, batch_size=32, progress=False))
+    return m
+
+
+@pytest.fixture(scope="module")
+def attacker() -> TensorData:
+    return _data(200, 1)
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> dict[str, bool]:
+    sb = b.state_dict()
+    return {k: torch.equal(v, sb[k]) for k, v in a.state_dict().items()}
+
+
+def test_budget_and_share_validation(attacker: TensorData) -> None:
+    with pytest.raises(ConfigError, match="epochs"):
+        AttackBudget.parse(epochs=-1)
+    with pytest.raises(ConfigError, match="optimizer"):
+        AttackBudget.parse(optimizer="rmsprop")
+    with pytest.raises(ConfigError, match="unknown attack"):
+        get_attack("nope")
+    with pytest.raises(ConfigError, match="mode"):
+        get_attack("fine-tuning", {"mode": "XX"})
+    assert len(attacker_share(attacker, 0.1, 1000)) == 100
+    assert torch.equal(attacker_share(attacker, 0.1, 1000, seed=3).x, attacker_share(attacker, 0.1, 1000, seed=3).x)
+    with pytest.raises(ConfigError, match="holds 200 samples"):
+        attacker_share(attacker, 0.4, 1000)
+    with pytest.raises(ConfigError, match=r"\(0, 1\]"):
+        attacker_share(attacker, 0.0, 1000)
+
+
+@pytest.mark.parametrize(("mode", "features_change", "head_reset"),
+                         [("FTAL", True, False), ("FTLL", False, False), ("RTLL", False, True), ("RTAL", True, True)])
+def test_fine_tuning_variants_train_what_they_name_and_log_the_budget(
+        victim: SplitNet, attacker: TensorData, mode: str, features_change: bool, head_reset: bool) -> None:
+    before = {k: v.clone() for k, v in victim.state_dict().items()}
+    budget = AttackBudget(epochs=2, batch_size=50, lr=1e-3)
+    model, log = get_attack("fine-tuning", {"mode": mode}).run(victim, attacker, budget)
+    assert all(torch.equal(v, before[k]) for k, v in victim.state_dict().items())  # the victim is untouched
+    same = _same(model, victim)
+    assert not same["classifier.weight"]
+    assert (not all(v for k, v in same.items() if k.startswith("features"))) == features_change
+    assert log.epochs == 2 and log.samples == 200 and log.forward_samples == 400 and len(log.curve) == 2
+    assert log.wall_s > 0 and log.budget["epochs"] == 2 and log.budget["config"]["mode"] == mode
+    if head_reset:  # re-initialised: far from the victim's head, not a small step away
+        assert (model.classifier.weight - victim.classifier.weight).abs().mean() > 1e-2
+    assert not model.training
+
+
+def test_from_scratch_reinitialises_then_learns(victim: SplitNet, attacker: TensorData) -> None:
+    test = _data(300, 2)
+    fresh, _ = get_attack("from-scratch").run(victim, attacker, AttackBudget(epochs=0))
+    assert not any(_same(fresh, victim).values())
+    trained, log = get_attack("from-scratch").run(victim, attacker, AttackBudget(epochs=4, batch_size=20))
+    assert log.epochs == 4 and accuracy(trained, test) > 0.9
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
+def test_global_l1_pruning_zeroes_the_stated_fraction(victim: SplitNet, attacker: TensorData, rate: float) -> None:
+    assert zero_fraction(victim) < 0.01
+    model, log = get_attack("pruning", {"rate": rate}).run(victim, attacker, AttackBudget(epochs=0))
+    assert zero_fraction(model) == pytest.approx(rate, abs=1e-3)
+    assert log.details["zero_weight_fraction"] == pytest.approx(rate, abs=1e-3) and log.epochs == 0
+    # the smallest weights went: every surviving weight is at least as large as every pruned one
+    w_v = torch.cat([m.weight.flatten() for m in victim.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)])
+    w_m = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)])
+    assert w_v[w_m == 0].abs().max() <= w_v[w_m != 0].abs().min()
+    assert not [k for k in model.state_dict() if k.endswith("_orig") or k.endswith("_mask")]  # made permanent
+
+
+def test_pruning_with_fine_tuning_keeps_pruned_weights_at_zero(victim: SplitNet, attacker: TensorData) -> None:
+    model, log = get_attack("pruning", {"rate": 0.8}).run(victim, attacker, AttackBudget(epochs=2, batch_size=50))
+    assert log.epochs == 2 and zero_fraction(model) == pytest.approx(0.8, abs=1e-3)
+
+
+def test_neuron_pruning_removes_the_least_active_channels(victim: SplitNet, attacker: TensorData) -> None:
+    conv = last_conv(victim)
+    activity = channel_activity(victim, conv, attacker)
+    model, log = get_attack("pruning", {"method": "neuron", "rate": 0.25}).run(victim, attacker, AttackBudget(epochs=0))
+    dropped = log.details["pruned_channels"]
+    assert len(dropped) == round(0.25 * conv.out_channels)
+    assert set(dropped) == set(torch.argsort(activity)[: len(dropped)].tolist())
+    pruned_conv = last_conv(model)
+    assert all(pruned_conv.weight[c].abs().sum() == 0 and pruned_conv.bias[c] == 0 for c in dropped)
+    kept = [c for c in range(conv.out_channels) if c not in dropped]
+    assert torch.equal(pruned_conv.weight[kept], conv.weight[kept])
+    with pytest.raises(ConfigError, match="activation"):
+        get_attack("pruning", {"method": "neuron"}).run(victim, TensorData(attacker.x[:0], attacker.y[:0]))
