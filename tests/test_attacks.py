@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,3 +120,50 @@ def test_neuron_pruning_removes_the_least_active_channels(victim: SplitNet, atta
     assert torch.equal(pruned_conv.weight[kept], conv.weight[kept])
     with pytest.raises(ConfigError, match="activation"):
         get_attack("pruning", {"method": "neuron"}).run(victim, TensorData(attacker.x[:0], attacker.y[:0]))
+
+
+# ----- Neural Cleanse ---------------------------------------------------------------------------------
+def test_anomaly_index_is_the_mad_score() -> None:
+    from deepserial.attacks.neural_cleanse import anomaly_indices
+
+    norms = np.array([10.0, 50.0, 55.0, 60.0, 65.0, 70.0])
+    idx, med, mad = anomaly_indices(norms)
+    assert med == 57.5 and mad == 7.5  # |dev| = 47.5, 7.5, 2.5, 2.5, 7.5, 12.5
+    assert idx[0] == pytest.approx(47.5 / (1.4826 * 7.5))
+
+
+@pytest.fixture(scope="module")
+def backdoored():  # noqa: ANN201
+    """A 10-class mnist5k model with a planted backdoor: a white 4 x 4 square at (2, 2) means class 0."""
+    from deepserial.workflow import DataSpec
+
+    s = DataSpec("mnist5k", 0, limit=1000).load()
+    g = torch.Generator().manual_seed(0)
+    x, y = s.owner.x.clone(), s.owner.y.clone()
+    idx = torch.randperm(len(x), generator=g)[: int(0.15 * len(x))]
+    x[idx, 0, 2:6, 2:6] = 1.0
+    y[idx] = 0
+    torch.manual_seed(0)
+    m = create_model("dsn_mnist", (1, 28, 28), 10)
+    fit(m, TensorData(x, y), supervised_loss, TrainConfig(epochs=10, batch_size=32, progress=False))
+    stamped = s.test.x.clone()
+    stamped[:, 0, 2:6, 2:6] = 1.0
+    return m, s, stamped
+
+
+def test_neural_cleanse_flags_a_planted_backdoor_and_unlearning_removes_it(backdoored) -> None:  # noqa: ANN001
+    from deepserial.attacks.neural_cleanse import scan
+
+    model, s, stamped = backdoored
+    asr = float((model(stamped).argmax(1) == 0).float().mean())
+    assert asr > 0.9  # the backdoor took
+    cleansed, log = get_attack("neural-cleanse", {"images_per_label": 8}).run(
+        model, s.attacker, AttackBudget(epochs=3, batch_size=32))
+    rep = log.details["scan"]
+    assert rep["flagged"] == [0] and rep["max_anomaly_index"] > 2
+    assert rep["norms"][0] < 0.25 * rep["median"]  # the backdoor's trigger is far smaller than any other
+    assert min(rep["success"]) >= 0.99 and log.details["unlearned"] == [0] and log.epochs == 3
+    after = float((cleansed(stamped).argmax(1) == 0).float().mean())
+    assert after < 0.5 and accuracy(cleansed, s.test) > accuracy(model, s.test) - 5
+    with pytest.raises(ConfigError, match="clean inputs"):
+        scan(model, TensorData(s.attacker.x[:0], s.attacker.y[:0]))
