@@ -167,3 +167,84 @@ def test_neural_cleanse_flags_a_planted_backdoor_and_unlearning_removes_it(backd
     assert after < 0.5 and accuracy(cleansed, s.test) > accuracy(model, s.test) - 5
     with pytest.raises(ConfigError, match="clean inputs"):
         scan(model, TensorData(s.attacker.x[:0], s.attacker.y[:0]))
+
+
+# ----- transfer learning, extraction -----------------------------------------------------------------
+def test_transfer_learning_replaces_dense_layers_and_trains_what_it_names(victim: SplitNet,
+                                                                         attacker: TensorData) -> None:
+    from deepserial.attacks.transfer import recover
+
+    two = TensorData(attacker.x, attacker.y % 2)  # a new task: two labels
+    model, log = get_attack("transfer-learning", {"num_classes": 2}).run(victim, two,
+                                                                         AttackBudget(epochs=2, batch_size=50))
+    assert model.classifier.out_features == 2 and log.details["num_classes"] == 2 and log.epochs == 2
+    same = _same(model, victim)
+    assert all(v for k, v in same.items() if k.startswith("features.0."))  # conv layers frozen
+    assert not same["features.2.weight"]  # the hidden dense layer was replaced
+    full, _ = get_attack("transfer-learning", {"num_classes": 2, "train": "all"}).run(victim, two,
+                                                                                      AttackBudget(epochs=1))
+    assert not all(v for k, v in _same(full, victim).items() if k.startswith("features.0."))
+    with pytest.raises(ConfigError, match="num_classes"):
+        get_attack("transfer-learning", {"num_classes": 2}).run(victim, attacker, AttackBudget(epochs=1))
+    back, rlog = recover(model, C, attacker, TrainConfig(epochs=1, batch_size=50, progress=False))
+    assert back.classifier.out_features == C and model.classifier.out_features == 2 and len(rlog.epochs) == 1
+
+
+@pytest.mark.parametrize("source", ["data", "noise"])
+def test_extraction_counts_queries_and_trains_a_fresh_substitute(victim: SplitNet, attacker: TensorData,
+                                                                 source: str) -> None:
+    test = _data(300, 2)
+    budget = AttackBudget(epochs=4, batch_size=20, queries=150)
+    sub, log = get_attack("extraction", {"source": source}).run(victim, attacker, budget)
+    assert log.queries == 150 and log.samples == 150 and sum(log.details["label_histogram"]) == 150
+    agree = float((sub(test.x).argmax(1) == victim(test.x).argmax(1)).float().mean())
+    if source == "data":  # in-distribution answers teach the task
+        assert agree > 0.8
+    assert not all(_same(sub, victim).values())
+    with pytest.raises(ConfigError, match="query budget"):
+        get_attack("extraction", {"source": "noise"}).run(victim, attacker, AttackBudget(epochs=1))
+
+
+# ----- serial-number search ---------------------------------------------------------------------------
+class _Locked(torch.nn.Module):
+    """The toy victim, unlocked only when the region at (``top``, ``left``) holds ``key`` (a smooth gate,
+    so the reverse-engineering attack has gradients, like a real DSN student)."""
+
+    def __init__(self, base: SplitNet, key: torch.Tensor, top: int = 5, left: int = 5) -> None:
+        super().__init__()
+        self.base, self.key, self.top, self.left = base, key, top, left
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.key.shape
+        region = x[:, 0, self.top: self.top + h, self.left: self.left + w]
+        gate = torch.exp(-2 * ((region - self.key) ** 2).flatten(1).sum(1)).unsqueeze(1)
+        logits = self.base(x)
+        return gate * logits + (1 - gate) * logits.roll(1, dims=1)  # locked: a wrong answer
+
+
+def test_serial_search_brute_force_and_reverse_engineering(victim: SplitNet) -> None:
+    from deepserial.serial import SerialGeometry, stamp
+
+    data = _data(300, 4)
+    key = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    locked = _Locked(victim, key).eval()
+    geo = SerialGeometry(2, 2, 5, 5)
+    assert _acc(locked, data) < 0.5 and _acc(locked, TensorData(stamp(data.x, geo, key), data.y)) > 0.9
+    attack = get_attack("serial-search", {"geometry": geo.to_dict(), "tries": 200, "images_per_try": 10})
+    _, log = attack.run(locked, data, AttackBudget())
+    assert log.queries == 200 * 10 and log.details["unlocks"] > 0  # 16 possible keys: found
+    assert log.details["best_bits"] == key.int().tolist()
+    big = SerialGeometry(6, 6, 3, 3)  # 2^36 keys: a random try never unlocks the model
+    _, log = get_attack("serial-search", {"geometry": big.to_dict(), "tries": 300}).run(
+        _Locked(victim, torch.ones(6, 6), 3, 3), data, AttackBudget())
+    assert log.details["unlocks"] == 0 and log.queries == 3000
+    _, log = get_attack("serial-search", {"method": "reverse-engineer", "geometry": geo.to_dict(), "restarts": 2,
+                                          "steps": 60, "batch_size": 32}).run(locked, data, AttackBudget())
+    assert log.details["accuracy_best"] > 0.9 and len(log.details["restarts"]) == 2
+    with pytest.raises(ConfigError, match="geometry"):
+        get_attack("serial-search").run(locked, data, AttackBudget())
+
+
+def _acc(model: torch.nn.Module, data: TensorData) -> float:
+    with torch.no_grad():
+        return float((model(data.x).argmax(1) == data.y).float().mean())

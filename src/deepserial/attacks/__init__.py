@@ -4,4 +4,11 @@ Every attack registers itself in :data:`deepserial.attacks.base.ATTACKS` under t
 and is called the same way: ``get_attack(name, options).run(model, attacker_data, budget)``.
 """
 
-from deepserial.attacks import fine_tuning, neural_cleanse, pruning  # noqa: F401  (register the attacks)
+from deepserial.attacks import (  # noqa: F401  (register the attacks)
+    extraction,
+    fine_tuning,
+    neural_cleanse,
+    pruning,
+    serial_search,
+    transfer,
+)
