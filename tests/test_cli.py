@@ -651,6 +651,45 @@ def test_watermark_verify_refuses_a_key_of_another_scheme_and_a_mismatched_suspe
     assert file_digests(tmp_path) == before
 
 
+# ----- attack ---------------------------------------------------------------------------------------------
+def test_attack_fine_tunes_a_watermarked_model_and_reports_before_and_after(capsys, marked: Path,
+                                                                            tmp_path: Path) -> None:
+    out, rep = tmp_path / "attacked.safetensors", tmp_path / "attack.json"
+    text = run_ok(capsys, ["attack", "fine-tuning", "--model", str(marked / "m.safetensors"), "--key",
+                           str(marked / "m.key"), "--fraction", "0.1", "--epochs", "1", "--out", str(out),
+                           "--report", str(rep), "--quiet", "--set", "mode=FTLL"])
+    assert "before" in text and "after" in text and "watermark" in text
+    r = json.loads(rep.read_text())
+    assert r["attacker_samples"] == 48  # 10% of the 480 training images of the 600-image sample
+    assert r["log"]["epochs"] == 1 and r["log"]["budget"]["config"]["mode"] == "FTLL"
+    assert "p_value" in r["before"]["verdict"] and "p_value" in r["after"]["verdict"]
+    man = read_manifest(out)
+    assert man["role"] == "attacked" and man["attack"]["name"] == "fine-tuning" and "signature" not in man["integrity"]
+
+
+def test_attack_a_dsn_model_reports_accuracy_with_the_serial_number(capsys, vendor: Vendor) -> None:
+    text = run_ok(capsys, ["attack", "pruning", "--model", str(vendor.customer_path), "--serial", vendor.product_key,
+                           "--epochs", "0", "--set", "rate=0.3", "--json"])
+    r = json.loads(text)
+    assert r["before"]["with_serial_acc"] > r["before"]["test_acc"]  # the key unlocks the customer model
+    assert r["log"]["details"]["zero_weight_fraction"] == pytest.approx(0.3, abs=1e-3)
+
+
+def test_attack_bad_inputs(capsys, marked: Path, vendor: Vendor, tmp_path: Path) -> None:
+    m = str(marked / "m.safetensors")
+    out = str(tmp_path / "x.safetensors")
+    before = file_digests(tmp_path)
+    run_err(capsys, ["attack", "nope", "--model", m, "--out", out], "unknown attack", "fine-tuning")
+    run_err(capsys, ["attack", "fine-tuning", "--model", m, "--out", out, "--set", "mode=XX"], "mode")
+    run_err(capsys, ["attack", "fine-tuning", "--model", m, "--out", out, "--fraction", "0.5"], "attacker's split")
+    run_err(capsys, ["attack", "fine-tuning", "--model", m, "--out", out, "--optimizer", "rmsprop"], "optimizer")
+    run_err(capsys, ["attack", "fine-tuning", "--model", m, "--out", out, "--serial", vendor.product_key],
+            "not a serial-number protected model")
+    run_err(capsys, ["attack", "pruning", "--model", str(vendor.customer_path), "--out", out, "--serial", "XXXX"],
+            "product key")
+    assert file_digests(tmp_path) == before  # nothing written by any failure
+
+
 def test_watermark_schemes_lists_the_registry(capsys) -> None:
     out = run_ok(capsys, ["watermark", "schemes"])
     assert "null-embedding" in out and "dsn" in out and "arXiv" in out

@@ -381,6 +381,80 @@ def watermark_schemes() -> None:
         typer.echo(f"{name:18s} {box}  {cls.citation}")
 
 
+@app.command()
+def attack(
+    name: Annotated[str, typer.Argument(help="Attack name (fine-tuning, from-scratch, pruning, transfer-learning, "
+                                        "extraction, neural-cleanse, serial-search).")],
+    model: Annotated[Path, typer.Option(help="The model to attack (.safetensors).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the attacked model here.")] = None,
+    key: Annotated[Path | None, typer.Option(help="Ownership key: verify the watermark before and after.")] = None,
+    serial: Annotated[str | None, typer.Option(help="Product key of a DSN model: accuracy with it before and "
+                                               "after.")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Share of the training data the attacker holds, e.g. 0.1 "
+                                                   "(default: the whole attacker split, 40%).")] = None,
+    epochs: Annotated[int, typer.Option(help="Attacker's training epochs.")] = 10,
+    lr: Annotated[float | None, typer.Option(help="Attacker's learning rate (default 1e-3).")] = None,
+    batch_size: int = 128,
+    optimizer: Annotated[str, typer.Option(help="adam or sgd.")] = "adam",
+    queries: Annotated[int | None, typer.Option(help="Most queries to the victim (extraction).")] = None,
+    setting: Annotated[list[str] | None, typer.Option("--set", help="Attack option name=value (repeat), e.g. "
+                                                      "--set mode=RTAL.")] = None,
+    fpr: Annotated[float, typer.Option(help="False-positive rate of the watermark verdicts.")] = 1e-3,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
+    seed: Seed = 0,
+    device: Device = "auto",
+    quiet: Quiet = False,
+    force: bool = False,
+) -> None:
+    """Attack a protected model with an explicit budget; report accuracy, serial-number accuracy and the
+    ownership verdict before and after, and what the attack spent."""
+    from deepserial.artifacts import load_key, load_model, save_model
+    from deepserial.attacks.base import AttackBudget, get_attack
+    from deepserial.report import write_json
+    from deepserial.serial import SerialGeometry, SerialNumber
+    from deepserial.workflow import attack_model
+
+    _refuse_overwrite(*(p for p in (out, report) if p is not None), force=force)
+    atk = get_attack(name, _scheme_settings(setting))
+    budget = AttackBudget.parse(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, queries=queries,
+                                seed=seed, device=None if device == "auto" else device, progress=not quiet)
+    target = load_model(model)
+    k = load_key(key) if key is not None else None
+    sn = None
+    if serial is not None:
+        if "serial_geometry" not in target.manifest:
+            raise ConfigError(f"{model} is not a serial-number protected model; leave out --serial")
+        sn = SerialNumber.from_product_key(serial, expect=SerialGeometry.from_dict(target.manifest["serial_geometry"]))
+    attacked, rep = attack_model(target, atk, budget, fraction=fraction, key=k, serial=sn, fpr=fpr)
+    if out is not None:
+        man = {k_: v for k_, v in target.manifest.items() if k_ not in ("integrity", "format")}
+        man |= {"role": "attacked", "num_classes": int(attacked.classifier.out_features),
+                "attack": {"name": name, "budget": rep["log"]["budget"], "fraction": fraction, "source": str(model)},
+                "test_acc": rep["after"]["test_acc"]}
+        save_model(out, attacked, man)
+    if report is not None:
+        write_json(report, rep)
+    if as_json:
+        typer.echo(json.dumps(rep, indent=2, default=str))
+        return
+    log = rep["log"]
+    typer.echo(f"{name}: {rep['attacker_samples']} attacker samples, {log['epochs']} epochs, "
+               f"{log['forward_samples']} forward samples, {log['queries']} queries, {log['wall_s']:.1f} s")
+    for when in ("before", "after"):
+        r = rep[when]
+        parts = [f"test acc {r['test_acc']:.2f}%" if r["test_acc"] is not None else "test acc n/a (other labels)"]
+        if "with_serial_acc" in r and r["with_serial_acc"] is not None:
+            parts.append(f"with serial number {r['with_serial_acc']:.2f}%")
+        if "verdict" in r:
+            v = r["verdict"]
+            parts.append("watermark " + ("verified" if v.get("decision") else "NOT verified")
+                         + (f" (p = {v['p_value']:.3g})" if v.get("p_value") is not None else f" ({v.get('error')})"))
+        typer.echo(f"  {when:6s} " + "; ".join(parts))
+    if out is not None:
+        typer.echo(f"wrote {out}")
+
+
 @reproduce_app.command("dsn")
 def reproduce_dsn(
     dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",

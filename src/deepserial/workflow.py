@@ -20,13 +20,13 @@ from typing import Any
 import torch
 
 from deepserial.artifacts import LoadedModel, save_model
-from deepserial.data import Splits, load_dataset, split
+from deepserial.data import Splits, TensorData, load_dataset, split
 from deepserial.errors import ConfigError, IdentityError, IntegrityError
 from deepserial.identity import OwnerIdentity, VerifierString, atomic_write
 from deepserial.nets import SplitNet, check_visible, create_model
 from deepserial.report import environment
 from deepserial.schemes import dsn
-from deepserial.serial import SerialGeometry, SerialNumber
+from deepserial.serial import SerialGeometry, SerialNumber, stamp
 from deepserial.training import TrainConfig, TrainLog, accuracy, fit, seed_everything, supervised_loss
 
 LICENCE_FORMAT = "deepserial-licence/1"
@@ -332,3 +332,49 @@ def verify_watermark(key: Any, suspect: Any, fpr: float = 1e-3, check_signature:
         Provenance.from_meta(key.meta).check()
     scheme = get_scheme(key.scheme, key.meta.get("config"))
     return scheme.verify(suspect, key, fpr=fpr)
+
+
+# ----- attacks ---------------------------------------------------------------------------------------
+def measure_model(model: SplitNet, splits: Splits, *, task_classes: int | None = None, key: Any = None,
+                  serial: SerialNumber | None = None, fpr: float = 1e-3) -> dict[str, Any]:
+    """What an attack report states about a model: test accuracy (raw inputs), accuracy with the
+    serial number stamped (DSN), and the ownership verdict of ``key``. A model whose outputs no longer
+    match the task (transfer to other labels) gets None for the accuracies and the refusal as verdict."""
+    from deepserial.errors import DeepSerialError
+    from deepserial.suspect import ModuleSuspect
+
+    out_features = int(model.classifier.out_features)
+    same_task = task_classes is None or out_features >= task_classes
+    rep: dict[str, Any] = {"outputs": out_features,
+                           "test_acc": accuracy(model, splits.test) if same_task else None}
+    if serial is not None:
+        stamped = TensorData(stamp(splits.test.x, serial.geometry, serial.as_tensor()), splits.test.y)
+        rep["with_serial_acc"] = accuracy(model, stamped) if same_task else None
+    if key is not None:
+        shape = tuple(int(s) for s in splits.test.x.shape[1:])
+        try:
+            rep["verdict"] = verify_watermark(key, ModuleSuspect(model, shape), fpr=fpr).to_dict()
+        except DeepSerialError as e:  # e.g. the attacked model answers other labels: no verdict possible
+            rep["verdict"] = {"decision": False, "error": str(e)}
+    return rep
+
+
+def attack_model(target: LoadedModel, attack: Any, budget: Any, *, fraction: float | None = None,
+                 key: Any = None, serial: SerialNumber | None = None, data: DataSpec | None = None,
+                 fpr: float = 1e-3) -> tuple[SplitNet, dict[str, Any]]:
+    """Run ``attack`` (an :class:`deepserial.attacks.base.Attack`) on ``target`` with the attacker's
+    split of the data the model was trained on (``fraction`` of the training data, else all of the
+    attacker's split) and report the model before and after (:func:`measure_model`)."""
+    from deepserial.attacks.base import attacker_share
+
+    splits = (data or DataSpec.from_manifest(target.manifest)).load()
+    attacker = splits.attacker
+    if fraction is not None:
+        attacker = attacker_share(attacker, fraction, len(splits.owner) + len(splits.attacker), budget.seed)
+    classes = int(target.manifest.get("task_classes", target.manifest["num_classes"]))
+    before = measure_model(target.model, splits, task_classes=classes, key=key, serial=serial, fpr=fpr)
+    attacked, log = attack.run(target.model, attacker, budget)
+    after = measure_model(attacked, splits, task_classes=classes, key=key, serial=serial, fpr=fpr)
+    report = {"attack": attack.name, "citation": attack.citation, "fraction": fraction,
+              "attacker_samples": len(attacker), "before": before, "after": after, "log": log.to_dict()}
+    return attacked, report
