@@ -248,3 +248,53 @@ def test_serial_search_brute_force_and_reverse_engineering(victim: SplitNet) -> 
 def _acc(model: torch.nn.Module, data: TensorData) -> float:
     with torch.no_grad():
         return float((model(data.x).argmax(1) == data.y).float().mean())
+
+
+# ----- overwriting -----------------------------------------------------------------------------------
+def test_dsn_overwrite_trains_a_new_serial_number_into_a_customer_model(vendor) -> None:  # noqa: ANN001
+    from deepserial.artifacts import load_model
+    from deepserial.serial import SerialNumber, stamp
+
+    customer = load_model(vendor.customer_path)
+    attack = get_attack("dsn-overwrite", {"serial": vendor.product_key, "new_signature": "mallory"})
+    new = attack.new_serial()
+    assert new.geometry == vendor.serial.geometry and not np.array_equal(new.bits, vendor.serial.bits)
+    test = vendor.splits.test
+
+    def with_key(m: torch.nn.Module, sn: SerialNumber) -> float:
+        return accuracy(m, TensorData(stamp(test.x, sn.geometry, sn.as_tensor()), test.y))
+
+    model, log = attack.run(customer.model, vendor.splits.attacker, AttackBudget(epochs=3, batch_size=64))
+    assert log.epochs == 3 and log.details["new_product_key"] == new.to_product_key()
+    assert with_key(model, new) > with_key(customer.model, new) + 10  # the new key starts to unlock it
+    with pytest.raises(ConfigError, match="serial"):
+        get_attack("dsn-overwrite", {})
+
+
+def test_piracy_attack_embeds_a_random_pirate_pattern(victim: SplitNet, attacker: TensorData) -> None:
+    model, log = get_attack("piracy", {"pirate_seed": 3}).run(victim, attacker, AttackBudget(epochs=1, batch_size=50))
+    assert log.epochs == 1 and len(log.details["pirate_signature"]) == 128 and not all(_same(model, victim).values())
+
+
+def test_dsn_loss_counts_the_original_serial_number_as_invalid_when_overwriting(vendor) -> None:  # noqa: ANN001
+    from deepserial.schemes.dsn import DSNConfig, _counts, make_student_loss
+    from deepserial.serial import SerialNumber
+    from deepserial.training import Batch
+
+    old = vendor.serial
+    new = SerialNumber.from_signature(b"mallory", old.geometry)
+    seen: list[torch.Tensor] = []
+
+    def net(x: torch.Tensor, n_gd: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(x.detach())
+        return torch.zeros(len(x), 10, requires_grad=True), torch.zeros(n_gd, 10, requires_grad=True)
+
+    x, y = vendor.splits.attacker.x[:64], vendor.splits.attacker.y[:64]
+    loss = make_student_loss(new, torch.zeros(64, 10), DSNConfig.default(), 10, also_invalid=old.as_tensor())
+    loss(net, Batch(x, y, torch.arange(64)))
+    g = old.geometry
+    region = seen[0][:, 0, g.top: g.top + g.height, g.left: g.left + g.width]
+    is_old = (region == old.as_tensor()).flatten(1).all(1)
+    is_new = (region == new.as_tensor()).flatten(1).all(1)
+    k = _counts(64, DSNConfig.default())["random"]
+    assert is_new[:64].all() and k > 0 and is_old[64:].sum() >= (k + 1) // 2  # half the random wrong keys

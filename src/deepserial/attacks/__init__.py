@@ -8,6 +8,7 @@ from deepserial.attacks import (  # noqa: F401  (register the attacks)
     extraction,
     fine_tuning,
     neural_cleanse,
+    overwrite,
     pruning,
     serial_search,
     transfer,

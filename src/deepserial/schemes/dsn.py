@@ -146,13 +146,16 @@ def _counts(n: int, cfg: DSNConfig) -> dict[str, int]:
     return counts
 
 
-def make_student_loss(serial: SerialNumber, teacher_logits: torch.Tensor, cfg: DSNConfig, num_classes: int):
+def make_student_loss(serial: SerialNumber, teacher_logits: torch.Tensor, cfg: DSNConfig, num_classes: int,
+                      also_invalid: torch.Tensor | None = None):
     """The per-batch DSN loss for the shared training loop.
 
     Each batch of n images becomes n inputs stamped with the valid serial number (distilled towards
     the teacher's soft labels at temperature T) plus ``invalid_ratio * n`` invalid inputs (raw, and in
     default mode also random wrong and Hamming-1/2 serial numbers) on which Gy is pushed to uniform
-    (default mode) and Gd, behind the GRL, learns the true label (both modes).
+    (default mode) and Gd, behind the GRL, learns the true label (both modes). ``also_invalid`` (one
+    pattern of the same geometry) takes the place of half of the random wrong keys: the overwriting
+    attack's "SN embedding loss with inputs stamped with the original K" (DSN §3.5).
     """
     geometry = serial.geometry
     valid = serial.as_tensor()
@@ -193,6 +196,8 @@ def make_student_loss(serial: SerialNumber, teacher_logits: torch.Tensor, cfg: D
                     bits = torch.randint(0, 2, (k, geometry.height, geometry.width), device=dev).float()
                     same = (bits == valid.to(dev)).flatten(1).all(1)
                     bits[same] = wrong.hamming1[0].to(dev)  # a random pattern equal to the key is replaced
+                    if also_invalid is not None:
+                        bits[: (k + 1) // 2] = also_invalid.to(dev)
                 elif kind == "hamming1":
                     h1_idx = draw_hamming1(k)
                     h1_rows = n + off
