@@ -25,7 +25,8 @@ def test_null_embedding_reproduction_writes_every_figure(tmp_path: Path) -> None
     assert 0 <= rep["false_positives_unmarked"] <= 3 and rep["n_random_keys"] == 3
     assert all(v["queries"] > 0 for v in rep["own_verdicts"])
     runs = rep["extra"]["piracy_runs"]
-    assert set(runs) == {"paper", "adam", "adam_warmup"} and all(len(r) == 1 for r in runs.values())
+    assert set(runs) == {"paper", "paper_on_unmarked", "adam", "adam_warmup"}
+    assert all(len(r) == 1 for r in runs.values())
     paper = runs["paper"][0]  # Table 14's optimiser, lambda at full strength from the first step
     assert paper["lr"] == pytest.approx(1e-3) and paper["optimizer"] == "sgd" and paper["lam_warmup_epochs"] == 0
     assert runs["adam_warmup"][0]["lam_warmup_epochs"] == 3 and len(paper["nc_curve"]) == 10

@@ -310,9 +310,10 @@ def write_comparison(out: Path, dataset: str) -> Path:
 def _null_embedding_piracy(ctx: dict[str, Any]) -> dict[str, Any]:
     """§7.2 / Table 3: random pirate watermarks trained into the first owner model for 10 epochs on the
     attacker's images. ``paper``: the paper's attacker, ``n_pirates`` times: Table 14's Digit optimiser
-    (SGD, lr 0.001) and lambda at full strength from the first step. Two adaptive attackers,
-    ``n_adaptive_pirates`` times each: Adam at the owner's last learning rate, without and with this
-    project's lambda warm-up (the owner's own recipe here)."""
+    (SGD, lr 0.001) and lambda at full strength from the first step. ``n_adaptive_pirates`` times
+    each: the same attack on the *unmarked* reference (a control), and two adaptive attackers, Adam at
+    the owner's last learning rate without and with this project's lambda warm-up (the owner's own
+    recipe here)."""
     from deepserial.attacks.overwrite import pirate_null_embedding
     from deepserial.identity import OwnerIdentity
     from deepserial.schemes.base import Provenance
@@ -324,15 +325,20 @@ def _null_embedding_piracy(ctx: dict[str, Any]) -> dict[str, Any]:
     shape = tuple(owner_model.manifest["input_shape"])
     num_classes = int(owner_model.manifest["task_classes"])
     own_cfg = scheme.config.model_dump()
-    variants = (("paper", "sgd", 1e-3, 0, cfg.n_pirates),
-                ("adam", "adam", None, 0, cfg.n_adaptive_pirates),
-                ("adam_warmup", "adam", None, own_cfg["lam_warmup_epochs"], cfg.n_adaptive_pirates))
-    out: dict[str, Any] = {"piracy_nc_before": owner_model.manifest["test_acc"], "piracy_runs": {}}
-    for label, opt, lr, warmup, n in variants:
+    reference = ctx["reference"]
+    # the control: the paper's attack on the unmarked reference. If it breaks that model too, the
+    # breakage comes from the attack's recipe, not from the owner's null embedding.
+    variants = (("paper", owner_model.model, "sgd", 1e-3, 0, cfg.n_pirates),
+                ("paper_on_unmarked", reference.model, "sgd", 1e-3, 0, cfg.n_adaptive_pirates),
+                ("adam", owner_model.model, "adam", None, 0, cfg.n_adaptive_pirates),
+                ("adam_warmup", owner_model.model, "adam", None, own_cfg["lam_warmup_epochs"], cfg.n_adaptive_pirates))
+    out: dict[str, Any] = {"piracy_nc_before": owner_model.manifest["test_acc"],
+                           "piracy_unmarked_nc_before": reference.manifest["test_acc"], "piracy_runs": {}}
+    for label, target, opt, lr, warmup, n in variants:
         runs = []
         for i in range(n):
             prov = Provenance.sign(OwnerIdentity.generate(), "pirate", f"pirate-{label}-{i}", scheme.name)
-            pirated, log = pirate_null_embedding(owner_model.model, splits.attacker, prov.signature, lr=lr,
+            pirated, log = pirate_null_embedding(target, splits.attacker, prov.signature, lr=lr,
                                                  owner_log=owner_model.log, batch_size=cfg.batch_size,
                                                  config=own_cfg | {"lam_warmup_epochs": warmup},
                                                  optimizer=opt, seed=ctx["seed"] + i, progress=False)
