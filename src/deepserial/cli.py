@@ -472,6 +472,24 @@ def reproduce_dsn(
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
+@reproduce_app.command("attacks")
+def reproduce_attacks(
+    scheme: Annotated[str, typer.Option(help="The protection attacked (dsn).")] = "dsn",
+    dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Reports folder.")] = Path("reports"),
+    tries: Annotated[int | None, typer.Option(help="Brute-force serial numbers (default 100000).")] = None,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+) -> None:
+    """DSN Tables 3-6 and Fig. 2 beside ours: fine-tuning, from scratch, transfer, overwriting, pruning,
+    serial-number search, Neural Cleanse."""
+    from deepserial.experiments.attacks import run
+
+    over = {"brute_force_tries": tries} if tries is not None else None
+    paths = run(scheme, dataset, out, seed=seed, progress=not quiet, overrides=over)
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
 def _reproduce_command(name: str):  # noqa: ANN202
     def command(
         dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",

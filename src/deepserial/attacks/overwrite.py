@@ -170,7 +170,9 @@ class DSNOverwrite(Attack):
         targets = torch.nn.functional.one_hot(data.y, classes).float() * (10.0 * cfg.temperature)
         loss = make_student_loss(new, targets, cfg, classes, also_invalid=old.as_tensor())
         net = DSNTrainNet(model, cfg.grl_coefficient)
-        log.add_training(fit(net, data, loss, budget.train_config(constant_lr=False), on_epoch_end=on_epoch_end,
+        # the training net wraps the model (two heads); callers' curves are measured on the model itself
+        callback = (lambda epoch, _net: on_epoch_end(epoch, model)) if on_epoch_end is not None else None
+        log.add_training(fit(net, data, loss, budget.train_config(constant_lr=False), on_epoch_end=callback,
                              desc="overwrite serial number"))
         log.details["new_product_key"] = new.to_product_key()
         return model

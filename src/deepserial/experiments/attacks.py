@@ -1,0 +1,314 @@
+"""Reproduction of the papers' robustness tables: every attack against a protected model, beside a
+model trained from scratch on the attacker's data.
+
+``deepserial reproduce attacks --scheme dsn --dataset mnist5k`` issues a DSN customer model (the
+default 6x6 serial number) and measures, for attacker data of 10/20/30/40% of the training data
+(DSN §3.5):
+
+- Table 3 / Fig. 2, fine-tuning (FTAL) against the from-scratch reference (the "*" rows), with the
+  learning curves of both (test accuracy on raw inputs after every epoch);
+- Table 4, global L1 pruning at 10-90% of the weights: accuracy with the serial number / without;
+- Table 5, transfer learning (new dense layers, all layers trained);
+- Table 6, overwriting with a new serial number (the adversary knows the old one);
+- the cost of each attack as a ratio to from-scratch training reaching the same accuracy: forward
+  samples the attack needed to reach the accuracy both runs reach, over what from-scratch needed;
+- serial-number search: random brute force through black-box queries, and gradient reverse
+  engineering in the known and in an unknown region (2023 version: 48.8 +/- 25.1% on MNIST);
+- Neural Cleanse's anomaly index for the clean teacher, a classic backdoor (Zhang et al.'s content
+  watermark), the DSN customer model and a null-embedding model (null embedding §8.3 / Table 5).
+
+Reports: ``reports/attacks_dsn_<dataset>.{md,json,png}``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from deepserial.data import TensorData
+from deepserial.errors import ConfigError
+from deepserial.report import environment, markdown_table, save_figure, write_json, write_text
+
+
+class AttackExperiment(BaseModel):
+    """The declarative configuration of ``reproduce attacks`` for one data set."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str
+    teacher_epochs: int
+    student_epochs: int
+    batch_size: int = 128
+    attack_epochs: int = 10
+    attack_lr: float = 1e-3
+    fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
+    prune_rates: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    brute_force_tries: int = 100_000
+    reverse_restarts: int = 5
+    neural_cleanse: bool = True
+    limit: int | None = None
+
+
+CONFIGS = {
+    "mnist5k": AttackExperiment(dataset="mnist5k", teacher_epochs=20, student_epochs=40),
+    "fashion-mnist": AttackExperiment(dataset="fashion-mnist", teacher_epochs=8, student_epochs=12, batch_size=256),
+}
+
+# DSN (arXiv:2011.08960), MNIST rows, attacker data 10/20/30/40%.
+PAPER = {
+    "source": "Tang, Du, Hu, Deep Serial Number (arXiv:2011.08960), Tables 3-6, MNIST; 2023 version for the "
+              "reverse-engineered serial number",
+    "fine_tuning": [94.7, 95.4, 96.6, 97.0], "from_scratch": [93.2, 94.5, 95.7, 96.7],
+    "pruning_rates": [0.1, 0.2, 0.3, 0.4], "pruning_with_sn": [98.4, 98.4, 98.4, 98.4],
+    "pruning_without_sn": [8.7, 8.3, 9.7, 9.9],
+    "transfer": [93.6, 94.5, 95.6, 96.9], "overwrite": [93.2, 93.7, 94.3, 95.8],
+    "overwrite_cost": "about twice the cost of training from scratch",
+    "reverse_engineered": "48.8 +/- 25.1% (best 68.9%)",
+}
+
+
+def cost_ratio(attack_curve: list[float], attack_step: float, scratch_curve: list[float],
+               scratch_step: float) -> dict[str, Any]:
+    """Forward samples the attack needed to reach the accuracy both runs reach (the lower of the two
+    final accuracies), over what from-scratch training needed. Curves hold the test accuracy after
+    each epoch; ``*_step`` is the forward samples of one epoch of each."""
+    if not attack_curve or not scratch_curve:
+        return {"target": None, "ratio": None}
+    target = min(max(attack_curve), max(scratch_curve))
+    ea = next(i for i, a in enumerate(attack_curve) if a >= target) + 1
+    es = next(i for i, a in enumerate(scratch_curve) if a >= target) + 1
+    return {"target": float(target), "attack_epochs": ea, "scratch_epochs": es,
+            "ratio": (ea * attack_step) / (es * scratch_step)}
+
+
+def run(scheme: str, dataset: str, out: Path, seed: int = 0, progress: bool = True,
+        overrides: dict[str, Any] | None = None) -> list[Path]:
+    """Run the robustness reproduction for ``scheme`` on ``dataset``; write its report."""
+    if scheme != "dsn":
+        raise ConfigError(f"the attack reproduction covers scheme 'dsn' so far, not {scheme!r}; the watermark "
+                          "schemes' attacks are measured in `deepserial reproduce <scheme>` (null embedding's "
+                          "piracy) and by `deepserial attack`")
+    if dataset not in CONFIGS:
+        raise ConfigError(f"no attack reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)}")
+    cfg = CONFIGS[dataset].model_copy(update=overrides or {})
+    rep = _run_dsn(cfg, seed, progress)
+    rep["environment"] = environment()
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"attacks_dsn_{dataset}"
+    write_json(stem.with_suffix(".json"), rep)
+    write_text(stem.with_suffix(".md"), _markdown(rep))
+    save_figure(_figure(rep), stem.with_suffix(".png"))
+    return [stem.with_suffix(s) for s in (".md", ".json", ".png")]
+
+
+def _run_dsn(cfg: AttackExperiment, seed: int, progress: bool) -> dict[str, Any]:
+    from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
+    from deepserial.identity import OwnerIdentity
+    from deepserial.serial import stamp
+    from deepserial.training import TrainConfig, accuracy
+    from deepserial.workflow import DataSpec, issue, loaded, train_teacher
+
+    t0 = time.perf_counter()
+    data = DataSpec(cfg.dataset, seed, limit=cfg.limit)
+    teacher = train_teacher(data, TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed,
+                                              progress=progress))
+    owner = OwnerIdentity.generate()
+    issued = issue(loaded(teacher.model, teacher.manifest), owner, "attacked-customer",
+                   train=TrainConfig(epochs=cfg.student_epochs, batch_size=cfg.batch_size, seed=seed,
+                                     progress=progress))
+    student, sn, splits = issued.student, issued.serial, issued.splits
+    test = splits.test
+    stamped_test = TensorData(stamp(test.x, sn.geometry, sn.as_tensor()), test.y)
+    overwrite = get_attack("dsn-overwrite", {"serial": sn.to_product_key(), "new_signature": "adversary"})
+    new_sn = overwrite.new_serial()  # type: ignore[attr-defined]
+    new_test = TensorData(stamp(test.x, new_sn.geometry, new_sn.as_tensor()), test.y)
+
+    def curves(_epoch: int, model: Any) -> dict[str, float]:
+        return {"test_raw": accuracy(model, test), "test_sn": accuracy(model, stamped_test),
+                "test_new_sn": accuracy(model, new_test)}
+
+    total = len(splits.owner) + len(splits.attacker)
+    rep: dict[str, Any] = {
+        "experiment": "attacks", "scheme": "dsn", "dataset": cfg.dataset, "seed": seed, "config": cfg.model_dump(),
+        "sizes": splits.sizes(), "teacher_acc": teacher.manifest["test_acc"], "geometry": sn.geometry.to_dict(),
+        "student_with_sn": accuracy(student, stamped_test), "student_raw": accuracy(student, test),
+        "fractions": {}, "paper": PAPER,
+    }
+    budget = AttackBudget(epochs=cfg.attack_epochs, lr=cfg.attack_lr, batch_size=cfg.batch_size, seed=seed,
+                          progress=progress)
+    attacks = {"fine_tuning": get_attack("fine-tuning", {"mode": "FTAL"}),
+               "from_scratch": get_attack("from-scratch"),
+               "transfer": get_attack("transfer-learning", {"replace": "dense", "train": "all"}),
+               "overwrite": overwrite}
+    for f in cfg.fractions:
+        adata = attacker_share(splits.attacker, f, total, seed)
+        row: dict[str, Any] = {"samples": len(adata)}
+        for name, atk in attacks.items():
+            model, log = atk.run(student, adata, budget, on_epoch_end=curves)
+            entry = {"raw_acc": accuracy(model, test), "with_sn_acc": accuracy(model, stamped_test),
+                     "curve_raw": [e["test_raw"] for e in log.curve], "forward_samples": log.forward_samples,
+                     "wall_s": log.wall_s, "epochs": log.epochs}
+            if name == "overwrite":
+                entry["new_sn_acc"] = accuracy(model, new_test)
+                entry["curve_new_sn"] = [e["test_new_sn"] for e in log.curve]
+            row[name] = entry
+        scratch = row["from_scratch"]
+        for name in ("fine_tuning", "transfer", "overwrite"):
+            curve = row[name]["curve_new_sn"] if name == "overwrite" else row[name]["curve_raw"]
+            row[name]["cost"] = cost_ratio(curve, row[name]["forward_samples"] / max(row[name]["epochs"], 1),
+                                           scratch["curve_raw"], scratch["forward_samples"] / max(scratch["epochs"], 1))
+        rep["fractions"][f"{f:g}"] = row
+    rep["pruning"] = []
+    for rate in cfg.prune_rates:
+        model, log = get_attack("pruning", {"rate": rate}).run(student, splits.attacker, AttackBudget(epochs=0))
+        rep["pruning"].append({"rate": rate, "with_sn_acc": accuracy(model, stamped_test),
+                               "raw_acc": accuracy(model, test), "zero_fraction": log.details["zero_weight_fraction"]})
+    rep["serial_search"] = _serial_search(cfg, student, sn, splits, seed)
+    if cfg.neural_cleanse:
+        rep["neural_cleanse"] = _neural_cleanse(cfg, teacher, student, data, splits, seed, progress)
+    rep["wall_s"] = time.perf_counter() - t0
+    return rep
+
+
+def _serial_search(cfg: AttackExperiment, student: Any, sn: Any, splits: Any, seed: int) -> dict[str, Any]:
+    from deepserial.attacks.base import AttackBudget, get_attack
+
+    out: dict[str, Any] = {}
+    geo = sn.geometry.to_dict()
+    t = time.perf_counter()
+    _, log = get_attack("serial-search", {"geometry": geo, "tries": cfg.brute_force_tries,
+                                          "images_per_try": 10}).run(student, splits.attacker, AttackBudget(seed=seed))
+    out["brute_force"] = {k: v for k, v in log.details.items() if k != "best_bits"} | {
+        "wall_s": time.perf_counter() - t}
+    for region in ("known", "unknown"):
+        t = time.perf_counter()
+        _, log = get_attack("serial-search", {"method": "reverse-engineer", "region": region, "geometry": geo,
+                                              "restarts": cfg.reverse_restarts}).run(
+            student, splits.attacker, AttackBudget(seed=seed))
+        out[f"reverse_{region}"] = {k: v for k, v in log.details.items() if k != "restarts"} | {
+            "per_restart": [r["accuracy"] for r in log.details["restarts"]], "wall_s": time.perf_counter() - t}
+    return out
+
+
+def _neural_cleanse(cfg: AttackExperiment, teacher: Any, student: Any, data: Any, splits: Any, seed: int,
+                    progress: bool) -> dict[str, Any]:
+    from deepserial.attacks.neural_cleanse import scan
+    from deepserial.identity import OwnerIdentity
+    from deepserial.schemes.base import get_scheme
+    from deepserial.training import TrainConfig
+    from deepserial.workflow import embed_watermark
+
+    train = TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed, progress=progress)
+    owner = OwnerIdentity.generate()
+    models = {"clean (teacher)": teacher.model, "DSN customer model": student}
+    content = embed_watermark(get_scheme("zhang-content"), owner, data, train, subject="nc-backdoor")
+    models["Zhang content backdoor"] = content.model
+    null_train = TrainConfig(epochs=cfg.teacher_epochs, batch_size=32, seed=seed, progress=progress)
+    models["null embedding"] = embed_watermark(get_scheme("null-embedding"), owner, data, null_train,
+                                               subject="nc-null").model
+    out: dict[str, Any] = {"zhang_content_target": content.key.meta.get("target")}
+    for name, model in models.items():
+        t = time.perf_counter()
+        r = scan(copy.deepcopy(model), splits.attacker, seed=seed)
+        out[name] = r.to_dict() | {"wall_s": time.perf_counter() - t}
+    return out
+
+
+# ----- report ----------------------------------------------------------------------------------------
+def _fmt(v: Any) -> Any:
+    return "–" if v is None else v
+
+
+def _markdown(rep: dict[str, Any]) -> str:
+    paper = rep["paper"]
+    fr = list(rep["fractions"])
+    lines = [f"# Attacks on DSN, `{rep['dataset']}`", "",
+             f"Teacher {rep['teacher_acc']:.2f}%; customer model (6x6 serial number at "
+             f"({rep['geometry']['top']}, {rep['geometry']['left']})) {rep['student_with_sn']:.2f}% with its serial "
+             f"number, {rep['student_raw']:.2f}% without. Split {rep['sizes']}. Paper: {paper['source']} (MNIST; its "
+             "network and data, not ours).", "",
+             "## Attacker data 10-40% of the training data (Tables 3, 5, 6)", "",
+             f"Accuracy (%) on the test set after {rep['config']['attack_epochs']} epochs at lr "
+             f"{rep['config']['attack_lr']:g}; fine-tuning and transfer learning on raw inputs (no serial number), "
+             "overwriting with the adversary's new serial number. Cost: forward samples the attack needed to reach "
+             "the accuracy both it and from-scratch training reach, over what from-scratch needed.", ""]
+    rows = []
+    for key, label, pkey in (("fine_tuning", "fine-tuning (FTAL)", "fine_tuning"),
+                             ("from_scratch", "from scratch (the * row)", "from_scratch"),
+                             ("transfer", "transfer learning (new dense layers)", "transfer"),
+                             ("overwrite", "overwriting (new serial number)", "overwrite")):
+        ours = []
+        for f in fr:
+            e = rep["fractions"][f][key]
+            ours.append(e["new_sn_acc"] if key == "overwrite" else e["raw_acc"])
+        rows.append([label, " / ".join(f"{v:.1f}" for v in ours), " / ".join(f"{v:.1f}" for v in paper[pkey])])
+    lines += [markdown_table(["attack", f"ours ({' / '.join(f'{float(f):.0%}' for f in fr)})", "paper (MNIST)"],
+                             rows), ""]
+    cost_rows = []
+    for key in ("fine_tuning", "transfer", "overwrite"):
+        cs = [rep["fractions"][f][key]["cost"] for f in fr]
+        cost_rows.append([key.replace("_", "-"), " / ".join("–" if c["ratio"] is None else f"{c['ratio']:.2f}x"
+                                                           for c in cs),
+                          " / ".join("–" if c["target"] is None else f"{c['target']:.1f}" for c in cs)])
+    lines += ["Cost relative to from-scratch training (same data, same budget):", "",
+              markdown_table(["attack", "cost ratio", "accuracy both reach (%)"], cost_rows), "",
+              f"Paper: overwriting costs {paper['overwrite_cost']}; fine-tuning's cost is 'close to learning from "
+              "scratch' (Fig. 2).", "",
+              "## Pruning (Table 4): global L1, no fine-tuning", ""]
+    prow = [[f"{p['rate']:.0%}", f"{p['with_sn_acc']:.1f} / {p['raw_acc']:.1f}"] for p in rep["pruning"]]
+    lines += [markdown_table(["weights pruned", "with SN / without (%)"], prow), "",
+              "Paper (10/20/30/40%): " + ", ".join(f"{a} / {b}" for a, b in zip(paper["pruning_with_sn"],
+                                                                              paper["pruning_without_sn"],
+                                                                              strict=True)), ""]
+    ss = rep["serial_search"]
+    bf = ss["brute_force"]
+    lines += ["## Serial-number search", "",
+              f"- Brute force: {bf['unlocks']} unlocks in {bf['tries']:,} random serial numbers "
+              f"({bf['queries']:,} black-box queries, 10 images per try, unlock = accuracy >= 50%); best try "
+              f"{100 * bf['best_accuracy']:.0f}%, mean {100 * bf['mean_accuracy']:.1f}%; {bf['wall_s']:.0f} s."]
+    for region in ("known", "unknown"):
+        r = ss[f"reverse_{region}"]
+        lines.append(f"- Reverse engineering, {region} region: {100 * r['accuracy_mean']:.1f} +/- "
+                     f"{100 * r['accuracy_std']:.1f}% (best {100 * r['accuracy_best']:.1f}%) over "
+                     f"{len(r['per_restart'])} restarts on {r['holdout_images']} held-out attacker images; paper: "
+                     f"{paper['reverse_engineered']}.")
+    lines.append("")
+    if "neural_cleanse" in rep:
+        nc = rep["neural_cleanse"]
+        rows = [[name, f"{r['max_anomaly_index']:.2f}", ", ".join(map(str, r["flagged"])) or "none",
+                 f"{r['wall_s']:.0f}"] for name, r in nc.items() if isinstance(r, dict)]
+        lines += ["## Neural Cleanse (anomaly index, flagged above 2)", "",
+                  markdown_table(["model", "max anomaly index", "flagged labels", "scan s"], rows), "",
+                  f"The Zhang content backdoor's target label is {nc.get('zhang_content_target')}.", ""]
+    env = rep["environment"]
+    lines += [f"Seed {rep['seed']}; wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores), "
+              f"torch {env['torch']}.", "",
+              f"Reproduce: `deepserial reproduce attacks --scheme dsn --dataset {rep['dataset']}`.", ""]
+    return "\n".join(lines)
+
+
+def _figure(rep: dict[str, Any]):  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fr = list(rep["fractions"])
+    fig, axes = plt.subplots(1, len(fr), figsize=(4 * len(fr), 3.4), squeeze=False)
+    for ax, f in zip(axes[0], fr, strict=True):
+        row = rep["fractions"][f]
+        for key, style in (("fine_tuning", "-"), ("from_scratch", "--"), ("transfer", ":")):
+            c = row[key]["curve_raw"]
+            ax.plot(range(1, len(c) + 1), c, style, label=key.replace("_", " "))
+        ax.set_title(f"attacker data {float(f):.0%}")
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 100)
+    axes[0][0].set_ylabel("test accuracy without SN (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Removing the serial number vs training from scratch ({rep['dataset']}, DSN Fig. 2)")
+    fig.tight_layout()
+    return fig
+
