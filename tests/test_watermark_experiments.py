@@ -34,6 +34,10 @@ def test_null_embedding_reproduction_writes_every_figure(tmp_path: Path) -> None
     assert "98.51" in md and "false positives" in md  # the paper's figure beside ours
     table = paths[3].read_text()
     assert "| null-embedding |" in table
+    # re-rendering from the JSON (new paper figures, presentation) gives the same report back
+    assert watermarks.render(tmp_path, "null-embedding", "mnist5k")[0].read_text() == md
+    with pytest.raises(ConfigError, match="run the reproduction first"):
+        watermarks.render(tmp_path, "uchida", "mnist5k")
 
 
 def test_unknown_dataset_and_dsn_are_refused(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ PAPER: dict[str, dict[str, Any]] = {
                   "values before fine-tuning, §3.2 (E[q]); 50 runs averaged",
         "reference_acc": 98.0, "marked_acc": 97.94, "false_positives": "0 (a C-output model cannot answer Delta)",
         "queries": "E[q] = 2 at p = 0.8", "expected_queries_at_mean_p": 2.0, "queries_to_first_delta_mean": 2.0,
-        "delta_hit_rate_mean": "99.89% (key samples, Table 1)",
+        "delta_hit_rate_mean": "0.9989 (key samples, Table 1)",
     },
     "zhang-noise": {
         "source": "Zhong et al. 2020, Table 1 row [14] (Zhang et al. noise keys), MNIST DNN-1, before fine-tuning",
@@ -225,8 +225,24 @@ def _rows(rep: dict[str, Any]) -> list[list[Any]]:
                          f"{int((own <= level).sum())} / {int((pu <= level).sum())}, {int((po <= level).sum())}"])
     for k, v in (rep.get("extra") or {}).items():
         if isinstance(v, (int, float, str)):
-            rows.append([k.replace("_", " "), paper.get(k), v])
+            small = isinstance(v, float) and 0 < abs(v) < 0.1  # e.g. beta = 0.0035: not "0.00"
+            rows.append([k.replace("_", " "), paper.get(k), f"{v:g}" if small else v])
     return rows
+
+
+def render(out: Path, scheme_name: str, dataset: str) -> list[Path]:
+    """Rewrite a report's Markdown and figure (and the comparison) from its JSON, with the current
+    paper figures: for changes of presentation that need no new measurement."""
+    stem = out / f"{scheme_name}_{dataset}"
+    try:
+        rep = json.loads(stem.with_suffix(".json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read {stem.with_suffix('.json')}: {e}; run the reproduction first") from None
+    rep["paper"] = PAPER.get(scheme_name, {})
+    write_json(stem.with_suffix(".json"), rep)
+    write_text(stem.with_suffix(".md"), _markdown(rep))
+    save_figure(_figure(rep), stem.with_suffix(".png"))
+    return [stem.with_suffix(s) for s in (".md", ".json", ".png")] + [write_comparison(out, dataset)]
 
 
 def _markdown(rep: dict[str, Any]) -> str:
