@@ -298,3 +298,17 @@ def test_dsn_loss_counts_the_original_serial_number_as_invalid_when_overwriting(
     is_new = (region == new.as_tensor()).flatten(1).all(1)
     k = _counts(64, DSNConfig.default())["random"]
     assert is_new[:64].all() and k > 0 and is_old[64:].sum() >= (k + 1) // 2  # half the random wrong keys
+
+
+def test_watermark_overwrite_embeds_the_adversary_key(victim: SplitNet, attacker: TensorData) -> None:
+    from deepserial.suspect import ModuleSuspect
+    from deepserial.workflow import verify_watermark
+
+    model, log = get_attack("watermark-overwrite", {"scheme": "uchida"}).run(
+        victim, attacker, AttackBudget(epochs=3, batch_size=50))
+    assert log.key is not None and log.details["scheme"] == "uchida" and log.epochs == 3
+    assert verify_watermark(log.key, ModuleSuspect(model, SHAPE)).decision  # the adversary's mark is in
+    assert not verify_watermark(log.key, ModuleSuspect(victim, SHAPE)).decision  # and was not before
+    assert "key" not in log.to_dict()
+    with pytest.raises(ConfigError, match="dsn-overwrite"):
+        get_attack("watermark-overwrite", {"scheme": "dsn"}).run(victim, attacker)

@@ -68,6 +68,7 @@ class AttackLog:
     wall_s: float = 0.0
     curve: list[dict[str, float]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    key: Any = None  # an ownership key the attack embedded (overwriting), to verify it afterwards; not in to_dict
 
     def add_training(self, log: TrainLog) -> None:
         """Account for a run of the shared training loop."""

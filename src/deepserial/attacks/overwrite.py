@@ -8,6 +8,10 @@
   embedding the expected outcome is Table 3: normal accuracy falls to near chance (Digit 98.72% ->
   19.02%), the owner's watermark is destroyed with it, and the pirate watermark does not verify
   (pirate WM 9.31% on Digit).
+- **Watermark overwriting** (any scheme): the adversary knows the method, not the owner's key, makes
+  a key of its own and embeds it into the stolen model with the scheme's own embedding on its data
+  (Rouhani, Chen, Koushanfar, "DeepSigns", ASPLOS 2019, §4.2 / Table 4: the owner's watermark must
+  still be detected afterwards; Uchida et al. 2017 is the weight-regulariser case DeepSigns compares).
 - **DSN overwriting**: Tang, Du, Hu. "Deep Serial Number." arXiv:2011.08960, §3.5 / Table 6. An
   adversary who knows the customer's serial number (a buyer redistributing the model) trains a new
   serial number into it with the DSN framework on 10-40% of the training data: cross-entropy on
@@ -207,3 +211,37 @@ class NullEmbeddingPiracy(Attack):
         log.samples = min(len(data), PAPER_ATTACKER_IMAGES)
         log.details["pirate_signature"] = signature.hex()
         return pirated
+
+
+class WatermarkOverwriteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scheme: str = Field(description="the watermark scheme the adversary uses (the owner's, known to it)")
+    settings: dict = Field(default_factory=dict, description="the scheme's settings")
+
+
+@register_attack
+class WatermarkOverwrite(Attack):
+    """Embed the adversary's own watermark of the same scheme into the stolen model (its key, made
+    from a fresh identity, is returned in ``log.key``)."""
+
+    name = "watermark-overwrite"
+    citation = "Rouhani, Chen, Koushanfar. DeepSigns, ASPLOS 2019, §4.2 / Table 4 (overwriting)"
+    Config = WatermarkOverwriteConfig
+
+    def _run(self, model: SplitNet, data: TensorData, budget: AttackBudget, log: AttackLog,
+             on_epoch_end: EpochCallback | None) -> SplitNet:
+        from deepserial.identity import OwnerIdentity
+        from deepserial.schemes.base import Provenance, get_scheme
+
+        scheme = get_scheme(self.config.scheme, self.config.settings)
+        if scheme.name == "dsn":
+            raise ConfigError("overwrite a DSN serial number with the dsn-overwrite attack")
+        classes = int(model.classifier.out_features)
+        task = classes - (scheme.num_outputs(classes) - classes)  # a new-label model answers C + 1 labels
+        prov = Provenance.sign(OwnerIdentity.generate(), "adversary", "overwrite", scheme.name)
+        key = scheme.make_signed_key(prov, data, task, model=model)
+        log.add_training(scheme.embed(model, data, key, budget.train_config()))
+        key.meta.setdefault("config", scheme.config.model_dump())
+        log.key = key
+        log.details["scheme"] = scheme.name
+        return model
