@@ -133,3 +133,20 @@ def test_check_visible_one_blind_column(mnist_net: SplitNet) -> None:
 def test_check_visible_geometry_outside_input(mnist_net: SplitNet) -> None:
     with pytest.raises(GeometryError, match="does not fit"):
         check_visible(mnist_net, SerialGeometry(3, 3, 26, 26), (1, 28, 28))
+
+
+def test_visible_mask_is_architectural_even_for_a_silent_model() -> None:
+    """A trained model can give no gradient on random inputs (a DSN customer model without its key, a
+    model broken by an attack); visibility must still be the architecture's, and the caller's random
+    state untouched."""
+    live = create_model("dsn_mnist", (1, 28, 28), 10)
+    silent = create_model("dsn_mnist", (1, 28, 28), 10)
+    with torch.no_grad():
+        for p in silent.parameters():
+            p.zero_()
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    mask = visible_mask(silent, (1, 28, 28))
+    assert torch.equal(torch.rand(3), before)
+    assert torch.equal(mask, visible_mask(live, (1, 28, 28))) and mask.sum() > 500 and not mask[27].any()

@@ -107,17 +107,28 @@ def visible_mask(model: nn.Module, input_shape: Sequence[int], samples: int = 8,
     A pixel is visible when the gradient of the summed logits with respect to it is non-zero for
     at least one of ``samples`` random inputs (all channels pooled). Pixels cropped away by valid
     convolutions and flooring pooling have an exactly-zero gradient for every input.
+
+    Visibility is a property of the architecture, so it is measured on a copy of ``model`` with
+    freshly initialised weights: a trained model can have no gradient at all on random inputs (a DSN
+    customer model whose features are silent without its serial number, a model broken by an
+    attack), which would make every pixel look invisible.
     """
+    import copy
+
+    probe = copy.deepcopy(model).cpu()
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random state as it was
+        torch.manual_seed(seed)
+        for m in probe.modules():
+            reset = getattr(m, "reset_parameters", None)
+            if callable(reset):
+                reset()
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(samples, *input_shape, generator=g).requires_grad_(True)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            out = model(x)
-            (grad,) = torch.autograd.grad(out.sum(), x)
-    finally:
-        model.train(was_training)
+    probe.eval()
+    with torch.enable_grad():
+        out = probe(x)
+        out = out[0] if isinstance(out, tuple) else out
+        (grad,) = torch.autograd.grad(out.sum(), x)
     return grad.abs().sum(dim=(0, 1)) > 0
 
 
@@ -134,6 +145,8 @@ def check_visible(model: nn.Module, geometry, input_shape: Sequence[int]) -> Non
         blind = int((~region).sum())
         rows = torch.nonzero(mask.any(dim=1)).flatten()
         cols = torch.nonzero(mask.any(dim=0)).flatten()
+        if len(rows) == 0:
+            raise GeometryError("no input pixel reaches this network's output; check the network")
         raise GeometryError(
             f"{blind} of the {geometry.nbits} serial-number pixels ({geometry.describe()}) never reach the "
             f"network's output; this network sees rows {int(rows.min())}-{int(rows.max())} and columns "
