@@ -218,8 +218,8 @@ def _neural_cleanse(cfg: AttackExperiment, teacher: Any, student: Any, data: Any
 
 
 # ----- report ----------------------------------------------------------------------------------------
-def _fmt(v: Any) -> Any:
-    return "–" if v is None else v
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
 
 
 def _markdown(rep: dict[str, Any]) -> str:
@@ -267,8 +267,10 @@ def _markdown(rep: dict[str, Any]) -> str:
     bf = ss["brute_force"]
     lines += ["## Serial-number search", "",
               f"- Brute force: {bf['unlocks']} unlocks in {bf['tries']:,} random serial numbers "
-              f"({bf['queries']:,} black-box queries, 10 images per try, unlock = accuracy >= 50%); best try "
-              f"{100 * bf['best_accuracy']:.0f}%, mean {100 * bf['mean_accuracy']:.1f}%; {bf['wall_s']:.0f} s."]
+              f"({bf['queries']:,} black-box queries; a try scoring >= 50% on 10 images is a candidate, "
+              f"confirmed when it scores >= 50% on {bf['confirm_images']} more): {bf['candidates']} candidates, "
+              f"best confirmed accuracy {_pct(bf['candidate_confirm_accuracy_max'])}; mean screening accuracy "
+              f"{100 * bf['mean_accuracy']:.1f}%; {bf['wall_s']:.0f} s."]
     for region in ("known", "unknown"):
         r = ss[f"reverse_{region}"]
         lines.append(f"- Reverse engineering, {region} region: {100 * r['accuracy_mean']:.1f} +/- "
