@@ -58,7 +58,7 @@ def brute_force(model: SplitNet, geometry: SerialGeometry, data: TensorData, tri
 
     Each try is screened on ``images_per_try`` images; a try that reaches ``unlock_accuracy`` there is
     a *candidate* and is confirmed on ``confirm_images`` other images (what an attacker would do:
-    10 images right by luck happen about once in 600 tries at 10% chance). Unlocks are confirmed
+    5 of 10 images right by luck happens about once in 600 tries at 10% chance). Unlocks are confirmed
     candidates; every query, screening and confirming, is counted.
     """
     if len(data) < images_per_try:
