@@ -85,8 +85,8 @@ def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, text.encode())
 
 
-def save_figure(fig: Any, path: str | Path) -> None:
-    """Save a matplotlib figure atomically as PNG and close it."""
+def _png(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed."""
     import io
 
     import matplotlib.pyplot as plt
@@ -94,4 +94,20 @@ def save_figure(fig: Any, path: str | Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Save a matplotlib figure atomically as PNG and close it."""
+    atomic_write(path, _png(fig))
+
+
+def write_report(stem: Path, report: dict[str, Any], markdown: str, figure: Any) -> list[Path]:
+    """A reproduction's three files, ``stem.{md,json,png}`` (the folder is created); returns their paths.
+    The figure is rendered before anything is written, so a plotting error leaves no partial report."""
+    png = _png(figure)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_json(stem.with_suffix(".json"), report)
+    write_text(stem.with_suffix(".md"), markdown)
+    atomic_write(stem.with_suffix(".png"), png)
+    return [stem.with_suffix(s) for s in (".md", ".json", ".png")]

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from deepserial.data import TensorData
 from deepserial.errors import ConfigError
-from deepserial.report import environment, markdown_table, save_figure, write_json, write_text
+from deepserial.report import environment, markdown_table, write_report
 
 
 class AttackExperiment(BaseModel):
@@ -96,12 +96,7 @@ def run(scheme: str, dataset: str, out: Path, seed: int = 0, progress: bool = Tr
     cfg = CONFIGS[dataset].model_copy(update=overrides or {})
     rep = _run_dsn(cfg, seed, progress)
     rep["environment"] = environment()
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"attacks_dsn_{dataset}"
-    write_json(stem.with_suffix(".json"), rep)
-    write_text(stem.with_suffix(".md"), _markdown(rep))
-    save_figure(_figure(rep), stem.with_suffix(".png"))
-    return [stem.with_suffix(s) for s in (".md", ".json", ".png")]
+    return write_report(out / f"attacks_dsn_{dataset}", rep, _markdown(rep), _figure(rep))
 
 
 def _run_dsn(cfg: AttackExperiment, seed: int, progress: bool) -> dict[str, Any]:

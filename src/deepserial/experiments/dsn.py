@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from deepserial.errors import ConfigError
-from deepserial.report import environment, markdown_table, save_figure, write_json, write_text
+from deepserial.report import environment, markdown_table, write_report
 from deepserial.schemes.dsn import DSNConfig
 from deepserial.training import TrainConfig
 
@@ -129,11 +129,7 @@ def run(dataset: str, out: Path, seed: int = 0, progress: bool = True, only: lis
               "teacher_acc": tr.manifest["test_acc"], "runs": results, "paper_table2": PAPER_TABLE2,
               "paper_2023_wrong_2x2": PAPER_2023_WRONG_2X2, "wall_s": wall,
               "rerun": sorted(only) if only else None, "environment": environment()}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(stem.with_suffix(".json"), report)
-    write_text(stem.with_suffix(".md"), _markdown(report))
-    save_figure(_figure(report), stem.with_suffix(".png"))
-    return [stem.with_suffix(s) for s in (".md", ".json", ".png")]
+    return write_report(stem, report, _markdown(report), _figure(report))
 
 
 _ROWS = [("teacher (no SN)", "teacher_acc", "teacher"), ("valid SN", "valid_sn_acc", "with_sn"),

@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from deepserial.errors import ConfigError
-from deepserial.report import environment, markdown_table, save_figure, write_json, write_text
+from deepserial.report import environment, markdown_table, write_report, write_text
 from deepserial.training import TrainConfig
 
 
@@ -184,13 +184,8 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
     rep["paper"] = PAPER.get(scheme_name, {})
     rep["wall_s"] = time.perf_counter() - t0
     rep["environment"] = environment()
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{scheme_name}_{dataset}"
-    write_json(stem.with_suffix(".json"), rep)
-    write_text(stem.with_suffix(".md"), _markdown(rep))
-    save_figure(_figure(rep), stem.with_suffix(".png"))
-    comparison = write_comparison(out, dataset)
-    return [stem.with_suffix(s) for s in (".md", ".json", ".png")] + [comparison]
+    paths = write_report(out / f"{scheme_name}_{dataset}", rep, _markdown(rep), _figure(rep))
+    return paths + [write_comparison(out, dataset)]
 
 
 def _key_model(scheme: Any, ref: Any, marked: Any) -> Any:
@@ -239,10 +234,7 @@ def render(out: Path, scheme_name: str, dataset: str) -> list[Path]:
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read {stem.with_suffix('.json')}: {e}; run the reproduction first") from None
     rep["paper"] = PAPER.get(scheme_name, {})
-    write_json(stem.with_suffix(".json"), rep)
-    write_text(stem.with_suffix(".md"), _markdown(rep))
-    save_figure(_figure(rep), stem.with_suffix(".png"))
-    return [stem.with_suffix(s) for s in (".md", ".json", ".png")] + [write_comparison(out, dataset)]
+    return write_report(stem, rep, _markdown(rep), _figure(rep)) + [write_comparison(out, dataset)]
 
 
 def _markdown(rep: dict[str, Any]) -> str:
