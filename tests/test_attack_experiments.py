@@ -12,7 +12,8 @@ from deepserial.errors import ConfigError
 from deepserial.experiments import attacks
 
 TINY = {"teacher_epochs": 2, "student_epochs": 2, "attack_epochs": 2, "fractions": (0.1, 0.2),
-        "prune_rates": (0.2, 0.8), "brute_force_tries": 50, "reverse_restarts": 1, "neural_cleanse": False,
+        "prune_rates": (0.2, 0.8), "brute_force_tries": 50, "reverse_restarts": 1, "reverse_steps": 20,
+        "neural_cleanse": False,
         "limit": 600}
 
 

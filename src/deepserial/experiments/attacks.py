@@ -48,6 +48,7 @@ class AttackExperiment(BaseModel):
     prune_rates: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     brute_force_tries: int = 100_000
     reverse_restarts: int = 5
+    reverse_steps: int = 300
     neural_cleanse: bool = True
     limit: int | None = None
 
@@ -181,7 +182,7 @@ def _serial_search(cfg: AttackExperiment, student: Any, sn: Any, splits: Any, se
     for region in ("known", "unknown"):
         t = time.perf_counter()
         _, log = get_attack("serial-search", {"method": "reverse-engineer", "region": region, "geometry": geo,
-                                              "restarts": cfg.reverse_restarts}).run(
+                                              "restarts": cfg.reverse_restarts, "steps": cfg.reverse_steps}).run(
             student, splits.attacker, AttackBudget(seed=seed))
         out[f"reverse_{region}"] = {k: v for k, v in log.details.items() if k != "restarts"} | {
             "per_restart": [r["accuracy"] for r in log.details["restarts"]], "wall_s": time.perf_counter() - t}
