@@ -37,8 +37,8 @@ def test_dsn_attack_reproduction_writes_every_table(tmp_path: Path) -> None:
 
 
 def test_attack_reproduction_refuses_unknown_scheme_and_dataset(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="dsn"):
-        attacks.run("uchida", "mnist5k", tmp_path)
+    with pytest.raises(ConfigError, match="no attack reproduction for scheme 'nope'"):
+        attacks.run("nope", "mnist5k", tmp_path)
     with pytest.raises(ConfigError, match="no attack reproduction"):
         attacks.run("dsn", "cifar-100", tmp_path)
     assert not list(tmp_path.iterdir())
@@ -49,3 +49,41 @@ def test_cost_ratio_reads_the_curves() -> None:
     c = attacks.cost_ratio([50.0, 80.0, 90.0, 95.0], 100.0, [60.0, 90.0], 50.0)
     assert c["target"] == 90.0 and c["attack_epochs"] == 3 and c["scratch_epochs"] == 2
     assert c["ratio"] == pytest.approx(300 / 100)
+
+
+WM_TINY = TINY | {"watermark_epochs": 2, "prune_rates": (0.5,), "extraction_volumes": (0.5, 1.0),
+                  "transfer_samples": 600, "recovery_epochs": 1}
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="null embedding's transfer and OOD extraction use fashion-mnist")
+def test_null_embedding_attack_reproduction_runs_every_attack_its_paper_names(tmp_path: Path) -> None:
+    over = WM_TINY | {"fractions": (0.2,), "nc_steps": 20}
+    paths = attacks.run("null-embedding", "mnist5k", tmp_path, progress=False, overrides=over)
+    assert paths[0].name == "attacks_null-embedding_mnist5k.md"
+    rep = json.loads(paths[1].read_text())
+    assert rep["plan"] == list(attacks.PLANS["null-embedding"])
+    row = rep["fine_tuning"]["0.2"]
+    assert set(row) >= {"FTAL", "from_scratch", "FTLL", "RTLL", "RTAL"}
+    assert all("decision" in row[k]["verdict"] for k in ("FTAL", "from_scratch"))
+    assert rep["pruning"][0]["pruned"]["zero_fraction"] == pytest.approx(0.5, abs=1e-3)
+    assert "pruned_fine_tuned" in rep["neuron_pruning"][0]
+    assert "max_anomaly_index" in rep["neural_cleanse"]["scan"]
+    sources = {r["source"] for r in rep["extraction"]["rows"]}
+    assert sources == {"in-distribution", "other data set (fashion-mnist)", "uniform noise"}
+    assert [r["queries"] for r in rep["extraction"]["rows"] if r["source"] == "in-distribution"] == [96, 192]
+    assert [r["trained"] for r in rep["transfer"]] == ["head", "dense", "all"]
+    assert all("verdict" in r["recovered"] for r in rep["transfer"])
+    md = paths[0].read_text()
+    assert "1.32" in md and "Neural Cleanse" in md and "Transfer learning" in md
+
+
+def test_deepsigns_attack_reproduction_verifies_both_keys_after_overwriting(tmp_path: Path) -> None:
+    paths = attacks.run("deepsigns-hidden", "mnist5k", tmp_path, progress=False, overrides=WM_TINY)
+    rep = json.loads(paths[1].read_text())
+    assert rep["plan"] == ["fine_tuning", "pruning", "overwrite"] and "extraction" not in rep
+    for f in ("0.1", "0.2"):
+        ow = rep["fine_tuning"][f]["overwrite"]
+        assert "decision" in ow["verdict"] and "decision" in ow["adversary_verdict"]
+    assert "FTLL" in rep["fine_tuning"]["0.2"] and "FTLL" not in rep["fine_tuning"]["0.1"]
+    assert "98.21" in paths[0].read_text()  # Table 3 beside ours

@@ -474,15 +474,16 @@ def reproduce_dsn(
 
 @reproduce_app.command("attacks")
 def reproduce_attacks(
-    scheme: Annotated[str, typer.Option(help="The protection attacked (dsn).")] = "dsn",
+    scheme: Annotated[str, typer.Option(help="The protection attacked: dsn or a watermark scheme.")] = "dsn",
     dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",
     out: Annotated[Path, typer.Option("--out", "-o", help="Reports folder.")] = Path("reports"),
     tries: Annotated[int | None, typer.Option(help="Brute-force serial numbers (default 100000).")] = None,
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
-    """DSN Tables 3-6 and Fig. 2 beside ours: fine-tuning, from scratch, transfer, overwriting, pruning,
-    serial-number search, Neural Cleanse."""
+    """The papers' robustness tables beside ours. DSN: Tables 3-6 and Fig. 2 (fine-tuning, from scratch,
+    transfer, overwriting, pruning, serial-number search, Neural Cleanse). A watermark scheme: the attacks
+    its paper evaluates, with the owner's verdict after each."""
     from deepserial.experiments.attacks import run
 
     over = {"brute_force_tries": tries} if tries is not None else None

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deepserial.attacks.base import Attack, AttackBudget, AttackLog, register_attack
 from deepserial.data import TensorData
-from deepserial.errors import ConfigError
+from deepserial.errors import ConfigError, DeepSerialError
 from deepserial.nets import SplitNet, check_visible
 from deepserial.schemes.null_embedding import (
     DualLoss,
@@ -240,8 +240,14 @@ class WatermarkOverwrite(Attack):
         task = classes - (scheme.num_outputs(classes) - classes)  # a new-label model answers C + 1 labels
         prov = Provenance.sign(OwnerIdentity.generate(), "adversary", "overwrite", scheme.name)
         key = scheme.make_signed_key(prov, data, task, model=model)
-        log.add_training(scheme.embed(model, data, key, budget.train_config()))
+        log.details["scheme"] = scheme.name
+        try:
+            log.add_training(scheme.embed(model, data, key, budget.train_config()))
+        except DeepSerialError as e:
+            # the adversary's training ran but its watermark did not take (DeepSigns' output layer checks
+            # that before selecting keys): an outcome of the attack, not a failure of the run
+            log.details["adversary_watermark_failed"] = str(e)
+            return model
         key.meta.setdefault("config", scheme.config.model_dump())
         log.key = key
-        log.details["scheme"] = scheme.name
         return model

@@ -50,12 +50,33 @@ class AttackExperiment(BaseModel):
     reverse_restarts: int = 5
     reverse_steps: int = 300
     neural_cleanse: bool = True
+    nc_steps: int = 400  # Neural Cleanse's joint search steps (its default)
+    # watermark schemes (``watermark_attacks``): sparse fine-tuning after pruning, extraction query volumes
+    # (shares of the attacker's split), the other data set's samples for transfer, recovery epochs (§8.4: 6)
+    watermark_epochs: int | None = None  # None: the epochs of `reproduce <scheme>` on the data set
+    prune_finetune_epochs: int = 1
+    extraction_volumes: tuple[float, ...] = (0.25, 0.5, 1.0)
+    transfer_samples: int = 5000
+    recovery_epochs: int = 6
     limit: int | None = None
 
 
 CONFIGS = {
     "mnist5k": AttackExperiment(dataset="mnist5k", teacher_epochs=20, student_epochs=40),
     "fashion-mnist": AttackExperiment(dataset="fashion-mnist", teacher_epochs=8, student_epochs=12, batch_size=256),
+}
+
+# The attacks each watermark's own paper evaluates (the baselines: those their papers evaluate).
+PLANS: dict[str, tuple[str, ...]] = {
+    "null-embedding": ("fine_tuning", "pruning", "neuron_pruning", "neural_cleanse", "extraction", "transfer"),
+    "new-label": ("fine_tuning", "pruning"),
+    "deepsigns-hidden": ("fine_tuning", "pruning", "overwrite"),
+    "deepsigns-output": ("fine_tuning", "pruning", "overwrite"),
+    "zhang-noise": ("fine_tuning", "pruning"),
+    "zhang-content": ("fine_tuning", "pruning"),
+    "zhang-unrelated": ("fine_tuning", "pruning"),
+    "adi": ("fine_tuning",),
+    "uchida": ("fine_tuning", "pruning"),
 }
 
 # DSN (arXiv:2011.08960), MNIST rows, attacker data 10/20/30/40%.
@@ -88,16 +109,21 @@ def cost_ratio(attack_curve: list[float], attack_step: float, scratch_curve: lis
 def run(scheme: str, dataset: str, out: Path, seed: int = 0, progress: bool = True,
         overrides: dict[str, Any] | None = None) -> list[Path]:
     """Run the robustness reproduction for ``scheme`` on ``dataset``; write its report."""
-    if scheme != "dsn":
-        raise ConfigError(f"the attack reproduction covers scheme 'dsn' so far, not {scheme!r}; the watermark "
-                          "schemes' attacks are measured in `deepserial reproduce <scheme>` (null embedding's "
-                          "piracy) and by `deepserial attack`")
+    if scheme != "dsn" and scheme not in PLANS:
+        raise ConfigError(f"no attack reproduction for scheme {scheme!r}; choose one of dsn, {', '.join(PLANS)}")
     if dataset not in CONFIGS:
         raise ConfigError(f"no attack reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)}")
     cfg = CONFIGS[dataset].model_copy(update=overrides or {})
+    stem = out / f"attacks_{scheme}_{dataset}"
+    if scheme != "dsn":
+        from deepserial.experiments import watermark_attacks
+
+        rep = watermark_attacks.run_scheme(cfg, scheme, seed, progress)
+        rep["environment"] = environment()
+        return write_report(stem, rep, watermark_attacks.markdown(rep), watermark_attacks.figure(rep))
     rep = _run_dsn(cfg, seed, progress)
     rep["environment"] = environment()
-    return write_report(out / f"attacks_dsn_{dataset}", rep, _markdown(rep), _figure(rep))
+    return write_report(stem, rep, _markdown(rep), _figure(rep))
 
 
 def _run_dsn(cfg: AttackExperiment, seed: int, progress: bool) -> dict[str, Any]:
@@ -208,7 +234,7 @@ def _neural_cleanse(cfg: AttackExperiment, teacher: Any, student: Any, data: Any
     out: dict[str, Any] = {"zhang_content_target": content.key.meta.get("target")}
     for name, model in models.items():
         t = time.perf_counter()
-        r = scan(copy.deepcopy(model), splits.attacker, seed=seed)
+        r = scan(copy.deepcopy(model), splits.attacker, {"steps": cfg.nc_steps}, seed=seed)
         out[name] = r.to_dict() | {"wall_s": time.perf_counter() - t}
     return out
 
