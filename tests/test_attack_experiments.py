@@ -52,7 +52,7 @@ def test_cost_ratio_reads_the_curves() -> None:
 
 
 WM_TINY = TINY | {"watermark_epochs": 2, "prune_rates": (0.5,), "extraction_volumes": (0.5, 1.0),
-                  "transfer_samples": 600, "recovery_epochs": 1}
+                  "transfer_samples": 600, "recovery_epochs": 1, "embed_attempts": 2}
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -63,6 +63,9 @@ def test_null_embedding_attack_reproduction_runs_every_attack_its_paper_names(tm
     assert paths[0].name == "attacks_null-embedding_mnist5k.md"
     rep = json.loads(paths[1].read_text())
     assert rep["plan"] == list(attacks.PLANS["null-embedding"])
+    tries = rep["embedding_attempts"]  # a key that did not take is replaced, and reported
+    assert 1 <= len(tries) <= 2 and rep["victim"] == tries[-1]
+    assert all(not t["verdict"]["decision"] for t in tries[:-1])
     row = rep["fine_tuning"]["0.2"]
     assert set(row) >= {"FTAL", "from_scratch", "FTLL", "RTLL", "RTAL"}
     assert all("decision" in row[k]["verdict"] for k in ("FTAL", "from_scratch"))

@@ -23,6 +23,7 @@ control: a model that never saw the watermark must not verify.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from typing import Any
@@ -83,15 +84,22 @@ def run_scheme(cfg: Any, scheme_name: str, seed: int, progress: bool) -> dict[st
     scheme = get_scheme(scheme_name)
     data = DataSpec(cfg.dataset, seed, limit=cfg.limit)
     train = TrainConfig(epochs=wm.epochs, batch_size=wm.batch_size, seed=seed, progress=progress)
-    teacher = None
-    if scheme.fine_tunes:
-        teacher = train_teacher(data, train, wm.arch)
+    teacher = train_teacher(data, train, wm.arch) if scheme.fine_tunes else None
     owner = OwnerIdentity.generate()
-    base = loaded(teacher.model, teacher.manifest) if teacher is not None else None
-    marked = embed_watermark(scheme, owner, data, train, arch=wm.arch, subject="attacked", owner_id="reproduce",
-                             base=base)
-    victim, key, splits = marked.model, marked.key, marked.splits
-    classes = int(marked.manifest.get("task_classes", marked.manifest["num_classes"]))
+    # An owner checks the watermark before shipping: a key whose embedding did not take (null embedding's
+    # null accuracy under T happens for some keys) is replaced by the next one, and the report says so.
+    attempts: list[dict[str, Any]] = []
+    for attempt in range(cfg.embed_attempts):
+        base = loaded(copy.deepcopy(teacher.model), teacher.manifest) if teacher is not None else None
+        marked = embed_watermark(scheme, owner, data, train, arch=wm.arch, subject=f"attacked-{attempt}",
+                                 owner_id="reproduce", base=base)
+        splits = marked.splits
+        classes = int(marked.manifest.get("task_classes", marked.manifest["num_classes"]))
+        check = measure_model(marked.model, splits, task_classes=classes, key=marked.key, fpr=wm.fpr)
+        attempts.append(check)
+        if check["verdict"].get("decision"):
+            break
+    victim, key = marked.model, marked.key
     total = len(splits.owner) + len(splits.attacker)
 
     def measure(model: Any, **kw: Any) -> dict[str, Any]:
@@ -102,7 +110,8 @@ def run_scheme(cfg: Any, scheme_name: str, seed: int, progress: bool) -> dict[st
     plan = PLANS[scheme_name]
     rep: dict[str, Any] = {"experiment": "attacks", "scheme": scheme_name, "dataset": cfg.dataset, "seed": seed,
                            "config": cfg.model_dump(), "watermark_config": wm.model_dump(), "plan": list(plan),
-                           "sizes": splits.sizes(), "citation": scheme.citation, "victim": measure(victim),
+                           "sizes": splits.sizes(), "citation": scheme.citation, "victim": attempts[-1],
+                           "embedding_attempts": attempts,
                            "paper": PAPER.get(scheme_name, {})}
     largest = max(cfg.fractions)
     if "fine_tuning" in plan or "overwrite" in plan:
@@ -224,6 +233,12 @@ def _verdict(m: dict[str, Any]) -> str:
     return f"{mark} (p = {v.get('p_value', float('nan')):.2g})"
 
 
+def _details(m: dict[str, Any]) -> str:
+    d = (m.get("verdict") or {}).get("details") or {}
+    keep = {k: v for k, v in d.items() if k in ("acc_null", "acc_true", "ber", "mismatches", "hits")}
+    return ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in keep.items()) or "–"
+
+
 def _acc(m: dict[str, Any], key: str = "test_acc") -> str:
     v = m.get(key)
     return "–" if v is None else f"{v:.1f}"
@@ -239,6 +254,11 @@ def markdown(rep: dict[str, Any]) -> str:
              f"{_verdict(victim)}. Split {rep['sizes']}. Verdicts at false-positive rate "
              f"{rep['watermark_config']['fpr']:g}. Paper figures: {paper.get('source', 'none reported')} (their "
              "networks and data, not ours).", ""]
+    failed = rep.get("embedding_attempts", [])[:-1]
+    if failed:
+        lines += [f"The first {len(failed)} key(s) did not take (" + "; ".join(
+            f"{_acc(a)}%, {_verdict(a)}, details {_details(a)}" for a in failed) + "); the owner re-embeds with the "
+            "next key before shipping, as a real owner would check.", ""]
     if "fine_tuning" in rep:
         fr = list(rep["fine_tuning"])
         cols = [c for c in ("FTAL", "from_scratch", "overwrite") if c in rep["fine_tuning"][fr[0]]]
