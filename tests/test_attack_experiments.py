@@ -90,3 +90,8 @@ def test_deepsigns_attack_reproduction_verifies_both_keys_after_overwriting(tmp_
         assert "decision" in ow["verdict"] and "decision" in ow["adversary_verdict"]
     assert "FTLL" in rep["fine_tuning"]["0.2"] and "FTLL" not in rep["fine_tuning"]["0.1"]
     assert "98.21" in paths[0].read_text()  # Table 3 beside ours
+
+
+def test_cost_ratio_of_an_attack_stuck_at_chance_is_failed_not_a_number() -> None:
+    c = attacks.cost_ratio([9.8, 10.0, 10.0], 100.0, [60.0, 90.0], 50.0, chance=10.0)
+    assert c["ratio"] is None and c["failed"]

@@ -94,12 +94,15 @@ PAPER = {
 
 
 def cost_ratio(attack_curve: list[float], attack_step: float, scratch_curve: list[float],
-               scratch_step: float) -> dict[str, Any]:
+               scratch_step: float, chance: float = 0.0) -> dict[str, Any]:
     """Forward samples the attack needed to reach the accuracy both runs reach (the lower of the two
-    final accuracies), over what from-scratch training needed. Curves hold the test accuracy after
-    each epoch; ``*_step`` is the forward samples of one epoch of each."""
+    best accuracies), over what from-scratch training needed. Curves hold the test accuracy after
+    each epoch; ``*_step`` is the forward samples of one epoch of each. An attack that never gets 5
+    points above ``chance`` (%) has no cost to compare: it did not work."""
     if not attack_curve or not scratch_curve:
         return {"target": None, "ratio": None}
+    if max(attack_curve) <= chance + 5.0:
+        return {"target": None, "ratio": None, "failed": True}
     target = min(max(attack_curve), max(scratch_curve))
     ea = next(i for i, a in enumerate(attack_curve) if a >= target) + 1
     es = next(i for i, a in enumerate(scratch_curve) if a >= target) + 1
@@ -182,7 +185,8 @@ def _run_dsn(cfg: AttackExperiment, seed: int, progress: bool) -> dict[str, Any]
         for name in ("fine_tuning", "transfer", "overwrite"):
             curve = row[name]["curve_new_sn"] if name == "overwrite" else row[name]["curve_raw"]
             row[name]["cost"] = cost_ratio(curve, row[name]["forward_samples"] / max(row[name]["epochs"], 1),
-                                           scratch["curve_raw"], scratch["forward_samples"] / max(scratch["epochs"], 1))
+                                           scratch["curve_raw"], scratch["forward_samples"] / max(scratch["epochs"], 1),
+                                           chance=100.0 / int(student.classifier.out_features))
         rep["fractions"][f"{f:g}"] = row
     rep["pruning"] = []
     for rate in cfg.prune_rates:
@@ -257,7 +261,8 @@ def _markdown(rep: dict[str, Any]) -> str:
              f"Accuracy (%) on the test set after {rep['config']['attack_epochs']} epochs at lr "
              f"{rep['config']['attack_lr']:g}; fine-tuning and transfer learning on raw inputs (no serial number), "
              "overwriting with the adversary's new serial number. Cost: forward samples the attack needed to reach "
-             "the accuracy both it and from-scratch training reach, over what from-scratch needed.", ""]
+             "the accuracy both it and from-scratch training reach, over what from-scratch needed ('failed': the "
+             "attack never got 5 points above chance).", ""]
     rows = []
     for key, label, pkey in (("fine_tuning", "fine-tuning (FTAL)", "fine_tuning"),
                              ("from_scratch", "from scratch (the * row)", "from_scratch"),
@@ -273,8 +278,8 @@ def _markdown(rep: dict[str, Any]) -> str:
     cost_rows = []
     for key in ("fine_tuning", "transfer", "overwrite"):
         cs = [rep["fractions"][f][key]["cost"] for f in fr]
-        cost_rows.append([key.replace("_", "-"), " / ".join("–" if c["ratio"] is None else f"{c['ratio']:.2f}x"
-                                                           for c in cs),
+        cost_rows.append([key.replace("_", "-"), " / ".join(("failed" if c.get("failed") else "–")
+                                                           if c["ratio"] is None else f"{c['ratio']:.2f}x" for c in cs),
                           " / ".join("–" if c["target"] is None else f"{c['target']:.1f}" for c in cs)])
     lines += ["Cost relative to from-scratch training (same data, same budget):", "",
               markdown_table(["attack", "cost ratio", "accuracy both reach (%)"], cost_rows), "",
