@@ -67,7 +67,8 @@ def test_null_embedding_attack_reproduction_runs_every_attack_its_paper_names(tm
     assert 1 <= len(tries) <= 2 and rep["victim"] == tries[-1]
     assert all(not t["verdict"]["decision"] for t in tries[:-1])
     row = rep["fine_tuning"]["0.2"]
-    assert set(row) >= {"FTAL", "from_scratch", "FTLL", "RTLL", "RTAL"}
+    assert set(row) >= {"FTAL", "FTAL_sgd", "from_scratch", "FTLL", "RTLL", "RTAL"}
+    assert row["FTAL_sgd"]["verdict"]["queries"] > 0
     assert all("decision" in row[k]["verdict"] for k in ("FTAL", "from_scratch"))
     assert rep["pruning"][0]["pruned"]["zero_fraction"] == pytest.approx(0.5, abs=1e-3)
     assert "pruned_fine_tuned" in rep["neuron_pruning"][0]

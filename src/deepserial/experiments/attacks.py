@@ -53,6 +53,7 @@ class AttackExperiment(BaseModel):
     nc_steps: int = 400  # Neural Cleanse's joint search steps (its default)
     # watermark schemes (``watermark_attacks``): sparse fine-tuning after pruning, extraction query volumes
     # (shares of the attacker's split), the other data set's samples for transfer, recovery epochs (§8.4: 6)
+    sgd_fine_tuning: bool = True  # also fine-tune with SGD at attack_lr (null embedding Table 14's optimiser)
     embed_attempts: int = 3  # keys tried until the owner's watermark verifies on the model to attack
     watermark_epochs: int | None = None  # None: the epochs of `reproduce <scheme>` on the data set
     prune_finetune_epochs: int = 1
