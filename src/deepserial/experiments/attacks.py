@@ -314,11 +314,15 @@ def _markdown(rep: dict[str, Any]) -> str:
         lines += ["## Neural Cleanse (anomaly index, flagged above 2)", "",
                   markdown_table(["model", "max anomaly index", "flagged labels", "scan s"], rows), "",
                   f"The Zhang content backdoor's target label is {nc.get('zhang_content_target')}.", ""]
+    return "\n".join(lines + footer(rep))
+
+
+def footer(rep: dict[str, Any]) -> list[str]:
+    """The last lines of every attack report: seed, machine, and the command that reproduces it."""
     env = rep["environment"]
-    lines += [f"Seed {rep['seed']}; wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores), "
-              f"torch {env['torch']}.", "",
-              f"Reproduce: `deepserial reproduce attacks --scheme dsn --dataset {rep['dataset']}`.", ""]
-    return "\n".join(lines)
+    return [f"Seed {rep['seed']}; wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores), "
+            f"torch {env['torch']}.", "",
+            f"Reproduce: `deepserial reproduce attacks --scheme {rep['scheme']} --dataset {rep['dataset']}`.", ""]
 
 
 def _figure(rep: dict[str, Any]):  # noqa: ANN202

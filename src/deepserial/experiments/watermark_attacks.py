@@ -326,11 +326,9 @@ def markdown(rep: dict[str, Any]) -> str:
                   markdown_table(["layers trained", "student accuracy (%)", "recovered accuracy (%)",
                                   "owner's verdict after recovery"], rows), "",
                   f"Paper: {paper.get('transfer', '–')}.", ""]
-    env = rep["environment"]
-    lines += [f"Seed {rep['seed']}; wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores), "
-              f"torch {env['torch']}.", "",
-              f"Reproduce: `deepserial reproduce attacks --scheme {rep['scheme']} --dataset {rep['dataset']}`.", ""]
-    return "\n".join(lines)
+    from deepserial.experiments.attacks import footer
+
+    return "\n".join(lines + footer(rep))
 
 
 def figure(rep: dict[str, Any]):  # noqa: ANN201
