@@ -271,8 +271,9 @@ def markdown(rep: dict[str, Any]) -> str:
             f"{_acc(rep['fine_tuning'][f][c])} / {_verdict(rep['fine_tuning'][f][c])}" for c in cols]
             for f in fr]
         lines += ["## Fine-tuning beside training from scratch", "",
-                  f"{cfg['attack_epochs']} epochs at lr {cfg['attack_lr']:g} on the attacker's share of the training "
-                  "data; each cell: test accuracy (%) / the owner's verdict.", "",
+                  f"{cfg['attack_epochs']} epochs at lr {cfg['attack_lr']:g} (Adam, the victim's own optimiser and "
+                  "last rate, unless the column says SGD) on the attacker's share of the training data; each cell: "
+                  "test accuracy (%) / the owner's verdict.", "",
                   markdown_table(["attacker data"] + [COLUMN.get(c, c) for c in cols], rows), ""]
         if "overwrite" in cols:
             adv = [_verdict({"verdict": rep["fine_tuning"][f]["overwrite"].get("adversary_verdict")}) for f in fr]
