@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,3 +79,38 @@ def single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+class LockedNet(torch.nn.Module):
+    """A perfectly serial-locked stand-in for a DSN customer model: the base network's answer when the
+    serial-number region holds exactly ``bits``, an arbitrary fixed function of the input otherwise.
+    Tests of tracing and serving use it so that they check the statistics and the plumbing, not how well
+    a two-epoch DSN student has learned its lock (the benchmarks measure real customer models)."""
+
+    def __init__(self, base: torch.nn.Module, serial: SerialNumber) -> None:
+        super().__init__()
+        self.base = base
+        g = serial.geometry
+        self.rows, self.cols = slice(g.top, g.top + g.height), slice(g.left, g.left + g.width)
+        self.register_buffer("bits", serial.as_tensor())
+        gen = torch.Generator().manual_seed(int(serial.bits.reshape(-1).dot(1 << np.arange(serial.bits.size)) % 2**31))
+        self.register_buffer("scramble", torch.randn(28 * 28, 10, generator=gen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        match = (x[:, :, self.rows, self.cols] == self.bits).flatten(1).all(1)
+        wrong = x.flatten(1)[:, : self.scramble.shape[0]] @ self.scramble * 10
+        return torch.where(match[:, None], self.base(x), wrong)
+
+
+@pytest.fixture(scope="session")
+def strong_teacher() -> LoadedModel:
+    """A teacher good enough that a key-locked copy answers clearly better with its key (~78% on 2,000
+    mnist5k samples, 4 epochs, a few seconds)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t = workflow.train_teacher(DataSpec("mnist5k", seed=0, limit=2000),
+                                   TrainConfig(epochs=4, batch_size=128, progress=False))
+    finally:
+        torch.set_num_threads(old)
+    return LoadedModel(t.model.eval(), t.manifest)

@@ -184,3 +184,77 @@ def load_key(path: str | Path) -> OwnershipKey:
     from deepserial.schemes.base import OwnershipKey
 
     return OwnershipKey(man["scheme"], dict(meta), dict(tensors))
+
+
+# ----- ONNX ----------------------------------------------------------------------------------------
+ONNX_FORMAT = "deepserial-onnx/1"
+_ONNX_MANIFEST = "deepserial"
+_ONNX_DIGEST = "deepserial_sha256"
+
+
+def _onnx_digest(manifest: dict[str, Any], model_proto: Any) -> str:
+    """SHA-256 over the canonical manifest and the ONNX graph (nodes and weights), opset and IR version."""
+    h = hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode())
+    h.update(f"\x00ir{model_proto.ir_version}\x00".encode())
+    for op in model_proto.opset_import:
+        h.update(f"{op.domain}:{op.version}\x00".encode())
+    h.update(model_proto.graph.SerializeToString(deterministic=True))
+    return h.hexdigest()
+
+
+def export_onnx(path: str | Path, loaded: LoadedModel, opset: int = 18) -> dict[str, Any]:
+    """Write ``loaded`` as an ONNX file (input ``x`` (N, C, H, W) float32 in [0, 1], output ``logits``)
+    whose metadata carries the deepserial manifest and a digest over manifest and graph, so the file is
+    checked on load like a safetensors model. Returns the manifest as written.
+
+    The network alone is exported: a customer model still needs its serial number stamped on every
+    input (the serial number never goes inside a shipped model)."""
+    import tempfile
+    import warnings
+
+    import onnx
+
+    model = loaded.model.eval().cpu()
+    example = torch.zeros(2, *loaded.input_shape)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = Path(tmp) / "model.onnx"
+        batch = torch.export.Dim("batch", min=1)
+        torch.onnx.export(model, (example,), str(out), input_names=["x"], output_names=["logits"],
+                          dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True, verbose=False,
+                          external_data=False)
+        proto = onnx.load(str(out))
+    src = loaded.manifest.get("integrity", {})
+    man = {k: v for k, v in loaded.manifest.items() if k != "integrity"}
+    man.update(format=ONNX_FORMAT, source_sha256=src.get("sha256"))
+    del proto.metadata_props[:]
+    proto.metadata_props.add(key=_ONNX_MANIFEST, value=json.dumps(man, sort_keys=True))
+    proto.metadata_props.add(key=_ONNX_DIGEST, value=_onnx_digest(man, proto))
+    atomic_write(path, proto.SerializeToString())
+    return man
+
+
+def load_onnx(path: str | Path) -> tuple[bytes, dict[str, Any]]:
+    """The bytes and verified manifest of an ONNX file written by :func:`export_onnx`."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise IntegrityError(f"cannot read ONNX file {path}: {e.strerror}") from None
+    try:
+        proto = onnx.load_from_string(raw)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        man = json.loads(meta[_ONNX_MANIFEST])
+        want = meta[_ONNX_DIGEST]
+    except (DecodeError, KeyError, ValueError, json.JSONDecodeError):
+        raise IntegrityError(f"{path} is not a deepserial ONNX export or is truncated/corrupt; export it again "
+                             "with `deepserial export --format onnx`") from None
+    if not isinstance(man, dict) or man.get("format") != ONNX_FORMAT or not proto.graph.node:
+        raise IntegrityError(f"{path} is not a deepserial ONNX export ({ONNX_FORMAT})")
+    if _onnx_digest(man, proto) != want:
+        raise IntegrityError(f"{path} failed its integrity check (graph, weights or manifest were modified); do not "
+                             "use this file")
+    return raw, man

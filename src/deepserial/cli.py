@@ -25,6 +25,8 @@ reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce the papers' ta
 app.add_typer(reproduce_app, name="reproduce")
 watermark_app = typer.Typer(no_args_is_help=True, help="Ownership watermarks: embed while training, verify a suspect.")
 app.add_typer(watermark_app, name="watermark")
+ledger_app = typer.Typer(no_args_is_help=True, help="The licence ledger: every issued serial number, no secret.")
+app.add_typer(ledger_app, name="ledger")
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Seed = Annotated[int, typer.Option(help="Random seed of training and evaluation.")]
@@ -121,12 +123,18 @@ def issue(
     batch_size: int = 128,
     seed: Seed = 0,
     passphrase_env: Annotated[str | None, typer.Option(help="Env variable holding the key's passphrase.")] = None,
+    ledger: Annotated[Path | None, typer.Option(help="Record the licence in this ledger (SQLite; created if "
+                                                "missing).")] = None,
+    seal_passphrase_env: Annotated[str | None, typer.Option(
+        help="Env variable with a ledger passphrase: keep the licence signature encrypted in the ledger "
+             "(required for RSA owner keys).")] = None,
     quiet: Quiet = False,
     force: bool = False,
 ) -> None:
     """Issue a customer model that works only with that customer's serial number.
 
-    Prints the product key once: hand it to the customer with the model file.
+    Prints the product key once: hand it to the customer with the model file. With --ledger, the
+    licence row and the files are committed together: the key is printed only after both are final.
     """
     from deepserial.artifacts import load_model
     from deepserial.workflow import issue as do_issue
@@ -137,14 +145,59 @@ def issue(
     licence = licence or out.with_name(out.name.removesuffix(".safetensors") + ".licence.json")
     _refuse_overwrite(out, licence, force=force)
     ident = OwnerIdentity.load(key, _passphrase(passphrase_env))
+    seal = _secret_env(seal_passphrase_env, "ledger passphrase") if seal_passphrase_env else None
+    if ledger is None and seal is not None:
+        raise ConfigError("--seal-passphrase-env needs --ledger: the sealed signature is kept in the ledger")
+    led = _open_ledger(ledger) if ledger is not None else None  # a bad ledger is refused before training
+    if led is not None and ident.algorithm != "ed25519" and seal is None:
+        raise ConfigError("an RSA owner key signs non-deterministically: give --seal-passphrase-env so the ledger "
+                          "can re-derive this serial number for tracing")
     t = load_model(teacher_path)
     cfg, train = _dsn_config(mode, epochs, batch_size, seed, quiet)
     issued = do_issue(t, ident, customer, owner_id=owner_id, size=parse_size(size), position=parse_position(position),
                       config=cfg, train=train)
-    save_issued(issued, out, licence, ident)
+    if led is None:
+        save_issued(issued, out, licence, ident)
+    else:
+        _issue_into_ledger(led, issued, out, licence, ident, seal)
     typer.echo(f"customer model: {out}\nlicence record (owner only, secret): {licence}\n"
                f"serial number: {issued.serial.geometry.describe()}")
     typer.echo(f"product key for {customer} (shown once): {issued.product_key}")
+
+
+def _secret_env(name: str, what: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"environment variable {name} is not set or empty; export it with the {what}")
+    return value
+
+
+def _open_ledger(path: Path, create: bool = True):  # noqa: ANN202
+    from deepserial.ledger import Ledger
+
+    return Ledger(path, create=create)
+
+
+def _issue_into_ledger(led, issued, out: Path, licence: Path, ident: OwnerIdentity,  # noqa: ANN001
+                       seal: str | None) -> None:
+    """Write the customer files and the ledger row in one transaction: if anything fails before the commit,
+    the row is rolled back and the files just written are removed."""
+    from deepserial.identity import VerifierString
+    from deepserial.workflow import save_issued
+
+    existed = {p: p.exists() for p in (out, licence)}
+    try:
+        with led.transaction() as tx:
+            manifest = save_issued(issued, out, licence, ident)
+            led.record(ident, VerifierString.from_dict(issued.licence["verifier"]), issued.serial,
+                       model_sha256=manifest["integrity"]["sha256"], model_path=str(out.resolve()),
+                       dataset=issued.manifest.get("dataset"), signature=bytes.fromhex(issued.licence["signature"]),
+                       seal_passphrase=seal, db=tx)
+    except BaseException:
+        for p, was in existed.items():
+            if not was and p.exists():
+                p.unlink()
+        raise
 
 
 @app.command()
@@ -343,7 +396,8 @@ def watermark_embed(
 
 @watermark_app.command("verify")
 def watermark_verify(
-    suspect: Annotated[Path, typer.Argument(help="Suspect model file.")],
+    suspect: Annotated[str, typer.Argument(help="Suspect: a model file (.safetensors, .onnx) or the URL of a "
+                                           "prediction server (http://host:port).")],
     key: Annotated[Path, typer.Option("--key", help="Ownership key file written by `watermark embed`.")],
     fpr: Annotated[float, typer.Option(help="False-positive rate the decision is taken at.")] = 1e-3,
     budget: Annotated[int | None, typer.Option(help="Most queries the verification may spend.")] = None,
@@ -352,9 +406,9 @@ def watermark_verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
 ) -> None:
     """Test whether SUSPECT carries the watermark of KEY. Exit status 0: it does; 1: it does not."""
-    from deepserial.artifacts import load_key, load_model
+    from deepserial.artifacts import load_key
     from deepserial.schemes.base import get_scheme
-    from deepserial.suspect import ModuleSuspect
+    from deepserial.suspect import open_suspect
     from deepserial.workflow import verify_watermark
 
     if scheme is not None:
@@ -363,7 +417,7 @@ def watermark_verify(
     if scheme is not None and k.scheme != scheme:
         raise ConfigError(f"{key} is a {k.scheme} key, not a {scheme} key: give the key written by "
                           f"`watermark embed --scheme {scheme}` (or leave out --scheme)")
-    s = ModuleSuspect.from_loaded(load_model(suspect), budget=budget)
+    s = open_suspect(suspect, budget=budget)
     v = verify_watermark(k, s, fpr=fpr)
     typer.echo(json.dumps(v.to_dict(), indent=2) if as_json else v.summary())
     if not v.decision:
@@ -523,6 +577,197 @@ def _register_reproductions() -> None:
 
 
 _register_reproductions()
+
+
+# ----- licensing in practice: ledger, tracing, serving, export --------------------------------------
+@ledger_app.command("list")
+def ledger_list(
+    ledger: Annotated[Path, typer.Option(help="Ledger file.")] = Path("ledger.db"),
+    customer: Annotated[str | None, typer.Option(help="Only this customer's licences.")] = None,
+) -> None:
+    """One line per issued licence: id, customer, scheme, time, model digest, serial-number fingerprint."""
+    with _open_ledger(ledger, create=False) as led:
+        rows = led.licences(customer=customer)
+        for lic in rows:
+            typer.echo(f"{lic.id}\t{lic.customer}\t{lic.scheme}\t{lic.issued_at}\t"
+                       f"model {(lic.model_sha256 or '-')[:16]}\tsn {lic.sn_fingerprint[:16]}"
+                       + ("\tsealed" if lic.sealed else ""))
+        typer.echo(f"{len(rows)} licence(s) in {ledger}", err=True)
+
+
+@ledger_app.command("show")
+def ledger_show(
+    licence_id: Annotated[int, typer.Argument(help="Licence id (see `ledger list`).")],
+    ledger: Annotated[Path, typer.Option(help="Ledger file.")] = Path("ledger.db"),
+) -> None:
+    """Everything the ledger holds about one licence, as JSON (no secret)."""
+    with _open_ledger(ledger, create=False) as led:
+        typer.echo(json.dumps(led.get(licence_id).to_dict(), indent=2))
+
+
+@ledger_app.command("export")
+def ledger_export(
+    fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
+    ledger: Annotated[Path, typer.Option(help="Ledger file.")] = Path("ledger.db"),
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here (default: stdout).")] = None,
+    force: bool = False,
+) -> None:
+    """Every licence as CSV or JSON."""
+    from deepserial.identity import atomic_write
+
+    if out is not None:
+        _refuse_overwrite(out, force=force)
+    with _open_ledger(ledger, create=False) as led:
+        text = led.export(fmt)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        atomic_write(out, text.encode())
+        typer.echo(f"wrote {out}", err=True)
+
+
+@ledger_app.command("check")
+def ledger_check(ledger: Annotated[Path, typer.Option(help="Ledger file.")] = Path("ledger.db")) -> None:
+    """SQLite's integrity check and the schema version. Exit status 1 when the file is damaged."""
+    with _open_ledger(ledger, create=False) as led:
+        res = led.integrity_check()
+        typer.echo(f"{ledger}: schema {led.version}, {len(led.licences())} licence(s), integrity {res}")
+    if res != "ok":
+        raise typer.Exit(1)
+
+
+@app.command()
+def trace(
+    suspect: Annotated[str, typer.Argument(help="Leaked model: a file (.safetensors, .onnx) or the URL of a "
+                                           "prediction server that passes inputs through unstamped.")],
+    ledger: Annotated[Path, typer.Option(help="Ledger file.")] = Path("ledger.db"),
+    key: Annotated[Path, typer.Option(help="Owner private key file (re-derives the serial numbers).")] = Path(
+        "owner.pem"),
+    fpr: Annotated[float, typer.Option(help="Family-wise false-positive rate over all licences.")] = 1e-3,
+    budget: Annotated[int | None, typer.Option(help="Most queries the trace may spend.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Labelled images to query with (default: the data set the "
+                                                "licences record).")] = None,
+    passphrase_env: Annotated[str | None, typer.Option(help="Env variable holding the key's passphrase.")] = None,
+    seal_passphrase_env: Annotated[str | None, typer.Option(help="Env variable with the ledger passphrase "
+                                                            "(sealed licences).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    seed: Seed = 0,
+) -> None:
+    """Name the customer whose licence unlocks a leaked model. Exit status 0: one does; 1: none does."""
+    from deepserial.suspect import open_suspect
+    from deepserial.tracing import trace as do_trace
+    from deepserial.workflow import DataSpec
+
+    ident = OwnerIdentity.load(key, _passphrase(passphrase_env))
+    seal = _secret_env(seal_passphrase_env, "ledger passphrase") if seal_passphrase_env else None
+    with _open_ledger(ledger, create=False) as led:
+        lics = [lic for lic in led.licences(owner_fingerprint=ident.fingerprint()) if lic.scheme == "dsn"]
+        if not lics:
+            raise ConfigError(f"{ledger} holds no DSN licence issued with {key}; trace with the key that issued them")
+        candidates = [(lic, led.serial(lic, ident, seal)) for lic in lics]
+        specs = {json.dumps(lic.dataset, sort_keys=True) for lic in lics if lic.dataset}
+        if dataset is not None:
+            data = DataSpec(dataset)
+        elif len(specs) == 1:
+            d = json.loads(specs.pop())
+            data = DataSpec(d["name"], int(d["seed"]), float(d["test_fraction"]), float(d["attacker_fraction"]),
+                            d.get("limit"))
+        else:
+            raise ConfigError("the licences record several data sets (or none): choose one with --dataset")
+        s = open_suspect(suspect, budget=budget)
+        res = do_trace(s, candidates, data.load().test, fpr=fpr, seed=seed)
+        led.record_trace(suspect, res.licence.id if res.licence else None, res.p_value, fpr, res.queries,
+                         res.to_dict())
+    typer.echo(json.dumps(res.to_dict(), indent=2) if as_json else res.summary())
+    if not res.found:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="Model file to serve.")],
+    serial_file: Annotated[Path | None, typer.Option(help="File holding the product key (or set "
+                                                     "DEEPSERIAL_SERIAL).")] = None,
+    raw_inputs: Annotated[bool, typer.Option(help="Stamp nothing: clients send inputs already stamped.")] = False,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port, printed).")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Most inputs per request.")] = 256,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 * 2**20,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level (info logs each request line).")] = "warning",
+) -> None:
+    """Serve a model over HTTP: /v1/predict, /v1/health, /v1/info. The serial number is never logged."""
+    from deepserial.artifacts import load_model
+    from deepserial.serial import SerialGeometry, SerialNumber
+    from deepserial.serve import bind, create_app, server
+
+    m = load_model(model)
+    serial = None
+    if serial_file is not None:
+        try:
+            text = serial_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read serial file {serial_file}: {e.strerror}") from None
+    else:
+        text = os.environ.get("DEEPSERIAL_SERIAL", "").strip()
+    if text and not raw_inputs:
+        expect = SerialGeometry.from_dict(m.manifest["serial_geometry"]) if "serial_geometry" in m.manifest else None
+        serial = SerialNumber.from_product_key(text, expect=expect)
+    app_ = create_app(m, serial, raw_inputs=raw_inputs, max_batch=max_batch, max_body=max_body_bytes)
+    sock = bind(host, port)
+    typer.echo(f"serving {model} on http://{host}:{sock.getsockname()[1]} "
+               f"({'stamping the serial number' if serial is not None else 'inputs as sent'}); Ctrl-C stops",
+               err=True)
+    server(app_, log_level).run(sockets=[sock])
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="Model file (.safetensors).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file.")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx.")] = "onnx",
+    check: Annotated[bool, typer.Option(help="Compare onnxruntime with PyTorch on the model's test split.")] = True,
+    force: bool = False,
+) -> None:
+    """Export a model to ONNX (the network only: a customer still stamps their serial number)."""
+    from deepserial.artifacts import export_onnx, load_model
+
+    if fmt != "onnx":
+        raise ConfigError(f"unknown export format {fmt!r}; only onnx is supported")
+    _refuse_overwrite(out, force=force)
+    m = load_model(model)
+    tmp = out.with_name(f".{out.name}.export{os.getpid()}")
+    try:
+        export_onnx(tmp, m)
+        if check:
+            diff, agree, n = onnx_parity(m, tmp)
+            if diff > 1e-4 or agree < n:
+                raise ConfigError(f"ONNX export differs from PyTorch (max |logit diff| {diff:.2e}, {agree}/{n} labels "
+                                  "agree); not written")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    msg = f"; parity on {n} test images: max |logit diff| {diff:.2e}, labels identical" if check else ""
+    typer.echo(f"wrote {out}{msg}")
+
+
+def onnx_parity(m, onnx_path: Path) -> tuple[float, int, int]:  # noqa: ANN001 (LoadedModel)
+    """Largest |logit| difference and label agreement of torch and onnxruntime on the model's test split
+    (stamped with a random pattern where the model takes a serial number, so both regimes are covered)."""
+    from deepserial.suspect import ONNXSuspect
+    from deepserial.training import predict_logits
+    from deepserial.workflow import DataSpec
+
+    x = DataSpec.from_manifest(m.manifest).load().test.x
+    if "serial_geometry" in m.manifest:
+        from deepserial.serial import SerialGeometry, stamp
+
+        g = SerialGeometry.from_dict(m.manifest["serial_geometry"])
+        half = len(x) // 2
+        x = torch.cat([x[:half], stamp(x[half:], g, torch.randint(0, 2, (g.height, g.width)))])
+    ref = predict_logits(m.model, x).numpy()
+    got = ONNXSuspect(onnx_path).logits(x)
+    return float(abs(ref - got).max()), int((ref.argmax(1) == got.argmax(1)).sum()), len(x)
 
 
 @app.command()

@@ -187,11 +187,13 @@ def issue(
 
 
 def save_issued(issued: Issued, model_path: str | Path, licence_path: str | Path,
-                identity: OwnerIdentity) -> None:
-    """Write the customer model (signed by the owner) and the owner's licence record (mode 0600)."""
+                identity: OwnerIdentity) -> dict[str, Any]:
+    """Write the customer model (signed by the owner) and the owner's licence record (mode 0600);
+    returns the model's manifest as written."""
     man = save_model(model_path, issued.student, issued.manifest, owner=identity)
     licence = dict(issued.licence, model_sha256=man["integrity"]["sha256"])
     atomic_write(licence_path, (json.dumps(licence, indent=2) + "\n").encode(), mode=0o600)
+    return man
 
 
 def serial_from_licence(path: str | Path) -> SerialNumber:
