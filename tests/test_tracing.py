@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,40 @@ def test_trace_bad_settings(test_images) -> None:  # noqa: ANN001
         trace(s, [(lic, sn)], test_images, looks=(10, 5))
     with pytest.raises(ConfigError, match="false-positive"):
         trace(s, [(lic, sn)], test_images, fpr=0)
+
+
+def test_trace_cli_names_the_customer_of_a_leaked_onnx_file(tmp_path: Path, strong_teacher: LoadedModel,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from deepserial.artifacts import export_onnx
+    from deepserial.cli import main
+
+    ident = OwnerIdentity.generate()
+    key, _ = ident.save(tmp_path / "owner.pem")
+    led = Ledger(tmp_path / "l.db")
+    data = DataSpec("mnist5k", seed=0, limit=2000).to_dict()
+    serials = []
+    for i, name in enumerate(["acme", "beta"]):
+        v = VerifierString(ident.fingerprint(), name, f"t{i}", "dsn")
+        sig = ident.sign(v)
+        serials.append(SerialNumber.from_signature(sig, GEOMETRY))
+        led.record(ident, v, serials[-1], signature=sig, dataset=data, fingerprint_cost=FAST)
+    manifest = dict(strong_teacher.manifest, serial_geometry=GEOMETRY.to_dict())
+    export_onnx(tmp_path / "leak.onnx", LoadedModel(LockedNet(strong_teacher.model, serials[1]).eval(), manifest))
+    base = ["--ledger", str(tmp_path / "l.db"), "--key", str(key)]
+    assert main(["trace", str(tmp_path / "leak.onnx"), *base]) == 0
+    assert "customer 'beta' unlocks the suspect" in capsys.readouterr().out
+    # the teacher itself (no lock): nobody; exit status 1, and both answers are kept in the ledger
+    export_onnx(tmp_path / "plain.onnx", LoadedModel(strong_teacher.model, manifest))
+    assert main(["trace", str(tmp_path / "plain.onnx"), *base, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["found"] is False
+    assert [t["licence_id"] for t in Ledger(tmp_path / "l.db").traces()] == [2, None]
+    # errors: another owner's key, a missing ledger, a missing suspect
+    other, _ = OwnerIdentity.generate().save(tmp_path / "other.pem")
+    for args, msg in [(["trace", str(tmp_path / "leak.onnx"), "--ledger", str(tmp_path / "l.db"), "--key",
+                        str(other)], "no DSN licence issued with"),
+                      (["trace", str(tmp_path / "leak.onnx"), "--ledger", str(tmp_path / "no.db"), "--key",
+                        str(key)], "no ledger"),
+                      (["trace", str(tmp_path / "none.onnx"), *base], "does not exist")]:
+        capsys.readouterr()
+        assert main(args) == 2
+        assert msg in capsys.readouterr().err

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from fastapi import Request  # at module level: FastAPI resolves the endpoints' annotations here
 
 from deepserial.artifacts import LoadedModel
 from deepserial.errors import ConfigError, InputError
@@ -122,7 +123,7 @@ def _check(arr: np.ndarray, input_shape: tuple[int, int, int]) -> torch.Tensor:
 def create_app(model: LoadedModel, serial: SerialNumber | None = None, *, raw_inputs: bool = False,
                max_batch: int = DEFAULT_MAX_BATCH, max_body: int = DEFAULT_MAX_BODY) -> Any:
     """The FastAPI application serving ``model`` (see the module docstring for the API)."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse
 
