@@ -207,6 +207,9 @@ def bind(host: str, port: int) -> socket.socket:
         sock = socket.create_server((host, port), reuse_port=False)
     except OSError as e:
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --port") from None
+    # Accepted connections inherit this: without it, a response written as headers then body waits for
+    # the client's delayed ACK (Nagle), ~40 ms on every request on Linux.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
