@@ -42,11 +42,11 @@ OUT = Path(__file__).resolve().parent / "results"
 
 def issue_customer(root: Path, teacher_epochs: int, student_epochs: int, seed: int) -> tuple[Path, str]:
     ident = OwnerIdentity.generate()
-    tr = workflow.train_teacher(DataSpec("mnist5k", seed=seed), TrainConfig(epochs=teacher_epochs, seed=seed,
-                                                                          progress=False))
+    tr = workflow.train_teacher(DataSpec("mnist5k", seed=seed), TrainConfig(epochs=teacher_epochs, batch_size=128,
+                                                                          seed=seed, progress=False))
     save_model(root / "teacher.safetensors", tr.model, tr.manifest)
     issued = workflow.issue(load_model(root / "teacher.safetensors"), ident, "bench",
-                            train=TrainConfig(epochs=student_epochs, seed=seed, progress=False))
+                            train=TrainConfig(epochs=student_epochs, batch_size=128, seed=seed, progress=False))
     workflow.save_issued(issued, root / "customer.safetensors", root / "customer.licence.json", ident)
     return root / "customer.safetensors", issued.product_key
 

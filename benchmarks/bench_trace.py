@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=20)
     ap.add_argument("--unissued", type=int, default=2)
     ap.add_argument("--teacher-epochs", type=int, default=10)
-    ap.add_argument("--student-epochs", type=int, default=10)
+    ap.add_argument("--student-epochs", type=int, default=20)
     ap.add_argument("--fpr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--via-http", action="store_true")
@@ -58,7 +58,8 @@ def main() -> None:
     t_all = time.perf_counter()
     ident = OwnerIdentity.generate()
     data = DataSpec("mnist5k", seed=args.seed)
-    tr = workflow.train_teacher(data, TrainConfig(epochs=args.teacher_epochs, seed=args.seed, progress=False))
+    tr = workflow.train_teacher(data, TrainConfig(epochs=args.teacher_epochs, batch_size=128, seed=args.seed,
+                                                  progress=False))
     teacher = LoadedModel(tr.model, tr.manifest)
     test = data.load().test
     models = []  # (label, true customer or None, path)
@@ -71,7 +72,8 @@ def main() -> None:
             name = f"customer-{i:02d}" if i < args.customers else f"unissued-{i - args.customers}"
             t0 = time.perf_counter()
             iss = workflow.issue(teacher, ident, name,
-                                 train=TrainConfig(epochs=args.student_epochs, seed=args.seed + i, progress=False))
+                                 train=TrainConfig(epochs=args.student_epochs, batch_size=128, seed=args.seed + i,
+                                                   progress=False))
             path = root / f"{name}.safetensors"
             with led.transaction() as tx:
                 man = workflow.save_issued(iss, path, root / f"{name}.licence.json", ident)

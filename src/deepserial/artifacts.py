@@ -209,6 +209,7 @@ def export_onnx(path: str | Path, loaded: LoadedModel, opset: int = 18) -> dict[
 
     The network alone is exported: a customer model still needs its serial number stamped on every
     input (the serial number never goes inside a shipped model)."""
+    import logging
     import tempfile
     import warnings
 
@@ -216,14 +217,20 @@ def export_onnx(path: str | Path, loaded: LoadedModel, opset: int = 18) -> dict[
 
     model = loaded.model.eval().cpu()
     example = torch.zeros(2, *loaded.input_shape)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = Path(tmp) / "model.onnx"
-        batch = torch.export.Dim("batch", min=1)
-        torch.onnx.export(model, (example,), str(out), input_names=["x"], output_names=["logits"],
-                          dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True, verbose=False,
-                          external_data=False)
-        proto = onnx.load(str(out))
+    quiet = logging.getLogger("torch.onnx")  # the exporter warns about torchvision ops it cannot register
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = Path(tmp) / "model.onnx"
+            batch = torch.export.Dim("batch", min=1)
+            torch.onnx.export(model, (example,), str(out), input_names=["x"], output_names=["logits"],
+                              dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True, verbose=False,
+                              external_data=False)
+            proto = onnx.load(str(out))
+    finally:
+        quiet.setLevel(level)
     src = loaded.manifest.get("integrity", {})
     man = {k: v for k, v in loaded.manifest.items() if k != "integrity"}
     man.update(format=ONNX_FORMAT, source_sha256=src.get("sha256"))

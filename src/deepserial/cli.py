@@ -707,8 +707,10 @@ def serve(
             text = serial_file.read_text().strip()
         except OSError as e:
             raise ConfigError(f"cannot read serial file {serial_file}: {e.strerror}") from None
-    else:
+    elif "serial_geometry" in m.manifest:  # the environment's serial number only for a model that takes one
         text = os.environ.get("DEEPSERIAL_SERIAL", "").strip()
+    else:
+        text = ""
     if text and not raw_inputs:
         expect = SerialGeometry.from_dict(m.manifest["serial_geometry"]) if "serial_geometry" in m.manifest else None
         serial = SerialNumber.from_product_key(text, expect=expect)
