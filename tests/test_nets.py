@@ -150,3 +150,44 @@ def test_visible_mask_is_architectural_even_for_a_silent_model() -> None:
     mask = visible_mask(silent, (1, 28, 28))
     assert torch.equal(torch.rand(3), before)
     assert torch.equal(mask, visible_mask(live, (1, 28, 28))) and mask.sum() > 500 and not mask[27].any()
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "classes", "feature_dim", "n_conv"),
+    [
+        ("null_digit", (1, 28, 28), 10, 512, 2),       # null embedding Table 10
+        ("null_traffic", (3, 48, 48), 43, 512, 6),     # Table 12 (GTSRB at 48x48)
+        ("null_traffic", (3, 32, 32), 10, 512, 6),     # Table 13 (CIFAR-10)
+        ("deepid", (3, 55, 47), 1283, 160, 4),         # Table 11 (YouTube Faces, DeepID's 55x47 input)
+        ("vgg16", (3, 32, 32), 10, 512, 13),           # DSN's Pubfig net: 13 conv + 3 dense
+        ("resnet18", (3, 32, 32), 10, 512, 17 + 3),    # 1 stem + 16 block convs (+ 3 projection shortcuts)
+    ],
+)
+def test_larger_networks_of_the_papers(name: str, shape: tuple[int, int, int], classes: int, feature_dim: int,
+                                       n_conv: int) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, shape, classes)
+    assert model.feature_dim == feature_dim
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == n_conv
+    model.eval()
+    x = torch.rand(2, *shape)
+    with torch.no_grad():
+        feats, out = model.features(x), model(x)
+    assert feats.shape == (2, feature_dim) and out.shape == (2, classes)
+    assert torch.equal(out, model.classifier(feats))
+    # every pixel reaches the output, so a serial number can go anywhere (padded or fully covered convs)
+    assert bool(visible_mask(model, shape).all())
+
+
+def test_deepid_merges_two_scales() -> None:
+    torch.manual_seed(0)
+    model = create_model("deepid", (3, 55, 47), 10)
+    f = model.features
+    assert f.fc1.out_features == f.fc2.out_features == 160
+    assert f.fc1.in_features == 60 * 5 * 4 and f.fc2.in_features == 80 * 4 * 3
+
+
+@pytest.mark.parametrize(("name", "shape"), [("deepid", (1, 16, 16)), ("vgg16", (3, 28, 28))])
+def test_larger_networks_refuse_too_small_inputs(name: str, shape: tuple[int, int, int]) -> None:
+    with pytest.raises(ConfigError, match="too small"):
+        create_model(name, shape, 10)
