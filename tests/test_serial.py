@@ -16,6 +16,7 @@ from deepserial.serial import (
     SerialGeometry,
     SerialNumber,
     bits_from_strings,
+    scale_for,
     stamp,
     stamp_many,
 )
@@ -462,3 +463,51 @@ def test_as_tensor(sn: SerialNumber) -> None:
     t = sn.as_tensor()
     assert t.dtype == torch.float32 and t.shape == (4, 4)
     assert np.array_equal(t.numpy(), sn.bits)
+
+
+# ------------------------------------------------------------------------------------------------ scaling
+@pytest.mark.parametrize(("side", "scale"), [(28, 1), (32, 1), (48, 1), (95, 1), (96, 2), (224, 4), (512, 10)])
+def test_scale_for_meets_the_papers_sizes(side: int, scale: int) -> None:
+    # null embedding §9: 6x6 at 32-48 pixels, 24x24 pixels (6 bits x 4) at ImageNet's 224
+    assert scale_for((3, side, side)) == scale
+
+
+def test_scaled_stamp_covers_scale_squared_pixels_per_bit() -> None:
+    g = SerialGeometry(2, 3, 4, 5, scale=3)
+    assert (g.pixel_height, g.pixel_width) == (6, 9)
+    bits = bits_from_strings(["101", "010"])
+    x = torch.full((2, 3, 16, 16), 0.5)
+    out = stamp(x, g, bits)
+    rows, cols = g.region()
+    want = torch.from_numpy(bits).float().repeat_interleave(3, 0).repeat_interleave(3, 1)
+    for c in range(3):
+        assert torch.equal(out[0, c, rows, cols], want)
+    mask = torch.ones(16, 16, dtype=torch.bool)
+    mask[rows, cols] = False
+    assert torch.equal(out[:, :, mask], x[:, :, mask])  # nothing outside the scaled pattern changes
+
+
+def test_scaled_geometry_must_fit_in_pixels() -> None:
+    g = SerialGeometry(6, 6, 10, 10, scale=4)  # 24x24 pixels from (10, 10)
+    g.check_fits((3, 34, 34))
+    with raises(GeometryError, match="24x24-pixel"):
+        g.check_fits((3, 33, 40))
+    with raises(GeometryError, match="scale"):
+        SerialGeometry(6, 6, 0, 0, scale=0)
+
+
+def test_scaled_product_key_roundtrips_and_unscaled_keys_stay_version_1() -> None:
+    rng = np.random.default_rng(0)
+    plain = random_sn(SerialGeometry(6, 6, 20, 20), rng)
+    scaled = SerialNumber(SerialGeometry(6, 6, 190, 190, scale=4), plain.bits)
+    assert SerialNumber.from_product_key(scaled.to_product_key()) == scaled
+    assert SerialNumber.from_product_key(plain.to_product_key()) == plain
+    assert plain.to_product_key()[:2] != scaled.to_product_key()[:2]  # the version byte differs
+    assert "scale" not in plain.geometry.to_dict()  # scale-1 manifests read exactly as before
+    assert SerialGeometry.from_dict(scaled.geometry.to_dict()) == scaled.geometry
+    with raises(SerialNumberError, match="expects"):
+        SerialNumber.from_product_key(scaled.to_product_key(), expect=plain.geometry)
+    key = strip(scaled.to_product_key())
+    typo = key[:-3] + ("0" if key[-3] != "0" else "1") + key[-2:]
+    with raises(SerialNumberError, match="checksum"):
+        SerialNumber.from_product_key(typo)

@@ -13,7 +13,9 @@ channels it covers). It can be
 - surrounded by the wrong keys an evaluation needs: random ones and all Hamming-1/2 neighbours.
 
 Product key format (decided here; the paper has none): the bytes ``version, h, w, top, left,
-channel mask`` then the bits packed MSB-first, then the first two bytes of SHA-256 of all that as a
+channel mask`` (version 2 adds ``scale``, the pixels per bit side, for patterns up-scaled to large
+inputs; a scale-1 key stays version 1, so every key issued before scaling existed still parses) then
+the bits packed MSB-first, then the first two bytes of SHA-256 of all that as a
 checksum; encoded in Crockford base32 (digits and letters without I, L, O, U, case-insensitive,
 O read as 0 and I/L as 1) in hyphen-separated groups of five. A typo is caught by the checksum with
 probability 1 - 2^-16 instead of silently running the model with a wrong key.
@@ -37,7 +39,9 @@ from deepserial.identity import derive
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
 _DECODE = {c: i for i, c in enumerate(_ALPHABET)} | {"O": 0, "I": 1, "L": 1}
 _VERSION = 1
+_VERSION_SCALED = 2
 _HEADER = 6
+_HEADERS = {_VERSION: _HEADER, _VERSION_SCALED: _HEADER + 1}
 _CHECK = 2
 _GROUP = 5
 
@@ -45,13 +49,20 @@ _GROUP = 5
 @dataclass(frozen=True)
 class SerialGeometry:
     """Where and how big a serial number is: ``height x width`` bits with its top-left pixel at
-    ``(top, left)``, on the listed channels (empty tuple = every channel, the default)."""
+    ``(top, left)``, on the listed channels (empty tuple = every channel, the default).
+
+    ``scale`` is the side, in pixels, of the square each bit covers (default 1). DSN §3.2: "SN bit
+    patterns would up-scale proportionally when deploying DNN systems to target high-resolution
+    images"; a scaled pattern keeps its bits (and so its product key and every false-positive
+    analysis) and grows in pixels (:func:`scale_for`).
+    """
 
     height: int
     width: int
     top: int
     left: int
     channels: tuple[int, ...] = ()
+    scale: int = 1
 
     def __post_init__(self) -> None:
         if not (1 <= self.height <= 255 and 1 <= self.width <= 255):
@@ -60,34 +71,69 @@ class SerialGeometry:
             raise GeometryError(f"serial number position ({self.top},{self.left}) must be 0..255")
         if any(not 0 <= c < 8 for c in self.channels) or len(set(self.channels)) != len(self.channels):
             raise GeometryError(f"channels {self.channels} must be distinct indices 0..7 (empty = all)")
+        if not 1 <= self.scale <= 32:
+            raise GeometryError(f"serial number scale {self.scale} must be 1..32 pixels per bit side")
 
     @property
     def nbits(self) -> int:
         return self.height * self.width
 
+    @property
+    def pixel_height(self) -> int:
+        return self.height * self.scale
+
+    @property
+    def pixel_width(self) -> int:
+        return self.width * self.scale
+
+    def region(self) -> tuple[slice, slice]:
+        """The (rows, columns) of the input the pattern covers, in pixels."""
+        return slice(self.top, self.top + self.pixel_height), slice(self.left, self.left + self.pixel_width)
+
+    def upsample(self, bits: torch.Tensor) -> torch.Tensor:
+        """Bits (..., h, w) as the pixels they cover (..., h * scale, w * scale)."""
+        if self.scale == 1:
+            return bits
+        return bits.repeat_interleave(self.scale, dim=-2).repeat_interleave(self.scale, dim=-1)
+
     def check_fits(self, input_shape: Sequence[int]) -> None:
         """Raise unless the pattern lies inside an input of shape (C, H, W)."""
         c, h, w = input_shape
-        if self.top + self.height > h or self.left + self.width > w:
+        if self.top + self.pixel_height > h or self.left + self.pixel_width > w:
             raise GeometryError(
-                f"a {self.height}x{self.width} serial number at ({self.top},{self.left}) does not fit "
-                f"a {h}x{w} input; choose a smaller size or another position"
+                f"a {self.pixel_height}x{self.pixel_width}-pixel serial number at ({self.top},{self.left}) does "
+                f"not fit a {h}x{w} input; choose a smaller size or another position"
             )
         if any(ch >= c for ch in self.channels):
             raise GeometryError(f"serial number channels {self.channels} do not exist in a {c}-channel input")
 
     def to_dict(self) -> dict[str, object]:
-        return {"height": self.height, "width": self.width, "top": self.top, "left": self.left,
-                "channels": list(self.channels)}
+        d: dict[str, object] = {"height": self.height, "width": self.width, "top": self.top, "left": self.left,
+                                "channels": list(self.channels)}
+        if self.scale != 1:  # scale-1 geometries read and hash exactly as before scaling existed
+            d["scale"] = self.scale
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> SerialGeometry:
         return cls(int(d["height"]), int(d["width"]), int(d["top"]), int(d["left"]),
-                   tuple(int(c) for c in d.get("channels", ())))
+                   tuple(int(c) for c in d.get("channels", ())), int(d.get("scale", 1)))
 
     def describe(self) -> str:
         ch = "all channels" if not self.channels else f"channels {list(self.channels)}"
-        return f"{self.height}x{self.width} at ({self.top},{self.left}), {ch}"
+        px = f" (each bit {self.scale}x{self.scale} pixels)" if self.scale != 1 else ""
+        return f"{self.height}x{self.width}{px} at ({self.top},{self.left}), {ch}"
+
+
+def scale_for(input_shape: Sequence[int]) -> int:
+    """Pixels per bit side for an input of shape (C, H, W): ``max(1, min(H, W) // 48)``.
+
+    The rule is chosen to meet both sizes the papers give: a 6x6 pattern at 32-48 pixels (null
+    embedding §9, as on MNIST's 28) and 24x24 pixels at ImageNet's 224 (6 bits x 4), i.e. the pattern
+    grows in proportion to the input (DSN §3.2).
+    """
+    _, h, w = (int(s) for s in input_shape)
+    return max(1, min(h, w) // 48)
 
 
 @dataclass(frozen=True)
@@ -141,6 +187,8 @@ class SerialNumber:
         g = self.geometry
         mask = sum(1 << c for c in g.channels)
         payload = bytes([_VERSION, g.height, g.width, g.top, g.left, mask])
+        if g.scale != 1:
+            payload = bytes([_VERSION_SCALED]) + payload[1:] + bytes([g.scale])
         payload += np.packbits(self.bits.reshape(-1)).tobytes()
         payload += hashlib.sha256(payload).digest()[:_CHECK]
         chars = _b32encode(payload)
@@ -163,13 +211,16 @@ class SerialNumber:
             raise SerialNumberError(
                 f"product key has {len(chars)} characters, at least {min_chars} expected; it is incomplete"
             )
-        head = _b32decode(chars[: math.ceil(_HEADER * 8 / 5)])[:_HEADER]
-        version, h, w, top, left, mask = head
-        if version != _VERSION:
-            raise SerialNumberError(f"product key version {version} is not supported (this is v{_VERSION})")
+        version = _b32decode(chars[:2])[0]
+        if version not in _HEADERS:
+            raise SerialNumberError(f"product key version {version} is not supported (this is v1-v{_VERSION_SCALED})")
+        header = _HEADERS[version]
+        head = _b32decode(chars[: math.ceil(header * 8 / 5)])[:header]
+        _, h, w, top, left, mask = head[:6]
+        scale = head[6] if version == _VERSION_SCALED else 1
         if h == 0 or w == 0:
             raise SerialNumberError("product key is corrupt (zero-sized serial number); check for a typo")
-        nbytes = _HEADER + (h * w + 7) // 8 + _CHECK
+        nbytes = header + (h * w + 7) // 8 + _CHECK
         want = math.ceil(nbytes * 8 / 5)
         if len(chars) != want:
             raise SerialNumberError(
@@ -184,10 +235,10 @@ class SerialNumber:
             raise SerialNumberError("product key checksum does not match; check for a typo")
         channels = tuple(c for c in range(8) if mask >> c & 1)
         try:
-            geometry = SerialGeometry(h, w, top, left, channels)
+            geometry = SerialGeometry(h, w, top, left, channels, scale)
         except Exception as e:
             raise SerialNumberError(f"product key encodes an invalid geometry: {e}") from None
-        bits = np.unpackbits(np.frombuffer(payload[_HEADER:], dtype=np.uint8))[: h * w].reshape(h, w)
+        bits = np.unpackbits(np.frombuffer(payload[header:], dtype=np.uint8))[: h * w].reshape(h, w)
         sn = cls(geometry, bits)
         if expect is not None and geometry != expect:
             raise SerialNumberError(
@@ -253,10 +304,10 @@ def stamp(
     if b.shape[-2:] != (geometry.height, geometry.width) or b.shape[0] not in (1, x.shape[0]):
         raise GeometryError(f"bits of shape {tuple(b.shape)} do not match geometry {geometry.describe()}")
     lo, hi = values
-    patch = (lo + (hi - lo) * b).unsqueeze(1)  # (N|1, 1, h, w)
-    out = x.clone()
     g = geometry
-    rows, cols = slice(g.top, g.top + g.height), slice(g.left, g.left + g.width)
+    patch = g.upsample(lo + (hi - lo) * b).unsqueeze(1)  # (N|1, 1, h * scale, w * scale)
+    out = x.clone()
+    rows, cols = g.region()
     if g.channels:
         for c in g.channels:
             out[:, c: c + 1, rows, cols] = patch

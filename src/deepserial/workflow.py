@@ -26,7 +26,7 @@ from deepserial.identity import OwnerIdentity, VerifierString, atomic_write
 from deepserial.nets import SplitNet, check_visible, create_model
 from deepserial.report import environment
 from deepserial.schemes import dsn
-from deepserial.serial import SerialGeometry, SerialNumber, stamp
+from deepserial.serial import SerialGeometry, SerialNumber, scale_for, stamp
 from deepserial.training import TrainConfig, TrainLog, accuracy, fit, seed_everything, supervised_loss
 
 LICENCE_FORMAT = "deepserial-licence/1"
@@ -127,14 +127,17 @@ class Issued:
 
 
 def choose_geometry(model: SplitNet, input_shape: tuple[int, int, int], size: tuple[int, int],
-                    position: tuple[int, int] | None, margin: int | None = None) -> SerialGeometry:
+                    position: tuple[int, int] | None, margin: int | None = None,
+                    scale: int | None = None) -> SerialGeometry:
     """The serial-number geometry: an explicit position (checked against the visible field) or the
-    default corner inside the visible field."""
+    default corner inside the visible field. ``scale`` (pixels per bit side) defaults to
+    :func:`deepserial.serial.scale_for` of the input: 1 up to 95 pixels, so MNIST-size keys are unscaled."""
+    scale = scale_for(input_shape) if scale is None else int(scale)
     if position is None:
         if margin is None:
             margin = 3 if size[0] * size[1] <= 9 else 0
-        return dsn.default_geometry(model, input_shape, size[0], size[1], margin)
-    g = SerialGeometry(size[0], size[1], position[0], position[1])
+        return dsn.default_geometry(model, input_shape, size[0], size[1], margin * scale, scale)
+    g = SerialGeometry(size[0], size[1], position[0], position[1], scale=scale)
     check_visible(model, g, input_shape)
     return g
 
@@ -150,6 +153,7 @@ def issue(
     config: dsn.DSNConfig | None = None,
     train: TrainConfig | None = None,
     arch: str | None = None,
+    scale: int | None = None,
 ) -> Issued:
     """Sign a verifier string for ``customer``, derive its serial number and distil a customer model.
 
@@ -164,7 +168,7 @@ def issue(
     arch = arch or teacher.manifest["arch"]
     seed_everything(train.seed)  # initial weights too, not only the training order
     student = create_model(arch, shape, int(teacher.manifest["num_classes"]))
-    geometry = choose_geometry(student, shape, size, position)
+    geometry = choose_geometry(student, shape, size, position, scale=scale)
     verifier = VerifierString.now(owner_id or identity.fingerprint(), customer, dsn.SCHEME)
     signature = identity.sign(verifier)
     serial = SerialNumber.from_signature(signature, geometry)

@@ -41,7 +41,7 @@ from deepserial.schemes.null_embedding import (
     transform,
     visible_field,
 )
-from deepserial.serial import SerialNumber
+from deepserial.serial import SerialNumber, scale_for
 from deepserial.training import EpochCallback, TrainConfig, TrainLog, fit
 
 #: §7.1: the attacker has at most 5,000 training images.
@@ -70,7 +70,7 @@ def pirate_watermark(pirate: bytes, model: SplitNet, input_shape: tuple[int, int
     (made by :func:`pirate_signature`), to measure the pirate's null / true accuracy afterwards."""
     cfg = _config(config)
     return transform(pirate, input_shape, num_classes, cfg.pattern_size, visible_field(model, input_shape),
-                     (cfg.lam_min, cfg.lam_max))
+                     (cfg.lam_min, cfg.lam_max), cfg.pixels_per_bit or scale_for(input_shape))
 
 
 def pirate_null_embedding(

@@ -165,10 +165,10 @@ def reverse_engineer(model: SplitNet, data: TensorData, cfg: SerialSearchConfig,
 def _stamp_soft(x: torch.Tensor, g: SerialGeometry, proxy: torch.Tensor) -> torch.Tensor:
     """Write a continuous pattern in [0, 1] into the serial number's region (differentiable)."""
     out = x.clone()
-    rows, cols = slice(g.top, g.top + g.height), slice(g.left, g.left + g.width)
+    rows, cols = g.region()
     chans = list(g.channels) or list(range(x.shape[1]))
     for ch in chans:
-        out[:, ch, rows, cols] = proxy
+        out[:, ch, rows, cols] = g.upsample(proxy)
     return out
 
 

@@ -245,8 +245,10 @@ def ring_mask(geometry: SerialGeometry, height: int, width: int, band: int = 2) 
     the pixels a convolution sees together with the pattern's border bits."""
     m = torch.zeros(height, width, dtype=torch.bool)
     t, left = geometry.top, geometry.left
-    m[max(0, t - band): t + geometry.height + band, max(0, left - band): left + geometry.width + band] = True
-    m[t: t + geometry.height, left: left + geometry.width] = False
+    band *= geometry.scale  # the frame grows with the pattern (a convolution sees more pixels per bit)
+    m[max(0, t - band): t + geometry.pixel_height + band,
+      max(0, left - band): left + geometry.pixel_width + band] = True
+    m[geometry.region()] = False
     return m
 
 
@@ -272,20 +274,22 @@ def train_student(
 
 
 def default_geometry(model: nn.Module, input_shape: tuple[int, int, int], height: int, width: int,
-                     margin: int = 0) -> SerialGeometry:
+                     margin: int = 0, scale: int = 1) -> SerialGeometry:
     """A pattern in the bottom-right corner of what the network can see, ``margin`` pixels inside.
 
     The corner disturbs the task least (DSN §2.2: "less important position such as corners"), and
-    the visible field, not the raw image size, is what decides which corner is real.
+    the visible field, not the raw image size, is what decides which corner is real. ``scale``:
+    pixels per bit side (:func:`deepserial.serial.scale_for`).
     """
     mask = visible_mask(model, input_shape)
     rows = torch.nonzero(mask.any(1)).flatten()
     cols = torch.nonzero(mask.any(0)).flatten()
-    top = int(rows.max()) - margin - height + 1
-    left = int(cols.max()) - margin - width + 1
+    top = int(rows.max()) - margin - height * scale + 1
+    left = int(cols.max()) - margin - width * scale + 1
     if top < int(rows.min()) or left < int(cols.min()):
-        raise GeometryError(f"a {height}x{width} serial number does not fit the network's visible field")
-    g = SerialGeometry(height, width, top, left)
+        raise GeometryError(f"a {height}x{width} serial number (x{scale} pixels per bit) does not fit the "
+                            "network's visible field; choose a smaller size")
+    g = SerialGeometry(height, width, top, left, scale=scale)
     check_visible(model, g, input_shape)
     return g
 

@@ -67,7 +67,7 @@ from deepserial.errors import ConfigError, GeometryError, IdentityError, InputEr
 from deepserial.identity import derive, derive_rng
 from deepserial.nets import SplitNet, check_visible, visible_mask
 from deepserial.schemes.base import OwnershipKey, Provenance, Scheme, Verdict, register_scheme
-from deepserial.serial import SerialGeometry, stamp
+from deepserial.serial import SerialGeometry, scale_for, stamp
 from deepserial.suspect import Suspect
 from deepserial.training import Batch, BatchLoss, LossOut, TrainConfig, TrainLog, fit
 
@@ -95,6 +95,8 @@ class NullEmbeddingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pattern_size: int = Field(6, ge=1, le=255, description="side n of the n x n pattern (§9: 6 x 6)")
+    pixels_per_bit: int = Field(0, ge=0, le=32, description="pixels per pattern bit side; 0: from the input size "
+                                "(§9: 6 x 6 at 32-48 px, 24 x 24 pixels at 224; deepserial.serial.scale_for)")
     lam_min: int = Field(2000, ge=1, description="smallest extreme value lambda (§7.1: 2000)")
     lam_max: int = Field(3000, ge=1, description="largest extreme value lambda (Algorithm 2 derives it)")
     ratio_true: float = Field(0.5, ge=0, le=8, description="true-embedding samples per normal sample (Table 14)")
@@ -154,20 +156,21 @@ def _uint(signature: bytes, tag: str) -> int:
 
 
 def transform(signature: bytes, input_shape: Sequence[int], num_classes: int, pattern_size: int = 6,
-              field: Field4 | None = None, lam_range: tuple[int, int] = (2000, 3000)) -> Watermark:
+              field: Field4 | None = None, lam_range: tuple[int, int] = (2000, 3000), scale: int = 1) -> Watermark:
     """Algorithm 2: the ownership watermark defined by ``signature``.
 
     ``bits`` (n x n) from the tag ``null_embedding/bits``; the top-left corner from
     ``null_embedding/position``, uniform over the positions where the square lies inside ``field``
     (default: the whole image; :func:`visible_field` gives the part a network can see); ``y_W`` from
     ``null_embedding/true-label`` modulo ``num_classes``; ``lambda`` from ``null_embedding/lambda``,
-    an integer in ``lam_range`` (inclusive). Deterministic: the same inputs give the same watermark on
-    every machine.
+    an integer in ``lam_range`` (inclusive). ``scale``: pixels per bit side (§9's larger patterns on
+    larger inputs). Deterministic: the same inputs give the same watermark on every machine.
     """
     if not signature:
         raise IdentityError("empty signature: sign a verifier string with the owner's key first")
     c, h, w = (int(v) for v in input_shape)
     n = int(pattern_size)
+    px = n * int(scale)
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
     lo, hi = int(lam_range[0]), int(lam_range[1])
@@ -176,9 +179,9 @@ def transform(signature: bytes, input_shape: Sequence[int], num_classes: int, pa
     r0, r1, c0, c1 = field if field is not None else (0, h - 1, 0, w - 1)
     if not (0 <= r0 <= r1 < h and 0 <= c0 <= c1 < w):
         raise GeometryError(f"field rows {r0}-{r1}, columns {c0}-{c1} is not inside a {h}x{w} input")
-    n_rows, n_cols = r1 - r0 + 2 - n, c1 - c0 + 2 - n  # possible top rows / left columns
+    n_rows, n_cols = r1 - r0 + 2 - px, c1 - c0 + 2 - px  # possible top rows / left columns
     if n < 1 or n_rows < 1 or n_cols < 1:
-        raise GeometryError(f"a {n}x{n} pattern does not fit rows {r0}-{r1}, columns {c0}-{c1} of the input; "
+        raise GeometryError(f"a {px}x{px}-pixel pattern does not fit rows {r0}-{r1}, columns {c0}-{c1} of the input; "
                             "choose a smaller pattern_size")
     pos = derive(signature, TAG_POSITION, 32)
     top = r0 + int.from_bytes(pos[:16], "big") % n_rows
@@ -187,7 +190,7 @@ def transform(signature: bytes, input_shape: Sequence[int], num_classes: int, pa
     bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[: n * n].reshape(n, n).astype(np.uint8)
     y_w = _uint(signature, TAG_LABEL) % int(num_classes)
     lam = float(lo + _uint(signature, TAG_LAMBDA) % (hi - lo + 1))
-    return Watermark(SerialGeometry(n, n, top, left), bits, int(y_w), lam)
+    return Watermark(SerialGeometry(n, n, top, left, scale=int(scale)), bits, int(y_w), lam)
 
 
 def visible_field(model: nn.Module, input_shape: Sequence[int]) -> Field4:
@@ -313,7 +316,8 @@ class NullEmbeddingScheme(Scheme):
             out = _outputs(model, shape)
             if out != num_classes:
                 raise ConfigError(f"the network has {out} outputs but num_classes={num_classes}")
-        wm = transform(signature, shape, num_classes, cfg.pattern_size, field, (cfg.lam_min, cfg.lam_max))
+        scale = cfg.pixels_per_bit or scale_for(shape)
+        wm = transform(signature, shape, num_classes, cfg.pattern_size, field, (cfg.lam_min, cfg.lam_max), scale)
         if model is not None:
             check_visible(model, wm.geometry, shape)
         rng = derive_rng(signature, TAG_VERIFY_IMAGES)
@@ -324,6 +328,7 @@ class NullEmbeddingScheme(Scheme):
             "input_shape": list(shape),
             "num_classes": int(num_classes),
             "pattern_size": cfg.pattern_size,
+            "pixels_per_bit": scale,
             "field": list(field),
             "lam_range": [cfg.lam_min, cfg.lam_max],
             "geometry": wm.geometry.to_dict(),
@@ -348,7 +353,7 @@ class NullEmbeddingScheme(Scheme):
             field = tuple(int(v) for v in m["field"])
             lam_range = (int(m["lam_range"][0]), int(m["lam_range"][1]))
             wm = transform(signature, shape, int(m["num_classes"]), int(m["pattern_size"]),
-                           field, lam_range)  # type: ignore[arg-type]
+                           field, lam_range, int(m.get("pixels_per_bit", 1)))  # type: ignore[arg-type]
             stored = Watermark(SerialGeometry.from_dict(m["geometry"]),
                                key.tensor("bits").cpu().numpy().astype(np.uint8), int(m["y_w"]), float(m["lam"]))
         except (KeyError, TypeError, ValueError, IndexError):
