@@ -6,6 +6,7 @@ no command leaves a partial output file behind (outputs are written atomically, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -32,7 +33,10 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Seed = Annotated[int, typer.Option(help="Random seed of training and evaluation.")]
 SplitSeed = Annotated[int, typer.Option(help="Seed of the owner/attacker/test split.")]
 Limit = Annotated[int | None, typer.Option(help="Use only this many training samples.")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N (under torchrun: auto/cuda = this rank's GPU).")]
+Precision = Annotated[str, typer.Option(help="auto (bf16 autocast on a CUDA GPU, fp32 on CPU), fp32 or bf16.")]
+Checkpoint = Annotated[Path | None, typer.Option(
+    help="Save the training state here after every epoch and resume from it (any number of processes).")]
 
 
 def _passphrase(env: str | None) -> str | None:
@@ -89,6 +93,8 @@ def teacher(
     split_seed: SplitSeed = 0,
     limit: Limit = None,
     device: Device = "auto",
+    precision: Precision = "auto",
+    checkpoint: Checkpoint = None,
     quiet: Quiet = False,
     force: bool = False,
 ) -> None:
@@ -100,7 +106,7 @@ def teacher(
     _refuse_overwrite(out, force=force)
     t = train_teacher(DataSpec(dataset, split_seed, limit=limit),
                       TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                                  progress=not quiet), arch)
+                                  precision=precision, checkpoint=checkpoint, progress=not quiet), arch)
     save_model(out, t.model, t.manifest)
     typer.echo(f"teacher: test accuracy {t.manifest['test_acc']:.2f}% on {len(t.splits.test)} images, "
                f"{t.log.wall_s:.1f} s; wrote {out}")
@@ -117,11 +123,17 @@ def issue(
     owner_id: Annotated[str | None, typer.Option(help="Owner name in the verifier string.")] = None,
     size: Annotated[str, typer.Option(help="Serial-number size HxW (default 6x6 = 36 bits; paper 3x3).")] = "6x6",
     position: Annotated[str, typer.Option(help="'auto' (inside the visible field) or ROW,COL.")] = "auto",
+    pixels_per_bit: Annotated[str, typer.Option(
+        help="Pixels per bit side: 'auto' (1 up to 95-pixel inputs, 4 at 224: the pattern grows with the "
+             "input, DSN §3.2) or N.")] = "auto",
     mode: Annotated[str, typer.Option(help="default (rejects wrong/near keys) or paper (GRL head only).")] =
     "default",
     epochs: int = 30,
     batch_size: int = 128,
     seed: Seed = 0,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    checkpoint: Checkpoint = None,
     passphrase_env: Annotated[str | None, typer.Option(help="Env variable holding the key's passphrase.")] = None,
     ledger: Annotated[Path | None, typer.Option(help="Record the licence in this ledger (SQLite; created if "
                                                 "missing).")] = None,
@@ -148,14 +160,19 @@ def issue(
     seal = _secret_env(seal_passphrase_env, "ledger passphrase") if seal_passphrase_env else None
     if ledger is None and seal is not None:
         raise ConfigError("--seal-passphrase-env needs --ledger: the sealed signature is kept in the ledger")
-    led = _open_ledger(ledger) if ledger is not None else None  # a bad ledger is refused before training
+    from deepserial.distributed import is_main_process
+
+    scale = _pixels_per_bit(pixels_per_bit)
+    # a bad ledger is refused before training; under torchrun only rank 0 opens it (one row per licence)
+    led = _open_ledger(ledger) if ledger is not None and is_main_process() else None
     if led is not None and ident.algorithm != "ed25519" and seal is None:
         raise ConfigError("an RSA owner key signs non-deterministically: give --seal-passphrase-env so the ledger "
                           "can re-derive this serial number for tracing")
     t = load_model(teacher_path)
     cfg, train = _dsn_config(mode, epochs, batch_size, seed, quiet)
+    train = dataclasses.replace(train, device=device, precision=precision, checkpoint=checkpoint)
     issued = do_issue(t, ident, customer, owner_id=owner_id, size=parse_size(size), position=parse_position(position),
-                      config=cfg, train=train)
+                      config=cfg, train=train, scale=scale)
     if led is None:
         save_issued(issued, out, licence, ident)
     else:
@@ -163,6 +180,18 @@ def issue(
     typer.echo(f"customer model: {out}\nlicence record (owner only, secret): {licence}\n"
                f"serial number: {issued.serial.geometry.describe()}")
     typer.echo(f"product key for {customer} (shown once): {issued.product_key}")
+
+
+def _pixels_per_bit(text: str) -> int | None:
+    if text in ("", "auto"):
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 32:
+        raise ConfigError(f"--pixels-per-bit {text!r} must be 'auto' or a whole number 1..32")
+    return n
 
 
 def _secret_env(name: str, what: str) -> str:
@@ -515,14 +544,33 @@ def reproduce_dsn(
     out: Annotated[Path, typer.Option("--out", "-o", help="Reports folder.")] = Path("reports"),
     runs: Annotated[str | None, typer.Option(help="Re-run only these configurations (comma-separated, e.g. "
                                              "default-6x6) and merge them into the existing report.")] = None,
+    arch: Annotated[str | None, typer.Option(help="Network, for a path to your data (e.g. dsn_gtsrb for 32x32 "
+                                             "colour).")] = None,
+    teacher_epochs: Annotated[int | None, typer.Option(help="For a path to your data (default 10).")] = None,
+    student_epochs: Annotated[int | None, typer.Option(help="For a path to your data (default 20).")] = None,
+    n_wrong: Annotated[int | None, typer.Option(help="Random wrong serial numbers (default 1000).")] = None,
+    pixels_per_bit: Annotated[str, typer.Option(help="For a path to your data: 'auto' or N.")] = "auto",
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
-    """DSN Table 2 (accuracy with / without the serial number) beside ours, with wrong and near keys."""
-    from deepserial.experiments.dsn import run
+    """DSN Table 2 (accuracy with / without the serial number) beside ours, with wrong and near keys.
+
+    --dataset also takes a path to your data (IDX, CIFAR pickles, class folders, .npz): the default
+    36-bit recipe runs on it with --arch and the epochs given, into reports/dsn_<folder name>.*."""
+    from deepserial.experiments.dsn import CONFIGS, path_config, run
 
     only = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
-    paths = run(dataset, out, seed=seed, progress=not quiet, only=only)
+    custom = {"arch": arch, "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "n_wrong": n_wrong,
+              "pixels_per_bit": _pixels_per_bit(pixels_per_bit)}
+    config = None
+    if dataset not in CONFIGS:
+        config = path_config(dataset, **custom)
+    elif any(v is not None for v in custom.values()):
+        raise ConfigError(f"--arch, --teacher-epochs, --student-epochs, --n-wrong and --pixels-per-bit are for a "
+                          f"path to your data; {dataset} has its fixed reproduction settings")
+    command = "deepserial reproduce dsn --dataset " + dataset + "".join(
+        f" --{k.replace('_', '-')} {v}" for k, v in custom.items() if v is not None)
+    paths = run(dataset, out, seed=seed, progress=not quiet, only=only, config=config, command=command)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
@@ -772,6 +820,26 @@ def onnx_parity(m, onnx_path: Path) -> tuple[float, int, int]:  # noqa: ANN001 (
     return float(abs(ref - got).max()), int((ref.argmax(1) == got.argmax(1)).sum()), len(x)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Data sets: write the stand-in data the tests and reports use.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("cifar-digits")
+def data_cifar_digits(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the CIFAR-10 style pickles.")] = Path(
+        "cifar-digits"),
+    seed: Seed = 0,
+    force: bool = False,
+) -> None:
+    """Write mnist5k's 5,000 real digits as 32x32 colour images in CIFAR-10's python-pickle layout
+    (a stand-in for 32x32x3 data where CIFAR-10 / GTSRB cannot be fetched)."""
+    from deepserial.data.synthetic import write_cifar_digits
+
+    _refuse_overwrite(out / "data_batch_1", out / "test_batch", force=force)
+    write_cifar_digits(out, seed=seed)
+    typer.echo(f"wrote {out}/data_batch_1 (4,000 images), {out}/test_batch (1,000), {out}/batches.meta")
+
+
 @app.command()
 def info(model: Annotated[Path, typer.Argument(help="Model file.")]) -> None:
     """Print a model file's verified manifest (no secrets are stored in it)."""
@@ -792,11 +860,38 @@ def models() -> None:
         typer.echo(f"dataset  {k:12s} {v}")
 
 
+# Commands that serve, trace or keep the ledger run in one process; under torchrun they are refused.
+_SINGLE_PROCESS = {"serve", "trace", "ledger", "export"}
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the command, turning user errors into one line and exit status 2."""
+    """Entry point: run the command, turning user errors into one line and exit status 2.
+
+    Under torchrun (``torchrun --nproc_per_node N -m deepserial ...``) the process first joins the
+    process group (:mod:`deepserial.distributed`); only rank 0 prints.
+    """
+    from deepserial import distributed
+
+    args = list(sys.argv[1:] if argv is None else argv)
     cmd = typer.main.get_command(app)
     try:
-        rc = cmd.main(args=argv, prog_name="deepserial", standalone_mode=False)
+        if distributed.launched():
+            if args and args[0] in _SINGLE_PROCESS:
+                raise ConfigError(f"`deepserial {args[0]}` runs in one process; start it without torchrun")
+            distributed.init_from_env(_option(args, "--device"))
+            if not distributed.is_main_process():
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+        rc = cmd.main(args=args, prog_name="deepserial", standalone_mode=False)
+        distributed.shutdown()
     except DeepSerialError as e:
         typer.echo(f"deepserial: error: {e}", err=True)
         return e.exit_code

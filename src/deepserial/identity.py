@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
+from deepserial import distributed
 from deepserial.errors import IdentityError
 
 Algorithm = Literal["ed25519", "rsa"]
@@ -49,8 +50,21 @@ class VerifierString:
 
     @classmethod
     def now(cls, owner: str, customer: str, scheme: str) -> VerifierString:
-        """A verifier string stamped with the current UTC time."""
-        ts = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+        """A verifier string stamped with the current UTC time (rank 0's, under torchrun).
+
+        ``SOURCE_DATE_EPOCH`` (the reproducible-builds convention: seconds since 1970), when set,
+        replaces the clock, so that a re-run with the same seed issues the same serial number.
+        """
+        epoch = os.environ.get("SOURCE_DATE_EPOCH")
+        if epoch:
+            try:
+                when = datetime.fromtimestamp(int(epoch), timezone.utc)
+            except (ValueError, OverflowError, OSError):
+                raise IdentityError(f"SOURCE_DATE_EPOCH={epoch!r} is not a whole number of seconds since 1970; "
+                                    "unset it or fix it") from None
+        else:
+            when = datetime.now(timezone.utc)
+        ts = distributed.broadcast(when.replace(microsecond=0).isoformat())
         return cls(owner=owner, customer=customer, timestamp=ts, scheme=scheme)
 
     def to_bytes(self) -> bytes:
@@ -87,16 +101,21 @@ class OwnerIdentity:
             priv = rsa.generate_private_key(public_exponent=65537, key_size=_RSA_BITS)
         else:
             raise IdentityError(f"unknown key algorithm {algorithm!r}; use 'ed25519' or 'rsa'")
+        if distributed.active():  # every rank must hold the same owner: rank 0's key pair
+            pem = distributed.broadcast(priv.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+            priv = serialization.load_pem_private_key(pem, None)  # type: ignore[assignment]
         return cls(priv, priv.public_key())
 
     def sign(self, message: VerifierString | bytes) -> bytes:
-        """Sign a verifier string. Ed25519 is deterministic; RSA-PSS is randomised."""
+        """Sign a verifier string. Ed25519 is deterministic; RSA-PSS is randomised (so under torchrun
+        every rank takes rank 0's signature)."""
         if self._private is None:
             raise IdentityError("this identity holds only a public key; load the private key file to sign")
         data = message.to_bytes() if isinstance(message, VerifierString) else message
         if isinstance(self._private, ed25519.Ed25519PrivateKey):
             return self._private.sign(data)
-        return self._private.sign(data, _PSS, hashes.SHA256())
+        return distributed.broadcast(self._private.sign(data, _PSS, hashes.SHA256()))
 
     def verify(self, message: VerifierString | bytes, signature: bytes) -> None:
         """Raise :class:`IdentityError` unless ``signature`` is the owner's over ``message``."""
@@ -184,8 +203,19 @@ def public_key_path(private_path: str | Path) -> Path:
 
 
 def atomic_write(path: str | Path, data: bytes, mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    path = Path(path)
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part.
+
+    Under torchrun this is collective: rank 0 writes (or, inside :func:`deepserial.distributed.solo`,
+    the rank running the job) and every rank waits until the file is there.
+    """
+    if not distributed.writes_here():
+        distributed.barrier()
+        return
+    _write(Path(path), data, mode)
+    distributed.barrier()
+
+
+def _write(path: Path, data: bytes, mode: int | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:

@@ -30,7 +30,9 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
+from deepserial import distributed
 from deepserial.data import TensorData
+from deepserial.distributed import world
 from deepserial.errors import ConfigError
 
 
@@ -70,6 +72,8 @@ class TrainConfig:
     plateau_patience: int = 2
     seed: int = 0
     device: str | None = None
+    precision: str = "auto"  # "auto" (bf16 autocast on a CUDA GPU that supports it, else fp32), "fp32", "bf16"
+    channels_last: bool | None = None  # None: on for convolutional nets on CUDA, off on CPU
     progress: bool = True
     checkpoint: Path | None = None
 
@@ -84,6 +88,8 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
 
 
 @dataclass
@@ -99,7 +105,9 @@ class TrainLog:
 
 
 def resolve_device(spec: str | None = None) -> torch.device:
-    """``None``/"auto": CUDA when present, else CPU; otherwise the named device."""
+    """``None``/"auto": CUDA when present, else CPU; otherwise the named device. Under torchrun with
+    GPUs, "auto" and "cuda" mean this rank's GPU (``cuda:LOCAL_RANK``)."""
+    spec = distributed.local_device(spec)
     if spec in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -124,15 +132,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size): (0, 1) unless running under an initialised process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run (None: full fp32). "auto" uses bf16 only on a CUDA GPU with bf16
+    support: on CPU, bf16 autocast is slower than fp32 for these small convolutional nets."""
+    if cfg.precision == "fp32":
+        return None
+    if cfg.precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
 
 
-def is_main_process() -> bool:
-    return world()[0] == 0
+def use_channels_last(cfg: TrainConfig, model: nn.Module, device: torch.device) -> bool:
+    """channels_last memory format: on by default for convolutional nets on CUDA (cuDNN's fast path for
+    bf16), off on CPU, where these nets run faster in the default layout."""
+    if cfg.channels_last is not None:
+        return cfg.channels_last
+    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def fit(
@@ -156,6 +173,10 @@ def fit(
     seed_everything(cfg.seed)
     rank, world_size = world()
     model.to(device)
+    amp = autocast_dtype(cfg, device)
+    fmt = torch.channels_last if use_channels_last(cfg, model, device) else torch.contiguous_format
+    if fmt is torch.channels_last:
+        model.to(memory_format=fmt)
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum,
@@ -166,10 +187,15 @@ def fit(
     net: nn.Module = model
     if world_size > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Rank 0 draws what a single process would; the others draw their own random keys, noise and
+        # masks (identical streams on every rank would repeat the same draws N times per global batch).
+        seed_everything(cfg.seed + rank)
     sampler = DistributedSampler(range(len(data)), num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.seed)
     log = TrainLog()
     start_epoch = 0
     if cfg.checkpoint is not None and Path(cfg.checkpoint).exists():
+        # The state is that of the unwrapped model, its optimiser and schedule: none depends on the
+        # number of processes, so a run checkpointed with N ranks resumes with any other number.
         state = torch.load(cfg.checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -191,8 +217,12 @@ def fit(
                    leave=False, dynamic_ncols=True)
         for b in bar:
             idx = order[b * per_rank: (b + 1) * per_rank]
-            batch = Batch(x_all[idx].to(device, non_blocking=True), y_all[idx].to(device, non_blocking=True), idx)
-            out = loss_fn(net, batch)
+            xb = x_all[idx].to(device, non_blocking=True)
+            if xb.dim() == 4:
+                xb = xb.contiguous(memory_format=fmt)
+            batch = Batch(xb, y_all[idx].to(device, non_blocking=True), idx)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                out = loss_fn(net, batch)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             opt.step()
@@ -210,7 +240,7 @@ def fit(
             dist.all_reduce(stats)
         tot_loss, tot_n, samples = float(stats[0]), float(stats[1]), int(stats[2])
         epoch_log = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1), "lr": opt.param_groups[0]["lr"],
-                     "samples": samples, "wall_s": time.perf_counter() - t0}
+                     "samples": samples, "wall_s": time.perf_counter() - t0, "world_size": world_size}
         epoch_log |= {k: float(v) / max(tot_n, 1) for k, v in zip(sums, stats[3:].tolist(), strict=True)}
         sched.step(epoch_log["loss"])
         if on_epoch_end is not None:
@@ -218,8 +248,10 @@ def fit(
             epoch_log |= on_epoch_end(epoch + 1, model)
         log.epochs.append(epoch_log)
         log.forward_samples += samples
-        if cfg.checkpoint is not None and rank == 0:
-            _save_checkpoint(cfg.checkpoint, model, opt, sched, epoch, log)
+        if cfg.checkpoint is not None:
+            if rank == 0:
+                _save_checkpoint(cfg.checkpoint, model, opt, sched, epoch, log)
+            distributed.barrier()
     log.wall_s += time.perf_counter() - t_start
     model.eval()
     return log

@@ -47,11 +47,13 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     dataset: str
+    arch: str = "dsn_mnist"
     teacher_epochs: int
     student_epochs: int
     batch_size: int = 128
     n_wrong: int = 1000
     wrong_eval_samples: int | None = None
+    pixels_per_bit: int | None = None  # None: deepserial.serial.scale_for(input shape)
     runs: list[RunSpec]
 
 
@@ -70,20 +72,36 @@ CONFIGS = {
 }
 
 
-def run(dataset: str, out: Path, seed: int = 0, progress: bool = True, only: list[str] | None = None) -> list[Path]:
+def path_config(dataset: str, **overrides: Any) -> ExperimentConfig:
+    """The reproduction on the user's data (a path): the default 36-bit recipe only, 10 teacher and 20
+    student epochs unless overridden (e.g. ``arch="dsn_gtsrb"`` for 32x32 colour inputs)."""
+    base = {"dataset": dataset, "teacher_epochs": 10, "student_epochs": 20, "wrong_eval_samples": 300,
+            "runs": [RUNS[2]]}
+    return ExperimentConfig(**(base | {k: v for k, v in overrides.items() if v is not None}))
+
+
+def report_stem(out: Path, dataset: str) -> Path:
+    """``out/dsn_<name>``: the registered name, or the last part of the user's data path."""
+    name = dataset if dataset in CONFIGS else Path(dataset.rstrip("/")).name or "data"
+    return out / f"dsn_{name}"
+
+
+def run(dataset: str, out: Path, seed: int = 0, progress: bool = True, only: list[str] | None = None,
+        config: ExperimentConfig | None = None, command: str | None = None) -> list[Path]:
     """Run the reproduction for ``dataset`` and write ``out/dsn_<dataset>.{md,json,png}``.
 
     ``only`` re-runs some configurations and merges them into the existing report of the same data
     set and seed; the teacher is retrained with the same seed and must come out identical (same test
-    accuracy), or the merge is refused.
+    accuracy), or the merge is refused. ``config`` replaces the registered configuration (user data).
     """
     from deepserial.identity import OwnerIdentity
     from deepserial.workflow import DataSpec, evaluate_customer, issue, loaded, train_teacher
 
-    if dataset not in CONFIGS:
-        raise ConfigError(f"no DSN reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)}")
-    cfg = CONFIGS[dataset]
-    stem = out / f"dsn_{dataset}"
+    if config is None and dataset not in CONFIGS:
+        raise ConfigError(f"no DSN reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)} or a path to "
+                          "your data")
+    cfg = config or CONFIGS[dataset]
+    stem = report_stem(out, dataset)
     previous: dict[str, Any] | None = None
     runs = cfg.runs
     if only:
@@ -101,7 +119,7 @@ def run(dataset: str, out: Path, seed: int = 0, progress: bool = True, only: lis
     t0 = time.perf_counter()
     tr = train_teacher(DataSpec(dataset, seed),
                        TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed,
-                                   progress=progress))
+                                   progress=progress), cfg.arch)
     teacher = loaded(tr.model, tr.manifest)
     ident = OwnerIdentity.generate()
     results: dict[str, Any] = {}
@@ -113,7 +131,7 @@ def run(dataset: str, out: Path, seed: int = 0, progress: bool = True, only: lis
         epochs = spec.student_epochs or cfg.student_epochs
         train = TrainConfig(epochs=epochs, batch_size=cfg.batch_size, seed=seed, progress=progress)
         iss = issue(teacher, ident, f"reproduce-{spec.name}", owner_id="reproduce", size=spec.size,
-                    config=dsn_cfg, train=train)
+                    config=dsn_cfg, train=train, scale=cfg.pixels_per_bit)
         rep = evaluate_customer(loaded(iss.student, iss.manifest), iss.serial, teacher=teacher, splits=iss.splits,
                                 n_wrong=cfg.n_wrong, wrong_eval_samples=cfg.wrong_eval_samples, seed=seed)
         rep["dsn_config"] = dsn_cfg.model_dump()
@@ -129,6 +147,8 @@ def run(dataset: str, out: Path, seed: int = 0, progress: bool = True, only: lis
               "teacher_acc": tr.manifest["test_acc"], "runs": results, "paper_table2": PAPER_TABLE2,
               "paper_2023_wrong_2x2": PAPER_2023_WRONG_2X2, "wall_s": wall,
               "rerun": sorted(only) if only else None, "environment": environment()}
+    if command:
+        report["command"] = command
     return write_report(stem, report, _markdown(report), _figure(report))
 
 
@@ -140,8 +160,11 @@ _ROWS = [("teacher (no SN)", "teacher_acc", "teacher"), ("valid SN", "valid_sn_a
 
 
 def _markdown(rep: dict[str, Any]) -> str:
-    paper = dict(PAPER_TABLE2["MNIST"], wrong_mean=PAPER_2023_WRONG_2X2["mean"],
-                 wrong_max=PAPER_2023_WRONG_2X2["max"])
+    arch = rep["config"].get("arch", "dsn_mnist")
+    task = "GTSRB" if arch == "dsn_gtsrb" else "MNIST"  # the paper's row for the same network
+    paper = dict(PAPER_TABLE2[task])
+    if task == "MNIST":
+        paper |= {"wrong_mean": PAPER_2023_WRONG_2X2["mean"], "wrong_max": PAPER_2023_WRONG_2X2["max"]}
     names = list(rep["runs"])
     rows = [[label, paper.get(pkey) if pkey else None, *[rep["runs"][n][key] for n in names]]
             for label, key, pkey in _ROWS]
@@ -149,11 +172,12 @@ def _markdown(rep: dict[str, Any]) -> str:
     lines = [
         f"# DSN Table 2 on `{rep['dataset']}` (test accuracy, %)",
         "",
-        "Paper column: MNIST, Table 2 of arXiv:2011.08960 v1 (full MNIST, 60,000 training images); wrong-SN "
-        "figures from the 2023 version (all wrong 2x2 patterns). Our runs share one teacher and one split; "
-        f"seed {rep['seed']}.",
+        (f"Paper column: {task}, Table 2 of arXiv:2011.08960 v1" + (
+            " (full MNIST, 60,000 training images); wrong-SN figures from the 2023 version (all wrong 2x2 "
+            "patterns)." if task == "MNIST" else " (GTSRB, 32x32x3, the same network).")
+         + f" Network `{arch}`. Our runs share one teacher and one split; seed {rep['seed']}."),
         "",
-        markdown_table(["figure", "paper (MNIST)", *names], rows),
+        markdown_table(["figure", f"paper ({task})", *names], rows),
         "",
         "| run | serial number | student epochs | random wrong keys | test images per random / Hamming-2 key | "
         "student train (s) |",
@@ -162,12 +186,14 @@ def _markdown(rep: dict[str, Any]) -> str:
     for n in names:
         r = rep["runs"][n]
         g = r["serial_geometry"]
-        lines.append(f"| {n} | {g['height']}x{g['width']} at ({g['top']},{g['left']}) | "
+        px = f", {g['scale']}x{g['scale']} pixels per bit" if g.get("scale", 1) != 1 else ""
+        lines.append(f"| {n} | {g['height']}x{g['width']}{px} at ({g['top']},{g['left']}) | "
                      f"{r.get('student_epochs', rep['config']['student_epochs'])} | {r['wrong_sn_count']} | "
                      f"{r['wrong_sn_eval_samples']} | {r['timings']['student_train_s']:.0f} |")
     lines += ["", f"Sizes: {rep['runs'][names[0]]['sizes']}. Total wall time {rep['wall_s']:.0f} s on "
               f"{env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}, Python {env['python']}.",
-              "", "Reproduce: `deepserial reproduce dsn --dataset " + rep["dataset"] + "`.", ""]
+              "", "Reproduce: `" + rep.get("command", f"deepserial reproduce dsn --dataset {rep['dataset']}") + "`.",
+              ""]
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ scheme's report on that data set into one comparison table.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from deepserial import distributed
 from deepserial.errors import ConfigError
 from deepserial.report import environment, markdown_table, write_report, write_text
 from deepserial.training import TrainConfig
@@ -131,15 +133,19 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
     ref = train_teacher(data, train, cfg.arch)  # the same net, seed and budget without a watermark
     splits = ref.splits
     num_classes = int(ref.manifest["num_classes"])
-    owner = OwnerIdentity.generate()
-    models, verdicts = [], []
-    for i in range(cfg.n_models):
+    owner = OwnerIdentity.generate()  # under torchrun: rank 0's, on every rank
+
+    def keyed_model(i: int, _: object) -> tuple[Any, Any]:
         base = loaded(copy.deepcopy(ref.model), ref.manifest) if scheme.fine_tunes else None  # a fresh copy each
         m = embed_watermark(scheme, owner, data, train, arch=cfg.arch, subject=f"model-{i}", owner_id="reproduce",
                             base=base)
         v = verify_watermark(m.key, ModuleSuspect(m.model, tuple(m.manifest["input_shape"])), fpr=cfg.fpr)
-        models.append(m)
-        verdicts.append(v)
+        return dataclasses.replace(m, splits=None), v  # the splits are the reference's: not sent between ranks
+
+    # the keyed models are independent jobs: under torchrun they are spread over the processes
+    done = distributed.sweep(range(cfg.n_models), keyed_model)
+    models = [dataclasses.replace(m, splits=splits) for m, _ in done]
+    verdicts = [v for _, v in done]
     accs = [m.manifest["test_acc"] for m in models]
     # non-trivial ownership: random keys against the unmarked model and a model marked with another key.
     # Keys that depend on a model (DeepSigns' output layer picks them on one) are made on an independently
@@ -148,19 +154,23 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
                                                   progress=progress), cfg.arch)
     unmarked = ModuleSuspect(ref.model, tuple(ref.manifest["input_shape"]))
     other = ModuleSuspect(models[0].model, tuple(models[0].manifest["input_shape"]))
-    fp = {"unmarked": 0, "other_key": 0}
-    p_unmarked, p_other, q_random = [], [], []
     t_fp = time.perf_counter()
-    for j in range(cfg.n_random_keys):
+
+    def random_key(j: int, _: object) -> list[tuple[bool, float, int]]:
         prov = Provenance.sign(OwnerIdentity.generate(), "random", f"random-{j}", scheme.name)
         key = scheme.null_key(prov, splits.owner, num_classes, model=_key_model(scheme, independent, models[0]))
         key.meta.setdefault("config", scheme.config.model_dump())
-        for name, suspect, ps in (("unmarked", unmarked, p_unmarked), ("other_key", other, p_other)):
+        out = []
+        for suspect in (unmarked, other):
             before = suspect.queries
             v = scheme.verify(suspect, key, fpr=cfg.fpr)
-            fp[name] += int(v.decision)
-            ps.append(v.p_value)
-            q_random.append(suspect.queries - before)
+            out.append((bool(v.decision), float(v.p_value), suspect.queries - before))
+        return out
+
+    tried = distributed.sweep(range(cfg.n_random_keys), random_key)  # (vs unmarked, vs other key) per key
+    fp = {"unmarked": sum(t[0][0] for t in tried), "other_key": sum(t[1][0] for t in tried)}
+    p_unmarked, p_other = [t[0][1] for t in tried], [t[1][1] for t in tried]
+    q_random = [q for t in tried for _, _, q in t]
     rep: dict[str, Any] = {
         "experiment": "watermark", "scheme": scheme_name, "citation": scheme.citation, "dataset": dataset,
         "seed": seed, "config": cfg.model_dump(), "scheme_config": scheme.config.model_dump(),
@@ -184,6 +194,7 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
     rep["paper"] = PAPER.get(scheme_name, {})
     rep["wall_s"] = time.perf_counter() - t0
     rep["environment"] = environment()
+    rep["processes"] = distributed.world()[1]
     paths = write_report(out / f"{scheme_name}_{dataset}", rep, _markdown(rep), _figure(rep))
     return paths + [write_comparison(out, dataset)]
 
