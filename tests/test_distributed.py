@@ -164,3 +164,57 @@ def test_a_reproduction_sweeps_its_keys_over_two_processes(tmp_path: Path) -> No
     assert len(rep["marked_acc"]) == 3 and len(rep["own_verdicts"]) == 3  # jobs 0, 2 on rank 0; 1 on rank 1
     assert len(rep["random_p_unmarked"]) == len(rep["random_p_other_key"]) == 7
     assert rep["verified"] == 3  # every keyed model, whichever rank trained it, carries its own key
+
+
+def test_a_watermark_embedded_by_two_processes_verifies(tmp_path: Path) -> None:
+    deepserial(["keygen", "--out", "owner.pem"], tmp_path)
+    deepserial(["watermark", "embed", "--scheme", "new-label", "--key", "owner.pem", "--epochs", "5", "-q", "--out",
+                "marked.safetensors"], tmp_path, nproc=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["marked.key", "marked.safetensors", "owner.pem",
+                                                          "owner.pub.pem"]
+    res = subprocess.run([sys.executable, "-m", "deepserial", "watermark", "verify", "marked.safetensors", "--key",
+                          "marked.key", "--fpr", "1e-3"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and "CARRIES" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_user_error_under_torchrun_is_one_line_from_rank_0(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                          "deepserial", "teacher", "--epochs", "-1", "--out", "t.safetensors"], cwd=tmp_path,
+                         env=_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert res.stderr.count("deepserial: error: epochs must be >= 0") == 1
+    assert not (tmp_path / "t.safetensors").exists()
+
+
+ATTACK_SCRIPT = '''
+import sys
+from pathlib import Path
+from deepserial import distributed
+from deepserial.experiments import attacks
+distributed.init_from_env("cpu")
+over = {"teacher_epochs": 2, "student_epochs": 2, "attack_epochs": 2, "fractions": (0.1, 0.2, 0.3),
+        "prune_rates": (0.5,), "brute_force_tries": 50, "reverse_restarts": 1, "reverse_steps": 20,
+        "neural_cleanse": False, "limit": 600}
+attacks.run("uchida", "mnist5k", Path(sys.argv[1]), progress=False, overrides=over)
+distributed.shutdown()
+'''
+
+
+def test_attack_budgets_are_spread_over_processes_and_do_not_depend_on_them(tmp_path: Path) -> None:
+    script = tmp_path / "attacks.py"
+    script.write_text(ATTACK_SCRIPT)
+    reps = {}
+    for n in (1, 2):
+        cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] if n > 1
+                                  else []) + [str(script), str(tmp_path / f"np{n}")]
+        res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        reps[n] = json.loads((tmp_path / f"np{n}" / "attacks_uchida_mnist5k.json").read_text())
+    one, two = reps[1]["fine_tuning"], reps[2]["fine_tuning"]
+    assert list(one) == list(two) == ["0.1", "0.2", "0.3"]
+    assert set(two["0.3"]) >= {"FTAL", "FTAL_sgd", "from_scratch", "FTLL", "RTLL", "RTAL"}
+    # a from-scratch model depends only on its budget, not on which rank trained it (0.2 ran on rank 1)
+    for f in one:
+        assert one[f]["from_scratch"]["test_acc"] == two[f]["from_scratch"]["test_acc"]
+        assert one[f]["samples"] == two[f]["samples"]

@@ -549,7 +549,8 @@ def reproduce_dsn(
     teacher_epochs: Annotated[int | None, typer.Option(help="For a path to your data (default 10).")] = None,
     student_epochs: Annotated[int | None, typer.Option(help="For a path to your data (default 20).")] = None,
     n_wrong: Annotated[int | None, typer.Option(help="Random wrong serial numbers (default 1000).")] = None,
-    pixels_per_bit: Annotated[str, typer.Option(help="For a path to your data: 'auto' or N.")] = "auto",
+    pixels_per_bit: Annotated[str, typer.Option(help="For a path to your data: 'auto' or N, or several "
+                                                "(comma-separated, e.g. auto,2): one run each.")] = "auto",
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
@@ -560,16 +561,17 @@ def reproduce_dsn(
     from deepserial.experiments.dsn import CONFIGS, path_config, run
 
     only = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
-    custom = {"arch": arch, "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "n_wrong": n_wrong,
-              "pixels_per_bit": _pixels_per_bit(pixels_per_bit)}
+    scales = [_pixels_per_bit(v.strip()) for v in pixels_per_bit.split(",")]
+    custom = {"arch": arch, "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "n_wrong": n_wrong}
     config = None
     if dataset not in CONFIGS:
-        config = path_config(dataset, **custom)
-    elif any(v is not None for v in custom.values()):
+        config = path_config(dataset, scales, **custom)
+    elif any(v is not None for v in custom.values()) or scales != [None]:
         raise ConfigError(f"--arch, --teacher-epochs, --student-epochs, --n-wrong and --pixels-per-bit are for a "
                           f"path to your data; {dataset} has its fixed reproduction settings")
     command = "deepserial reproduce dsn --dataset " + dataset + "".join(
-        f" --{k.replace('_', '-')} {v}" for k, v in custom.items() if v is not None)
+        f" --{k.replace('_', '-')} {v}" for k, v in custom.items() if v is not None) + (
+        f" --pixels-per-bit {pixels_per_bit}" if scales != [None] else "")
     paths = run(dataset, out, seed=seed, progress=not quiet, only=only, config=config, command=command)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
@@ -893,7 +895,8 @@ def main(argv: list[str] | None = None) -> int:
         rc = cmd.main(args=args, prog_name="deepserial", standalone_mode=False)
         distributed.shutdown()
     except DeepSerialError as e:
-        typer.echo(f"deepserial: error: {e}", err=True)
+        if distributed.is_main_process():  # under torchrun every rank fails alike: one line, from rank 0
+            typer.echo(f"deepserial: error: {e}", err=True)
         return e.exit_code
     except Exception as e:
         # Usage errors and exits come from click or from the copy of click that typer bundles;

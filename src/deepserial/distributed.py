@@ -151,7 +151,8 @@ def sweep(items: Sequence[T], fn: Callable[[int, T], R]) -> list[R]:
     """``[fn(i, item) for i, item in enumerate(items)]``, with the jobs spread over the ranks.
 
     Rank r runs jobs r, r + N, r + 2N, ... each inside :func:`solo`; the results (which must pickle)
-    are gathered and returned on every rank in job order. A job must depend only on its index and
+    are gathered and returned on every rank in job order (return CPU tensors: a tensor pickled on one
+    rank's GPU is restored onto that GPU). A job must depend only on its index and
     item (seed it from ``i``), so the result does not depend on how many processes ran the sweep.
     Without a process group this is a plain loop.
     """

@@ -40,6 +40,7 @@ class RunSpec(BaseModel):
     mode: str
     size: tuple[int, int]
     student_epochs: int | None = None  # this run's epochs, when they differ from the experiment's
+    pixels_per_bit: int | None = None  # this run's scale, when it differs from the experiment's
 
 
 class ExperimentConfig(BaseModel):
@@ -72,11 +73,13 @@ CONFIGS = {
 }
 
 
-def path_config(dataset: str, **overrides: Any) -> ExperimentConfig:
-    """The reproduction on the user's data (a path): the default 36-bit recipe only, 10 teacher and 20
-    student epochs unless overridden (e.g. ``arch="dsn_gtsrb"`` for 32x32 colour inputs)."""
-    base = {"dataset": dataset, "teacher_epochs": 10, "student_epochs": 20, "wrong_eval_samples": 300,
-            "runs": [RUNS[2]]}
+def path_config(dataset: str, scales: list[int | None] | None = None, **overrides: Any) -> ExperimentConfig:
+    """The reproduction on the user's data (a path): the default 36-bit recipe, 10 teacher and 20
+    student epochs unless overridden (e.g. ``arch="dsn_gtsrb"`` for 32x32 colour inputs); one run per
+    entry of ``scales`` (pixels per bit side, None = :func:`deepserial.serial.scale_for`)."""
+    runs = [RunSpec(name="default-6x6" if sc is None else f"default-6x6-x{sc}", mode="default", size=(6, 6),
+                    pixels_per_bit=sc) for sc in (scales or [None])]
+    base = {"dataset": dataset, "teacher_epochs": 10, "student_epochs": 20, "wrong_eval_samples": 300, "runs": runs}
     return ExperimentConfig(**(base | {k: v for k, v in overrides.items() if v is not None}))
 
 
@@ -131,7 +134,7 @@ def run(dataset: str, out: Path, seed: int = 0, progress: bool = True, only: lis
         epochs = spec.student_epochs or cfg.student_epochs
         train = TrainConfig(epochs=epochs, batch_size=cfg.batch_size, seed=seed, progress=progress)
         iss = issue(teacher, ident, f"reproduce-{spec.name}", owner_id="reproduce", size=spec.size,
-                    config=dsn_cfg, train=train, scale=cfg.pixels_per_bit)
+                    config=dsn_cfg, train=train, scale=spec.pixels_per_bit or cfg.pixels_per_bit)
         rep = evaluate_customer(loaded(iss.student, iss.manifest), iss.serial, teacher=teacher, splits=iss.splits,
                                 n_wrong=cfg.n_wrong, wrong_eval_samples=cfg.wrong_eval_samples, seed=seed)
         rep["dsn_config"] = dsn_cfg.model_dump()

@@ -28,6 +28,7 @@ import dataclasses
 import time
 from typing import Any
 
+from deepserial import distributed
 from deepserial.report import markdown_table
 
 # The papers' figures for the same attacks (their networks and data, MNIST where they report it).
@@ -117,8 +118,8 @@ def run_scheme(cfg: Any, scheme_name: str, seed: int, progress: bool) -> dict[st
                            "paper": PAPER.get(scheme_name, {})}
     largest = max(cfg.fractions)
     if "fine_tuning" in plan or "overwrite" in plan:
-        rep["fine_tuning"] = {}
-        for f in cfg.fractions:
+
+        def fraction_row(_: int, f: float) -> dict[str, Any]:
             adata = attacker_share(splits.attacker, f, total, seed)
             row: dict[str, Any] = {"samples": len(adata)}
             names = {"FTAL": get_attack("fine-tuning", {"mode": "FTAL"}), "from_scratch": get_attack("from-scratch")}
@@ -139,7 +140,11 @@ def run_scheme(cfg: Any, scheme_name: str, seed: int, progress: bool) -> dict[st
                     entry["adversary_verdict"] = {"decision": False,
                                                   "error": "did not take: " + log.details["adversary_watermark_failed"]}
                 row[name] = entry
-            rep["fine_tuning"][f"{f:g}"] = row
+            return row
+
+        # one attacker budget per job: under torchrun the fractions are spread over the processes
+        rows = distributed.sweep(list(cfg.fractions), fraction_row)
+        rep["fine_tuning"] = {f"{f:g}": row for f, row in zip(cfg.fractions, rows, strict=True)}
     if "pruning" in plan:
         rep["pruning"] = _prune(victim, splits, cfg, measure, "global-l1", seed, progress)
     if "neuron_pruning" in plan:

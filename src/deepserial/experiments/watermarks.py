@@ -140,6 +140,7 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
         m = embed_watermark(scheme, owner, data, train, arch=cfg.arch, subject=f"model-{i}", owner_id="reproduce",
                             base=base)
         v = verify_watermark(m.key, ModuleSuspect(m.model, tuple(m.manifest["input_shape"])), fpr=cfg.fpr)
+        m.model.cpu()  # gathered from other ranks as CPU tensors (a GPU rank's tensors would land on its GPU)
         return dataclasses.replace(m, splits=None), v  # the splits are the reference's: not sent between ranks
 
     # the keyed models are independent jobs: under torchrun they are spread over the processes
