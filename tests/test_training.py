@@ -198,6 +198,17 @@ def test_checkpoint_resume(data: TensorData, tmp_path: Path) -> None:
     assert ran == [] and len(again.epochs) == 4
 
 
+def test_a_damaged_or_foreign_checkpoint_is_refused(data: TensorData, tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.pt"
+    fit(tiny_net(), data, supervised_loss, cfg(epochs=1, checkpoint=ckpt))
+    other = nn.Sequential(nn.Flatten(), nn.Linear(int(data.x[0].numel()), 7))  # another network
+    with pytest.raises(ConfigError, match="another model"):
+        fit(other, data, supervised_loss, cfg(epochs=2, checkpoint=ckpt))
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # truncated
+    with pytest.raises(ConfigError, match="damaged"):
+        fit(tiny_net(), data, supervised_loss, cfg(epochs=2, checkpoint=ckpt))
+
+
 # --------------------------------------------------------------------------------------- device & config
 
 

@@ -196,12 +196,16 @@ def fit(
     if cfg.checkpoint is not None and Path(cfg.checkpoint).exists():
         # The state is that of the unwrapped model, its optimiser and schedule: none depends on the
         # number of processes, so a run checkpointed with N ranks resumes with any other number.
-        state = torch.load(cfg.checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
-        log = TrainLog(**state["log"])
+        try:
+            state = torch.load(cfg.checkpoint, map_location=device, weights_only=False)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start_epoch = int(state["epoch"]) + 1
+            log = TrainLog(**state["log"])
+        except Exception as e:  # truncated, foreign, or from another network or optimiser
+            raise ConfigError(f"checkpoint {cfg.checkpoint} cannot resume this run ({type(e).__name__}): it is "
+                              "damaged or belongs to another model; delete it or choose another --checkpoint") from None
     x_all, y_all = data.x, data.y
     per_rank = max(1, cfg.batch_size // world_size)
     t_start = time.perf_counter()
