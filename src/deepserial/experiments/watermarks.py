@@ -262,7 +262,8 @@ def _markdown(rep: dict[str, Any]) -> str:
         "",
         f"Network `{cfg['arch']}`, {cfg['epochs']} epochs, batch {cfg['batch_size']}, seed {rep['seed']}; split "
         f"{rep['sizes']}. Scheme settings: `{json.dumps(rep['scheme_config'])}`.",
-        f"Wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}.",
+        f"Wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}."
+        + (f" {rep['timing_note']}" if rep.get("timing_note") else ""),
         "",
         "Rows 'at p <= level' read each test's p-value after the fact; sequential tests stop once the "
         f"decision at {cfg['fpr']:g} is certain, so own-key counts there are lower bounds.",
