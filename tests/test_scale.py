@@ -101,3 +101,13 @@ def test_precision_and_memory_format_follow_the_device() -> None:
                                                                   progress=False))
     assert log.epochs[-1]["acc"] > 80.0
     assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_option_reaches_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["teacher", "--limit", "300", "--epochs", "1", "-q", "--channels-last", "--precision", "bf16",
+                 "--out", "t.safetensors"]) == 0
+    assert load_model("t.safetensors").model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert main(["teacher", "--limit", "300", "--epochs", "1", "-q", "--precision", "fp16", "--out",
+                 "u.safetensors"]) == 2
+    assert not Path("u.safetensors").exists()

@@ -35,6 +35,8 @@ SplitSeed = Annotated[int, typer.Option(help="Seed of the owner/attacker/test sp
 Limit = Annotated[int | None, typer.Option(help="Use only this many training samples.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N (under torchrun: auto/cuda = this rank's GPU).")]
 Precision = Annotated[str, typer.Option(help="auto (bf16 autocast on a CUDA GPU, fp32 on CPU), fp32 or bf16.")]
+ChannelsLast = Annotated[bool | None, typer.Option(
+    "--channels-last/--no-channels-last", help="Memory format (default: on for conv nets on CUDA, off on CPU).")]
 Checkpoint = Annotated[Path | None, typer.Option(
     help="Save the training state here after every epoch and resume from it (any number of processes).")]
 
@@ -94,6 +96,7 @@ def teacher(
     limit: Limit = None,
     device: Device = "auto",
     precision: Precision = "auto",
+    channels_last: ChannelsLast = None,
     checkpoint: Checkpoint = None,
     quiet: Quiet = False,
     force: bool = False,
@@ -106,7 +109,8 @@ def teacher(
     _refuse_overwrite(out, force=force)
     t = train_teacher(DataSpec(dataset, split_seed, limit=limit),
                       TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                                  precision=precision, checkpoint=checkpoint, progress=not quiet), arch)
+                                  precision=precision, channels_last=channels_last, checkpoint=checkpoint,
+                                  progress=not quiet), arch)
     save_model(out, t.model, t.manifest)
     typer.echo(f"teacher: test accuracy {t.manifest['test_acc']:.2f}% on {len(t.splits.test)} images, "
                f"{t.log.wall_s:.1f} s; wrote {out}")
@@ -133,6 +137,7 @@ def issue(
     seed: Seed = 0,
     device: Device = "auto",
     precision: Precision = "auto",
+    channels_last: ChannelsLast = None,
     checkpoint: Checkpoint = None,
     passphrase_env: Annotated[str | None, typer.Option(help="Env variable holding the key's passphrase.")] = None,
     ledger: Annotated[Path | None, typer.Option(help="Record the licence in this ledger (SQLite; created if "
@@ -170,7 +175,8 @@ def issue(
                           "can re-derive this serial number for tracing")
     t = load_model(teacher_path)
     cfg, train = _dsn_config(mode, epochs, batch_size, seed, quiet)
-    train = dataclasses.replace(train, device=device, precision=precision, checkpoint=checkpoint)
+    train = dataclasses.replace(train, device=device, precision=precision, channels_last=channels_last,
+                                checkpoint=checkpoint)
     issued = do_issue(t, ident, customer, owner_id=owner_id, size=parse_size(size), position=parse_position(position),
                       config=cfg, train=train, scale=scale)
     if led is None:

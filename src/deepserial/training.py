@@ -134,7 +134,8 @@ def seed_everything(seed: int) -> None:
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a run (None: full fp32). "auto" uses bf16 only on a CUDA GPU with bf16
-    support: on CPU, bf16 autocast is slower than fp32 for these small convolutional nets."""
+    support. On CPU it stays fp32 by default, so that CPU runs reproduce the committed fp32 reports
+    (benchmarks/results/bench_precision.md measures what opting in gains); ``precision="bf16"`` opts in."""
     if cfg.precision == "fp32":
         return None
     if cfg.precision == "bf16":
@@ -146,7 +147,9 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
 
 def use_channels_last(cfg: TrainConfig, model: nn.Module, device: torch.device) -> bool:
     """channels_last memory format: on by default for convolutional nets on CUDA (cuDNN's fast path for
-    bf16), off on CPU, where these nets run faster in the default layout."""
+    bf16). Off by default on CPU so that runs reproduce the committed reports, although it is faster
+    there too (benchmarks/results/bench_precision.md); opt in with ``channels_last=True``
+    (``--channels-last``)."""
     if cfg.channels_last is not None:
         return cfg.channels_last
     return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
