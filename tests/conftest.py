@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -82,10 +81,16 @@ def single_thread() -> Iterator[None]:
 
 
 class LockedNet(torch.nn.Module):
-    """A perfectly serial-locked stand-in for a DSN customer model: the base network's answer when the
-    serial-number region holds exactly ``bits``, an arbitrary fixed function of the input otherwise.
+    """A perfectly serial-locked stand-in for a DSN customer model: the base network's answer on the
+    unstamped image when the serial-number region holds exactly ``bits``, a fixed function of the
+    unstamped image (right about one time in ten) otherwise.
+
     Tests of tracing and serving use it so that they check the statistics and the plumbing, not how well
-    a two-epoch DSN student has learned its lock (the benchmarks measure real customer models)."""
+    a two-epoch DSN student has learned its lock (the benchmarks measure real customer models). Both
+    answers ignore what is stamped in the region (an mnist5k corner is background), so which images are
+    right with and without the key does not depend on the random owner key a test generates: a trace of
+    it comes out the same on every run (an earlier stand-in that fed the stamped image to a teacher never
+    trained with stamps dropped the right licence in about one trace in 200)."""
 
     def __init__(self, base: torch.nn.Module, serial: SerialNumber) -> None:
         super().__init__()
@@ -93,13 +98,14 @@ class LockedNet(torch.nn.Module):
         g = serial.geometry
         self.rows, self.cols = slice(g.top, g.top + g.height), slice(g.left, g.left + g.width)
         self.register_buffer("bits", serial.as_tensor())
-        gen = torch.Generator().manual_seed(int(serial.bits.reshape(-1).dot(1 << np.arange(serial.bits.size)) % 2**31))
-        self.register_buffer("scramble", torch.randn(28 * 28, 10, generator=gen))
+        self.register_buffer("scramble", torch.randn(28 * 28, 10, generator=torch.Generator().manual_seed(0)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         match = (x[:, :, self.rows, self.cols] == self.bits).flatten(1).all(1)
-        wrong = x.flatten(1)[:, : self.scramble.shape[0]] @ self.scramble * 10
-        return torch.where(match[:, None], self.base(x), wrong)
+        clean = x.clone()
+        clean[:, :, self.rows, self.cols] = 0
+        wrong = clean.flatten(1)[:, : self.scramble.shape[0]] @ self.scramble * 10
+        return torch.where(match[:, None], self.base(clean), wrong)
 
 
 @pytest.fixture(scope="session")
