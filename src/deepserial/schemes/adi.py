@@ -18,12 +18,15 @@ of ``derive_rng(signature, "adi/images")``; the labels come from an independent 
 commitment scheme of Adi et al. (§4) that lets an owner reveal part of the set is not implemented: the
 signature in the key plays that role (docs/decisions.md, "Trigger sets").
 
-Defaults: 100 trigger images (Adi §5); 28.125% trigger images per clean sample in each batch, the
-injection ratio the null-embedding paper uses to reproduce Adi on its Digit task (Li et al., Table 9);
-verification asks up to 50 of them (ours, not the paper's: a binomial test is discrete, and at fpr 1e-3
-with p0 = 0.1 its real false-positive rate is 2.9e-4 for 50 queries (14 matches needed) against
-8.1e-4 for 100 (21 needed), while a model answering half its triggers right still passes 99.95% of
-the time; a marked model is decided after about 14 queries).
+Defaults: 100 trigger images (Adi §5); 10% trigger images per clean sample in each batch (ours: the
+null-embedding paper's 28.125% for Adi on its Digit task, Li et al. Table 9, cost mnist5k models 0.9
+points of test accuracy on average and up to 1.9, beyond the 1.5-point functionality margin; Adi's
+public training code appends 2 trigger images to each batch of 100, 2%, and at 5% the trigger set was
+only 60-66% learned after 20 epochs; at 10%: 87-90% learned, 0.2-0.4 points below the reference,
+docs/decisions.md "Trigger sets"); verification asks up to 50 of them (ours, not the paper's: a binomial
+test is discrete, and at fpr 1e-3 with p0 = 0.1 its real false-positive rate is 2.9e-4 for 50 queries
+(14 matches needed) against 8.1e-4 for 100 (21 needed), while a model answering half its triggers
+right still passes 99.95% of the time; a marked model is decided after about 14 queries).
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ class AdiConfig(TriggerConfig):
     """Settings of the Adi et al. trigger set."""
 
     trigger_size: int = Field(100, ge=1, le=100_000, description="abstract images in the trigger set (Adi §5: 100)")
-    key_ratio: float = Field(0.28125, gt=0, le=10, description="trigger images appended per clean sample in each "
-                             "batch (null-embedding paper, Table 9, Digit: 28.125%)")
+    key_ratio: float = Field(0.1, gt=0, le=10, description="trigger images appended per clean sample in each "
+                             "batch (ours: 10%; the null-embedding paper's Table 9 uses 28.125%, Adi's code 2%)")
     verify_queries: int = Field(50, ge=1, description="most trigger images asked per verification (50: the "
                                 "exact test's real size at fpr 1e-3 is 2.9e-4, with 100 it is 8.1e-4)")
 
