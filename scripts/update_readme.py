@@ -1,0 +1,81 @@
+"""Rewrite README's watermark result tables from the committed reports.
+
+The tables between ``<!-- wm-table -->`` (mnist5k) and ``<!-- wm-fashion-table -->`` (fashion-mnist)
+and their closing markers are generated from ``reports/<scheme>_<dataset>.json``, so that README
+shows every scheme that has a report, with the figures the report holds and nothing typed by hand.
+
+Usage: ``python scripts/update_readme.py`` (``--check`` exits 1 when README is out of date).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = ["scheme", "unmarked acc", "marked acc (mean)", "largest drop", "own keys verified at 1e-3",
+          "queries (mean)", "FP / 1,000 vs unmarked at 1e-3", "FP / 1,000 vs other key at 1e-3",
+          "at 1e-4: own verified; FP unmarked, other"]
+TABLES = {"wm-table": "mnist5k", "wm-fashion-table": "fashion-mnist"}
+
+
+def _count(rep: dict[str, Any], suspect: str, level: float) -> str:
+    """Random keys of ``suspect`` (unmarked / other_key) with p-value <= ``level``; reports older than
+    the per-key p-value lists give it only when their smallest p-value says it is 0."""
+    ps = rep.get(f"random_p_{suspect}")
+    if ps is not None:
+        return str(sum(p <= level for p in ps))
+    return "0" if rep[f"random_p_min_{suspect}"] > level else "?"
+
+
+def _row(rep: dict[str, Any]) -> list[str]:
+    own = sum(p <= 1e-4 for p in rep["own_p_values"])
+    fu, fo = _count(rep, "unmarked", 1e-4), _count(rep, "other_key", 1e-4)
+    queries = sum(rep["own_queries"]) / len(rep["own_queries"])
+    return [rep["scheme"], f"{rep['reference_acc']:.2f}", f"{rep['marked_acc_mean']:.2f}",
+            f"{rep['acc_drop_max']:.2f}", f"{rep['verified']}/{rep['n_models']}", f"{queries:.0f}",
+            str(rep["false_positives_unmarked"]), str(rep["false_positives_other_key"]),
+            f"{own}/{rep['n_models']}; {fu}, {fo}"]
+
+
+def table(reports: Path, dataset: str) -> str:
+    """The Markdown table of every watermark report of ``dataset`` in ``reports``."""
+    rows = []
+    for p in sorted(reports.glob(f"*_{dataset}.json")):
+        rep = json.loads(p.read_text())
+        if rep.get("experiment") == "watermark" and rep.get("dataset") == dataset:
+            rows.append(_row(rep))
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def update(text: str, reports: Path) -> str:
+    """``text`` with each marked table replaced by the one the reports give."""
+    for marker, dataset in TABLES.items():
+        start, end = f"<!-- {marker} -->\n", f"\n<!-- /{marker} -->"
+        i, j = text.find(start), text.find(end)
+        if i < 0 or j < i:
+            raise SystemExit(f"README has no {start.strip()} ... {end.strip()} section")
+        text = text[: i + len(start)] + table(reports, dataset) + text[j:]
+    return text
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if README differs from the reports")
+    args = ap.parse_args()
+    readme = ROOT / "README.md"
+    old = readme.read_text()
+    new = update(old, ROOT / "reports")
+    if args.check:
+        return int(new != old)
+    readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
