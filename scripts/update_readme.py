@@ -1,8 +1,10 @@
 """Rewrite README's watermark result tables from the committed reports.
 
 The tables between ``<!-- wm-table -->`` (mnist5k) and ``<!-- wm-fashion-table -->`` (fashion-mnist)
-and their closing markers are generated from ``reports/<scheme>_<dataset>.json``, so that README
-shows every scheme that has a report, with the figures the report holds and nothing typed by hand.
+and their closing markers are generated from ``reports/<scheme>_<dataset>.json``, those between
+``<!-- wm-attack-table -->`` / ``<!-- wm-fashion-attack-table -->`` from
+``reports/attacks_<scheme>_<dataset>.json``, so that README shows every scheme that has a report,
+with the figures the report holds and nothing typed by hand.
 
 Usage: ``python scripts/update_readme.py`` (``--check`` exits 1 when README is out of date).
 """
@@ -20,6 +22,11 @@ HEADER = ["scheme", "unmarked acc", "marked acc (mean)", "largest drop", "own ke
           "queries (mean)", "FP / 1,000 vs unmarked at 1e-3", "FP / 1,000 vs other key at 1e-3",
           "at 1e-4: own verified; FP unmarked, other"]
 TABLES = {"wm-table": "mnist5k", "wm-fashion-table": "fashion-mnist"}
+ATTACK_TABLES = {"wm-attack-table": "mnist5k", "wm-fashion-attack-table": "fashion-mnist"}
+ATTACK_HEADER = ["scheme", "marked model", "fine-tuning (FTAL, Adam) 10/20/30/40%", "FTAL, SGD",
+                 "from scratch (control)", "40%: FTLL RTLL RTAL",
+                 "largest global L1 pruning rate still verified (accuracy)", "overwriting: acc, owner / adversary"]
+NOT_RUN = "not run"
 
 
 def _count(rep: dict[str, Any], suspect: str, level: float) -> str:
@@ -41,6 +48,61 @@ def _row(rep: dict[str, Any]) -> list[str]:
             f"{own}/{rep['n_models']}; {fu}, {fo}"]
 
 
+def _mark(cell: dict[str, Any] | None) -> str:
+    return "✓" if cell and cell.get("decision") else "✗"
+
+
+def _acc(cell: dict[str, Any]) -> str:
+    return f"{cell['test_acc']:.1f}{_mark(cell['verdict'])}"
+
+
+def _pruning(rows: list[dict[str, Any]], which: str) -> str:
+    kept = [r for r in rows if r.get(which) and r[which]["verdict"]["decision"]]
+    if not kept:
+        return "never"
+    best = max(kept, key=lambda r: r["rate"])
+    return f"{100 * best['rate']:.0f}% ({best[which]['test_acc']:.1f}%)"
+
+
+def _attack_row(rep: dict[str, Any]) -> list[str]:
+    ft = rep.get("fine_tuning") or {}
+    fr = sorted(ft, key=float)
+
+    def col(name: str) -> str:
+        if not fr or any(name not in ft[f] for f in fr):
+            return NOT_RUN if fr else "–"
+        return " / ".join(_acc(ft[f][name]) for f in fr)
+
+    last = ft[fr[-1]] if fr else {}
+    variants = " ".join(f"{v} {_mark(last[v]['verdict'])}" for v in ("FTLL", "RTLL", "RTAL") if v in last) or "–"
+    prune = rep.get("pruning")
+    pruning = f"{_pruning(prune, 'pruned')}; +FT {_pruning(prune, 'pruned_fine_tuned')}" if prune else "–"
+    if fr and all("overwrite" in ft[f] for f in fr):
+        overwrite = " / ".join(
+            f"{ft[f]['overwrite']['test_acc']:.1f} own{_mark(ft[f]['overwrite']['verdict'])} "
+            f"adv{_mark(ft[f]['overwrite'].get('adversary_verdict'))}" for f in fr)
+    else:
+        overwrite = "–"
+    victim = rep["victim"]
+    return [rep["scheme"], _acc(victim), col("FTAL"), col("FTAL_sgd"), col("from_scratch"), variants, pruning,
+            overwrite]
+
+
+def attack_table(reports: Path, dataset: str) -> str:
+    """The Markdown table of every watermark-scheme attack report of ``dataset`` in ``reports``."""
+    rows = []
+    for p in sorted(reports.glob(f"attacks_*_{dataset}.json")):
+        rep = json.loads(p.read_text())
+        if rep.get("dataset") == dataset and rep.get("scheme") != "dsn" and "victim" in rep:
+            rows.append(_attack_row(rep))
+    lines = ["| " + " | ".join(ATTACK_HEADER) + " |", "|" + "---|" * len(ATTACK_HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if any(NOT_RUN in r for r in rows):
+        lines += ["", '"not run": that report predates the SGD column (the runs were cut for time); run the '
+                  "command to add it."]
+    return "\n".join(lines)
+
+
 def table(reports: Path, dataset: str) -> str:
     """The Markdown table of every watermark report of ``dataset`` in ``reports``."""
     rows = []
@@ -55,12 +117,13 @@ def table(reports: Path, dataset: str) -> str:
 
 def update(text: str, reports: Path) -> str:
     """``text`` with each marked table replaced by the one the reports give."""
-    for marker, dataset in TABLES.items():
+    makers = [(m, d, table) for m, d in TABLES.items()] + [(m, d, attack_table) for m, d in ATTACK_TABLES.items()]
+    for marker, dataset, make in makers:
         start, end = f"<!-- {marker} -->\n", f"\n<!-- /{marker} -->"
         i, j = text.find(start), text.find(end)
         if i < 0 or j < i:
             raise SystemExit(f"README has no {start.strip()} ... {end.strip()} section")
-        text = text[: i + len(start)] + table(reports, dataset) + text[j:]
+        text = text[: i + len(start)] + make(reports, dataset) + text[j:]
     return text
 
 
