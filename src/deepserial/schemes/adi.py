@@ -22,7 +22,8 @@ Defaults: 100 trigger images (Adi §5); 10% trigger images per clean sample in e
 null-embedding paper's 28.125% for Adi on its Digit task, Li et al. Table 9, cost mnist5k models 0.9
 points of test accuracy on average and up to 1.9, beyond the 1.5-point functionality margin; Adi's
 public training code appends 2 trigger images to each batch of 100, 2%, and at 5% the trigger set was
-only 60-66% learned after 20 epochs; at 10%: 87-90% learned, 0.2-0.4 points below the reference,
+only 60-66% learned after 20 epochs; at 10%: 87-90% learned, 0.27 points below the reference on average
+over 10 keys and 1.10 at worst,
 docs/decisions.md "Trigger sets"); verification asks up to 50 of them (ours, not the paper's: a binomial
 test is discrete, and at fpr 1e-3 with p0 = 0.1 its real false-positive rate is 2.9e-4 for 50 queries
 (14 matches needed) against 8.1e-4 for 100 (21 needed), while a model answering half its triggers
