@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 import torch
+from conftest import VENDOR_TIME
 from PIL import Image
 
 from deepserial.artifacts import load_model, read_manifest
@@ -479,7 +480,7 @@ def test_issue_prints_product_key_once(capsys, vendor: Vendor, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # the fixed vendor key and a fixed time: the same serial number on every run, checked to differ from
     # acme's (at random, two 3x3 serial numbers coincide once in 420)
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764547200")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", VENDOR_TIME)
     model, licence = tmp_path / "beta.safetensors", tmp_path / "beta.licence.json"
     out = run_ok(capsys, issue_args(vendor, tmp_path, "--size", "3x3"))
     serial = serial_from_licence(licence)

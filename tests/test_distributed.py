@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fixed_identity
+from conftest import VENDOR_TIME, fixed_identity
 
 from deepserial import distributed
 from deepserial.artifacts import load_model
@@ -26,7 +26,7 @@ from deepserial.serial import stamp
 from deepserial.training import predict_logits
 from deepserial.workflow import DataSpec, serial_from_licence
 
-EPOCH = "1764547200"  # 2025-12-01T00:00:00Z
+EPOCH = VENDOR_TIME  # 2025-12-01T00:00:00Z
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 import torch
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from conftest import fixed_identity
 from torch import nn
 
 from deepserial.artifacts import load_key, save_key
@@ -41,10 +41,7 @@ FPR = 1e-3
 TEST_T = 0.6
 
 
-def identity(seed: int) -> OwnerIdentity:
-    """A deterministic owner key pair (Ed25519 signatures are deterministic too)."""
-    priv = ed25519.Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
-    return OwnerIdentity(priv, priv.public_key())
+identity = fixed_identity  # a deterministic owner key pair (Ed25519 signatures are deterministic too)
 
 
 def verifier(customer: str = "acme") -> VerifierString:

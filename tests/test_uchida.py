@@ -179,14 +179,14 @@ def test_signed_key_with_a_swapped_signature_is_refused_by_verify_itself(splits:
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A key that records an owner's provenance must carry that owner's signature: re-deriving the
     secrets from another signature is consistent, but the owner never signed it."""
-    from conftest import fixed_identity
+    from conftest import VENDOR_TIME, fixed_identity
 
     from deepserial.errors import IdentityError
     from deepserial.schemes.base import OwnershipKey, Provenance
 
     scheme = Uchida()
     # a fixed owner key and time: a random one is a false positive on the plain model 9.3e-4 of the time
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764547200")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", VENDOR_TIME)
     prov = Provenance.sign(fixed_identity(3), "owner", "model", scheme.name)
     signed = scheme.make_signed_key(prov, splits.owner, C, model=plain)
     assert not scheme.verify(ModuleSuspect(plain, SHAPE), signed).decision  # genuine key: runs, plain model lacks it
