@@ -16,13 +16,21 @@ TINY = {"n_models": 2, "n_random_keys": 3, "epochs": 1, "n_pirates": 1, "n_adapt
 
 
 def test_null_embedding_reproduction_writes_every_figure(tmp_path: Path) -> None:
-    paths = watermarks.run("null-embedding", "mnist5k", tmp_path, progress=False, overrides=TINY)
+    settings = {"ratio_true": 0.25, "ratio_null": 0.25}  # a data set's config may change the scheme's settings
+    paths = watermarks.run("null-embedding", "mnist5k", tmp_path, progress=False,
+                           overrides=TINY | {"scheme_settings": settings})
     assert [p.name for p in paths] == ["null-embedding_mnist5k.md", "null-embedding_mnist5k.json",
                                        "null-embedding_mnist5k.png", "schemes_mnist5k.md"]
     rep = json.loads(paths[1].read_text())
     assert rep["config"]["batch_size"] == 32  # the per-scheme setting applies to reference and marked alike
     assert len(rep["marked_acc"]) == 2 and len(rep["own_verdicts"]) == 2
     assert 0 <= rep["false_positives_unmarked"] <= 3 and rep["n_random_keys"] == 3
+    assert rep["scheme_config"]["ratio_true"] == 0.25 and rep["scheme_config"]["ratio_null"] == 0.25
+    # every verified random key is named, so it can be re-created from the seed and inspected
+    fpk = rep["false_positive_keys"]
+    assert len(fpk["unmarked"]) == rep["false_positives_unmarked"]
+    assert len(fpk["other_key"]) == rep["false_positives_other_key"]
+    assert all(0 <= j < 3 for j in fpk["unmarked"] + fpk["other_key"])
     assert all(v["queries"] > 0 for v in rep["own_verdicts"])
     runs = rep["extra"]["piracy_runs"]
     assert set(runs) == {"paper", "paper_on_unmarked", "adam", "adam_warmup"}
@@ -46,6 +54,13 @@ def test_unknown_dataset_and_dsn_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="reproduce dsn"):
         watermarks.run("dsn", "mnist5k", tmp_path)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_bad_scheme_setting_is_refused_before_training(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ratio_nul"):
+        watermarks.run("null-embedding", "mnist5k", tmp_path, progress=False,
+                       overrides=TINY | {"scheme_settings": {"ratio_nul": 0.25}})
+    assert not list(tmp_path.iterdir())
 
 
 def test_new_label_reproduction_measures_queries_to_first_delta(tmp_path: Path) -> None:

@@ -107,6 +107,19 @@ class OwnerIdentity:
             priv = serialization.load_pem_private_key(pem, None)  # type: ignore[assignment]
         return cls(priv, priv.public_key())
 
+    @classmethod
+    def for_experiment(cls, seed: int, label: str) -> OwnerIdentity:
+        """An Ed25519 key pair fixed by ``(seed, label)``, for reproductions only.
+
+        A reproduction draws hundreds of owners (the keyed models', random keys', pirates'); deriving
+        them from the run's seed makes every key of a report re-creatable, so a false positive it
+        records can be inspected afterwards. Never use it for a real owner: whoever knows the seed
+        and label holds the private key. Every torchrun rank derives the same pair.
+        """
+        material = derive(f"{int(seed)}\x1f{label}".encode(), "experiment-identity")
+        priv = ed25519.Ed25519PrivateKey.from_private_bytes(material)
+        return cls(priv, priv.public_key())
+
     def sign(self, message: VerifierString | bytes) -> bytes:
         """Sign a verifier string. Ed25519 is deterministic; RSA-PSS is randomised (so under torchrun
         every rank takes rank 0's signature)."""

@@ -48,6 +48,7 @@ class WatermarkExperiment(BaseModel):
     n_adaptive_pirates: int = 5  # each adaptive piracy variant (our addition)
     fpr: float = 1e-3
     limit: int | None = None  # use only this many samples of the data set (tests, quick looks)
+    scheme_settings: dict[str, Any] = {}  # the scheme's own settings (its config model validates them)
     # per-scheme changes of the above (e.g. null embedding needs more, smaller steps on mnist5k)
     per_scheme: dict[str, dict[str, Any]] = {}
 
@@ -124,7 +125,7 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
         raise ConfigError(f"no watermark reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)}")
     base = CONFIGS[dataset]
     cfg = base.model_copy(update=base.per_scheme.get(scheme_name, {}) | (overrides or {}))
-    scheme = get_scheme(scheme_name)
+    scheme = get_scheme(scheme_name, cfg.scheme_settings or None)
     if scheme_name == "dsn":
         raise ConfigError("DSN has its own reproduction: `deepserial reproduce dsn`")
     t0 = time.perf_counter()
@@ -133,7 +134,8 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
     ref = train_teacher(data, train, cfg.arch)  # the same net, seed and budget without a watermark
     splits = ref.splits
     num_classes = int(ref.manifest["num_classes"])
-    owner = OwnerIdentity.generate()  # under torchrun: rank 0's, on every rank
+    # every owner of the run is derived from the seed, so any key it reports on can be re-created
+    owner = OwnerIdentity.for_experiment(seed, "owner")
 
     def keyed_model(i: int, _: object) -> tuple[Any, Any]:
         base = loaded(copy.deepcopy(ref.model), ref.manifest) if scheme.fine_tunes else None  # a fresh copy each
@@ -158,7 +160,8 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
     t_fp = time.perf_counter()
 
     def random_key(j: int, _: object) -> list[tuple[bool, float, int]]:
-        prov = Provenance.sign(OwnerIdentity.generate(), "random", f"random-{j}", scheme.name)
+        prov = Provenance.sign(OwnerIdentity.for_experiment(seed, f"random-{j}"), "random", f"random-{j}",
+                               scheme.name)
         key = scheme.null_key(prov, splits.owner, num_classes, model=_key_model(scheme, independent, models[0]))
         key.meta.setdefault("config", scheme.config.model_dump())
         out = []
@@ -185,6 +188,9 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
         "n_random_keys": cfg.n_random_keys, "random_p_min_unmarked": float(np.min(p_unmarked)),
         "random_p_min_other_key": float(np.min(p_other)), "random_queries_mean": float(np.mean(q_random)),
         "random_p_unmarked": p_unmarked, "random_p_other_key": p_other,
+        # indices j of the random keys that were verified: OwnerIdentity.for_experiment(seed, f"random-{j}")
+        "false_positive_keys": {"unmarked": [j for j, t in enumerate(tried) if t[0][0]],
+                                "other_key": [j for j, t in enumerate(tried) if t[1][0]]},
         "fp_wall_s": time.perf_counter() - t_fp, "sizes": splits.sizes(),
         "train_wall_s": {"reference": ref.log.wall_s, "marked_mean": float(np.mean([m.log.wall_s for m in models]))},
     }
@@ -271,6 +277,11 @@ def _markdown(rep: dict[str, Any]) -> str:
         f"Reproduce: `deepserial reproduce {rep['scheme']} --dataset {rep['dataset']}`.",
         "",
     ]
+    fpk = rep.get("false_positive_keys", {})
+    if fpk.get("unmarked") or fpk.get("other_key"):
+        lines += [f"Random keys verified (false positives), by index j of "
+                  f"`OwnerIdentity.for_experiment({rep['seed']}, 'random-j')`: against the unmarked model "
+                  f"{fpk.get('unmarked', [])}, against the other key's model {fpk.get('other_key', [])}.", ""]
     return "\n".join(lines)
 
 
@@ -358,7 +369,8 @@ def _null_embedding_piracy(ctx: dict[str, Any]) -> dict[str, Any]:
     for label, target, opt, lr, warmup, n in variants:
         runs = []
         for i in range(n):
-            prov = Provenance.sign(OwnerIdentity.generate(), "pirate", f"pirate-{label}-{i}", scheme.name)
+            prov = Provenance.sign(OwnerIdentity.for_experiment(ctx["seed"], f"pirate-{label}-{i}"), "pirate",
+                                   f"pirate-{label}-{i}", scheme.name)
             pirated, log = pirate_null_embedding(target, splits.attacker, prov.signature, lr=lr,
                                                  owner_log=owner_model.log, batch_size=cfg.batch_size,
                                                  config=own_cfg | {"lam_warmup_epochs": warmup},
