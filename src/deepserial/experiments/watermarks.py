@@ -56,8 +56,11 @@ class WatermarkExperiment(BaseModel):
 CONFIGS = {
     "mnist5k": WatermarkExperiment(dataset="mnist5k", epochs=20,
                                    per_scheme={"null-embedding": {"batch_size": 32}}),
-    "fashion-mnist": WatermarkExperiment(dataset="fashion-mnist", epochs=5, batch_size=256,
-                                         per_scheme={"null-embedding": {"epochs": 10, "batch_size": 128}}),
+    # null embedding on fashion-mnist: Table 14's injection ratio of its harder tasks (Traffic, Object), 0.1;
+    # Digit's 0.5 cost the small DSN net 1.3-2.6 points here (docs/decisions.md)
+    "fashion-mnist": WatermarkExperiment(dataset="fashion-mnist", epochs=5, batch_size=256, per_scheme={
+        "null-embedding": {"epochs": 10, "batch_size": 128,
+                           "scheme_settings": {"ratio_true": 0.1, "ratio_null": 0.1}}}),
 }
 
 # The papers' own figures for the same measurements (their data sets and networks, not ours).
