@@ -4,13 +4,17 @@ only that every measurement is made and reported; the real runs are `deepserial 
 from __future__ import annotations
 
 import json
+import os
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import VENDOR_TIME
 
 from deepserial.errors import ConfigError
 from deepserial.experiments import watermarks
+from deepserial.identity import VerifierString
 
 TINY = {"n_models": 2, "n_random_keys": 3, "epochs": 1, "n_pirates": 1, "n_adaptive_pirates": 1, "limit": 600}
 
@@ -31,6 +35,7 @@ def test_null_embedding_reproduction_writes_every_figure(tmp_path: Path) -> None
     assert len(fpk["unmarked"]) == rep["false_positives_unmarked"]
     assert len(fpk["other_key"]) == rep["false_positives_other_key"]
     assert all(0 <= j < 3 for j in fpk["unmarked"] + fpk["other_key"])
+    assert isinstance(rep["signed_at_epoch"], int)  # with the seed, re-creates every key of the run
     assert all(v["queries"] > 0 for v in rep["own_verdicts"])
     runs = rep["extra"]["piracy_runs"]
     assert set(runs) == {"paper", "paper_on_unmarked", "adam", "adam_warmup"}
@@ -87,3 +92,15 @@ def test_deepsigns_output_report_sets_eq5_beside_table4() -> None:
     assert ex["own_threshold"] == 13.0 and ex["own_mismatches_max"] == 4.0
     paper = watermarks.PAPER["deepsigns-output"]
     assert (paper["eq5_threshold_k20"], paper["eq5_threshold_k30"]) == (13, 21)
+
+
+def test_signing_time_fixes_one_time_per_run_and_restores_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    with watermarks.signing_time() as epoch:
+        stamped = VerifierString.now("o", "c", "s").timestamp
+        assert stamped == datetime.fromtimestamp(int(epoch), timezone.utc).isoformat()
+    assert "SOURCE_DATE_EPOCH" not in os.environ  # the run's time does not leak into later commands
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", VENDOR_TIME)
+    with watermarks.signing_time() as epoch:
+        assert epoch == VENDOR_TIME  # a time the user fixed is the run's time
+    assert os.environ["SOURCE_DATE_EPOCH"] == VENDOR_TIME

@@ -20,8 +20,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +118,33 @@ def extra(name: str) -> Callable[[Extra], Extra]:
     return deco
 
 
+@contextmanager
+def signing_time() -> Iterator[str]:
+    """Sign every key of a run at one time: ``SOURCE_DATE_EPOCH`` when set, else the run's start.
+
+    A verifier string carries its signing time, and every secret derives from the signature over it;
+    with the owners derived from the seed (:meth:`OwnerIdentity.for_experiment`) and one time per run,
+    any key a report names can be re-created by setting ``SOURCE_DATE_EPOCH`` to the recorded time.
+    """
+    before = os.environ.get("SOURCE_DATE_EPOCH")
+    epoch = before or str(int(time.time()))
+    os.environ["SOURCE_DATE_EPOCH"] = epoch
+    try:
+        yield epoch
+    finally:
+        if before is None:
+            del os.environ["SOURCE_DATE_EPOCH"]
+
+
 def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool = True,
         overrides: dict[str, Any] | None = None) -> list[Path]:
     """Run the reproduction of ``scheme_name`` on ``dataset``; write its report and the comparison."""
+    with signing_time() as epoch:
+        return _run(scheme_name, dataset, out, seed, progress, overrides, epoch)
+
+
+def _run(scheme_name: str, dataset: str, out: Path, seed: int, progress: bool, overrides: dict[str, Any] | None,
+         epoch: str) -> list[Path]:
     from deepserial.identity import OwnerIdentity
     from deepserial.schemes.base import Provenance, get_scheme
     from deepserial.suspect import ModuleSuspect
@@ -205,6 +231,7 @@ def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool
     rep["wall_s"] = time.perf_counter() - t0
     rep["environment"] = environment()
     rep["processes"] = distributed.world()[1]
+    rep["signed_at_epoch"] = int(epoch)  # SOURCE_DATE_EPOCH that re-creates every key of the run
     paths = write_report(out / f"{scheme_name}_{dataset}", rep, _markdown(rep), _figure(rep))
     return paths + [write_comparison(out, dataset)]
 
@@ -282,8 +309,9 @@ def _markdown(rep: dict[str, Any]) -> str:
     ]
     fpk = rep.get("false_positive_keys", {})
     if fpk.get("unmarked") or fpk.get("other_key"):
+        when = f" with SOURCE_DATE_EPOCH={rep['signed_at_epoch']}" if "signed_at_epoch" in rep else ""
         lines += [f"Random keys verified (false positives), by index j of "
-                  f"`OwnerIdentity.for_experiment({rep['seed']}, 'random-j')`: against the unmarked model "
+                  f"`OwnerIdentity.for_experiment({rep['seed']}, 'random-j')`{when}: against the unmarked model "
                   f"{fpk.get('unmarked', [])}, against the other key's model {fpk.get('other_key', [])}.", ""]
     return "\n".join(lines)
 
