@@ -51,6 +51,14 @@ def test_cost_ratio_reads_the_curves() -> None:
     assert c["ratio"] == pytest.approx(300 / 100)
 
 
+def test_a_source_smaller_than_the_query_sweep_is_asked_all_it_has() -> None:
+    from deepserial.experiments.watermark_attacks import query_volumes
+
+    assert query_volumes([6000, 12000, 24000], 30000) == [6000, 12000, 24000]
+    assert query_volumes([6000, 12000, 24000], 8000) == [6000, 8000]
+    assert query_volumes([6000, 12000, 24000], 3000) == [3000]  # fashion-mnist victim, mnist5k queries
+
+
 WM_TINY = TINY | {"watermark_epochs": 2, "prune_rates": (0.5,), "extraction_volumes": (0.5, 1.0),
                   "transfer_samples": 600, "recovery_epochs": 1, "embed_attempts": 2}
 FASHION = Path("/usr/share/datasets/fashion-mnist")
