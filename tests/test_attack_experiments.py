@@ -94,6 +94,7 @@ def test_deepsigns_attack_reproduction_verifies_both_keys_after_overwriting(tmp_
     paths = attacks.run("deepsigns-hidden", "mnist5k", tmp_path, progress=False, overrides=WM_TINY)
     rep = json.loads(paths[1].read_text())
     assert rep["plan"] == ["fine_tuning", "pruning", "overwrite"] and "extraction" not in rep
+    assert isinstance(rep["signed_at_epoch"], int)  # with the seed, re-creates the attacked model's key
     for f in ("0.1", "0.2"):
         ow = rep["fine_tuning"][f]["overwrite"]
         assert "decision" in ow["verdict"] and "decision" in ow["adversary_verdict"]

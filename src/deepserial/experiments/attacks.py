@@ -122,8 +122,11 @@ def run(scheme: str, dataset: str, out: Path, seed: int = 0, progress: bool = Tr
     stem = out / f"attacks_{scheme}_{dataset}"
     if scheme != "dsn":
         from deepserial.experiments import watermark_attacks
+        from deepserial.experiments.watermarks import signing_time
 
-        rep = watermark_attacks.run_scheme(cfg, scheme, seed, progress)
+        with signing_time() as epoch:  # with the seed-derived owner: the attacked key can be re-created
+            rep = watermark_attacks.run_scheme(cfg, scheme, seed, progress)
+        rep["signed_at_epoch"] = int(epoch)
         rep["environment"] = environment()
         return write_report(stem, rep, watermark_attacks.markdown(rep), watermark_attacks.figure(rep))
     rep = _run_dsn(cfg, seed, progress)

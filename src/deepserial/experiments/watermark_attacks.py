@@ -88,7 +88,7 @@ def run_scheme(cfg: Any, scheme_name: str, seed: int, progress: bool) -> dict[st
     data = DataSpec(cfg.dataset, seed, limit=cfg.limit)
     train = TrainConfig(epochs=wm.epochs, batch_size=wm.batch_size, seed=seed, progress=progress)
     teacher = train_teacher(data, train, wm.arch) if scheme.fine_tunes else None
-    owner = OwnerIdentity.for_experiment(seed, "owner")  # re-creatable from the seed, as in watermarks.run
+    owner = OwnerIdentity.for_experiment(seed, "owner")  # from the seed, as in watermarks.run
     # An owner checks the watermark before shipping: a key whose embedding did not take (null embedding's
     # null accuracy under T happens for some keys) is replaced by the next one, and the report says so.
     attempts: list[dict[str, Any]] = []
