@@ -3,8 +3,9 @@
 The tables between ``<!-- wm-table -->`` (mnist5k) and ``<!-- wm-fashion-table -->`` (fashion-mnist)
 and their closing markers are generated from ``reports/<scheme>_<dataset>.json``, those between
 ``<!-- wm-attack-table -->`` / ``<!-- wm-fashion-attack-table -->`` from
-``reports/attacks_<scheme>_<dataset>.json``, so that README shows every scheme that has a report,
-with the figures the report holds and nothing typed by hand.
+``reports/attacks_<scheme>_<dataset>.json``, and those between ``<!-- attack-table -->`` /
+``<!-- dsn-fashion-attack-table -->`` from ``reports/attacks_dsn_<dataset>.json``, so that README
+shows every scheme that has a report, with the figures the report holds and nothing typed by hand.
 
 Usage: ``python scripts/update_readme.py`` (``--check`` exits 1 when README is out of date).
 """
@@ -23,6 +24,7 @@ HEADER = ["scheme", "unmarked acc", "marked acc (mean)", "largest drop", "own ke
           "at 1e-4: own verified; FP unmarked, other"]
 TABLES = {"wm-table": "mnist5k", "wm-fashion-table": "fashion-mnist"}
 ATTACK_TABLES = {"wm-attack-table": "mnist5k", "wm-fashion-attack-table": "fashion-mnist"}
+DSN_TABLES = {"attack-table": "mnist5k", "dsn-fashion-attack-table": "fashion-mnist"}
 ATTACK_HEADER = ["scheme", "marked model", "fine-tuning (FTAL, Adam) 10/20/30/40%", "FTAL, SGD",
                  "from scratch (control)", "40%: FTLL RTLL RTAL",
                  "largest global L1 pruning rate still verified (accuracy)", "overwriting: acc, owner / adversary"]
@@ -115,9 +117,77 @@ def table(reports: Path, dataset: str) -> str:
     return "\n".join(lines)
 
 
+def _costs(row: dict[str, Any]) -> str:
+    return " / ".join("failed" if c.get("failed") else "–" if c["ratio"] is None else f"{c['ratio']:.2f}x"
+                      for c in row)
+
+
+def dsn_attack_table(reports: Path, dataset: str) -> str:
+    """DSN's robustness section (Tables 3-6, serial-number search, Neural Cleanse) of ``dataset``."""
+    path = reports / f"attacks_dsn_{dataset}.json"
+    if not path.exists():
+        return f"No report yet: run `deepserial reproduce attacks --scheme dsn --dataset {dataset}`."
+    rep = json.loads(path.read_text())
+    fr = list(rep["fractions"])
+    paper = rep["paper"]
+
+    def accs(key: str, field: str) -> str:
+        return " / ".join(f"{rep['fractions'][f][key][field]:.1f}" for f in fr)
+
+    def cost(key: str) -> str:
+        return _costs([rep["fractions"][f][key]["cost"] for f in fr])
+
+    def nums(key: str) -> str:
+        return " / ".join(f"{v:.1f}" for v in paper[key])
+
+    shares = " / ".join(f"{100 * float(f):.0f}" for f in fr)
+    lines = [f"| attack (attacker data {shares}%) | ours | paper (MNIST) | cost vs from scratch |", "|---|---|---|---|",
+             f"| fine-tuning (FTAL), accuracy without the SN | {accs('fine_tuning', 'raw_acc')} | "
+             f"{nums('fine_tuning')} | {cost('fine_tuning')} |",
+             f"| from scratch on the same data (the * row) | {accs('from_scratch', 'raw_acc')} | "
+             f"{nums('from_scratch')} | 1 (reference) |",
+             f"| transfer learning (new dense layers), without the SN | {accs('transfer', 'raw_acc')} | "
+             f"{nums('transfer')} | {cost('transfer')} |",
+             f"| overwriting, accuracy with the new SN | {accs('overwrite', 'new_sn_acc')} | {nums('overwrite')} | "
+             f"{cost('overwrite')} |", ""]
+    prune = ", ".join(f"{100 * p['rate']:.0f}%: {p['with_sn_acc']:.1f} / {p['raw_acc']:.1f}" for p in rep["pruning"])
+    paper_prune = " / ".join(f"{min(v):.1f}" if min(v) == max(v) else f"{min(v):.1f}-{max(v):.1f}"
+                             for v in (paper["pruning_with_sn"], paper["pruning_without_sn"]))
+    lines += [f"Pruning (global L1, no fine-tuning), with SN / without: {prune} (paper, 10-40%: {paper_prune}).", ""]
+    ss = rep["serial_search"]
+    bf = ss["brute_force"]
+    best = bf["candidate_confirm_accuracy_max"]
+    rev = []
+    for region in ("known", "unknown"):
+        r = ss[f"reverse_{region}"]
+        rev.append(f"{region} region {100 * r['accuracy_mean']:.1f} +/- {100 * r['accuracy_std']:.1f}% (best "
+                   f"{100 * r['accuracy_best']:.1f}%, {len(r['per_restart'])} restarts)")
+    lines += [f"Serial-number search: brute force **{bf['unlocks']} unlocks in {bf['tries']:,} tries** "
+              f"({bf['queries']:,} queries: {bf['candidates']} tries passed the 10-image screen, {bf['unlocks']} the "
+              f"{bf['confirm_images']}-image confirmation"
+              + ("" if best is None else f", best confirmed {100 * best:.1f}%") + f"; {bf['wall_s']:.0f} s); "
+              f"reverse engineering, {rev[0]}, {rev[1]}; paper: {paper['reverse_engineered']}.", ""]
+    nc = {k: v for k, v in rep.get("neural_cleanse", {}).items() if isinstance(v, dict)}
+    if nc:
+        scans = ", ".join(f"{name} {r['max_anomaly_index']:.2f} ({', '.join(map(str, r['flagged'])) or 'none'})"
+                          for name, r in nc.items())
+        secs = [r["wall_s"] for r in nc.values()]
+        lines += [f"Neural Cleanse, max anomaly index (flagged labels): {scans}; the Zhang content backdoor's target "
+                  f"is label {rep['neural_cleanse'].get('zhang_content_target')}; scans took {min(secs):.0f}-"
+                  f"{max(secs):.0f} s.", ""]
+    env = rep["environment"]
+    lines.append(f"Teacher {rep['teacher_acc']:.1f}%, customer model {rep['student_with_sn']:.1f}% with its "
+                 f"{rep['geometry']['height']}x{rep['geometry']['width']} serial number, {rep['student_raw']:.1f}% "
+                 f"without; {rep['config']['attack_epochs']} attack epochs at Adam {rep['config']['attack_lr']:g}; "
+                 f"seed {rep['seed']}; wall {rep['wall_s']:.0f} s on {env['cpu_count']} cores, "
+                 f"{env['torch_threads']} torch thread(s).")
+    return "\n".join(lines)
+
+
 def update(text: str, reports: Path) -> str:
     """``text`` with each marked table replaced by the one the reports give."""
     makers = [(m, d, table) for m, d in TABLES.items()] + [(m, d, attack_table) for m, d in ATTACK_TABLES.items()]
+    makers += [(m, d, dsn_attack_table) for m, d in DSN_TABLES.items()]
     for marker, dataset, make in makers:
         start, end = f"<!-- {marker} -->\n", f"\n<!-- /{marker} -->"
         i, j = text.find(start), text.find(end)
