@@ -701,6 +701,16 @@ def test_watermark_schemes_lists_the_registry(capsys) -> None:
     assert "null-embedding" in out and "dsn" in out and "arXiv" in out
 
 
+def test_reproduce_attacks_seeds_bad_input_writes_nothing(capsys, tmp_path: Path) -> None:
+    out = ["--out", str(tmp_path)]
+    run_err(capsys, ["reproduce", "attacks", "--seeds", "0,x", *out], "comma-separated integers", "'0,x'")
+    run_err(capsys, ["reproduce", "attacks", "--seeds", "4", *out], "two or more different seeds")
+    run_err(capsys, ["reproduce", "attacks", "--scheme", "adi", "--seeds", "0,1", *out], "--scheme dsn")
+    run_err(capsys, ["reproduce", "attacks", "--seeds", "0,1", "--tries", "10", *out], "without --tries")
+    run_err(capsys, ["reproduce", "attacks", "--seeds", "0,1", "--dataset", "cifar-100", *out], "cifar-100")
+    assert not list(tmp_path.iterdir())
+
+
 def test_reproduce_dsn_partial_rerun_needs_a_known_run_and_an_existing_report(capsys, tmp_path: Path) -> None:
     run_err(capsys, ["reproduce", "dsn", "--runs", "nope", "--out", str(tmp_path)], "unknown run", "default-6x6")
     run_err(capsys, ["reproduce", "dsn", "--runs", "default-6x6", "--out", str(tmp_path)], "missing",

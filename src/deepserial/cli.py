@@ -588,14 +588,26 @@ def reproduce_attacks(
     dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",
     out: Annotated[Path, typer.Option("--out", "-o", help="Reports folder.")] = Path("reports"),
     tries: Annotated[int | None, typer.Option(help="Brute-force serial numbers (default 100000).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="DSN only: comma-separated seeds, one customer model each; "
+                                              "writes attacks_dsn_<dataset>_seeds (Tables 3-6 and pruning).")] = None,
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
     """The papers' robustness tables beside ours. DSN: Tables 3-6 and Fig. 2 (fine-tuning, from scratch,
     transfer, overwriting, pruning, serial-number search, Neural Cleanse). A watermark scheme: the attacks
     its paper evaluates, with the owner's verdict after each."""
-    from deepserial.experiments.attacks import run
+    from deepserial.experiments.attacks import run, run_seeds
 
+    if seeds is not None:
+        if scheme != "dsn" or tries is not None:
+            raise ConfigError("--seeds is for --scheme dsn, without --tries (the seeds study runs no serial search)")
+        try:
+            values = [int(v) for v in seeds.split(",")]
+        except ValueError:
+            raise ConfigError(f"--seeds takes comma-separated integers such as 0,1,2; got {seeds!r}") from None
+        paths = run_seeds(dataset, values, out, progress=not quiet)
+        typer.echo("wrote " + ", ".join(str(p) for p in paths))
+        return
     over = {"brute_force_tries": tries} if tries is not None else None
     paths = run(scheme, dataset, out, seed=seed, progress=not quiet, overrides=over)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))

@@ -49,6 +49,7 @@ class AttackExperiment(BaseModel):
     brute_force_tries: int = 100_000
     reverse_restarts: int = 5
     reverse_steps: int = 300
+    serial_search: bool = True
     neural_cleanse: bool = True
     nc_steps: int = 400  # Neural Cleanse's joint search steps (its default)
     # watermark schemes (``watermark_attacks``): sparse fine-tuning after pruning, extraction query volumes
@@ -134,6 +135,110 @@ def run(scheme: str, dataset: str, out: Path, seed: int = 0, progress: bool = Tr
     return write_report(stem, rep, _markdown(rep), _figure(rep))
 
 
+# What each fraction attack's headline accuracy is: the raw input for removal, the adversary's new
+# serial number for overwriting (what Tables 3, 5 and 6 report).
+HEADLINE = {"fine_tuning": "raw_acc", "from_scratch": "raw_acc", "transfer": "raw_acc", "overwrite": "new_sn_acc"}
+
+
+def run_seeds(dataset: str, seeds: list[int], out: Path, progress: bool = True,
+              overrides: dict[str, Any] | None = None) -> list[Path]:
+    """DSN's four-fraction attacks (Tables 3-6) and pruning against one customer model per seed: each
+    seed trains its own teacher and student, so the table shows how much the outcome of an attack
+    depends on the model attacked. Serial-number search and Neural Cleanse stay in the one-seed report.
+    Writes ``reports/attacks_dsn_<dataset>_seeds.{md,json,png}``."""
+    import numpy as np
+
+    if dataset not in CONFIGS:
+        raise ConfigError(f"no attack reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)}")
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds needs two or more different seeds, got {seeds}")
+    cfg = CONFIGS[dataset].model_copy(update=(overrides or {}) | {"serial_search": False, "neural_cleanse": False})
+    t0 = time.perf_counter()
+    runs = [_run_dsn(cfg, s, progress) for s in seeds]
+    fr = list(runs[0]["fractions"])
+    summary: dict[str, Any] = {}
+    for key, field in HEADLINE.items():
+        summary[key] = {}
+        for f in fr:
+            accs = [r["fractions"][f][key][field] for r in runs]
+            cell = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "min": min(accs), "max": max(accs)}
+            if key != "from_scratch":
+                costs = [r["fractions"][f][key]["cost"] for r in runs]
+                cell["worked"] = sum(not c.get("failed") for c in costs)
+                ratios = [c["ratio"] for c in costs if c["ratio"] is not None]
+                cell["cost_ratio_median"] = float(np.median(ratios)) if ratios else None
+            summary[key][f] = cell
+    rep = {"experiment": "attacks-seeds", "scheme": "dsn", "dataset": dataset, "seeds": seeds,
+           "config": cfg.model_dump(), "runs": runs, "summary": summary, "paper": PAPER,
+           "wall_s": time.perf_counter() - t0, "environment": environment()}
+    return write_report(out / f"attacks_dsn_{dataset}_seeds", rep, _seeds_markdown(rep), _seeds_figure(rep))
+
+
+def _seeds_markdown(rep: dict[str, Any]) -> str:
+    runs, paper = rep["runs"], rep["paper"]
+    fr = list(runs[0]["fractions"])
+    n = len(runs)
+    shares = " / ".join(f"{float(f):.0%}" for f in fr)
+    lines = [f"# Attacks on DSN over {n} seeds, `{rep['dataset']}`", "",
+             f"Seeds {', '.join(map(str, rep['seeds']))}: each trains its own teacher and customer model (6x6 serial "
+             f"number), then the attacks of Tables 3-6 with attacker data {shares} of the training data, "
+             f"{rep['config']['attack_epochs']} epochs at lr {rep['config']['attack_lr']:g}. Accuracy (%) on the test "
+             "set: without the serial number for fine-tuning, from scratch and transfer learning; with the "
+             "adversary's new serial number for overwriting. 'worked': runs that got 5 points above chance.", "",
+             "## Customer models", "",
+             markdown_table(["seed", "teacher", "with SN", "without SN"],
+                            [[str(r["seed"]), f"{r['teacher_acc']:.1f}", f"{r['student_with_sn']:.1f}",
+                              f"{r['student_raw']:.1f}"] for r in runs]), ""]
+    names = {"fine_tuning": "Fine-tuning (FTAL), Table 3", "from_scratch": "From scratch (the * row)",
+             "transfer": "Transfer learning (new dense layers), Table 5",
+             "overwrite": "Overwriting (new serial number), Table 6"}
+    for key, field in HEADLINE.items():
+        rows = [[str(r["seed"])] + [f"{r['fractions'][f][key][field]:.1f}" for f in fr] for r in runs]
+        summ = rep["summary"][key]
+        rows.append(["mean +/- sd"] + [f"{summ[f]['mean']:.1f} +/- {summ[f]['std']:.1f}" for f in fr])
+        if key != "from_scratch":
+            rows.append(["worked"] + [f"{summ[f]['worked']}/{n}" for f in fr])
+            rows.append(["median cost vs scratch"] + [
+                "–" if summ[f]["cost_ratio_median"] is None else f"{summ[f]['cost_ratio_median']:.2f}x" for f in fr])
+        on_paper = dict(zip(("0.1", "0.2", "0.3", "0.4"), paper[key], strict=True))
+        rows.append(["paper (MNIST)"] + [f"{on_paper[f]:.1f}" if f in on_paper else "–" for f in fr])
+        lines += [f"## {names[key]}", "", markdown_table(["seed"] + [f"{float(f):.0%}" for f in fr], rows), ""]
+    rates = [p["rate"] for p in runs[0]["pruning"]]
+    prow = [[str(r["seed"])] + [f"{p['with_sn_acc']:.1f} / {p['raw_acc']:.1f}" for p in r["pruning"]] for r in runs]
+    lines += ["## Pruning (Table 4): global L1, no fine-tuning, with SN / without", "",
+              markdown_table(["seed"] + [f"{x:.0%}" for x in rates], prow), ""]
+    env = rep["environment"]
+    lines += [f"Wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores, torch threads: "
+              f"{env['torch_threads']}), torch {env['torch']}.", "",
+              f"Reproduce: `deepserial reproduce attacks --scheme dsn --dataset {rep['dataset']} --seeds "
+              f"{','.join(map(str, rep['seeds']))}`.", ""]
+    return "\n".join(lines)
+
+
+def _seeds_figure(rep: dict[str, Any]):  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = rep["runs"]
+    fr = list(runs[0]["fractions"])
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    for i, (key, field) in enumerate(HEADLINE.items()):
+        for j, f in enumerate(fr):
+            ys = [r["fractions"][f][key][field] for r in runs]
+            ax.scatter([j + (i - 1.5) * 0.15] * len(ys), ys, s=14, color=f"C{i}", label=key.replace("_", " ")
+                       if j == 0 else None)
+    ax.set_xticks(range(len(fr)), [f"{float(f):.0%}" for f in fr])
+    ax.set_xlabel("attacker data")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"DSN attacks, one customer model per seed ({len(runs)} seeds, {rep['dataset']})")
+    fig.tight_layout()
+    return fig
+
+
 def _run_dsn(cfg: AttackExperiment, seed: int, progress: bool) -> dict[str, Any]:
     from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
     from deepserial.identity import OwnerIdentity
@@ -197,7 +302,8 @@ def _run_dsn(cfg: AttackExperiment, seed: int, progress: bool) -> dict[str, Any]
         model, log = get_attack("pruning", {"rate": rate}).run(student, splits.attacker, AttackBudget(epochs=0))
         rep["pruning"].append({"rate": rate, "with_sn_acc": accuracy(model, stamped_test),
                                "raw_acc": accuracy(model, test), "zero_fraction": log.details["zero_weight_fraction"]})
-    rep["serial_search"] = _serial_search(cfg, student, sn, splits, seed)
+    if cfg.serial_search:
+        rep["serial_search"] = _serial_search(cfg, student, sn, splits, seed)
     if cfg.neural_cleanse:
         rep["neural_cleanse"] = _neural_cleanse(cfg, teacher, student, data, splits, seed, progress)
     rep["wall_s"] = time.perf_counter() - t0
@@ -295,21 +401,8 @@ def _markdown(rep: dict[str, Any]) -> str:
               "Paper (10/20/30/40%): " + ", ".join(f"{a} / {b}" for a, b in zip(paper["pruning_with_sn"],
                                                                               paper["pruning_without_sn"],
                                                                               strict=True)), ""]
-    ss = rep["serial_search"]
-    bf = ss["brute_force"]
-    lines += ["## Serial-number search", "",
-              f"- Brute force: {bf['unlocks']} unlocks in {bf['tries']:,} random serial numbers "
-              f"({bf['queries']:,} black-box queries; a try scoring >= 50% on 10 images is a candidate, "
-              f"confirmed when it scores >= 50% on {bf['confirm_images']} more): {bf['candidates']} candidates, "
-              f"best confirmed accuracy {_pct(bf['candidate_confirm_accuracy_max'])}; mean screening accuracy "
-              f"{100 * bf['mean_accuracy']:.1f}%; {bf['wall_s']:.0f} s."]
-    for region in ("known", "unknown"):
-        r = ss[f"reverse_{region}"]
-        lines.append(f"- Reverse engineering, {region} region: {100 * r['accuracy_mean']:.1f} +/- "
-                     f"{100 * r['accuracy_std']:.1f}% (best {100 * r['accuracy_best']:.1f}%) over "
-                     f"{len(r['per_restart'])} restarts on {r['holdout_images']} held-out attacker images; paper: "
-                     f"{paper['reverse_engineered']}.")
-    lines.append("")
+    if "serial_search" in rep:
+        lines += _serial_search_lines(rep["serial_search"], paper)
     if "neural_cleanse" in rep:
         nc = rep["neural_cleanse"]
         rows = [[name, f"{r['max_anomaly_index']:.2f}", ", ".join(map(str, r["flagged"])) or "none",
@@ -318,6 +411,23 @@ def _markdown(rep: dict[str, Any]) -> str:
                   markdown_table(["model", "max anomaly index", "flagged labels", "scan s"], rows), "",
                   f"The Zhang content backdoor's target label is {nc.get('zhang_content_target')}.", ""]
     return "\n".join(lines + footer(rep))
+
+
+def _serial_search_lines(ss: dict[str, Any], paper: dict[str, Any]) -> list[str]:
+    bf = ss["brute_force"]
+    lines = ["## Serial-number search", "",
+             f"- Brute force: {bf['unlocks']} unlocks in {bf['tries']:,} random serial numbers "
+             f"({bf['queries']:,} black-box queries; a try scoring >= 50% on 10 images is a candidate, "
+             f"confirmed when it scores >= 50% on {bf['confirm_images']} more): {bf['candidates']} candidates, "
+             f"best confirmed accuracy {_pct(bf['candidate_confirm_accuracy_max'])}; mean screening accuracy "
+             f"{100 * bf['mean_accuracy']:.1f}%; {bf['wall_s']:.0f} s."]
+    for region in ("known", "unknown"):
+        r = ss[f"reverse_{region}"]
+        lines.append(f"- Reverse engineering, {region} region: {100 * r['accuracy_mean']:.1f} +/- "
+                     f"{100 * r['accuracy_std']:.1f}% (best {100 * r['accuracy_best']:.1f}%) over "
+                     f"{len(r['per_restart'])} restarts on {r['holdout_images']} held-out attacker images; paper: "
+                     f"{paper['reverse_engineered']}.")
+    return lines + [""]
 
 
 def footer(rep: dict[str, Any]) -> list[str]:
