@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from deepserial.errors import ConfigError, InputError
-from deepserial.training import model_device
+from deepserial.training import EVAL_BATCH, model_device
 
 
 class QueryBudgetError(InputError):
@@ -94,7 +94,7 @@ class ModuleSuspect(Suspect):
     """A local PyTorch model as a suspect (white-box: :attr:`module` is available)."""
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], num_outputs: int | None = None,
-                 budget: int | None = None, batch_size: int = 2048) -> None:
+                 budget: int | None = None, batch_size: int = EVAL_BATCH) -> None:
         super().__init__(budget)
         self._model = model.eval()
         self._shape = tuple(int(v) for v in input_shape)
