@@ -1,4 +1,4 @@
-"""Rewrite README's watermark result tables from the committed reports.
+"""Rewrite README's generated result sections (watermarks, attacks) from the committed reports.
 
 The tables between ``<!-- wm-table -->`` (mnist5k) and ``<!-- wm-fashion-table -->`` (fashion-mnist)
 and their closing markers are generated from ``reports/<scheme>_<dataset>.json``, those between
@@ -117,9 +117,10 @@ def table(reports: Path, dataset: str) -> str:
     return "\n".join(lines)
 
 
-def _costs(row: dict[str, Any]) -> str:
+def _costs(costs: list[dict[str, Any]]) -> str:
+    """Cost ratios of one attack across the fractions ('failed': never 5 points above chance)."""
     return " / ".join("failed" if c.get("failed") else "–" if c["ratio"] is None else f"{c['ratio']:.2f}x"
-                      for c in row)
+                      for c in costs)
 
 
 def dsn_attack_table(reports: Path, dataset: str) -> str:
@@ -138,9 +139,10 @@ def dsn_attack_table(reports: Path, dataset: str) -> str:
         return _costs([rep["fractions"][f][key]["cost"] for f in fr])
 
     def nums(key: str) -> str:
-        return " / ".join(f"{v:.1f}" for v in paper[key])
+        on_paper = dict(zip(("0.1", "0.2", "0.3", "0.4"), paper[key], strict=True))
+        return " / ".join(f"{on_paper[f]:.1f}" if f in on_paper else "–" for f in fr)
 
-    shares = " / ".join(f"{100 * float(f):.0f}" for f in fr)
+    shares = " / ".join(f"{100 * float(f):g}" for f in fr)
     lines = [f"| attack (attacker data {shares}%) | ours | paper (MNIST) | cost vs from scratch |", "|---|---|---|---|",
              f"| fine-tuning (FTAL), accuracy without the SN | {accs('fine_tuning', 'raw_acc')} | "
              f"{nums('fine_tuning')} | {cost('fine_tuning')} |",
@@ -154,19 +156,20 @@ def dsn_attack_table(reports: Path, dataset: str) -> str:
     paper_prune = " / ".join(f"{min(v):.1f}" if min(v) == max(v) else f"{min(v):.1f}-{max(v):.1f}"
                              for v in (paper["pruning_with_sn"], paper["pruning_without_sn"]))
     lines += [f"Pruning (global L1, no fine-tuning), with SN / without: {prune} (paper, 10-40%: {paper_prune}).", ""]
-    ss = rep["serial_search"]
-    bf = ss["brute_force"]
-    best = bf["candidate_confirm_accuracy_max"]
-    rev = []
-    for region in ("known", "unknown"):
-        r = ss[f"reverse_{region}"]
-        rev.append(f"{region} region {100 * r['accuracy_mean']:.1f} +/- {100 * r['accuracy_std']:.1f}% (best "
-                   f"{100 * r['accuracy_best']:.1f}%, {len(r['per_restart'])} restarts)")
-    lines += [f"Serial-number search: brute force **{bf['unlocks']} unlocks in {bf['tries']:,} tries** "
-              f"({bf['queries']:,} queries: {bf['candidates']} tries passed the 10-image screen, {bf['unlocks']} the "
-              f"{bf['confirm_images']}-image confirmation"
-              + ("" if best is None else f", best confirmed {100 * best:.1f}%") + f"; {bf['wall_s']:.0f} s); "
-              f"reverse engineering, {rev[0]}, {rev[1]}; paper: {paper['reverse_engineered']}.", ""]
+    if "serial_search" in rep:
+        ss = rep["serial_search"]
+        bf = ss["brute_force"]
+        best = bf["candidate_confirm_accuracy_max"]
+        rev = []
+        for region in ("known", "unknown"):
+            r = ss[f"reverse_{region}"]
+            rev.append(f"{region} region {100 * r['accuracy_mean']:.1f} +/- {100 * r['accuracy_std']:.1f}% (best "
+                       f"{100 * r['accuracy_best']:.1f}%, {len(r['per_restart'])} restarts)")
+        at = "" if best is None else f", best candidate at confirmation {100 * best:.1f}%"
+        lines += [f"Serial-number search: brute force **{bf['unlocks']} unlocks in {bf['tries']:,} tries** "
+                  f"({bf['queries']:,} queries: {bf['candidates']} tries passed the 10-image screen, "
+                  f"{bf['unlocks']} the {bf['confirm_images']}-image confirmation{at}; {bf['wall_s']:.0f} s); "
+                  f"reverse engineering, {rev[0]}, {rev[1]}; paper: {paper['reverse_engineered']}.", ""]
     nc = {k: v for k, v in rep.get("neural_cleanse", {}).items() if isinstance(v, dict)}
     if nc:
         scans = ", ".join(f"{name} {r['max_anomaly_index']:.2f} ({', '.join(map(str, r['flagged'])) or 'none'})"

@@ -107,20 +107,27 @@ def test_cost_ratio_of_an_attack_stuck_at_chance_is_failed_not_a_number() -> Non
     assert c["ratio"] is None and c["failed"]
 
 
-def test_dsn_seeds_study_attacks_one_customer_model_per_seed(tmp_path: Path) -> None:
+def test_dsn_seeds_study_attacks_one_customer_model_per_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764633600")  # one signing time for both calls below
     paths = attacks.run_seeds("mnist5k", [0, 1], tmp_path, progress=False, overrides=TINY)
     assert [p.name for p in paths] == [f"attacks_dsn_mnist5k_seeds.{s}" for s in ("md", "json", "png")]
     rep = json.loads(paths[1].read_text())
     assert [r["seed"] for r in rep["runs"]] == [0, 1]
     assert all("serial_search" not in r and "neural_cleanse" not in r for r in rep["runs"])
-    assert rep["runs"][0]["teacher_acc"] != rep["runs"][1]["teacher_acc"]  # two models, not one twice
+    keys = [r["product_key"] for r in rep["runs"]]
+    assert keys[0] != keys[1]  # two customer models with their own serial numbers, not one twice
+    again = json.loads(attacks.run_seeds("mnist5k", [1, 0], tmp_path / "again", progress=False,
+                                         overrides=TINY | {"fractions": (0.1,), "prune_rates": (0.5,)})[1].read_text())
+    assert [r["product_key"] for r in again["runs"]] == keys[::-1]  # the seed fixes the serial number
     ft = [r["fractions"]["0.1"]["fine_tuning"]["raw_acc"] for r in rep["runs"]]
     cell = rep["summary"]["fine_tuning"]["0.1"]
     assert cell["min"] == min(ft) and cell["max"] == max(ft) and cell["mean"] == pytest.approx(sum(ft) / 2)
     assert 0 <= cell["worked"] <= 2 and "worked" not in rep["summary"]["from_scratch"]["0.1"]
     assert "overwrite" in rep["summary"] and "new_sn_acc" in rep["runs"][1]["fractions"]["0.2"]["overwrite"]
     md = paths[0].read_text()
-    assert "mean +/- sd" in md and "--seeds 0,1" in md and "94.7" in md
+    assert "mean +/- sd" in md and "94.7" in md
+    assert "`SOURCE_DATE_EPOCH=1764633600 deepserial reproduce attacks --scheme dsn --dataset mnist5k --seeds 0,1`" \
+        in md
 
 
 def test_dsn_seeds_study_refuses_fewer_than_two_seeds(tmp_path: Path) -> None:

@@ -707,6 +707,8 @@ def test_reproduce_attacks_seeds_bad_input_writes_nothing(capsys, tmp_path: Path
     run_err(capsys, ["reproduce", "attacks", "--seeds", "4", *out], "two or more different seeds")
     run_err(capsys, ["reproduce", "attacks", "--scheme", "adi", "--seeds", "0,1", *out], "--scheme dsn")
     run_err(capsys, ["reproduce", "attacks", "--seeds", "0,1", "--tries", "10", *out], "without --tries")
+    run_err(capsys, ["reproduce", "attacks", "--seeds", "0,1", "--seed", "3", *out], "without --seed")
+    run_err(capsys, ["reproduce", "attacks", "--seeds", "0,-1", *out], "non-negative")
     run_err(capsys, ["reproduce", "attacks", "--seeds", "0,1", "--dataset", "cifar-100", *out], "cifar-100")
     assert not list(tmp_path.iterdir())
 

@@ -599,8 +599,9 @@ def reproduce_attacks(
     from deepserial.experiments.attacks import run, run_seeds
 
     if seeds is not None:
-        if scheme != "dsn" or tries is not None:
-            raise ConfigError("--seeds is for --scheme dsn, without --tries (the seeds study runs no serial search)")
+        if scheme != "dsn" or tries is not None or seed != 0:
+            raise ConfigError("--seeds is for --scheme dsn, without --tries (the seeds study runs no serial search) "
+                              "and without --seed (--seeds names every seed)")
         try:
             values = [int(v) for v in seeds.split(",")]
         except ValueError:

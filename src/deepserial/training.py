@@ -274,7 +274,10 @@ def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, s
     os.replace(tmp, path)
 
 
-EVAL_BATCH = 256  # on one CPU thread 10,000 MNIST-size images take 1.7 s at 256 and 4.5 s at 2048 (cache)
+# Evaluation batch: on one CPU thread 256 is faster than 2048 (benchmarks/bench_threads.py: 0.30 vs 0.39 s per
+# 1,000 dsn_mnist images beside one other job, 0.35 vs 0.66 s with both cores busy); larger batches only
+# pay off with more threads than this project's reproductions use.
+EVAL_BATCH = 256
 
 
 @torch.no_grad()

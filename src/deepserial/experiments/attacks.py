@@ -130,7 +130,11 @@ def run(scheme: str, dataset: str, out: Path, seed: int = 0, progress: bool = Tr
         rep["signed_at_epoch"] = int(epoch)
         rep["environment"] = environment()
         return write_report(stem, rep, watermark_attacks.markdown(rep), watermark_attacks.figure(rep))
-    rep = _run_dsn(cfg, seed, progress)
+    from deepserial.experiments.watermarks import signing_time
+
+    with signing_time() as epoch:  # the owner from the seed and one signing time: the serial number re-creatable
+        rep = _run_dsn(cfg, seed, progress)
+    rep["signed_at_epoch"] = int(epoch)
     rep["environment"] = environment()
     return write_report(stem, rep, _markdown(rep), _figure(rep))
 
@@ -152,23 +156,30 @@ def run_seeds(dataset: str, seeds: list[int], out: Path, progress: bool = True,
         raise ConfigError(f"no attack reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)}")
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds needs two or more different seeds, got {seeds}")
+    if min(seeds) < 0:
+        raise ConfigError(f"seeds are non-negative integers, got {min(seeds)}")
+    from deepserial.experiments.watermarks import signing_time
+
     cfg = CONFIGS[dataset].model_copy(update=(overrides or {}) | {"serial_search": False, "neural_cleanse": False})
     t0 = time.perf_counter()
-    runs = [_run_dsn(cfg, s, progress) for s in seeds]
+    with signing_time() as epoch:
+        runs = [_run_dsn(cfg, s, progress) for s in seeds]
     fr = list(runs[0]["fractions"])
     summary: dict[str, Any] = {}
     for key, field in HEADLINE.items():
         summary[key] = {}
         for f in fr:
             accs = [r["fractions"][f][key][field] for r in runs]
-            cell = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "min": min(accs), "max": max(accs)}
+            cell = {"mean": float(np.mean(accs)), "std": float(np.std(accs, ddof=1)), "min": min(accs),
+                    "max": max(accs)}
             if key != "from_scratch":
                 costs = [r["fractions"][f][key]["cost"] for r in runs]
-                cell["worked"] = sum(not c.get("failed") for c in costs)
+                cell["worked"] = sum(c["ratio"] is not None for c in costs)
                 ratios = [c["ratio"] for c in costs if c["ratio"] is not None]
                 cell["cost_ratio_median"] = float(np.median(ratios)) if ratios else None
             summary[key][f] = cell
     rep = {"experiment": "attacks-seeds", "scheme": "dsn", "dataset": dataset, "seeds": seeds,
+           "signed_at_epoch": int(epoch),
            "config": cfg.model_dump(), "runs": runs, "summary": summary, "paper": PAPER,
            "wall_s": time.perf_counter() - t0, "environment": environment()}
     return write_report(out / f"attacks_dsn_{dataset}_seeds", rep, _seeds_markdown(rep), _seeds_figure(rep))
@@ -180,15 +191,20 @@ def _seeds_markdown(rep: dict[str, Any]) -> str:
     n = len(runs)
     shares = " / ".join(f"{float(f):.0%}" for f in fr)
     lines = [f"# Attacks on DSN over {n} seeds, `{rep['dataset']}`", "",
-             f"Seeds {', '.join(map(str, rep['seeds']))}: each trains its own teacher and customer model (6x6 serial "
-             f"number), then the attacks of Tables 3-6 with attacker data {shares} of the training data, "
-             f"{rep['config']['attack_epochs']} epochs at lr {rep['config']['attack_lr']:g}. Accuracy (%) on the test "
-             "set: without the serial number for fine-tuning, from scratch and transfer learning; with the "
-             "adversary's new serial number for overwriting. 'worked': runs that got 5 points above chance.", "",
+             f"Seeds {', '.join(map(str, rep['seeds']))}. A seed fixes the data split (and so the test set), the "
+             "initial weights and training order, and the owner's key, hence the serial number "
+             f"(`OwnerIdentity.for_experiment(seed, 'owner')`, signed at {rep['signed_at_epoch']}): each seed "
+             f"trains its own teacher and customer model, then the attacks of Tables 3-6 with attacker data {shares} "
+             f"of the training data, {rep['config']['attack_epochs']} epochs at lr {rep['config']['attack_lr']:g}. "
+             "Accuracy (%) on the test set: without the serial number for fine-tuning, from scratch and transfer "
+             "learning; with the adversary's new serial number for overwriting. 'worked': runs that got 5 points "
+             "above chance at some epoch; sd: the sample standard deviation over seeds.", "",
              "## Customer models", "",
-             markdown_table(["seed", "teacher", "with SN", "without SN"],
+             markdown_table(["seed", "teacher", "with SN", "without SN", "serial number"],
                             [[str(r["seed"]), f"{r['teacher_acc']:.1f}", f"{r['student_with_sn']:.1f}",
-                              f"{r['student_raw']:.1f}"] for r in runs]), ""]
+                              f"{r['student_raw']:.1f}",
+                              f"{r['geometry']['height']}x{r['geometry']['width']} `{r['product_key']}`"]
+                             for r in runs]), ""]
     names = {"fine_tuning": "Fine-tuning (FTAL), Table 3", "from_scratch": "From scratch (the * row)",
              "transfer": "Transfer learning (new dense layers), Table 5",
              "overwrite": "Overwriting (new serial number), Table 6"}
@@ -210,8 +226,7 @@ def _seeds_markdown(rep: dict[str, Any]) -> str:
     env = rep["environment"]
     lines += [f"Wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores, torch threads: "
               f"{env['torch_threads']}), torch {env['torch']}.", "",
-              f"Reproduce: `deepserial reproduce attacks --scheme dsn --dataset {rep['dataset']} --seeds "
-              f"{','.join(map(str, rep['seeds']))}`.", ""]
+              f"Reproduce: `{_reproduce(rep, ' --seeds ' + ','.join(map(str, rep['seeds'])))}`.", ""]
     return "\n".join(lines)
 
 
@@ -227,8 +242,8 @@ def _seeds_figure(rep: dict[str, Any]):  # noqa: ANN202
     for i, (key, field) in enumerate(HEADLINE.items()):
         for j, f in enumerate(fr):
             ys = [r["fractions"][f][key][field] for r in runs]
-            ax.scatter([j + (i - 1.5) * 0.15] * len(ys), ys, s=14, color=f"C{i}", label=key.replace("_", " ")
-                       if j == 0 else None)
+            label = "overwriting (new SN)" if key == "overwrite" else key.replace("_", " ") + " (no SN)"
+            ax.scatter([j + (i - 1.5) * 0.15] * len(ys), ys, s=14, color=f"C{i}", label=label if j == 0 else None)
     ax.set_xticks(range(len(fr)), [f"{float(f):.0%}" for f in fr])
     ax.set_xlabel("attacker data")
     ax.set_ylabel("test accuracy (%)")
@@ -250,7 +265,7 @@ def _run_dsn(cfg: AttackExperiment, seed: int, progress: bool) -> dict[str, Any]
     data = DataSpec(cfg.dataset, seed, limit=cfg.limit)
     teacher = train_teacher(data, TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed,
                                               progress=progress))
-    owner = OwnerIdentity.generate()
+    owner = OwnerIdentity.for_experiment(seed, "owner")
     issued = issue(loaded(teacher.model, teacher.manifest), owner, "attacked-customer",
                    train=TrainConfig(epochs=cfg.student_epochs, batch_size=cfg.batch_size, seed=seed,
                                      progress=progress))
@@ -269,6 +284,7 @@ def _run_dsn(cfg: AttackExperiment, seed: int, progress: bool) -> dict[str, Any]
     rep: dict[str, Any] = {
         "experiment": "attacks", "scheme": "dsn", "dataset": cfg.dataset, "seed": seed, "config": cfg.model_dump(),
         "sizes": splits.sizes(), "teacher_acc": teacher.manifest["test_acc"], "geometry": sn.geometry.to_dict(),
+        "product_key": sn.to_product_key(), "owner_fingerprint": owner.fingerprint(),
         "student_with_sn": accuracy(student, stamped_test), "student_raw": accuracy(student, test),
         "fractions": {}, "paper": PAPER,
     }
@@ -339,7 +355,7 @@ def _neural_cleanse(cfg: AttackExperiment, teacher: Any, student: Any, data: Any
     from deepserial.workflow import embed_watermark
 
     train = TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed, progress=progress)
-    owner = OwnerIdentity.generate()
+    owner = OwnerIdentity.for_experiment(seed, "neural-cleanse")
     models = {"clean (teacher)": teacher.model, "DSN customer model": student}
     content = embed_watermark(get_scheme("zhang-content"), owner, data, train, subject="nc-backdoor")
     models["Zhang content backdoor"] = content.model
@@ -419,7 +435,7 @@ def _serial_search_lines(ss: dict[str, Any], paper: dict[str, Any]) -> list[str]
              f"- Brute force: {bf['unlocks']} unlocks in {bf['tries']:,} random serial numbers "
              f"({bf['queries']:,} black-box queries; a try scoring >= 50% on 10 images is a candidate, "
              f"confirmed when it scores >= 50% on {bf['confirm_images']} more): {bf['candidates']} candidates, "
-             f"best confirmed accuracy {_pct(bf['candidate_confirm_accuracy_max'])}; mean screening accuracy "
+             f"best candidate at confirmation {_pct(bf['candidate_confirm_accuracy_max'])}; mean screening accuracy "
              f"{100 * bf['mean_accuracy']:.1f}%; {bf['wall_s']:.0f} s."]
     for region in ("known", "unknown"):
         r = ss[f"reverse_{region}"]
@@ -435,7 +451,14 @@ def footer(rep: dict[str, Any]) -> list[str]:
     env = rep["environment"]
     return [f"Seed {rep['seed']}; wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores), "
             f"torch {env['torch']}.", "",
-            f"Reproduce: `deepserial reproduce attacks --scheme {rep['scheme']} --dataset {rep['dataset']}`.", ""]
+            f"Reproduce: `{_reproduce(rep)}`.", ""]
+
+
+def _reproduce(rep: dict[str, Any], extra: str = "") -> str:
+    """The command that re-creates a report; with its signing time, the same keys and serial numbers."""
+    when = f"SOURCE_DATE_EPOCH={rep['signed_at_epoch']} " if "signed_at_epoch" in rep else ""
+    seed = f" --seed {rep['seed']}" if rep.get("seed") else ""
+    return f"{when}deepserial reproduce attacks --scheme {rep['scheme']} --dataset {rep['dataset']}{seed}{extra}"
 
 
 def _figure(rep: dict[str, Any]):  # noqa: ANN202
