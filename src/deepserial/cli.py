@@ -614,6 +614,23 @@ def reproduce_attacks(
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
+@reproduce_app.command("neural-cleanse")
+def reproduce_neural_cleanse(
+    dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Reports folder.")] = Path("reports"),
+    schemes: Annotated[str | None, typer.Option(help="Comma-separated watermark schemes (default: all).")] = None,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Neural Cleanse's anomaly index for a clean model, a DSN customer model and one model per watermark
+    scheme, with the owner's verdict after its unlearning: reports/neural_cleanse_<dataset>."""
+    from deepserial.experiments.neural_cleanse import run
+
+    names = None if schemes is None else [v.strip() for v in schemes.split(",") if v.strip()]
+    paths = run(dataset, out, seed=seed, progress=not quiet, schemes=names)
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
 def _reproduce_command(name: str):  # noqa: ANN202
     def command(
         dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",

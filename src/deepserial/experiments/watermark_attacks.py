@@ -69,9 +69,10 @@ COLUMN = {"FTAL": "FTAL (Adam)", "FTAL_sgd": "FTAL (SGD, Table 14)", "from_scrat
 OTHER_DATASET = {"mnist5k": "fashion-mnist", "fashion-mnist": "mnist5k"}
 
 
-def run_scheme(cfg: Any, scheme_name: str, seed: int, progress: bool) -> dict[str, Any]:
-    """Embed ``scheme_name`` once and run the attacks its paper evaluates (``cfg`` is an
-    :class:`deepserial.experiments.attacks.AttackExperiment`)."""
+def run_scheme(cfg: Any, scheme_name: str, seed: int, progress: bool,
+               plan: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Embed ``scheme_name`` once and run the attacks its paper evaluates, or those of ``plan`` (``cfg``
+    is an :class:`deepserial.experiments.attacks.AttackExperiment`)."""
     from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
     from deepserial.experiments.attacks import PLANS
     from deepserial.experiments.watermarks import CONFIGS as WM_CONFIGS
@@ -110,11 +111,11 @@ def run_scheme(cfg: Any, scheme_name: str, seed: int, progress: bool) -> dict[st
 
     budget = AttackBudget(epochs=cfg.attack_epochs, lr=cfg.attack_lr, batch_size=cfg.batch_size, seed=seed,
                           progress=progress)
-    plan = PLANS[scheme_name]
+    plan = PLANS[scheme_name] if plan is None else plan
     rep: dict[str, Any] = {"experiment": "attacks", "scheme": scheme_name, "dataset": cfg.dataset, "seed": seed,
                            "config": cfg.model_dump(), "watermark_config": wm.model_dump(), "plan": list(plan),
                            "sizes": splits.sizes(), "citation": scheme.citation, "victim": attempts[-1],
-                           "embedding_attempts": attempts,
+                           "embedding_attempts": attempts, "key_target": key.meta.get("target"),
                            "paper": PAPER.get(scheme_name, {})}
     largest = max(cfg.fractions)
     if "fine_tuning" in plan or "overwrite" in plan:
