@@ -135,3 +135,31 @@ def test_dsn_seeds_study_refuses_fewer_than_two_seeds(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="two or more different seeds"):
             attacks.run_seeds("mnist5k", seeds, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_neural_cleanse_reproduction_scans_every_model_it_names(tmp_path: Path) -> None:
+    from deepserial.experiments import neural_cleanse
+
+    tiny = {"teacher_epochs": 2, "student_epochs": 2, "attack_epochs": 1, "nc_steps": 20, "watermark_epochs": 2,
+            "limit": 600}
+    paths = neural_cleanse.run("mnist5k", tmp_path, progress=False, schemes=["zhang-content"], overrides=tiny)
+    assert [p.name for p in paths] == [f"neural_cleanse_mnist5k.{s}" for s in ("md", "json", "png")]
+    rep = json.loads(paths[1].read_text())
+    models = [r["model"] for r in rep["rows"]]
+    assert models[0] == "clean (teacher)" and models[1].startswith("dsn") and models[2] == "zhang-content"
+    for r in rep["rows"]:
+        assert len(r["scan"]["anomaly_index"]) == 10 and r["scan"]["steps"] == 20
+    zc = rep["rows"][2]
+    assert zc["target"] is not None and "decision" in zc["before"] and "verdict" in zc["after"]
+    assert zc["unlearned"] == zc["scan"]["flagged"]  # unlearning ran exactly on the flagged labels
+    assert "| zhang-content |" in paths[0].read_text()
+
+
+def test_neural_cleanse_reproduction_refuses_unknown_names(tmp_path: Path) -> None:
+    from deepserial.experiments import neural_cleanse
+
+    with pytest.raises(ConfigError, match="unknown watermark scheme"):
+        neural_cleanse.run("mnist5k", tmp_path, schemes=["adi", "nope"])
+    with pytest.raises(ConfigError, match="no Neural Cleanse reproduction"):
+        neural_cleanse.run("cifar-100", tmp_path)
+    assert not list(tmp_path.iterdir())

@@ -713,6 +713,14 @@ def test_reproduce_attacks_seeds_bad_input_writes_nothing(capsys, tmp_path: Path
     assert not list(tmp_path.iterdir())
 
 
+def test_reproduce_neural_cleanse_bad_input_writes_nothing(capsys, tmp_path: Path) -> None:
+    out = ["--out", str(tmp_path)]
+    run_err(capsys, ["reproduce", "neural-cleanse", "--schemes", "adi,nope", *out], "unknown watermark scheme",
+            "nope")
+    run_err(capsys, ["reproduce", "neural-cleanse", "--dataset", "cifar-100", *out], "cifar-100")
+    assert not list(tmp_path.iterdir())
+
+
 def test_reproduce_dsn_partial_rerun_needs_a_known_run_and_an_existing_report(capsys, tmp_path: Path) -> None:
     run_err(capsys, ["reproduce", "dsn", "--runs", "nope", "--out", str(tmp_path)], "unknown run", "default-6x6")
     run_err(capsys, ["reproduce", "dsn", "--runs", "default-6x6", "--out", str(tmp_path)], "missing",
