@@ -4,7 +4,8 @@ The tables between ``<!-- wm-table -->`` (mnist5k) and ``<!-- wm-fashion-table -
 and their closing markers are generated from ``reports/<scheme>_<dataset>.json``, those between
 ``<!-- wm-attack-table -->`` / ``<!-- wm-fashion-attack-table -->`` from
 ``reports/attacks_<scheme>_<dataset>.json``, and those between ``<!-- attack-table -->`` /
-``<!-- dsn-fashion-attack-table -->`` from ``reports/attacks_dsn_<dataset>.json``, so that README
+``<!-- dsn-fashion-attack-table -->`` from ``reports/attacks_dsn_<dataset>.json``, and Neural
+Cleanse's ``<!-- nc-table -->`` from ``reports/neural_cleanse_mnist5k.json``, so that README
 shows every scheme that has a report, with the figures the report holds and nothing typed by hand.
 
 Usage: ``python scripts/update_readme.py`` (``--check`` exits 1 when README is out of date).
@@ -25,6 +26,7 @@ HEADER = ["scheme", "unmarked acc", "marked acc (mean)", "largest drop", "own ke
 TABLES = {"wm-table": "mnist5k", "wm-fashion-table": "fashion-mnist"}
 ATTACK_TABLES = {"wm-attack-table": "mnist5k", "wm-fashion-attack-table": "fashion-mnist"}
 DSN_TABLES = {"attack-table": "mnist5k", "dsn-fashion-attack-table": "fashion-mnist"}
+NC_TABLES = {"nc-table": "mnist5k"}
 ATTACK_HEADER = ["scheme", "marked model", "fine-tuning (FTAL, Adam) 10/20/30/40%", "FTAL, SGD",
                  "from scratch (control)", "40%: FTLL RTLL RTAL",
                  "largest global L1 pruning rate still verified (accuracy)", "overwriting: acc, owner / adversary"]
@@ -187,10 +189,37 @@ def dsn_attack_table(reports: Path, dataset: str) -> str:
     return "\n".join(lines)
 
 
+def nc_table(reports: Path, dataset: str) -> str:
+    """Neural Cleanse's row per model scanned (``reproduce neural-cleanse``) of ``dataset``."""
+    path = reports / f"neural_cleanse_{dataset}.json"
+    if not path.exists():
+        return f"No report yet: run `deepserial reproduce neural-cleanse --dataset {dataset}`."
+    rep = json.loads(path.read_text())
+    lines = ["| model | test acc (%) | max anomaly index | flagged labels (watermark target) | owner's verdict "
+             "before / after unlearning |", "|---|---|---|---|---|"]
+    for r in rep["rows"]:
+        sc = r["scan"]
+        flagged = ", ".join(map(str, sc["flagged"])) or "none"
+        if r.get("target") is not None:
+            flagged += f" ({r['target']})"
+        if "before" not in r:
+            verdict = "–"
+        elif not r.get("unlearned"):
+            verdict = f"{_mark(r['before'])} / nothing to unlearn"
+        else:
+            verdict = f"{_mark(r['before'])} / {_mark(r['after']['verdict'])} at {r['after']['test_acc']:.1f}%"
+        lines.append(f"| {r['model']} | {r['test_acc']:.1f} | {sc['max_anomaly_index']:.2f} | {flagged} | {verdict} |")
+    env = rep["environment"]
+    lines += ["", f"{rep['config']['nc_steps']} joint steps per scan; seed {rep['seed']}; wall {rep['wall_s']:.0f} s "
+              f"on {env['cpu_count']} cores, {env['torch_threads']} torch thread(s)."]
+    return "\n".join(lines)
+
+
 def update(text: str, reports: Path) -> str:
     """``text`` with each marked table replaced by the one the reports give."""
     makers = [(m, d, table) for m, d in TABLES.items()] + [(m, d, attack_table) for m, d in ATTACK_TABLES.items()]
     makers += [(m, d, dsn_attack_table) for m, d in DSN_TABLES.items()]
+    makers += [(m, d, nc_table) for m, d in NC_TABLES.items()]
     for marker, dataset, make in makers:
         start, end = f"<!-- {marker} -->\n", f"\n<!-- /{marker} -->"
         i, j = text.find(start), text.find(end)
