@@ -221,8 +221,9 @@ class WatermarkOverwriteConfig(BaseModel):
 
 @register_attack
 class WatermarkOverwrite(Attack):
-    """Embed the adversary's own watermark of the same scheme into the stolen model (its key, made
-    from a fresh identity, is returned in ``log.key``)."""
+    """Embed the adversary's own watermark of the same scheme into the stolen model (its key is
+    returned in ``log.key``). The adversary is simulated: its identity derives from the budget's seed,
+    so a report's adversary key can be re-created (with the signing time, ``SOURCE_DATE_EPOCH``)."""
 
     name = "watermark-overwrite"
     citation = "Rouhani, Chen, Koushanfar. DeepSigns, ASPLOS 2019, §4.2 / Table 4 (overwriting)"
@@ -238,7 +239,8 @@ class WatermarkOverwrite(Attack):
             raise ConfigError("overwrite a DSN serial number with the dsn-overwrite attack")
         classes = int(model.classifier.out_features)
         task = classes - (scheme.num_outputs(classes) - classes)  # a new-label model answers C + 1 labels
-        prov = Provenance.sign(OwnerIdentity.generate(), "adversary", "overwrite", scheme.name)
+        prov = Provenance.sign(OwnerIdentity.for_experiment(budget.seed, "adversary"), "adversary", "overwrite",
+                               scheme.name)
         key = scheme.make_signed_key(prov, data, task, model=model)
         log.details["scheme"] = scheme.name
         try:
