@@ -5,7 +5,8 @@ and their closing markers are generated from ``reports/<scheme>_<dataset>.json``
 ``<!-- wm-attack-table -->`` / ``<!-- wm-fashion-attack-table -->`` from
 ``reports/attacks_<scheme>_<dataset>.json``, and those between ``<!-- attack-table -->`` /
 ``<!-- dsn-fashion-attack-table -->`` from ``reports/attacks_dsn_<dataset>.json``, and Neural
-Cleanse's ``<!-- nc-table -->`` from ``reports/neural_cleanse_mnist5k.json``, so that README
+Cleanse's ``<!-- nc-table -->`` from ``reports/neural_cleanse_mnist5k.json``, and the DSN seeds
+study's ``<!-- dsn-seeds-table -->`` from ``reports/attacks_dsn_mnist5k_seeds.json``, so that README
 shows every scheme that has a report, with the figures the report holds and nothing typed by hand.
 
 Usage: ``python scripts/update_readme.py`` (``--check`` exits 1 when README is out of date).
@@ -27,6 +28,7 @@ TABLES = {"wm-table": "mnist5k", "wm-fashion-table": "fashion-mnist"}
 ATTACK_TABLES = {"wm-attack-table": "mnist5k", "wm-fashion-attack-table": "fashion-mnist"}
 DSN_TABLES = {"attack-table": "mnist5k", "dsn-fashion-attack-table": "fashion-mnist"}
 NC_TABLES = {"nc-table": "mnist5k"}
+SEEDS_TABLES = {"dsn-seeds-table": "mnist5k"}
 ATTACK_HEADER = ["scheme", "marked model", "fine-tuning (FTAL, Adam) 10/20/30/40%", "FTAL, SGD",
                  "from scratch (control)", "40%: FTLL RTLL RTAL",
                  "largest global L1 pruning rate still verified (accuracy)", "overwriting: acc, owner / adversary"]
@@ -215,11 +217,41 @@ def nc_table(reports: Path, dataset: str) -> str:
     return "\n".join(lines)
 
 
+def seeds_table(reports: Path, dataset: str) -> str:
+    """The DSN seeds study's summary: per attack and fraction, mean +/- sd, runs that worked, cost."""
+    path = reports / f"attacks_dsn_{dataset}_seeds.json"
+    if not path.exists():
+        return f"No report yet: run `deepserial reproduce attacks --scheme dsn --dataset {dataset} --seeds 0,1,2,3,4`."
+    rep = json.loads(path.read_text())
+    summ, n = rep["summary"], len(rep["runs"])
+    fr = list(summ["fine_tuning"])
+    shares = " / ".join(f"{100 * float(f):g}" for f in fr)
+    lines = [f"| attack (attacker data {shares}%) | mean +/- sd over {n} seeds | runs that worked | median cost vs "
+             "from scratch |", "|---|---|---|---|"]
+    labels = {"fine_tuning": "fine-tuning (FTAL), without the SN", "from_scratch": "from scratch (the * row)",
+              "transfer": "transfer learning, without the SN", "overwrite": "overwriting, with the new SN"}
+    for key, label in labels.items():
+        cells = [summ[key][f] for f in fr]
+        acc = " / ".join(f"{c['mean']:.1f} +/- {c['std']:.1f}" for c in cells)
+        if key == "from_scratch":
+            lines.append(f"| {label} | {acc} | – | 1 (reference) |")
+            continue
+        worked = " / ".join(f"{c['worked']}/{n}" for c in cells)
+        cost = " / ".join("–" if c["cost_ratio_median"] is None else f"{c['cost_ratio_median']:.2f}x" for c in cells)
+        lines.append(f"| {label} | {acc} | {worked} | {cost} |")
+    ft = [[r["fractions"][f]["fine_tuning"]["raw_acc"] for f in fr] for r in rep["runs"]]
+    lines += ["", "Fine-tuning per seed (" + ", ".join(f"seed {r['seed']}: " + " / ".join(f"{v:.1f}" for v in row)
+                                                for r, row in zip(rep["runs"], ft, strict=True))
+              + f"); wall {rep['wall_s']:.0f} s, {rep['environment']['torch_threads']} torch thread(s)."]
+    return "\n".join(lines)
+
+
 def update(text: str, reports: Path) -> str:
     """``text`` with each marked table replaced by the one the reports give."""
     makers = [(m, d, table) for m, d in TABLES.items()] + [(m, d, attack_table) for m, d in ATTACK_TABLES.items()]
     makers += [(m, d, dsn_attack_table) for m, d in DSN_TABLES.items()]
     makers += [(m, d, nc_table) for m, d in NC_TABLES.items()]
+    makers += [(m, d, seeds_table) for m, d in SEEDS_TABLES.items()]
     for marker, dataset, make in makers:
         start, end = f"<!-- {marker} -->\n", f"\n<!-- /{marker} -->"
         i, j = text.find(start), text.find(end)
