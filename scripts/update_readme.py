@@ -127,12 +127,16 @@ def _costs(costs: list[dict[str, Any]]) -> str:
                       for c in costs)
 
 
+def _report(path: Path) -> dict[str, Any] | None:
+    """A committed report, or None when that reproduction has not been run yet."""
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def dsn_attack_table(reports: Path, dataset: str) -> str:
     """DSN's robustness section (Tables 3-6, serial-number search, Neural Cleanse) of ``dataset``."""
-    path = reports / f"attacks_dsn_{dataset}.json"
-    if not path.exists():
+    rep = _report(reports / f"attacks_dsn_{dataset}.json")
+    if rep is None:
         return f"No report yet: run `deepserial reproduce attacks --scheme dsn --dataset {dataset}`."
-    rep = json.loads(path.read_text())
     fr = list(rep["fractions"])
     paper = rep["paper"]
 
@@ -193,10 +197,9 @@ def dsn_attack_table(reports: Path, dataset: str) -> str:
 
 def nc_table(reports: Path, dataset: str) -> str:
     """Neural Cleanse's row per model scanned (``reproduce neural-cleanse``) of ``dataset``."""
-    path = reports / f"neural_cleanse_{dataset}.json"
-    if not path.exists():
+    rep = _report(reports / f"neural_cleanse_{dataset}.json")
+    if rep is None:
         return f"No report yet: run `deepserial reproduce neural-cleanse --dataset {dataset}`."
-    rep = json.loads(path.read_text())
     lines = ["| model | test acc (%) | max anomaly index | flagged labels (watermark target) | owner's verdict "
              "before / after unlearning |", "|---|---|---|---|---|"]
     for r in rep["rows"]:
@@ -219,10 +222,9 @@ def nc_table(reports: Path, dataset: str) -> str:
 
 def seeds_table(reports: Path, dataset: str) -> str:
     """The DSN seeds study's summary: per attack and fraction, mean +/- sd, runs that worked, cost."""
-    path = reports / f"attacks_dsn_{dataset}_seeds.json"
-    if not path.exists():
+    rep = _report(reports / f"attacks_dsn_{dataset}_seeds.json")
+    if rep is None:
         return f"No report yet: run `deepserial reproduce attacks --scheme dsn --dataset {dataset} --seeds 0,1,2,3,4`."
-    rep = json.loads(path.read_text())
     summ, n = rep["summary"], len(rep["runs"])
     fr = list(summ["fine_tuning"])
     shares = " / ".join(f"{100 * float(f):g}" for f in fr)
