@@ -45,8 +45,9 @@ def worker(args: argparse.Namespace) -> None:
     cfg = dict(batch_size=128, seed=0, progress=False, device=args.device)
     tr = workflow.train_teacher(data, TrainConfig(epochs=args.teacher_epochs, **cfg))
     ident = OwnerIdentity.load(args.owner)
-    iss = workflow.issue(workflow.loaded(tr.model, tr.manifest), ident, "bench",
-                         train=TrainConfig(epochs=args.student_epochs, **cfg))
+    iss = workflow.issue(
+        workflow.loaded(tr.model, tr.manifest), ident, "bench", train=TrainConfig(epochs=args.student_epochs, **cfg)
+    )
     sp = iss.splits
     held = TensorData(torch.cat([sp.test.x, sp.attacker.x]), torch.cat([sp.test.y, sp.attacker.y]))
 
@@ -55,12 +56,17 @@ def worker(args: argparse.Namespace) -> None:
 
     g = iss.serial.geometry
     row = {
-        "world_size": distributed.world()[1], "threads": torch.get_num_threads(), "device": str(
-            next(iss.student.parameters()).device),
-        "teacher_samples_per_s": tr.log.forward_samples / tr.log.wall_s, "teacher_wall_s": tr.log.wall_s,
-        "student_samples_per_s": iss.log.forward_samples / iss.log.wall_s, "student_wall_s": iss.log.wall_s,
-        "teacher_test_acc": tr.manifest["test_acc"], "product_key": iss.product_key,
-        "dsn_valid_acc": acc(stamp(held.x, g, iss.serial.as_tensor())), "dsn_raw_acc": acc(held.x),
+        "world_size": distributed.world()[1],
+        "threads": torch.get_num_threads(),
+        "device": str(next(iss.student.parameters()).device),
+        "teacher_samples_per_s": tr.log.forward_samples / tr.log.wall_s,
+        "teacher_wall_s": tr.log.wall_s,
+        "student_samples_per_s": iss.log.forward_samples / iss.log.wall_s,
+        "student_wall_s": iss.log.wall_s,
+        "teacher_test_acc": tr.manifest["test_acc"],
+        "product_key": iss.product_key,
+        "dsn_valid_acc": acc(stamp(held.x, g, iss.serial.as_tensor())),
+        "dsn_raw_acc": acc(held.x),
     }
     if torch.cuda.is_available() and row["device"].startswith("cuda"):
         row["gpu"] = torch.cuda.get_device_name()
@@ -69,14 +75,31 @@ def worker(args: argparse.Namespace) -> None:
     distributed.shutdown()
 
 
-def run_config(label: str, nproc: int, threads: int, device: str, args: argparse.Namespace, owner: Path,
-               tmp: Path) -> dict:
+def run_config(
+    label: str, nproc: int, threads: int, device: str, args: argparse.Namespace, owner: Path, tmp: Path
+) -> dict:
     result = tmp / f"{label}.json"
-    cmd = [__file__, "--worker", "--threads", str(threads), "--device", device, "--owner", str(owner),
-           "--result", str(result), "--teacher-epochs", str(args.teacher_epochs),
-           "--student-epochs", str(args.student_epochs)]
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-                if nproc > 1 else [sys.executable])
+    cmd = [
+        __file__,
+        "--worker",
+        "--threads",
+        str(threads),
+        "--device",
+        device,
+        "--owner",
+        str(owner),
+        "--result",
+        str(result),
+        "--teacher-epochs",
+        str(args.teacher_epochs),
+        "--student-epochs",
+        str(args.student_epochs),
+    ]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc > 1
+        else [sys.executable]
+    )
     env = dict(os.environ, SOURCE_DATE_EPOCH=EPOCH, OMP_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
     subprocess.run(launcher + cmd, check=True, env=env)
@@ -114,36 +137,72 @@ def main() -> None:
         rows.append(run_config("1 process, 1 thread", 1, 1, "cpu", args, owner, tmp))
         if cores > 1:
             rows.append(run_config(f"1 process, {cores} threads", 1, cores, "cpu", args, owner, tmp))
-        rows.append(run_config(f"{args.processes} processes x 1 thread (gloo)", args.processes, 1, "cpu", args,
-                               owner, tmp))
+        rows.append(
+            run_config(f"{args.processes} processes x 1 thread (gloo)", args.processes, 1, "cpu", args, owner, tmp)
+        )
         if torch.cuda.is_available():
             rows.append(run_config("1 process, GPU", 1, 1, "cuda", args, owner, tmp))
     base = rows[0]
     for r in rows:
         r["teacher_speedup"] = r["teacher_samples_per_s"] / base["teacher_samples_per_s"]
         r["student_speedup"] = r["student_samples_per_s"] / base["student_samples_per_s"]
-    rep = {"benchmark": "distributed", "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
-           "batch_size": 128, "seed": 0, "rows": rows, "same_serial_number": len({r["product_key"] for r in rows}) == 1,
-           "environment": environment()}
+    rep = {
+        "benchmark": "distributed",
+        "teacher_epochs": args.teacher_epochs,
+        "student_epochs": args.student_epochs,
+        "batch_size": 128,
+        "seed": 0,
+        "rows": rows,
+        "same_serial_number": len({r["product_key"] for r in rows}) == 1,
+        "environment": environment(),
+    }
     env = rep["environment"]
     table = markdown_table(
-        ["configuration", "device", "teacher samples/s", "x", "DSN student samples/s", "x", "teacher test acc",
-         "DSN acc with SN", "DSN acc raw"],
-        [[r["config"], r.get("gpu", r["device"]), f"{r['teacher_samples_per_s']:.0f}", f"{r['teacher_speedup']:.2f}",
-          f"{r['student_samples_per_s']:.0f}", f"{r['student_speedup']:.2f}", r["teacher_test_acc"],
-          r["dsn_valid_acc"], r["dsn_raw_acc"]] for r in rows], digits=2)
-    md = (f"# Training throughput with 1 and {args.processes} processes\n\n"
-          f"`python benchmarks/bench_distributed.py`: mnist5k, seed 0, global batch 128; teacher "
-          f"{args.teacher_epochs} epochs, DSN student {args.student_epochs} epochs, from scratch in every "
-          "configuration. Samples/s: forward samples of the whole world per second of rank 0's training wall "
-          "time (the DSN student forwards 3 inputs per image). DSN accuracies (%) on the 2,600 images "
-          "training never saw, with the same serial number in every run"
-          f" ({'yes' if rep['same_serial_number'] else 'NO'}: `SOURCE_DATE_EPOCH` fixes the licence time).\n\n"
-          + table + "\n\n"
-          + ("No GPU on this machine: the GPU row is measured where one is present.\n\n"
-             if not torch.cuda.is_available() else "")
-          + f"{env.get('cpu', '')} ({env.get('cpu_count', '?')} cores), torch {env.get('torch')}, Python "
-          f"{env.get('python')}.\n")
+        [
+            "configuration",
+            "device",
+            "teacher samples/s",
+            "x",
+            "DSN student samples/s",
+            "x",
+            "teacher test acc",
+            "DSN acc with SN",
+            "DSN acc raw",
+        ],
+        [
+            [
+                r["config"],
+                r.get("gpu", r["device"]),
+                f"{r['teacher_samples_per_s']:.0f}",
+                f"{r['teacher_speedup']:.2f}",
+                f"{r['student_samples_per_s']:.0f}",
+                f"{r['student_speedup']:.2f}",
+                r["teacher_test_acc"],
+                r["dsn_valid_acc"],
+                r["dsn_raw_acc"],
+            ]
+            for r in rows
+        ],
+        digits=2,
+    )
+    md = (
+        f"# Training throughput with 1 and {args.processes} processes\n\n"
+        f"`python benchmarks/bench_distributed.py`: mnist5k, seed 0, global batch 128; teacher "
+        f"{args.teacher_epochs} epochs, DSN student {args.student_epochs} epochs, from scratch in every "
+        "configuration. Samples/s: forward samples of the whole world per second of rank 0's training wall "
+        "time (the DSN student forwards 3 inputs per image). DSN accuracies (%) on the 2,600 images "
+        "training never saw, with the same serial number in every run"
+        f" ({'yes' if rep['same_serial_number'] else 'NO'}: `SOURCE_DATE_EPOCH` fixes the licence time).\n\n"
+        + table
+        + "\n\n"
+        + (
+            "No GPU on this machine: the GPU row is measured where one is present.\n\n"
+            if not torch.cuda.is_available()
+            else ""
+        )
+        + f"{env.get('cpu', '')} ({env.get('cpu_count', '?')} cores), torch {env.get('torch')}, Python "
+        f"{env.get('python')}.\n"
+    )
     import matplotlib
 
     matplotlib.use("Agg")

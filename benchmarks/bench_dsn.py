@@ -47,33 +47,68 @@ def throughput(rounds: int, epochs: int, seed: int) -> dict:
         for which in order:
             model = create_model("dsn_mnist", shape, 10)
             if which == "plain":
-                log = fit(model, owner, supervised_loss,
-                          TrainConfig(epochs=epochs, batch_size=forward_batch, seed=seed, progress=False))
+                log = fit(
+                    model,
+                    owner,
+                    supervised_loss,
+                    TrainConfig(epochs=epochs, batch_size=forward_batch, seed=seed, progress=False),
+                )
                 plain_rates.append(log.forward_samples / log.wall_s)
             else:
                 geo = default_geometry(model, shape, 6, 6)
                 sn = SerialNumber.from_signature(b"benchmark", geo)
-                log = train_student(model, teacher, owner, sn, cfg,
-                                    TrainConfig(epochs=epochs, batch_size=128, seed=seed, progress=False))
+                log = train_student(
+                    model,
+                    teacher,
+                    owner,
+                    sn,
+                    cfg,
+                    TrainConfig(epochs=epochs, batch_size=128, seed=seed, progress=False),
+                )
                 dsn_rates.append(log.forward_samples / log.wall_s)
     p, d = statistics.median(plain_rates), statistics.median(dsn_rates)
-    return {"plain_samples_per_s": p, "dsn_samples_per_s": d, "ratio": d / p, "rounds": rounds,
-            "epochs_per_round": epochs, "plain_rates": plain_rates, "dsn_rates": dsn_rates,
-            "owner_samples": len(owner), "forward_batch": forward_batch}
+    return {
+        "plain_samples_per_s": p,
+        "dsn_samples_per_s": d,
+        "ratio": d / p,
+        "rounds": rounds,
+        "epochs_per_round": epochs,
+        "plain_rates": plain_rates,
+        "dsn_rates": dsn_rates,
+        "owner_samples": len(owner),
+        "forward_batch": forward_batch,
+    }
 
 
 def demo_time() -> dict:
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "deepserial", "demo", "--out", d, "--quiet"], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "deepserial", "demo", "--out", d, "--quiet"], check=True, stdout=subprocess.DEVNULL
+        )
         wall = time.perf_counter() - t0
         import json
 
         rep = json.loads((Path(d) / "dsn_report.json").read_text())
-    return {"demo_wall_s": wall, "demo_report": {k: rep[k] for k in (
-        "teacher_acc", "valid_sn_acc", "raw_acc", "wrong_sn_mean", "wrong_sn_max", "hamming1_mean",
-        "hamming1_max", "hamming2_mean", "hamming2_max", "probe_acc")}, "demo_timings": rep["timings"]}
+    return {
+        "demo_wall_s": wall,
+        "demo_report": {
+            k: rep[k]
+            for k in (
+                "teacher_acc",
+                "valid_sn_acc",
+                "raw_acc",
+                "wrong_sn_mean",
+                "wrong_sn_max",
+                "hamming1_mean",
+                "hamming1_max",
+                "hamming2_mean",
+                "hamming2_max",
+                "probe_acc",
+            )
+        },
+        "demo_timings": rep["timings"],
+    }
 
 
 def main() -> None:
@@ -91,21 +126,35 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     write_json(OUT / "bench_dsn.json", res)
     env = res["environment"]
-    rows = [("plain supervised training", res["plain_samples_per_s"], 1.0),
-            ("DSN student training (default mode)", res["dsn_samples_per_s"], res["ratio"])]
-    md = ["# DSN training throughput", "",
-          f"Forward samples per second, median of {a.rounds} alternating rounds of {a.epochs} epochs on "
-          f"{res['owner_samples']} `mnist5k` owner images, {res['forward_batch']} samples per forward pass, "
-          f"seed {a.seed}.", "",
-          markdown_table(["run", "samples/s", "ratio"], [(n, round(s), f"{r:.2f}x") for n, s, r in rows]), ""]
+    rows = [
+        ("plain supervised training", res["plain_samples_per_s"], 1.0),
+        ("DSN student training (default mode)", res["dsn_samples_per_s"], res["ratio"]),
+    ]
+    md = [
+        "# DSN training throughput",
+        "",
+        f"Forward samples per second, median of {a.rounds} alternating rounds of {a.epochs} epochs on "
+        f"{res['owner_samples']} `mnist5k` owner images, {res['forward_batch']} samples per forward pass, "
+        f"seed {a.seed}.",
+        "",
+        markdown_table(["run", "samples/s", "ratio"], [(n, round(s), f"{r:.2f}x") for n, s, r in rows]),
+        "",
+    ]
     if "demo_wall_s" in res:
-        md += [f"`deepserial demo` total wall time: **{res['demo_wall_s']:.0f} s** "
-               f"(teacher {res['demo_timings']['teacher_train_s']:.0f} s, student "
-               f"{res['demo_timings']['student_train_s']:.0f} s, "
-               f"evaluation {res['demo_timings']['evaluate_s']:.0f} s).",
-               ""]
-    md += [f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']} ({env['torch_threads']} threads), "
-           f"Python {env['python']}, {env['time_utc']}.", "", "Run: `python benchmarks/bench_dsn.py`.", ""]
+        md += [
+            f"`deepserial demo` total wall time: **{res['demo_wall_s']:.0f} s** "
+            f"(teacher {res['demo_timings']['teacher_train_s']:.0f} s, student "
+            f"{res['demo_timings']['student_train_s']:.0f} s, "
+            f"evaluation {res['demo_timings']['evaluate_s']:.0f} s).",
+            "",
+        ]
+    md += [
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']} ({env['torch_threads']} threads), "
+        f"Python {env['python']}, {env['time_utc']}.",
+        "",
+        "Run: `python benchmarks/bench_dsn.py`.",
+        "",
+    ]
     write_text(OUT / "bench_dsn.md", "\n".join(md))
     print("\n".join(md))
 

@@ -43,26 +43,55 @@ def main() -> None:
         t0 = time.perf_counter()
         rep = scan(teacher.model, clean, cfg, seed=0)
         wall = time.perf_counter() - t0
-        rows.append({"threads": threads, "wall_s": wall, "steps": rep.steps, "forward_samples": rep.forward_samples,
-                     "max_anomaly_index": max(rep.anomaly_index), "flagged": rep.flagged,
-                     "within_limit": wall <= LIMIT_S})
+        rows.append(
+            {
+                "threads": threads,
+                "wall_s": wall,
+                "steps": rep.steps,
+                "forward_samples": rep.forward_samples,
+                "max_anomaly_index": max(rep.anomaly_index),
+                "flagged": rep.flagged,
+                "within_limit": wall <= LIMIT_S,
+            }
+        )
         print(rows[-1], flush=True)
-    out = {"benchmark": "neural_cleanse", "model": "mnist5k teacher (dsn_mnist)", "teacher_epochs": args.epochs,
-           "teacher_test_acc": teacher.manifest["test_acc"], "config": cfg.model_dump(), "limit_s": LIMIT_S,
-           "rows": rows, "note": args.note, "environment": environment()}
+    out = {
+        "benchmark": "neural_cleanse",
+        "model": "mnist5k teacher (dsn_mnist)",
+        "teacher_epochs": args.epochs,
+        "teacher_test_acc": teacher.manifest["test_acc"],
+        "config": cfg.model_dump(),
+        "limit_s": LIMIT_S,
+        "rows": rows,
+        "note": args.note,
+        "environment": environment(),
+    }
     env = out["environment"]
-    md = ("# Neural Cleanse scan time\n\n"
-          f"`python benchmarks/bench_neural_cleanse.py`: one scan of the mnist5k teacher (`dsn_mnist`, "
-          f"{args.epochs} epochs, seed 0, test accuracy {teacher.manifest['test_acc']:.1f}%) with the default "
-          f"settings ({cfg.steps} joint steps, {cfg.images_per_label} images per label and step, 10 labels), "
-          f"on the attacker's clean split. Budget: {LIMIT_S:.0f} s on 2 cores.\n\n"
-          + markdown_table(["threads", "scan wall (s)", "forward samples", "max anomaly index", "flagged",
-                            f"within {LIMIT_S:.0f} s"],
-                           [[r["threads"], f"{r['wall_s']:.1f}", r["forward_samples"], f"{r['max_anomaly_index']:.2f}",
-                             r["flagged"] or "none", "yes" if r["within_limit"] else "no"] for r in rows])
-          + "\n\n" + (f"{args.note}\n\n" if args.note else "")
-          + f"{env.get('cpu', '')} ({env.get('cpu_count', '?')} cores), torch {env.get('torch')}, "
-          f"Python {env.get('python')}.\n")
+    md = (
+        "# Neural Cleanse scan time\n\n"
+        f"`python benchmarks/bench_neural_cleanse.py`: one scan of the mnist5k teacher (`dsn_mnist`, "
+        f"{args.epochs} epochs, seed 0, test accuracy {teacher.manifest['test_acc']:.1f}%) with the default "
+        f"settings ({cfg.steps} joint steps, {cfg.images_per_label} images per label and step, 10 labels), "
+        f"on the attacker's clean split. Budget: {LIMIT_S:.0f} s on 2 cores.\n\n"
+        + markdown_table(
+            ["threads", "scan wall (s)", "forward samples", "max anomaly index", "flagged", f"within {LIMIT_S:.0f} s"],
+            [
+                [
+                    r["threads"],
+                    f"{r['wall_s']:.1f}",
+                    r["forward_samples"],
+                    f"{r['max_anomaly_index']:.2f}",
+                    r["flagged"] or "none",
+                    "yes" if r["within_limit"] else "no",
+                ]
+                for r in rows
+            ],
+        )
+        + "\n\n"
+        + (f"{args.note}\n\n" if args.note else "")
+        + f"{env.get('cpu', '')} ({env.get('cpu_count', '?')} cores), torch {env.get('torch')}, "
+        f"Python {env.get('python')}.\n"
+    )
     import matplotlib
 
     matplotlib.use("Agg")

@@ -39,28 +39,64 @@ def main() -> None:
         for prec, cl in SETTINGS:
             seed_everything(0)
             model = create_model("dsn_mnist", (1, 28, 28), 10)
-            log = fit(model, owner, supervised_loss, TrainConfig(epochs=args.epochs, batch_size=128, precision=prec,
-                                                                  channels_last=cl, device=dev, progress=False))
-            rows.append({"device": dev, "precision": prec, "channels_last": cl,
-                         "samples_per_s": log.forward_samples / log.wall_s, "train_acc": log.epochs[-1]["acc"]})
+            log = fit(
+                model,
+                owner,
+                supervised_loss,
+                TrainConfig(
+                    epochs=args.epochs, batch_size=128, precision=prec, channels_last=cl, device=dev, progress=False
+                ),
+            )
+            rows.append(
+                {
+                    "device": dev,
+                    "precision": prec,
+                    "channels_last": cl,
+                    "samples_per_s": log.forward_samples / log.wall_s,
+                    "train_acc": log.epochs[-1]["acc"],
+                }
+            )
             print(rows[-1], flush=True)
     for r in rows:
-        base = next(b for b in rows if b["device"] == r["device"] and b["precision"] == "fp32"
-                    and not b["channels_last"])
+        base = next(
+            b for b in rows if b["device"] == r["device"] and b["precision"] == "fp32" and not b["channels_last"]
+        )
         r["speedup"] = r["samples_per_s"] / base["samples_per_s"]
-    rep = {"benchmark": "precision", "epochs": args.epochs, "threads": args.threads, "batch_size": 128, "seed": 0,
-           "rows": rows, "note": args.note, "environment": environment()}
+    rep = {
+        "benchmark": "precision",
+        "epochs": args.epochs,
+        "threads": args.threads,
+        "batch_size": 128,
+        "seed": 0,
+        "rows": rows,
+        "note": args.note,
+        "environment": environment(),
+    }
     env = rep["environment"]
-    md = ("# bf16 autocast and channels_last against fp32\n\n"
-          f"`python benchmarks/bench_precision.py --epochs {args.epochs} --threads {args.threads}`: the mnist5k "
-          f"teacher (`dsn_mnist`, batch 128, seed 0) trained {args.epochs} epochs in each setting.\n\n"
-          + markdown_table(["device", "precision", "memory format", "samples/s", "x fp32", "train acc (%)"],
-                           [[r["device"], r["precision"], "channels_last" if r["channels_last"] else "contiguous",
-                             f"{r['samples_per_s']:.0f}", f"{r['speedup']:.2f}", r["train_acc"]] for r in rows])
-          + "\n\n" + ("" if torch.cuda.is_available() else "No GPU on this machine.\n\n")
-          + (f"{args.note}\n\n" if args.note else "")
-          + f"{env.get('cpu', '')} ({env.get('cpu_count', '?')} cores, {args.threads} thread(s) used), torch "
-          f"{env.get('torch')}, Python {env.get('python')}.\n")
+    md = (
+        "# bf16 autocast and channels_last against fp32\n\n"
+        f"`python benchmarks/bench_precision.py --epochs {args.epochs} --threads {args.threads}`: the mnist5k "
+        f"teacher (`dsn_mnist`, batch 128, seed 0) trained {args.epochs} epochs in each setting.\n\n"
+        + markdown_table(
+            ["device", "precision", "memory format", "samples/s", "x fp32", "train acc (%)"],
+            [
+                [
+                    r["device"],
+                    r["precision"],
+                    "channels_last" if r["channels_last"] else "contiguous",
+                    f"{r['samples_per_s']:.0f}",
+                    f"{r['speedup']:.2f}",
+                    r["train_acc"],
+                ]
+                for r in rows
+            ],
+        )
+        + "\n\n"
+        + ("" if torch.cuda.is_available() else "No GPU on this machine.\n\n")
+        + (f"{args.note}\n\n" if args.note else "")
+        + f"{env.get('cpu', '')} ({env.get('cpu_count', '?')} cores, {args.threads} thread(s) used), torch "
+        f"{env.get('torch')}, Python {env.get('python')}.\n"
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,8 +104,11 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.bar(range(len(rows)), [r["samples_per_s"] for r in rows])
-    ax.set_xticks(range(len(rows)), [f"{r['device']}\n{r['precision']}\n{'CL' if r['channels_last'] else 'NCHW'}"
-                                     for r in rows], fontsize=7)
+    ax.set_xticks(
+        range(len(rows)),
+        [f"{r['device']}\n{r['precision']}\n{'CL' if r['channels_last'] else 'NCHW'}" for r in rows],
+        fontsize=7,
+    )
     ax.set_ylabel("forward samples / s")
     fig.tight_layout()
     for p in write_report(args.out / "bench_precision", rep, md, fig):

@@ -42,11 +42,16 @@ OUT = Path(__file__).resolve().parent / "results"
 
 def issue_customer(root: Path, teacher_epochs: int, student_epochs: int, seed: int) -> tuple[Path, str]:
     ident = OwnerIdentity.generate()
-    tr = workflow.train_teacher(DataSpec("mnist5k", seed=seed), TrainConfig(epochs=teacher_epochs, batch_size=128,
-                                                                          seed=seed, progress=False))
+    tr = workflow.train_teacher(
+        DataSpec("mnist5k", seed=seed), TrainConfig(epochs=teacher_epochs, batch_size=128, seed=seed, progress=False)
+    )
     save_model(root / "teacher.safetensors", tr.model, tr.manifest)
-    issued = workflow.issue(load_model(root / "teacher.safetensors"), ident, "bench",
-                            train=TrainConfig(epochs=student_epochs, batch_size=128, seed=seed, progress=False))
+    issued = workflow.issue(
+        load_model(root / "teacher.safetensors"),
+        ident,
+        "bench",
+        train=TrainConfig(epochs=student_epochs, batch_size=128, seed=seed, progress=False),
+    )
     workflow.save_issued(issued, root / "customer.safetensors", root / "customer.licence.json", ident)
     return root / "customer.safetensors", issued.product_key
 
@@ -119,9 +124,22 @@ def main() -> None:
         port = sock.getsockname()[1]
         sock.close()
         url = f"http://127.0.0.1:{port}"
-        proc = subprocess.Popen([sys.executable, "-m", "deepserial", "serve", str(model_path), "--serial-file",
-                                 str(root / "sn.txt"), "--port", str(port)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "deepserial",
+                "serve",
+                str(model_path),
+                "--serial-file",
+                str(root / "sn.txt"),
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             wait_ready(url, proc)
             client(url, body, 100, [], [])  # warm-up
@@ -130,8 +148,10 @@ def main() -> None:
             client(url, body, 1000, seq, seq_errors)  # one client alone: the round trip without queueing
             lat: list[list[float]] = [[] for _ in range(args.clients)]
             errors: list[str] = []
-            threads = [threading.Thread(target=client, args=(url, body, args.requests, lat[i], errors))
-                       for i in range(args.clients)]
+            threads = [
+                threading.Thread(target=client, args=(url, body, args.requests, lat[i], errors))
+                for i in range(args.clients)
+            ]
             t0 = time.perf_counter()
             for th in threads:
                 th.start()
@@ -144,17 +164,27 @@ def main() -> None:
     all_lat = np.array([v for row in lat for v in row])
     n = len(all_lat)
     rep = {
-        "benchmark": "serve", "clients": args.clients, "requests_per_client": args.requests, "requests": n,
-        "errors": len(errors) + len(seq_errors), "error_kinds": sorted(set(errors + seq_errors)), "wall_s": wall,
+        "benchmark": "serve",
+        "clients": args.clients,
+        "requests_per_client": args.requests,
+        "requests": n,
+        "errors": len(errors) + len(seq_errors),
+        "error_kinds": sorted(set(errors + seq_errors)),
+        "wall_s": wall,
         "throughput_rps": n / wall,
-        "latency_ms": {q: float(np.percentile(all_lat, p) * 1e3) for q, p in
-                       (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))},
+        "latency_ms": {
+            q: float(np.percentile(all_lat, p) * 1e3) for q, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+        },
         "single_client_ms": {"p50": statistics.median(seq) * 1e3, "p99": float(np.percentile(seq, 99) * 1e3)},
         "service_ms_per_request": wall / n * 1e3,
         "in_process_ms": {"p50": statistics.median(ref) * 1e3, "p99": float(np.percentile(ref, 99) * 1e3)},
-        "batch": 1, "body_bytes": len(body), "model": str(model_path if args.model else "issued by the benchmark"),
-        "model_sha256": m.manifest["integrity"]["sha256"], "seed": args.seed,
-        "serial_in_server_log": product_key in server_log, "total_s": time.perf_counter() - t_all,
+        "batch": 1,
+        "body_bytes": len(body),
+        "model": str(model_path if args.model else "issued by the benchmark"),
+        "model_sha256": m.manifest["integrity"]["sha256"],
+        "seed": args.seed,
+        "serial_in_server_log": product_key in server_log,
+        "total_s": time.perf_counter() - t_all,
         "environment": environment(),
     }
     rep["overhead_ratio_p50"] = rep["single_client_ms"]["p50"] / rep["in_process_ms"]["p50"]
@@ -181,28 +211,35 @@ def main() -> None:
 def markdown(rep: dict) -> str:
     env = rep["environment"]
     lat, ref, one = rep["latency_ms"], rep["in_process_ms"], rep["single_client_ms"]
-    rows = [["requests (concurrent run)", rep["requests"]], ["errors (both runs)", rep["errors"]],
-            ["throughput (requests/s)", f"{rep['throughput_rps']:.0f}"],
-            ["latency p50 / p90 / p99 / max (ms)", f"{lat['p50']:.2f} / {lat['p90']:.2f} / {lat['p99']:.2f} / "
-                                                   f"{lat['max']:.1f}"],
-            ["server time per request (wall / requests, ms)", f"{rep['service_ms_per_request']:.2f}"],
-            ["one client alone, 1,000 requests: latency p50 / p99 (ms)", f"{one['p50']:.2f} / {one['p99']:.2f}"],
-            ["in-process stamp + forward + softmax, p50 / p99 (ms)", f"{ref['p50']:.3f} / {ref['p99']:.3f}"],
-            ["overhead: one-client round trip p50 / in-process p50", f"{rep['overhead_ratio_p50']:.1f}x"],
-            ["overhead: server time per request / in-process p50", f"{rep['overhead_ratio_service']:.1f}x"],
-            ["serial number in the server's log", "yes" if rep["serial_in_server_log"] else "no"]]
-    return (f"# Prediction server under load\n\n`python benchmarks/bench_serve.py --clients {rep['clients']} "
-            f"--requests {rep['requests_per_client']}`: `deepserial serve` in its own process on loopback, "
-            f"{rep['clients']} client threads in another, one image (.npy, {rep['body_bytes']} bytes) per request, "
-            "keep-alive connections; the server stamps the customer's serial number on each input.\n\n"
-            + markdown_table(["measure", "value"], rows)
-            + "\n\nUnder 8-way concurrency the latency is mostly queueing (8 requests in flight over the throughput). "
-            "The overhead ratios say what a customer pays for serving over HTTP instead of calling the model in "
-            "their own code: the round trip of one client alone, and the server's time per request when saturated, "
-            "each over one in-process call, on this machine, where server and clients share the same 2 cores. "
-            "The listening socket sets TCP_NODELAY: without it every answer waited ~40 ms for a delayed ACK.\n\n"
-            f"{env.get('cpu', '')} ({env.get('cpu_count', '?')} cores), torch {env.get('torch')}, "
-            f"Python {env.get('python')}, seed {rep['seed']}; total {rep['total_s']:.0f} s.\n")
+    rows = [
+        ["requests (concurrent run)", rep["requests"]],
+        ["errors (both runs)", rep["errors"]],
+        ["throughput (requests/s)", f"{rep['throughput_rps']:.0f}"],
+        [
+            "latency p50 / p90 / p99 / max (ms)",
+            f"{lat['p50']:.2f} / {lat['p90']:.2f} / {lat['p99']:.2f} / {lat['max']:.1f}",
+        ],
+        ["server time per request (wall / requests, ms)", f"{rep['service_ms_per_request']:.2f}"],
+        ["one client alone, 1,000 requests: latency p50 / p99 (ms)", f"{one['p50']:.2f} / {one['p99']:.2f}"],
+        ["in-process stamp + forward + softmax, p50 / p99 (ms)", f"{ref['p50']:.3f} / {ref['p99']:.3f}"],
+        ["overhead: one-client round trip p50 / in-process p50", f"{rep['overhead_ratio_p50']:.1f}x"],
+        ["overhead: server time per request / in-process p50", f"{rep['overhead_ratio_service']:.1f}x"],
+        ["serial number in the server's log", "yes" if rep["serial_in_server_log"] else "no"],
+    ]
+    return (
+        f"# Prediction server under load\n\n`python benchmarks/bench_serve.py --clients {rep['clients']} "
+        f"--requests {rep['requests_per_client']}`: `deepserial serve` in its own process on loopback, "
+        f"{rep['clients']} client threads in another, one image (.npy, {rep['body_bytes']} bytes) per request, "
+        "keep-alive connections; the server stamps the customer's serial number on each input.\n\n"
+        + markdown_table(["measure", "value"], rows)
+        + "\n\nUnder 8-way concurrency the latency is mostly queueing (8 requests in flight over the throughput). "
+        "The overhead ratios say what a customer pays for serving over HTTP instead of calling the model in "
+        "their own code: the round trip of one client alone, and the server's time per request when saturated, "
+        "each over one in-process call, on this machine, where server and clients share the same 2 cores. "
+        "The listening socket sets TCP_NODELAY: without it every answer waited ~40 ms for a delayed ACK.\n\n"
+        f"{env.get('cpu', '')} ({env.get('cpu_count', '?')} cores), torch {env.get('torch')}, "
+        f"Python {env.get('python')}, seed {rep['seed']}; total {rep['total_s']:.0f} s.\n"
+    )
 
 
 if __name__ == "__main__":

@@ -77,20 +77,31 @@ def main() -> None:
             stop.set()
             for p in spinners:
                 p.join(5)
-    out = {"benchmark": "threads", "model": "dsn_mnist (untrained), 1x28x28 inputs", "busy_processes": args.busy,
-           "load_average_1min_at_start": load, "samples": args.samples, "rows": rows, "note": args.note,
-           "environment": environment()}
+    out = {
+        "benchmark": "threads",
+        "model": "dsn_mnist (untrained), 1x28x28 inputs",
+        "busy_processes": args.busy,
+        "load_average_1min_at_start": load,
+        "samples": args.samples,
+        "rows": rows,
+        "note": args.note,
+        "environment": environment(),
+    }
     by = {(r["busy"], r["batch"], r["threads"]): r["s_per_1000"] for r in rows}
     head = ["busy processes", "batch"] + [f"{t} thread(s): s per 1,000 images" for t in args.threads]
     body = [[k, b] + [f"{by[(k, b, t)]:.3f}" for t in args.threads] for k in args.busy for b in args.batches]
     env = out["environment"]
-    md = ("# Forward-pass time by batch size and thread count\n\n"
-          f"`python benchmarks/bench_threads.py --busy {' '.join(map(str, args.busy))}`: `dsn_mnist` forward "
-          f"passes, {args.samples} images per cell, beside 'busy processes' one-thread matrix loops; 1-minute "
-          f"load average at the start {load:.2f}.\n\n" + markdown_table(head, body) + "\n\n"
-          + (f"{args.note}\n\n" if args.note else "")
-          + f"{env.get('cpu', '')} ({env.get('cpu_count', '?')} cores), torch {env.get('torch')}, "
-          f"Python {env.get('python')}.\n")
+    md = (
+        "# Forward-pass time by batch size and thread count\n\n"
+        f"`python benchmarks/bench_threads.py --busy {' '.join(map(str, args.busy))}`: `dsn_mnist` forward "
+        f"passes, {args.samples} images per cell, beside 'busy processes' one-thread matrix loops; 1-minute "
+        f"load average at the start {load:.2f}.\n\n"
+        + markdown_table(head, body)
+        + "\n\n"
+        + (f"{args.note}\n\n" if args.note else "")
+        + f"{env.get('cpu', '')} ({env.get('cpu_count', '?')} cores), torch {env.get('torch')}, "
+        f"Python {env.get('python')}.\n"
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,8 +110,7 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(5, 3))
     for k in args.busy:
         for t in args.threads:
-            ax.plot(args.batches, [by[(k, b, t)] for b in args.batches], marker="o",
-                    label=f"{t} thread(s), {k} busy")
+            ax.plot(args.batches, [by[(k, b, t)] for b in args.batches], marker="o", label=f"{t} thread(s), {k} busy")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("batch size")

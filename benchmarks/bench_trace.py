@@ -58,8 +58,9 @@ def main() -> None:
     t_all = time.perf_counter()
     ident = OwnerIdentity.generate()
     data = DataSpec("mnist5k", seed=args.seed)
-    tr = workflow.train_teacher(data, TrainConfig(epochs=args.teacher_epochs, batch_size=128, seed=args.seed,
-                                                  progress=False))
+    tr = workflow.train_teacher(
+        data, TrainConfig(epochs=args.teacher_epochs, batch_size=128, seed=args.seed, progress=False)
+    )
     teacher = LoadedModel(tr.model, tr.manifest)
     test = data.load().test
     models = []  # (label, true customer or None, path)
@@ -71,20 +72,30 @@ def main() -> None:
         for i in range(args.customers + args.unissued):
             name = f"customer-{i:02d}" if i < args.customers else f"unissued-{i - args.customers}"
             t0 = time.perf_counter()
-            iss = workflow.issue(teacher, ident, name,
-                                 train=TrainConfig(epochs=args.student_epochs, batch_size=128, seed=args.seed + i,
-                                                   progress=False))
+            iss = workflow.issue(
+                teacher,
+                ident,
+                name,
+                train=TrainConfig(epochs=args.student_epochs, batch_size=128, seed=args.seed + i, progress=False),
+            )
             path = root / f"{name}.safetensors"
             with led.transaction() as tx:
                 man = workflow.save_issued(iss, path, root / f"{name}.licence.json", ident)
                 if i < args.customers:
-                    led.record(ident, VerifierString.from_dict(iss.licence["verifier"]), iss.serial,
-                               model_sha256=man["integrity"]["sha256"], model_path=str(path),
-                               dataset=iss.manifest["dataset"], signature=bytes.fromhex(iss.licence["signature"]),
-                               db=tx)
+                    led.record(
+                        ident,
+                        VerifierString.from_dict(iss.licence["verifier"]),
+                        iss.serial,
+                        model_sha256=man["integrity"]["sha256"],
+                        model_path=str(path),
+                        dataset=iss.manifest["dataset"],
+                        signature=bytes.fromhex(iss.licence["signature"]),
+                        db=tx,
+                    )
             issue_s.append(time.perf_counter() - t0)
-            models.append((name, name if i < args.customers else None, path,
-                           accuracies(iss.student, iss.serial, test.x, test.y)))
+            models.append(
+                (name, name if i < args.customers else None, path, accuracies(iss.student, iss.serial, test.x, test.y))
+            )
             print(f"{name}: issued in {issue_s[-1]:.0f} s, {models[-1][3]}", flush=True)
         models.append(("teacher", None, root / "teacher.safetensors", None))
         t0 = time.perf_counter()
@@ -95,9 +106,16 @@ def main() -> None:
             m = load_model(path)
             t0 = time.perf_counter()
             res = trace(ModuleSuspect.from_loaded(m), cands, test, fpr=args.fpr, seed=args.seed)
-            row = {"model": label, "true_customer": truth, "named": res.licence.customer if res.licence else None,
-                   "p_adjusted": res.p_value, "queries": res.queries, "images": res.images,
-                   "trace_s": time.perf_counter() - t0, "accuracy": acc}
+            row = {
+                "model": label,
+                "true_customer": truth,
+                "named": res.licence.customer if res.licence else None,
+                "p_adjusted": res.p_value,
+                "queries": res.queries,
+                "images": res.images,
+                "trace_s": time.perf_counter() - t0,
+                "accuracy": acc,
+            }
             if args.via_http:
                 row["http"] = trace_http(m, cands, test, args)
             row["correct"] = row["named"] == truth
@@ -105,17 +123,25 @@ def main() -> None:
             print(f"{label}: named {row['named']} (p {res.p_value:.2g}, {res.queries} queries)", flush=True)
     issued = [r for r in rows if r["true_customer"]]
     rep = {
-        "benchmark": "trace", "customers": args.customers, "unissued": args.unissued, "fpr": args.fpr,
-        "seed": args.seed, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
-        "teacher_acc": tr.manifest["test_acc"], "rows": rows,
-        "named_correctly": sum(r["correct"] for r in issued), "named_wrongly": sum(
-            1 for r in rows if r["named"] and r["named"] != r["true_customer"]),
+        "benchmark": "trace",
+        "customers": args.customers,
+        "unissued": args.unissued,
+        "fpr": args.fpr,
+        "seed": args.seed,
+        "teacher_epochs": args.teacher_epochs,
+        "student_epochs": args.student_epochs,
+        "teacher_acc": tr.manifest["test_acc"],
+        "rows": rows,
+        "named_correctly": sum(r["correct"] for r in issued),
+        "named_wrongly": sum(1 for r in rows if r["named"] and r["named"] != r["true_customer"]),
         "unissued_named": sum(1 for r in rows if not r["true_customer"] and r["named"]),
         "queries_issued_mean": sum(r["queries"] for r in issued) / max(1, len(issued)),
         "queries_issued_max": max((r["queries"] for r in issued), default=0),
         "queries_unissued_max": max((r["queries"] for r in rows if not r["true_customer"]), default=0),
-        "derive_licences_s": derive_s, "issue_s_mean": sum(issue_s) / len(issue_s),
-        "total_s": time.perf_counter() - t_all, "environment": environment(),
+        "derive_licences_s": derive_s,
+        "issue_s_mean": sum(issue_s) / len(issue_s),
+        "total_s": time.perf_counter() - t_all,
+        "environment": environment(),
     }
     md = markdown(rep)
     import matplotlib
@@ -124,8 +150,9 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.bar(range(len(rows)), [r["queries"] for r in rows],
-           color=["tab:green" if r["correct"] else "tab:red" for r in rows])
+    ax.bar(
+        range(len(rows)), [r["queries"] for r in rows], color=["tab:green" if r["correct"] else "tab:red" for r in rows]
+    )
     ax.set_xticks(range(len(rows)), [r["model"].replace("customer-", "c") for r in rows], rotation=90, fontsize=7)
     ax.set_ylabel("queries to decide")
     ax.set_title(f"trace over {args.customers} licences (green: right answer)")
@@ -150,8 +177,12 @@ def trace_http(m: LoadedModel, cands, test, args) -> dict:  # noqa: ANN001
     try:
         s = HTTPSuspect(f"http://127.0.0.1:{sock.getsockname()[1]}")
         res = trace(s, cands, test, fpr=args.fpr, seed=args.seed)
-        return {"named": res.licence.customer if res.licence else None, "queries": res.queries,
-                "requests": s.requests, "p_adjusted": res.p_value}
+        return {
+            "named": res.licence.customer if res.licence else None,
+            "queries": res.queries,
+            "requests": s.requests,
+            "p_adjusted": res.p_value,
+        }
     finally:
         srv.should_exit = True
         th.join(10)
@@ -162,33 +193,56 @@ def markdown(rep: dict) -> str:
     rows = []
     for r in rep["rows"]:
         a = r["accuracy"] or {}
-        rows.append([r["model"], r["true_customer"] or "none", r["named"] or "none", "yes" if r["correct"] else "NO",
-                     f"{r['p_adjusted']:.2g}", r["queries"], r["images"], a.get("key"), a.get("raw"),
-                     a.get("random_key")] + ([(r["http"]["named"] or "none") + f", {r['http']['queries']}"]
-                                             if "http" in r else []))
-    head = ["model", "issued to", "named", "right", "adjusted p", "queries", "images", "acc key", "acc raw",
-            "acc random key"] + (["via HTTP: named, queries"] if rep["rows"] and "http" in rep["rows"][0] else [])
-    return (f"# Traitor tracing over {rep['customers']} issued licences\n\n"
-            f"`python benchmarks/bench_trace.py --customers {rep['customers']} --unissued {rep['unissued']}`: "
-            f"one mnist5k teacher ({rep['teacher_epochs']} epochs, {rep['teacher_acc']:.1f}%), "
-            f"{rep['customers']} customer models issued from it and recorded in a ledger, {rep['unissued']} issued "
-            f"with the same owner key but not recorded, and the teacher; students trained {rep['student_epochs']} "
-            "epochs (the reproduction's 40 would take hours for 22 models). Each model is traced as a leaked file: "
-            f"family-wise false-positive rate {rep['fpr']:g} over all licences and looks.\n\n"
-            f"- right customer named: **{rep['named_correctly']} / {rep['customers']}**; wrong customer named: "
-            f"{rep['named_wrongly']}; a customer named for an unissued model or the teacher: "
-            f"{rep['unissued_named']} / {rep['unissued'] + 1}\n"
-            f"- queries per trace of an issued model: mean {rep['queries_issued_mean']:.0f}, max "
-            f"{rep['queries_issued_max']} (a fixed test of 100 image pairs per licence would spend "
-            f"{(rep['customers'] + 1) * 100}); unissued models: at most {rep['queries_unissued_max']}\n"
-            f"- re-deriving the {rep['customers']} serial numbers from the owner key and checking their ledger "
-            f"fingerprints: {rep['derive_licences_s']:.1f} s\n\n"
-            + markdown_table(head, rows)
-            + "\n\nAccuracies (%) on the test split: with the customer's serial number, "
-            "raw, and with random wrong serial numbers.\n\n"
-            f"{env.get('cpu', '')} ({env.get('cpu_count', '?')} cores), torch {env.get('torch')}, Python "
-            f"{env.get('python')}, seed {rep['seed']}; total {rep['total_s']:.0f} s (issuing "
-            f"{rep['issue_s_mean']:.0f} s per customer).\n")
+        rows.append(
+            [
+                r["model"],
+                r["true_customer"] or "none",
+                r["named"] or "none",
+                "yes" if r["correct"] else "NO",
+                f"{r['p_adjusted']:.2g}",
+                r["queries"],
+                r["images"],
+                a.get("key"),
+                a.get("raw"),
+                a.get("random_key"),
+            ]
+            + ([(r["http"]["named"] or "none") + f", {r['http']['queries']}"] if "http" in r else [])
+        )
+    head = [
+        "model",
+        "issued to",
+        "named",
+        "right",
+        "adjusted p",
+        "queries",
+        "images",
+        "acc key",
+        "acc raw",
+        "acc random key",
+    ] + (["via HTTP: named, queries"] if rep["rows"] and "http" in rep["rows"][0] else [])
+    return (
+        f"# Traitor tracing over {rep['customers']} issued licences\n\n"
+        f"`python benchmarks/bench_trace.py --customers {rep['customers']} --unissued {rep['unissued']}`: "
+        f"one mnist5k teacher ({rep['teacher_epochs']} epochs, {rep['teacher_acc']:.1f}%), "
+        f"{rep['customers']} customer models issued from it and recorded in a ledger, {rep['unissued']} issued "
+        f"with the same owner key but not recorded, and the teacher; students trained {rep['student_epochs']} "
+        "epochs (the reproduction's 40 would take hours for 22 models). Each model is traced as a leaked file: "
+        f"family-wise false-positive rate {rep['fpr']:g} over all licences and looks.\n\n"
+        f"- right customer named: **{rep['named_correctly']} / {rep['customers']}**; wrong customer named: "
+        f"{rep['named_wrongly']}; a customer named for an unissued model or the teacher: "
+        f"{rep['unissued_named']} / {rep['unissued'] + 1}\n"
+        f"- queries per trace of an issued model: mean {rep['queries_issued_mean']:.0f}, max "
+        f"{rep['queries_issued_max']} (a fixed test of 100 image pairs per licence would spend "
+        f"{(rep['customers'] + 1) * 100}); unissued models: at most {rep['queries_unissued_max']}\n"
+        f"- re-deriving the {rep['customers']} serial numbers from the owner key and checking their ledger "
+        f"fingerprints: {rep['derive_licences_s']:.1f} s\n\n"
+        + markdown_table(head, rows)
+        + "\n\nAccuracies (%) on the test split: with the customer's serial number, "
+        "raw, and with random wrong serial numbers.\n\n"
+        f"{env.get('cpu', '')} ({env.get('cpu_count', '?')} cores), torch {env.get('torch')}, Python "
+        f"{env.get('python')}, seed {rep['seed']}; total {rep['total_s']:.0f} s (issuing "
+        f"{rep['issue_s_mean']:.0f} s per customer).\n"
+    )
 
 
 if __name__ == "__main__":

@@ -67,12 +67,21 @@ def bench_scheme(name: str, splits, epochs: int, rounds: int, seed: int) -> dict
             marked_s.append(log.wall_s / epochs)
             marked_fw.append(log.forward_samples / epochs)
     p, m = statistics.median(plain_s), statistics.median(marked_s)
-    return {"scheme": name, "batch_size": batch, "epochs": epochs, "rounds": rounds,
-            "plain_s_per_epoch": p, "marked_s_per_epoch": m, "ratio": m / p,
-            "plain_forward_per_epoch": statistics.median(plain_fw),
-            "marked_forward_per_epoch": statistics.median(marked_fw),
-            "key_s": statistics.median(key_s), "fine_tunes": scheme.fine_tunes,
-            "plain_runs_s": plain_s, "marked_runs_s": marked_s}
+    return {
+        "scheme": name,
+        "batch_size": batch,
+        "epochs": epochs,
+        "rounds": rounds,
+        "plain_s_per_epoch": p,
+        "marked_s_per_epoch": m,
+        "ratio": m / p,
+        "plain_forward_per_epoch": statistics.median(plain_fw),
+        "marked_forward_per_epoch": statistics.median(marked_fw),
+        "key_s": statistics.median(key_s),
+        "fine_tunes": scheme.fine_tunes,
+        "plain_runs_s": plain_s,
+        "marked_runs_s": marked_s,
+    }
 
 
 def main() -> None:
@@ -80,35 +89,70 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--schemes", default=",".join(n for n in SCHEMES if n != "dsn"),
-                    help="comma-separated scheme names (default: every watermark)")
+    ap.add_argument(
+        "--schemes",
+        default=",".join(n for n in SCHEMES if n != "dsn"),
+        help="comma-separated scheme names (default: every watermark)",
+    )
     a = ap.parse_args()
     names = [n.strip() for n in a.schemes.split(",") if n.strip()]
     for n in names:
         get_scheme(n)  # an unknown name fails before any training
     splits = DataSpec("mnist5k", a.seed).load()
     rows = [bench_scheme(n, splits, a.epochs, a.rounds, a.seed) for n in names]
-    res = {"benchmark": "watermark-embedding-cost", "dataset": "mnist5k", "seed": a.seed,
-           "owner_samples": len(splits.owner), "results": rows, "environment": environment()}
+    res = {
+        "benchmark": "watermark-embedding-cost",
+        "dataset": "mnist5k",
+        "seed": a.seed,
+        "owner_samples": len(splits.owner),
+        "results": rows,
+        "environment": environment(),
+    }
     OUT.mkdir(exist_ok=True)
     write_json(OUT / "bench_watermarks.json", res)
     env = res["environment"]
-    table = [(r["scheme"], r["batch_size"], f"{r['plain_s_per_epoch']:.2f}", f"{r['marked_s_per_epoch']:.2f}",
-              f"{r['ratio']:.2f}x", f"{r['marked_forward_per_epoch'] / r['plain_forward_per_epoch']:.2f}x",
-              f"{r['key_s']:.2f}" + (" (fine-tunes)" if r["fine_tunes"] else "")) for r in rows]
-    md = ["# Watermark embedding cost", "",
-          f"Wall seconds per epoch on {res['owner_samples']} `mnist5k` owner images, the same network "
-          f"trained plainly and with each watermark in the same process; median of {a.rounds} rounds of "
-          f"{a.epochs} epochs, seed {a.seed}.", "",
-          markdown_table(["scheme", "batch", "plain s/epoch", "watermarked s/epoch", "ratio",
-                          "forward samples ratio", "key making s"], table), "",
-          f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']} ({env['torch_threads']} threads), "
-          f"Python {env['python']}, {env['time_utc']}.", "",
-          f"Run: `python benchmarks/bench_watermarks.py --epochs {a.epochs} --rounds {a.rounds} --seed {a.seed}`.",
-          "",
-          "Ratios near 1x need a quiet machine: a second process on the same cores moves them by tenths. "
-          "Trigger schemes pay for their key samples in every batch (the forward samples ratio); DeepSigns' "
-          "output layer adds its 64 key images to each batch of 128 while it fine-tunes.", ""]
+    table = [
+        (
+            r["scheme"],
+            r["batch_size"],
+            f"{r['plain_s_per_epoch']:.2f}",
+            f"{r['marked_s_per_epoch']:.2f}",
+            f"{r['ratio']:.2f}x",
+            f"{r['marked_forward_per_epoch'] / r['plain_forward_per_epoch']:.2f}x",
+            f"{r['key_s']:.2f}" + (" (fine-tunes)" if r["fine_tunes"] else ""),
+        )
+        for r in rows
+    ]
+    md = [
+        "# Watermark embedding cost",
+        "",
+        f"Wall seconds per epoch on {res['owner_samples']} `mnist5k` owner images, the same network "
+        f"trained plainly and with each watermark in the same process; median of {a.rounds} rounds of "
+        f"{a.epochs} epochs, seed {a.seed}.",
+        "",
+        markdown_table(
+            [
+                "scheme",
+                "batch",
+                "plain s/epoch",
+                "watermarked s/epoch",
+                "ratio",
+                "forward samples ratio",
+                "key making s",
+            ],
+            table,
+        ),
+        "",
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']} ({env['torch_threads']} threads), "
+        f"Python {env['python']}, {env['time_utc']}.",
+        "",
+        f"Run: `python benchmarks/bench_watermarks.py --epochs {a.epochs} --rounds {a.rounds} --seed {a.seed}`.",
+        "",
+        "Ratios near 1x need a quiet machine: a second process on the same cores moves them by tenths. "
+        "Trigger schemes pay for their key samples in every batch (the forward samples ratio); DeepSigns' "
+        "output layer adds its 64 key images to each batch of 128 while it fine-tunes.",
+        "",
+    ]
     write_text(OUT / "bench_watermarks.md", "\n".join(md))
     print("\n".join(md))
 

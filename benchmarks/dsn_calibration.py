@@ -67,8 +67,13 @@ def main() -> None:
     test = tr.splits.test
     rng = np.random.default_rng(args.seed)
     sel = torch.from_numpy(rng.choice(len(test), 300, replace=False))
-    out = {"size": args.size, "teacher_acc": tr.manifest["test_acc"], "seed": args.seed, "variants": {},
-           "environment": environment()}
+    out = {
+        "size": args.size,
+        "teacher_acc": tr.manifest["test_acc"],
+        "seed": args.seed,
+        "variants": {},
+        "environment": environment(),
+    }
     print(f"teacher {tr.manifest['test_acc']:.1f}")
     for name in names:
         over, mult, margin = VARIANTS[name]
@@ -80,22 +85,39 @@ def main() -> None:
         s = create_model("dsn_mnist", shape, 10)
         g = choose_geometry(s, shape, size, None, margin=margin)
         serial = SerialNumber.from_signature(signature, g)  # the same bits for every variant
-        train_student(s, teacher.model, tr.splits.owner, serial, cfg,
-                      TrainConfig(epochs=epochs, batch_size=128, seed=args.seed, progress=False))
+        train_student(
+            s,
+            teacher.model,
+            tr.splits.owner,
+            serial,
+            cfg,
+            TrainConfig(epochs=epochs, batch_size=128, seed=args.seed, progress=False),
+        )
         valid = float(key_accuracies(s, test.x, test.y, g, serial.as_tensor()[None])[0])
         with torch.no_grad():
             s.eval()
             raw = 100.0 * float((s(test.x).argmax(1) == test.y).float().mean())
         wrong = key_accuracies(s, test.x[sel], test.y[sel], g, serial.random_wrong(args.n_wrong, rng))
         h1 = key_accuracies(s, test.x, test.y, g, serial.hamming_neighbours(1))
-        rec = {"config": cfg.model_dump(), "epochs": epochs, "geometry": g.to_dict(), "bits": serial.bits.tolist(),
-               "valid": valid, "raw": raw, "wrong_mean": float(wrong.mean()), "wrong_max": float(wrong.max()),
-               "h1_mean": float(h1.mean()), "h1_max": float(h1.max()),
-               "h1_grid": [[round(float(v), 1) for v in row] for row in h1.reshape(size)],
-               "wall_s": time.perf_counter() - t0}
+        rec = {
+            "config": cfg.model_dump(),
+            "epochs": epochs,
+            "geometry": g.to_dict(),
+            "bits": serial.bits.tolist(),
+            "valid": valid,
+            "raw": raw,
+            "wrong_mean": float(wrong.mean()),
+            "wrong_max": float(wrong.max()),
+            "h1_mean": float(h1.mean()),
+            "h1_max": float(h1.max()),
+            "h1_grid": [[round(float(v), 1) for v in row] for row in h1.reshape(size)],
+            "wall_s": time.perf_counter() - t0,
+        }
         out["variants"][name] = rec
-        print(f"| {name} | {epochs} | ({g.top},{g.left}) | {valid:.1f} | {raw:.1f} | {rec['wrong_mean']:.1f} | "
-              f"{rec['wrong_max']:.1f} | {rec['h1_mean']:.1f} | {rec['h1_max']:.1f} | {rec['wall_s']:.0f} s |")
+        print(
+            f"| {name} | {epochs} | ({g.top},{g.left}) | {valid:.1f} | {raw:.1f} | {rec['wrong_mean']:.1f} | "
+            f"{rec['wrong_max']:.1f} | {rec['h1_mean']:.1f} | {rec['h1_max']:.1f} | {rec['wall_s']:.0f} s |"
+        )
         print("  H1 grid:", json.dumps(rec["h1_grid"]))
         OUT.mkdir(parents=True, exist_ok=True)
         write_json(OUT / f"dsn_calibration_{args.size}.json", out)

@@ -21,17 +21,32 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = ["scheme", "unmarked acc", "marked acc (mean)", "largest drop", "own keys verified at 1e-3",
-          "queries (mean)", "FP / 1,000 vs unmarked at 1e-3", "FP / 1,000 vs other key at 1e-3",
-          "at 1e-4: own verified; FP unmarked, other"]
+HEADER = [
+    "scheme",
+    "unmarked acc",
+    "marked acc (mean)",
+    "largest drop",
+    "own keys verified at 1e-3",
+    "queries (mean)",
+    "FP / 1,000 vs unmarked at 1e-3",
+    "FP / 1,000 vs other key at 1e-3",
+    "at 1e-4: own verified; FP unmarked, other",
+]
 TABLES = {"wm-table": "mnist5k", "wm-fashion-table": "fashion-mnist"}
 ATTACK_TABLES = {"wm-attack-table": "mnist5k", "wm-fashion-attack-table": "fashion-mnist"}
 DSN_TABLES = {"attack-table": "mnist5k", "dsn-fashion-attack-table": "fashion-mnist"}
 NC_TABLES = {"nc-table": "mnist5k"}
 SEEDS_TABLES = {"dsn-seeds-table": "mnist5k"}
-ATTACK_HEADER = ["scheme", "marked model", "fine-tuning (FTAL, Adam) 10/20/30/40%", "FTAL, SGD",
-                 "from scratch (control)", "40%: FTLL RTLL RTAL",
-                 "largest global L1 pruning rate still verified (accuracy)", "overwriting: acc, owner / adversary"]
+ATTACK_HEADER = [
+    "scheme",
+    "marked model",
+    "fine-tuning (FTAL, Adam) 10/20/30/40%",
+    "FTAL, SGD",
+    "from scratch (control)",
+    "40%: FTLL RTLL RTAL",
+    "largest global L1 pruning rate still verified (accuracy)",
+    "overwriting: acc, owner / adversary",
+]
 NOT_RUN = "not run"
 
 
@@ -48,10 +63,17 @@ def _row(rep: dict[str, Any]) -> list[str]:
     own = sum(p <= 1e-4 for p in rep["own_p_values"])
     fu, fo = _count(rep, "unmarked", 1e-4), _count(rep, "other_key", 1e-4)
     queries = sum(rep["own_queries"]) / len(rep["own_queries"])
-    return [rep["scheme"], f"{rep['reference_acc']:.2f}", f"{rep['marked_acc_mean']:.2f}",
-            f"{rep['acc_drop_max']:.2f}", f"{rep['verified']}/{rep['n_models']}", f"{queries:.0f}",
-            str(rep["false_positives_unmarked"]), str(rep["false_positives_other_key"]),
-            f"{own}/{rep['n_models']}; {fu}, {fo}"]
+    return [
+        rep["scheme"],
+        f"{rep['reference_acc']:.2f}",
+        f"{rep['marked_acc_mean']:.2f}",
+        f"{rep['acc_drop_max']:.2f}",
+        f"{rep['verified']}/{rep['n_models']}",
+        f"{queries:.0f}",
+        str(rep["false_positives_unmarked"]),
+        str(rep["false_positives_other_key"]),
+        f"{own}/{rep['n_models']}; {fu}, {fo}",
+    ]
 
 
 def _mark(cell: dict[str, Any] | None) -> str:
@@ -86,12 +108,22 @@ def _attack_row(rep: dict[str, Any]) -> list[str]:
     if fr and all("overwrite" in ft[f] for f in fr):
         overwrite = " / ".join(
             f"{ft[f]['overwrite']['test_acc']:.1f} own{_mark(ft[f]['overwrite']['verdict'])} "
-            f"adv{_mark(ft[f]['overwrite'].get('adversary_verdict'))}" for f in fr)
+            f"adv{_mark(ft[f]['overwrite'].get('adversary_verdict'))}"
+            for f in fr
+        )
     else:
         overwrite = "–"
     victim = rep["victim"]
-    return [rep["scheme"], _acc(victim), col("FTAL"), col("FTAL_sgd"), col("from_scratch"), variants, pruning,
-            overwrite]
+    return [
+        rep["scheme"],
+        _acc(victim),
+        col("FTAL"),
+        col("FTAL_sgd"),
+        col("from_scratch"),
+        variants,
+        pruning,
+        overwrite,
+    ]
 
 
 def attack_table(reports: Path, dataset: str) -> str:
@@ -104,8 +136,10 @@ def attack_table(reports: Path, dataset: str) -> str:
     lines = ["| " + " | ".join(ATTACK_HEADER) + " |", "|" + "---|" * len(ATTACK_HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     if any(NOT_RUN in r for r in rows):
-        lines += ["", '"not run": that report predates the SGD column (the runs were cut for time); run the '
-                  "command to add it."]
+        lines += [
+            "",
+            '"not run": that report predates the SGD column (the runs were cut for time); run the command to add it.',
+        ]
     return "\n".join(lines)
 
 
@@ -123,8 +157,9 @@ def table(reports: Path, dataset: str) -> str:
 
 def _costs(costs: list[dict[str, Any]]) -> str:
     """Cost ratios of one attack across the fractions ('failed': never 5 points above chance)."""
-    return " / ".join("failed" if c.get("failed") else "–" if c["ratio"] is None else f"{c['ratio']:.2f}x"
-                      for c in costs)
+    return " / ".join(
+        "failed" if c.get("failed") else "–" if c["ratio"] is None else f"{c['ratio']:.2f}x" for c in costs
+    )
 
 
 def _report(path: Path) -> dict[str, Any] | None:
@@ -151,18 +186,24 @@ def dsn_attack_table(reports: Path, dataset: str) -> str:
         return " / ".join(f"{on_paper[f]:.1f}" if f in on_paper else "–" for f in fr)
 
     shares = " / ".join(f"{100 * float(f):g}" for f in fr)
-    lines = [f"| attack (attacker data {shares}%) | ours | paper (MNIST) | cost vs from scratch |", "|---|---|---|---|",
-             f"| fine-tuning (FTAL), accuracy without the SN | {accs('fine_tuning', 'raw_acc')} | "
-             f"{nums('fine_tuning')} | {cost('fine_tuning')} |",
-             f"| from scratch on the same data (the * row) | {accs('from_scratch', 'raw_acc')} | "
-             f"{nums('from_scratch')} | 1 (reference) |",
-             f"| transfer learning (new dense layers), without the SN | {accs('transfer', 'raw_acc')} | "
-             f"{nums('transfer')} | {cost('transfer')} |",
-             f"| overwriting, accuracy with the new SN | {accs('overwrite', 'new_sn_acc')} | {nums('overwrite')} | "
-             f"{cost('overwrite')} |", ""]
+    lines = [
+        f"| attack (attacker data {shares}%) | ours | paper (MNIST) | cost vs from scratch |",
+        "|---|---|---|---|",
+        f"| fine-tuning (FTAL), accuracy without the SN | {accs('fine_tuning', 'raw_acc')} | "
+        f"{nums('fine_tuning')} | {cost('fine_tuning')} |",
+        f"| from scratch on the same data (the * row) | {accs('from_scratch', 'raw_acc')} | "
+        f"{nums('from_scratch')} | 1 (reference) |",
+        f"| transfer learning (new dense layers), without the SN | {accs('transfer', 'raw_acc')} | "
+        f"{nums('transfer')} | {cost('transfer')} |",
+        f"| overwriting, accuracy with the new SN | {accs('overwrite', 'new_sn_acc')} | {nums('overwrite')} | "
+        f"{cost('overwrite')} |",
+        "",
+    ]
     prune = ", ".join(f"{100 * p['rate']:.0f}%: {p['with_sn_acc']:.1f} / {p['raw_acc']:.1f}" for p in rep["pruning"])
-    paper_prune = " / ".join(f"{min(v):.1f}" if min(v) == max(v) else f"{min(v):.1f}-{max(v):.1f}"
-                             for v in (paper["pruning_with_sn"], paper["pruning_without_sn"]))
+    paper_prune = " / ".join(
+        f"{min(v):.1f}" if min(v) == max(v) else f"{min(v):.1f}-{max(v):.1f}"
+        for v in (paper["pruning_with_sn"], paper["pruning_without_sn"])
+    )
     lines += [f"Pruning (global L1, no fine-tuning), with SN / without: {prune} (paper, 10-40%: {paper_prune}).", ""]
     if "serial_search" in rep:
         ss = rep["serial_search"]
@@ -171,27 +212,39 @@ def dsn_attack_table(reports: Path, dataset: str) -> str:
         rev = []
         for region in ("known", "unknown"):
             r = ss[f"reverse_{region}"]
-            rev.append(f"{region} region {100 * r['accuracy_mean']:.1f} +/- {100 * r['accuracy_std']:.1f}% (best "
-                       f"{100 * r['accuracy_best']:.1f}%, {len(r['per_restart'])} restarts)")
+            rev.append(
+                f"{region} region {100 * r['accuracy_mean']:.1f} +/- {100 * r['accuracy_std']:.1f}% (best "
+                f"{100 * r['accuracy_best']:.1f}%, {len(r['per_restart'])} restarts)"
+            )
         at = "" if best is None else f", best candidate at confirmation {100 * best:.1f}%"
-        lines += [f"Serial-number search: brute force **{bf['unlocks']} unlocks in {bf['tries']:,} tries** "
-                  f"({bf['queries']:,} queries: {bf['candidates']} tries passed the 10-image screen, "
-                  f"{bf['unlocks']} the {bf['confirm_images']}-image confirmation{at}; {bf['wall_s']:.0f} s); "
-                  f"reverse engineering, {rev[0]}, {rev[1]}; paper: {paper['reverse_engineered']}.", ""]
+        lines += [
+            f"Serial-number search: brute force **{bf['unlocks']} unlocks in {bf['tries']:,} tries** "
+            f"({bf['queries']:,} queries: {bf['candidates']} tries passed the 10-image screen, "
+            f"{bf['unlocks']} the {bf['confirm_images']}-image confirmation{at}; {bf['wall_s']:.0f} s); "
+            f"reverse engineering, {rev[0]}, {rev[1]}; paper: {paper['reverse_engineered']}.",
+            "",
+        ]
     nc = {k: v for k, v in rep.get("neural_cleanse", {}).items() if isinstance(v, dict)}
     if nc:
-        scans = ", ".join(f"{name} {r['max_anomaly_index']:.2f} ({', '.join(map(str, r['flagged'])) or 'none'})"
-                          for name, r in nc.items())
+        scans = ", ".join(
+            f"{name} {r['max_anomaly_index']:.2f} ({', '.join(map(str, r['flagged'])) or 'none'})"
+            for name, r in nc.items()
+        )
         secs = [r["wall_s"] for r in nc.values()]
-        lines += [f"Neural Cleanse, max anomaly index (flagged labels): {scans}; the Zhang content backdoor's target "
-                  f"is label {rep['neural_cleanse'].get('zhang_content_target')}; scans took {min(secs):.0f}-"
-                  f"{max(secs):.0f} s.", ""]
+        lines += [
+            f"Neural Cleanse, max anomaly index (flagged labels): {scans}; the Zhang content backdoor's target "
+            f"is label {rep['neural_cleanse'].get('zhang_content_target')}; scans took {min(secs):.0f}-"
+            f"{max(secs):.0f} s.",
+            "",
+        ]
     env = rep["environment"]
-    lines.append(f"Teacher {rep['teacher_acc']:.1f}%, customer model {rep['student_with_sn']:.1f}% with its "
-                 f"{rep['geometry']['height']}x{rep['geometry']['width']} serial number, {rep['student_raw']:.1f}% "
-                 f"without; {rep['config']['attack_epochs']} attack epochs at Adam {rep['config']['attack_lr']:g}; "
-                 f"seed {rep['seed']}; wall {rep['wall_s']:.0f} s on {env['cpu_count']} cores, "
-                 f"{env['torch_threads']} torch thread(s).")
+    lines.append(
+        f"Teacher {rep['teacher_acc']:.1f}%, customer model {rep['student_with_sn']:.1f}% with its "
+        f"{rep['geometry']['height']}x{rep['geometry']['width']} serial number, {rep['student_raw']:.1f}% "
+        f"without; {rep['config']['attack_epochs']} attack epochs at Adam {rep['config']['attack_lr']:g}; "
+        f"seed {rep['seed']}; wall {rep['wall_s']:.0f} s on {env['cpu_count']} cores, "
+        f"{env['torch_threads']} torch thread(s)."
+    )
     return "\n".join(lines)
 
 
@@ -200,8 +253,11 @@ def nc_table(reports: Path, dataset: str) -> str:
     rep = _report(reports / f"neural_cleanse_{dataset}.json")
     if rep is None:
         return f"No report yet: run `deepserial reproduce neural-cleanse --dataset {dataset}`."
-    lines = ["| model | test acc (%) | max anomaly index | flagged labels (watermark target) | owner's verdict "
-             "before / after unlearning |", "|---|---|---|---|---|"]
+    lines = [
+        "| model | test acc (%) | max anomaly index | flagged labels (watermark target) | owner's verdict "
+        "before / after unlearning |",
+        "|---|---|---|---|---|",
+    ]
     for r in rep["rows"]:
         sc = r["scan"]
         flagged = ", ".join(map(str, sc["flagged"])) or "none"
@@ -215,8 +271,11 @@ def nc_table(reports: Path, dataset: str) -> str:
             verdict = f"{_mark(r['before'])} / {_mark(r['after']['verdict'])} at {r['after']['test_acc']:.1f}%"
         lines.append(f"| {r['model']} | {r['test_acc']:.1f} | {sc['max_anomaly_index']:.2f} | {flagged} | {verdict} |")
     env = rep["environment"]
-    lines += ["", f"{rep['config']['nc_steps']} joint steps per scan; seed {rep['seed']}; wall {rep['wall_s']:.0f} s "
-              f"on {env['cpu_count']} cores, {env['torch_threads']} torch thread(s)."]
+    lines += [
+        "",
+        f"{rep['config']['nc_steps']} joint steps per scan; seed {rep['seed']}; wall {rep['wall_s']:.0f} s "
+        f"on {env['cpu_count']} cores, {env['torch_threads']} torch thread(s).",
+    ]
     return "\n".join(lines)
 
 
@@ -228,10 +287,17 @@ def seeds_table(reports: Path, dataset: str) -> str:
     summ, n = rep["summary"], len(rep["runs"])
     fr = list(summ["fine_tuning"])
     shares = " / ".join(f"{100 * float(f):g}" for f in fr)
-    lines = [f"| attack (attacker data {shares}%) | mean +/- sd over {n} seeds | runs that worked | median cost vs "
-             "from scratch |", "|---|---|---|---|"]
-    labels = {"fine_tuning": "fine-tuning (FTAL), without the SN", "from_scratch": "from scratch (the * row)",
-              "transfer": "transfer learning, without the SN", "overwrite": "overwriting, with the new SN"}
+    lines = [
+        f"| attack (attacker data {shares}%) | mean +/- sd over {n} seeds | runs that worked | median cost vs "
+        "from scratch |",
+        "|---|---|---|---|",
+    ]
+    labels = {
+        "fine_tuning": "fine-tuning (FTAL), without the SN",
+        "from_scratch": "from scratch (the * row)",
+        "transfer": "transfer learning, without the SN",
+        "overwrite": "overwriting, with the new SN",
+    }
     for key, label in labels.items():
         cells = [summ[key][f] for f in fr]
         acc = " / ".join(f"{c['mean']:.1f} +/- {c['std']:.1f}" for c in cells)
@@ -242,9 +308,14 @@ def seeds_table(reports: Path, dataset: str) -> str:
         cost = " / ".join("–" if c["cost_ratio_median"] is None else f"{c['cost_ratio_median']:.2f}x" for c in cells)
         lines.append(f"| {label} | {acc} | {worked} | {cost} |")
     ft = [[r["fractions"][f]["fine_tuning"]["raw_acc"] for f in fr] for r in rep["runs"]]
-    lines += ["", "Fine-tuning per seed (" + ", ".join(f"seed {r['seed']}: " + " / ".join(f"{v:.1f}" for v in row)
-                                                for r, row in zip(rep["runs"], ft, strict=True))
-              + f"); wall {rep['wall_s']:.0f} s, {rep['environment']['torch_threads']} torch thread(s)."]
+    lines += [
+        "",
+        "Fine-tuning per seed ("
+        + ", ".join(
+            f"seed {r['seed']}: " + " / ".join(f"{v:.1f}" for v in row) for r, row in zip(rep["runs"], ft, strict=True)
+        )
+        + f"); wall {rep['wall_s']:.0f} s, {rep['environment']['torch_threads']} torch thread(s).",
+    ]
     return "\n".join(lines)
 
 

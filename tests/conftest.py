@@ -79,8 +79,18 @@ def vendor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vendor]:
     finally:
         mp.undo()
         torch.set_num_threads(old_threads)
-    yield Vendor(root, CUSTOMER, identity, key_path, teacher_path, customer_path, licence_path, issued.serial,
-                 issued.product_key, issued.splits)
+    yield Vendor(
+        root,
+        CUSTOMER,
+        identity,
+        key_path,
+        teacher_path,
+        customer_path,
+        licence_path,
+        issued.serial,
+        issued.product_key,
+        issued.splits,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -128,8 +138,9 @@ def strong_teacher() -> LoadedModel:
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        t = workflow.train_teacher(DataSpec("mnist5k", seed=0, limit=2000),
-                                   TrainConfig(epochs=4, batch_size=128, progress=False))
+        t = workflow.train_teacher(
+            DataSpec("mnist5k", seed=0, limit=2000), TrainConfig(epochs=4, batch_size=128, progress=False)
+        )
     finally:
         torch.set_num_threads(old)
     return LoadedModel(t.model.eval(), t.manifest)

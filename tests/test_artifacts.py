@@ -21,8 +21,6 @@ from deepserial.nets import SplitNet, create_model
 SHAPE = (1, 12, 12)  # the smallest input the DSN MNIST net accepts: a tiny, fast model
 
 
-
-
 @contextmanager
 def raises(match: str | None = None) -> Iterator[pytest.ExceptionInfo[IntegrityError]]:
     with pytest.raises(IntegrityError, match=match) as excinfo:
@@ -37,9 +35,15 @@ def make_model(seed: int = 0) -> SplitNet:
 
 
 def manifest(**extra: Any) -> dict[str, Any]:
-    return {"arch": "dsn_mnist", "input_shape": list(SHAPE), "num_classes": 4, "scheme": "dsn",
-            "geometry": {"height": 3, "width": 3, "top": 2, "left": 2, "channels": []},
-            "provenance": {"dataset": "mnist5k", "seed": 7}, **extra}
+    return {
+        "arch": "dsn_mnist",
+        "input_shape": list(SHAPE),
+        "num_classes": 4,
+        "scheme": "dsn",
+        "geometry": {"height": 3, "width": 3, "top": 2, "left": 2, "channels": []},
+        "provenance": {"dataset": "mnist5k", "seed": 7},
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +67,7 @@ def rewrite(path: Path, edit: Any, tensors_edit: Any = None) -> None:
     """Rewrite a model file with safetensors itself, editing the manifest (and optionally the tensors)."""
     raw = path.read_bytes()
     tensors = st_load(raw)
-    man = json.loads(json.loads(raw[8: 8 + header_len(raw)])["__metadata__"]["deepserial"])
+    man = json.loads(json.loads(raw[8 : 8 + header_len(raw)])["__metadata__"]["deepserial"])
     man = edit(man)
     if tensors_edit is not None:
         tensors = tensors_edit(tensors)

@@ -11,10 +11,18 @@ import pytest
 from deepserial.errors import ConfigError
 from deepserial.experiments import attacks
 
-TINY = {"teacher_epochs": 2, "student_epochs": 2, "attack_epochs": 2, "fractions": (0.1, 0.2),
-        "prune_rates": (0.2, 0.8), "brute_force_tries": 50, "reverse_restarts": 1, "reverse_steps": 20,
-        "neural_cleanse": False,
-        "limit": 600}
+TINY = {
+    "teacher_epochs": 2,
+    "student_epochs": 2,
+    "attack_epochs": 2,
+    "fractions": (0.1, 0.2),
+    "prune_rates": (0.2, 0.8),
+    "brute_force_tries": 50,
+    "reverse_restarts": 1,
+    "reverse_steps": 20,
+    "neural_cleanse": False,
+    "limit": 600,
+}
 
 
 def test_dsn_attack_reproduction_writes_every_table(tmp_path: Path) -> None:
@@ -59,8 +67,14 @@ def test_a_source_smaller_than_the_query_sweep_is_asked_all_it_has() -> None:
     assert query_volumes([6000, 12000, 24000], 3000) == [3000]  # fashion-mnist victim, mnist5k queries
 
 
-WM_TINY = TINY | {"watermark_epochs": 2, "prune_rates": (0.5,), "extraction_volumes": (0.5, 1.0),
-                  "transfer_samples": 600, "recovery_epochs": 1, "embed_attempts": 2}
+WM_TINY = TINY | {
+    "watermark_epochs": 2,
+    "prune_rates": (0.5,),
+    "extraction_volumes": (0.5, 1.0),
+    "transfer_samples": 600,
+    "recovery_epochs": 1,
+    "embed_attempts": 2,
+}
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -116,8 +130,15 @@ def test_dsn_seeds_study_attacks_one_customer_model_per_seed(tmp_path: Path, mon
     assert all("serial_search" not in r and "neural_cleanse" not in r for r in rep["runs"])
     keys = [r["product_key"] for r in rep["runs"]]
     assert keys[0] != keys[1]  # two customer models with their own serial numbers, not one twice
-    again = json.loads(attacks.run_seeds("mnist5k", [1, 0], tmp_path / "again", progress=False,
-                                         overrides=TINY | {"fractions": (0.1,), "prune_rates": (0.5,)})[1].read_text())
+    again = json.loads(
+        attacks.run_seeds(
+            "mnist5k",
+            [1, 0],
+            tmp_path / "again",
+            progress=False,
+            overrides=TINY | {"fractions": (0.1,), "prune_rates": (0.5,)},
+        )[1].read_text()
+    )
     assert [r["product_key"] for r in again["runs"]] == keys[::-1]  # the seed fixes the serial number
     ft = [r["fractions"]["0.1"]["fine_tuning"]["raw_acc"] for r in rep["runs"]]
     cell = rep["summary"]["fine_tuning"]["0.1"]
@@ -126,8 +147,9 @@ def test_dsn_seeds_study_attacks_one_customer_model_per_seed(tmp_path: Path, mon
     assert "overwrite" in rep["summary"] and "new_sn_acc" in rep["runs"][1]["fractions"]["0.2"]["overwrite"]
     md = paths[0].read_text()
     assert "mean +/- sd" in md and "94.7" in md
-    assert "`SOURCE_DATE_EPOCH=1764633600 deepserial reproduce attacks --scheme dsn --dataset mnist5k --seeds 0,1`" \
-        in md
+    assert (
+        "`SOURCE_DATE_EPOCH=1764633600 deepserial reproduce attacks --scheme dsn --dataset mnist5k --seeds 0,1`" in md
+    )
 
 
 def test_dsn_seeds_study_refuses_fewer_than_two_seeds(tmp_path: Path) -> None:
@@ -140,8 +162,14 @@ def test_dsn_seeds_study_refuses_fewer_than_two_seeds(tmp_path: Path) -> None:
 def test_neural_cleanse_reproduction_scans_every_model_it_names(tmp_path: Path) -> None:
     from deepserial.experiments import neural_cleanse
 
-    tiny = {"teacher_epochs": 2, "student_epochs": 2, "attack_epochs": 1, "nc_steps": 20, "watermark_epochs": 2,
-            "limit": 600}
+    tiny = {
+        "teacher_epochs": 2,
+        "student_epochs": 2,
+        "attack_epochs": 1,
+        "nc_steps": 20,
+        "watermark_epochs": 2,
+        "limit": 600,
+    }
     paths = neural_cleanse.run("mnist5k", tmp_path, progress=False, schemes=["zhang-content"], overrides=tiny)
     assert [p.name for p in paths] == [f"neural_cleanse_mnist5k.{s}" for s in ("md", "json", "png")]
     rep = json.loads(paths[1].read_text())

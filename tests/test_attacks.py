@@ -24,7 +24,7 @@ def _data(n: int, seed: int) -> TensorData:
     x = torch.rand(n, *SHAPE, generator=g) * 0.2
     for i, c in enumerate(y.tolist()):
         r, k = divmod(c, 2)
-        x[i, 0, r * 6 + 1: r * 6 + 5, k * 6 + 1: k * 6 + 5] = 1.0
+        x[i, 0, r * 6 + 1 : r * 6 + 5, k * 6 + 1 : k * 6 + 5] = 1.0
     return TensorData(x, y)
 
 
@@ -63,10 +63,13 @@ def test_budget_and_share_validation(attacker: TensorData) -> None:
         attacker_share(attacker, 0.0, 1000)
 
 
-@pytest.mark.parametrize(("mode", "features_change", "head_reset"),
-                         [("FTAL", True, False), ("FTLL", False, False), ("RTLL", False, True), ("RTAL", True, True)])
+@pytest.mark.parametrize(
+    ("mode", "features_change", "head_reset"),
+    [("FTAL", True, False), ("FTLL", False, False), ("RTLL", False, True), ("RTAL", True, True)],
+)
 def test_fine_tuning_variants_train_what_they_name_and_log_the_budget(
-        victim: SplitNet, attacker: TensorData, mode: str, features_change: bool, head_reset: bool) -> None:
+    victim: SplitNet, attacker: TensorData, mode: str, features_change: bool, head_reset: bool
+) -> None:
     before = {k: v.clone() for k, v in victim.state_dict().items()}
     budget = AttackBudget(epochs=2, batch_size=50, lr=1e-3)
     model, log = get_attack("fine-tuning", {"mode": mode}).run(victim, attacker, budget)
@@ -158,7 +161,8 @@ def test_neural_cleanse_flags_a_planted_backdoor_and_unlearning_removes_it(backd
     asr = float((model(stamped).argmax(1) == 0).float().mean())
     assert asr > 0.9  # the backdoor took
     cleansed, log = get_attack("neural-cleanse", {"images_per_label": 8}).run(
-        model, s.attacker, AttackBudget(epochs=3, batch_size=32))
+        model, s.attacker, AttackBudget(epochs=3, batch_size=32)
+    )
     rep = log.details["scan"]
     assert rep["flagged"] == [0] and rep["max_anomaly_index"] > 2
     assert rep["norms"][0] < 0.25 * rep["median"]  # the backdoor's trigger is far smaller than any other
@@ -170,19 +174,22 @@ def test_neural_cleanse_flags_a_planted_backdoor_and_unlearning_removes_it(backd
 
 
 # ----- transfer learning, extraction -----------------------------------------------------------------
-def test_transfer_learning_replaces_dense_layers_and_trains_what_it_names(victim: SplitNet,
-                                                                         attacker: TensorData) -> None:
+def test_transfer_learning_replaces_dense_layers_and_trains_what_it_names(
+    victim: SplitNet, attacker: TensorData
+) -> None:
     from deepserial.attacks.transfer import recover
 
     two = TensorData(attacker.x, attacker.y % 2)  # a new task: two labels
-    model, log = get_attack("transfer-learning", {"num_classes": 2}).run(victim, two,
-                                                                         AttackBudget(epochs=2, batch_size=50))
+    model, log = get_attack("transfer-learning", {"num_classes": 2}).run(
+        victim, two, AttackBudget(epochs=2, batch_size=50)
+    )
     assert model.classifier.out_features == 2 and log.details["num_classes"] == 2 and log.epochs == 2
     same = _same(model, victim)
     assert all(v for k, v in same.items() if k.startswith("features.0."))  # conv layers frozen
     assert not same["features.2.weight"]  # the hidden dense layer was replaced
-    full, _ = get_attack("transfer-learning", {"num_classes": 2, "train": "all"}).run(victim, two,
-                                                                                      AttackBudget(epochs=1))
+    full, _ = get_attack("transfer-learning", {"num_classes": 2, "train": "all"}).run(
+        victim, two, AttackBudget(epochs=1)
+    )
     assert not all(v for k, v in _same(full, victim).items() if k.startswith("features.0."))
     with pytest.raises(ConfigError, match="num_classes"):
         get_attack("transfer-learning", {"num_classes": 2}).run(victim, attacker, AttackBudget(epochs=1))
@@ -191,8 +198,9 @@ def test_transfer_learning_replaces_dense_layers_and_trains_what_it_names(victim
 
 
 @pytest.mark.parametrize("source", ["data", "noise"])
-def test_extraction_counts_queries_and_trains_a_fresh_substitute(victim: SplitNet, attacker: TensorData,
-                                                                 source: str) -> None:
+def test_extraction_counts_queries_and_trains_a_fresh_substitute(
+    victim: SplitNet, attacker: TensorData, source: str
+) -> None:
     test = _data(300, 2)
     budget = AttackBudget(epochs=4, batch_size=20, queries=150)
     sub, log = get_attack("extraction", {"source": source}).run(victim, attacker, budget)
@@ -216,7 +224,7 @@ class _Locked(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.key.shape
-        region = x[:, 0, self.top: self.top + h, self.left: self.left + w]
+        region = x[:, 0, self.top : self.top + h, self.left : self.left + w]
         gate = torch.exp(-2 * ((region - self.key) ** 2).flatten(1).sum(1)).unsqueeze(1)
         logits = self.base(x)
         return gate * logits + (1 - gate) * logits.roll(1, dims=1)  # locked: a wrong answer
@@ -237,10 +245,13 @@ def test_serial_search_brute_force_and_reverse_engineering(victim: SplitNet) -> 
     assert log.queries == 200 * 10 + 200 * d["candidates"] and d["best_bits"] == key.int().tolist()
     big = SerialGeometry(6, 6, 3, 3)  # 2^36 keys: a random try never unlocks the model
     _, log = get_attack("serial-search", {"geometry": big.to_dict(), "tries": 300}).run(
-        _Locked(victim, torch.ones(6, 6), 3, 3), data, AttackBudget())
+        _Locked(victim, torch.ones(6, 6), 3, 3), data, AttackBudget()
+    )
     assert log.details["unlocks"] == 0 and log.queries == 3000 + 200 * log.details["candidates"]
-    _, log = get_attack("serial-search", {"method": "reverse-engineer", "geometry": geo.to_dict(), "restarts": 2,
-                                          "steps": 60, "batch_size": 32}).run(locked, data, AttackBudget())
+    _, log = get_attack(
+        "serial-search",
+        {"method": "reverse-engineer", "geometry": geo.to_dict(), "restarts": 2, "steps": 60, "batch_size": 32},
+    ).run(locked, data, AttackBudget())
     assert log.details["accuracy_best"] > 0.9 and len(log.details["restarts"]) == 2
     with pytest.raises(ConfigError, match="geometry"):
         get_attack("serial-search").run(locked, data, AttackBudget())
@@ -294,7 +305,7 @@ def test_dsn_loss_counts_the_original_serial_number_as_invalid_when_overwriting(
     loss = make_student_loss(new, torch.zeros(64, 10), DSNConfig.default(), 10, also_invalid=old.as_tensor())
     loss(net, Batch(x, y, torch.arange(64)))
     g = old.geometry
-    region = seen[0][:, 0, g.top: g.top + g.height, g.left: g.left + g.width]
+    region = seen[0][:, 0, g.top : g.top + g.height, g.left : g.left + g.width]
     is_old = (region == old.as_tensor()).flatten(1).all(1)
     is_new = (region == new.as_tensor()).flatten(1).all(1)
     k = _counts(64, DSNConfig.default())["random"]
@@ -306,7 +317,8 @@ def test_watermark_overwrite_embeds_the_adversary_key(victim: SplitNet, attacker
     from deepserial.workflow import verify_watermark
 
     model, log = get_attack("watermark-overwrite", {"scheme": "uchida"}).run(
-        victim, attacker, AttackBudget(epochs=3, batch_size=50))
+        victim, attacker, AttackBudget(epochs=3, batch_size=50)
+    )
     assert log.key is not None and log.details["scheme"] == "uchida" and log.epochs == 3
     assert verify_watermark(log.key, ModuleSuspect(model, SHAPE)).decision  # the adversary's mark is in
     assert not verify_watermark(log.key, ModuleSuspect(victim, SHAPE)).decision  # and was not before

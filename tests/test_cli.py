@@ -46,8 +46,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def file_digests(root: Path) -> dict[str, str]:
     """SHA-256 of every file under ``root`` (hidden temporaries included), by relative path."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_ok(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
@@ -122,19 +125,38 @@ def test_keygen_default_path_is_in_current_directory(capsys, tmp_path: Path) -> 
 
 
 def test_keygen_passphrase_encrypts_and_issue_with_wrong_passphrase_fails(
-        capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vendor: Vendor) -> None:
+    capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vendor: Vendor
+) -> None:
     monkeypatch.setenv("MY_PASS", "correct horse battery staple")
     key = tmp_path / "enc.pem"
     run_ok(capsys, ["keygen", "--out", str(key), "--passphrase-env", "MY_PASS"])
     assert b"ENCRYPTED PRIVATE KEY" in key.read_bytes()
-    assert OwnerIdentity.load(key, "correct horse battery staple").fingerprint() == \
-        OwnerIdentity.load(tmp_path / "enc.pub.pem").fingerprint()
+    assert (
+        OwnerIdentity.load(key, "correct horse battery staple").fingerprint()
+        == OwnerIdentity.load(tmp_path / "enc.pub.pem").fingerprint()
+    )
 
     monkeypatch.setenv("BAD_PASS", "wrong horse")
     out, lic = tmp_path / "c.safetensors", tmp_path / "c.licence.json"
     before = file_digests(tmp_path)
-    common = ["issue", "--customer", "acme", "--teacher", str(vendor.teacher_path), "--key", str(key),
-              "--out", str(out), "--licence", str(lic), "--size", "3x3", "--epochs", "1", "-q"]
+    common = [
+        "issue",
+        "--customer",
+        "acme",
+        "--teacher",
+        str(vendor.teacher_path),
+        "--key",
+        str(key),
+        "--out",
+        str(out),
+        "--licence",
+        str(lic),
+        "--size",
+        "3x3",
+        "--epochs",
+        "1",
+        "-q",
+    ]
     run_err(capsys, [*common, "--passphrase-env", "BAD_PASS"], "wrong passphrase")
     # Without any passphrase the key cannot be used either, and the message says how to give one.
     run_err(capsys, common, "encrypted", "passphrase")
@@ -142,8 +164,12 @@ def test_keygen_passphrase_encrypts_and_issue_with_wrong_passphrase_fails(
 
 
 def test_keygen_unset_passphrase_variable_fails(capsys, tmp_path: Path) -> None:
-    run_err(capsys, ["keygen", "--out", str(tmp_path / "k.pem"), "--passphrase-env", "UNSET_VAR_FOR_TEST"],
-            "UNSET_VAR_FOR_TEST", "not set")
+    run_err(
+        capsys,
+        ["keygen", "--out", str(tmp_path / "k.pem"), "--passphrase-env", "UNSET_VAR_FOR_TEST"],
+        "UNSET_VAR_FOR_TEST",
+        "not set",
+    )
     assert file_digests(tmp_path) == {}
 
 
@@ -154,18 +180,25 @@ def test_keygen_unknown_algorithm_fails(capsys, tmp_path: Path) -> None:
 
 # ----- teacher ---------------------------------------------------------------------------------------
 def test_teacher_unknown_dataset_fails_without_output(capsys, tmp_path: Path) -> None:
-    run_err(capsys, ["teacher", "--dataset", "no-such-data", "--out", str(tmp_path / "t.safetensors"),
-                     "--epochs", "1", "-q"], "no-such-data")
+    run_err(
+        capsys,
+        ["teacher", "--dataset", "no-such-data", "--out", str(tmp_path / "t.safetensors"), "--epochs", "1", "-q"],
+        "no-such-data",
+    )
     assert file_digests(tmp_path) == {}
 
 
-def test_teacher_missing_fashion_mnist_says_how_to_install(capsys, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_teacher_missing_fashion_mnist_says_how_to_install(
+    capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.setenv("DEEPSERIAL_FASHION_MNIST_DIR", str(empty))
-    run_err(capsys, ["teacher", "--dataset", "fashion-mnist", "--out", str(tmp_path / "t.safetensors"),
-                     "--epochs", "1", "-q"], "apt-get install -y dataset-fashion-mnist")
+    run_err(
+        capsys,
+        ["teacher", "--dataset", "fashion-mnist", "--out", str(tmp_path / "t.safetensors"), "--epochs", "1", "-q"],
+        "apt-get install -y dataset-fashion-mnist",
+    )
     assert file_digests(tmp_path) == {}
 
 
@@ -204,8 +237,9 @@ def test_npz(tmp_path: Path, vendor: Vendor) -> tuple[Path, torch.Tensor]:
 
 def test_predict_with_product_key_matches_python(capsys, vendor: Vendor, test_npz) -> None:
     path, x = test_npz
-    out = run_ok(capsys, ["predict", str(path), "--model", str(vendor.customer_path),
-                          "--serial", vendor.product_key, "--json"])
+    out = run_ok(
+        capsys, ["predict", str(path), "--model", str(vendor.customer_path), "--serial", vendor.product_key, "--json"]
+    )
     rows = parse_json_lines(out)
     pred, conf = stamped_predictions(vendor.customer_path, vendor.serial, x)
     assert [r["index"] for r in rows] == list(range(len(x)))
@@ -216,8 +250,9 @@ def test_predict_with_product_key_matches_python(capsys, vendor: Vendor, test_np
     assert float((raw_conf - torch.tensor(conf)).abs().max()) > 1e-4
 
 
-def test_predict_plain_output_and_key_from_environment(capsys, vendor: Vendor, test_npz,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_plain_output_and_key_from_environment(
+    capsys, vendor: Vendor, test_npz, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, x = test_npz
     # Product keys are typed by people: lower case and no hyphens must work too.
     monkeypatch.setenv("DEEPSERIAL_SERIAL", vendor.product_key.lower().replace("-", ""))
@@ -236,7 +271,7 @@ def one_char_typo(key: str, expect: SerialGeometry) -> str:
     for ch in alphabet:
         if ch == key[pos]:
             continue
-        typo = key[:pos] + ch + key[pos + 1:]
+        typo = key[:pos] + ch + key[pos + 1 :]
         try:
             SerialNumber.from_product_key(typo, expect=expect)
         except Exception:
@@ -265,8 +300,13 @@ def test_predict_key_of_another_geometry(capsys, vendor: Vendor, test_npz) -> No
     path, _ = test_npz
     bits = np.indices((6, 6)).sum(0) % 2  # a balanced 6x6 checkerboard
     other = SerialNumber(SerialGeometry(6, 6, 20, 20), bits).to_product_key()
-    run_err(capsys, ["predict", str(path), "--model", str(vendor.customer_path), "--serial", other],
-            "6x6", "model expects", "3x3")
+    run_err(
+        capsys,
+        ["predict", str(path), "--model", str(vendor.customer_path), "--serial", other],
+        "6x6",
+        "model expects",
+        "3x3",
+    )
 
 
 def test_predict_without_serial_fails(capsys, vendor: Vendor, test_npz) -> None:
@@ -277,15 +317,21 @@ def test_predict_without_serial_fails(capsys, vendor: Vendor, test_npz) -> None:
 def test_predict_refuses_wrong_image_shape(capsys, vendor: Vendor, tmp_path: Path) -> None:
     path = tmp_path / "big.npz"
     np.savez(path, x=np.zeros((2, 32, 32), dtype=np.float32))
-    run_err(capsys, ["predict", str(path), "--model", str(vendor.customer_path), "--serial", vendor.product_key],
-            "shape", "32, 32", "28, 28")
+    run_err(
+        capsys,
+        ["predict", str(path), "--model", str(vendor.customer_path), "--serial", vendor.product_key],
+        "shape",
+        "32, 32",
+        "28, 28",
+    )
 
 
 def test_predict_refuses_values_above_one(capsys, vendor: Vendor, tmp_path: Path) -> None:
     path = tmp_path / "scaled.npz"
     np.savez(path, x=np.full((2, 28, 28), 255.0, dtype=np.float32))
-    run_err(capsys, ["predict", str(path), "--model", str(vendor.customer_path), "--serial", vendor.product_key],
-            "[0, 1]")
+    run_err(
+        capsys, ["predict", str(path), "--model", str(vendor.customer_path), "--serial", vendor.product_key], "[0, 1]"
+    )
 
 
 def test_predict_npz_without_x_and_missing_file(capsys, vendor: Vendor, tmp_path: Path) -> None:
@@ -304,24 +350,33 @@ def test_predict_png_images(capsys, vendor: Vendor, tmp_path: Path) -> None:
         p = tmp_path / f"digit{i}.png"
         Image.fromarray(img, mode="L").save(p)
         paths.append(str(p))
-    out = run_ok(capsys, ["predict", *paths, "--model", str(vendor.customer_path),
-                          "--serial", vendor.product_key, "--json"])
+    out = run_ok(
+        capsys, ["predict", *paths, "--model", str(vendor.customer_path), "--serial", vendor.product_key, "--json"]
+    )
     rows = parse_json_lines(out)
-    pred, conf = stamped_predictions(vendor.customer_path, vendor.serial,
-                                     torch.from_numpy(pixels.astype(np.float32) / 255.0)[:, None])
+    pred, conf = stamped_predictions(
+        vendor.customer_path, vendor.serial, torch.from_numpy(pixels.astype(np.float32) / 255.0)[:, None]
+    )
     assert [r["class"] for r in rows] == pred
     assert np.allclose([r["confidence"] for r in rows], conf, atol=2e-6)
 
     wrong = tmp_path / "big.png"
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8), mode="L").save(wrong)
-    run_err(capsys, ["predict", str(wrong), "--model", str(vendor.customer_path), "--serial", vendor.product_key],
-            "shape", "32, 32")
+    run_err(
+        capsys,
+        ["predict", str(wrong), "--model", str(vendor.customer_path), "--serial", vendor.product_key],
+        "shape",
+        "32, 32",
+    )
 
 
 def test_predict_refuses_a_teacher(capsys, vendor: Vendor, test_npz) -> None:
     path, _ = test_npz
-    run_err(capsys, ["predict", str(path), "--model", str(vendor.teacher_path), "--serial", vendor.product_key],
-            "not a serial-number protected model")
+    run_err(
+        capsys,
+        ["predict", str(path), "--model", str(vendor.teacher_path), "--serial", vendor.product_key],
+        "not a serial-number protected model",
+    )
 
 
 # ----- corrupt and tampered model files --------------------------------------------------------------
@@ -335,15 +390,18 @@ def tampered_model(tmp_path: Path, vendor: Vendor) -> Path:
     return path
 
 
-def test_tampered_weights_refused_by_every_command(capsys, vendor: Vendor, tampered_model: Path,
-                                                   test_npz, tmp_path: Path) -> None:
+def test_tampered_weights_refused_by_every_command(
+    capsys, vendor: Vendor, tampered_model: Path, test_npz, tmp_path: Path
+) -> None:
     npz, _ = test_npz
     report = tmp_path / "r.json"
     before = file_digests(tmp_path)
-    run_err(capsys, ["predict", str(npz), "--model", str(tampered_model), "--serial", vendor.product_key],
-            "integrity")
-    run_err(capsys, ["evaluate", "--model", str(tampered_model), "--serial", vendor.product_key,
-                     "--out", str(report)], "integrity")
+    run_err(capsys, ["predict", str(npz), "--model", str(tampered_model), "--serial", vendor.product_key], "integrity")
+    run_err(
+        capsys,
+        ["evaluate", "--model", str(tampered_model), "--serial", vendor.product_key, "--out", str(report)],
+        "integrity",
+    )
     run_err(capsys, ["info", str(tampered_model)], "integrity")
     assert file_digests(tmp_path) == before
 
@@ -354,8 +412,7 @@ def test_tampered_manifest_refused(capsys, vendor: Vendor, tmp_path: Path) -> No
     header = raw[:header_end]
     assert b'\\"customer\\": \\"acme\\"' in header and vendor.customer_name == "acme"
     path = tmp_path / "renamed.safetensors"
-    path.write_bytes(header.replace(b'\\"customer\\": \\"acme\\"', b'\\"customer\\": \\"acne\\"')
-                     + raw[header_end:])
+    path.write_bytes(header.replace(b'\\"customer\\": \\"acme\\"', b'\\"customer\\": \\"acne\\"') + raw[header_end:])
     run_err(capsys, ["info", str(path)], "integrity")
 
 
@@ -386,8 +443,23 @@ def tampered_licence(vendor: Vendor, tmp_path: Path, what: str) -> Path:
 def test_evaluate_refuses_tampered_licence(capsys, vendor: Vendor, tmp_path: Path, what: str) -> None:
     licence = tampered_licence(vendor, tmp_path, what)
     report = tmp_path / "r.json"
-    run_err(capsys, ["evaluate", "--model", str(vendor.customer_path), "--licence", str(licence),
-                     "--out", str(report), "--n-wrong", "50", "--wrong-samples", "100"], "signature does not verify")
+    run_err(
+        capsys,
+        [
+            "evaluate",
+            "--model",
+            str(vendor.customer_path),
+            "--licence",
+            str(licence),
+            "--out",
+            str(report),
+            "--n-wrong",
+            "50",
+            "--wrong-samples",
+            "100",
+        ],
+        "signature does not verify",
+    )
     assert not report.exists()
 
 
@@ -411,16 +483,36 @@ def test_evaluate_refuses_licence_for_another_geometry(capsys, vendor: Vendor, t
     licence = tmp_path / "other.licence.json"
     licence.write_text(json.dumps(rec))
     report = tmp_path / "r.json"
-    run_err(capsys, ["evaluate", "--model", str(vendor.customer_path), "--licence", str(licence),
-                     "--out", str(report)], "6x6", "expects", "3x3")
+    run_err(
+        capsys,
+        ["evaluate", "--model", str(vendor.customer_path), "--licence", str(licence), "--out", str(report)],
+        "6x6",
+        "expects",
+        "3x3",
+    )
     assert not report.exists()
 
 
 def test_evaluate_writes_report(capsys, vendor: Vendor, tmp_path: Path) -> None:
     report = tmp_path / "r.json"
-    out = run_ok(capsys, ["evaluate", "--model", str(vendor.customer_path), "--serial", vendor.product_key,
-                          "--teacher", str(vendor.teacher_path), "--n-wrong", "50", "--wrong-samples", "100",
-                          "--out", str(report)])
+    out = run_ok(
+        capsys,
+        [
+            "evaluate",
+            "--model",
+            str(vendor.customer_path),
+            "--serial",
+            vendor.product_key,
+            "--teacher",
+            str(vendor.teacher_path),
+            "--n-wrong",
+            "50",
+            "--wrong-samples",
+            "100",
+            "--out",
+            str(report),
+        ],
+    )
     assert "customer model, valid serial number" in out and f"wrote {report}" in out
     rep = json.loads(report.read_text())
     for name in [*REPORT_FIELDS, "seed", "sizes", "timings", "environment"]:
@@ -446,22 +538,40 @@ def test_evaluate_writes_report(capsys, vendor: Vendor, tmp_path: Path) -> None:
 
 # ----- issue -----------------------------------------------------------------------------------------
 def issue_args(vendor: Vendor, tmp_path: Path, *extra: str) -> list[str]:
-    return ["issue", "--customer", "beta corp", "--teacher", str(vendor.teacher_path), "--key",
-            str(vendor.key_path), "--out", str(tmp_path / "beta.safetensors"), "--licence",
-            str(tmp_path / "beta.licence.json"), "--epochs", "1", "-q", *extra]
+    return [
+        "issue",
+        "--customer",
+        "beta corp",
+        "--teacher",
+        str(vendor.teacher_path),
+        "--key",
+        str(vendor.key_path),
+        "--out",
+        str(tmp_path / "beta.safetensors"),
+        "--licence",
+        str(tmp_path / "beta.licence.json"),
+        "--epochs",
+        "1",
+        "-q",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize(("extra", "needles"), [
-    (["--size", "3x3", "--position", "25,25"], ("never reach", "rows 0-25")),
-    (["--size", "3x3", "--position", "26,26"], ("does not fit", "28x28")),
-    (["--size", "3x3", "--position", "middle"], ("position", "ROW,COL")),
-    (["--size", "0x3"], ("0x3", "positive")),
-    (["--size", "abc"], ("abc", "HxW")),
-    (["--size", "30x30"], ("30x30",)),
-    (["--size", "3x3", "--mode", "nonsense"], ("nonsense", "default", "paper")),
-])
-def test_issue_refuses_bad_options_without_output(capsys, vendor: Vendor, tmp_path: Path, extra: list[str],
-                                                  needles: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        (["--size", "3x3", "--position", "25,25"], ("never reach", "rows 0-25")),
+        (["--size", "3x3", "--position", "26,26"], ("does not fit", "28x28")),
+        (["--size", "3x3", "--position", "middle"], ("position", "ROW,COL")),
+        (["--size", "0x3"], ("0x3", "positive")),
+        (["--size", "abc"], ("abc", "HxW")),
+        (["--size", "30x30"], ("30x30",)),
+        (["--size", "3x3", "--mode", "nonsense"], ("nonsense", "default", "paper")),
+    ],
+)
+def test_issue_refuses_bad_options_without_output(
+    capsys, vendor: Vendor, tmp_path: Path, extra: list[str], needles: tuple[str, ...]
+) -> None:
     run_err(capsys, issue_args(vendor, tmp_path, *extra), *needles)
     assert file_digests(tmp_path) == {}
 
@@ -476,8 +586,7 @@ def test_issue_refuses_empty_customer_and_missing_key(capsys, vendor: Vendor, tm
     assert file_digests(tmp_path) == {}
 
 
-def test_issue_prints_product_key_once(capsys, vendor: Vendor, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_issue_prints_product_key_once(capsys, vendor: Vendor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the fixed vendor key and a fixed time: the same serial number on every run, checked to differ from
     # acme's (at random, two 3x3 serial numbers coincide once in 420)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", VENDOR_TIME)
@@ -555,8 +664,9 @@ def test_predict_unreadable_npz(capsys, vendor: Vendor, test_npz, content: str) 
     path = good.parent / "bad.npz"
     raw = good.read_bytes()
     path.write_bytes(raw[: len(raw) // 2] if content == "truncated" else b"")
-    run_err(capsys, ["predict", str(path), "--model", str(vendor.customer_path), "--serial", vendor.product_key],
-            "bad.npz")
+    run_err(
+        capsys, ["predict", str(path), "--model", str(vendor.customer_path), "--serial", vendor.product_key], "bad.npz"
+    )
 
 
 # ----- the installed console script ------------------------------------------------------------------
@@ -574,8 +684,9 @@ def test_console_script_help() -> None:
 
 
 def test_console_script_user_error(tmp_path: Path) -> None:
-    res = subprocess.run([*_script(), "info", str(tmp_path / "missing.safetensors")], capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run(
+        [*_script(), "info", str(tmp_path / "missing.safetensors")], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 2
     assert res.stdout == ""
     lines = res.stderr.strip().splitlines()
@@ -587,9 +698,27 @@ def test_console_script_user_error(tmp_path: Path) -> None:
 def marked(tmp_path_factory: pytest.TempPathFactory, vendor: Vendor) -> Path:
     """A null-embedding model and its key written by `watermark embed` (tiny: 600 images, 2 epochs)."""
     root = tmp_path_factory.mktemp("wm")
-    rc = main(["watermark", "embed", "--scheme", "null-embedding", "--out", str(root / "m.safetensors"),
-               "--key", str(vendor.key_path), "--limit", "600", "--epochs", "2", "--batch-size", "32", "--quiet",
-               "--set", "threshold=0.5"])
+    rc = main(
+        [
+            "watermark",
+            "embed",
+            "--scheme",
+            "null-embedding",
+            "--out",
+            str(root / "m.safetensors"),
+            "--key",
+            str(vendor.key_path),
+            "--limit",
+            "600",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--quiet",
+            "--set",
+            "threshold=0.5",
+        ]
+    )
     assert rc == 0
     return root
 
@@ -618,51 +747,143 @@ def test_watermark_bad_inputs(capsys, marked: Path, vendor: Vendor, tmp_path: Pa
     raw[-5] ^= 0xFF
     bad.write_bytes(bytes(raw))
     run_err(capsys, ["watermark", "verify", str(marked / "m.safetensors"), "--key", str(bad)], "integrity")
-    run_err(capsys, ["watermark", "verify", str(marked / "m.safetensors"), "--key", str(tmp_path / "none.key")],
-            "cannot read")
-    run_err(capsys, ["watermark", "verify", str(marked / "m.safetensors"), "--key", str(marked / "m.key"),
-                     "--budget", "10"], "budget")
+    run_err(
+        capsys,
+        ["watermark", "verify", str(marked / "m.safetensors"), "--key", str(tmp_path / "none.key")],
+        "cannot read",
+    )
+    run_err(
+        capsys,
+        ["watermark", "verify", str(marked / "m.safetensors"), "--key", str(marked / "m.key"), "--budget", "10"],
+        "budget",
+    )
     before = file_digests(tmp_path)
     out = str(tmp_path / "x.safetensors")
-    run_err(capsys, ["watermark", "embed", "--scheme", "nope", "--out", out, "--key", str(vendor.key_path)],
-            "unknown scheme")
-    run_err(capsys, ["watermark", "embed", "--scheme", "null-embedding", "--out", out, "--key",
-                     str(vendor.key_path), "--set", "pattern_size"], "name=value")
-    run_err(capsys, ["watermark", "embed", "--scheme", "null-embedding", "--out", out, "--key",
-                     str(vendor.key_path), "--set", "no_such=1"], "null-embedding")
-    run_err(capsys, ["watermark", "embed", "--scheme", "dsn", "--out", out, "--key", str(vendor.key_path),
-                     "--limit", "300", "--epochs", "1"], "deepserial issue")
+    run_err(
+        capsys,
+        ["watermark", "embed", "--scheme", "nope", "--out", out, "--key", str(vendor.key_path)],
+        "unknown scheme",
+    )
+    run_err(
+        capsys,
+        [
+            "watermark",
+            "embed",
+            "--scheme",
+            "null-embedding",
+            "--out",
+            out,
+            "--key",
+            str(vendor.key_path),
+            "--set",
+            "pattern_size",
+        ],
+        "name=value",
+    )
+    run_err(
+        capsys,
+        [
+            "watermark",
+            "embed",
+            "--scheme",
+            "null-embedding",
+            "--out",
+            out,
+            "--key",
+            str(vendor.key_path),
+            "--set",
+            "no_such=1",
+        ],
+        "null-embedding",
+    )
+    run_err(
+        capsys,
+        [
+            "watermark",
+            "embed",
+            "--scheme",
+            "dsn",
+            "--out",
+            out,
+            "--key",
+            str(vendor.key_path),
+            "--limit",
+            "300",
+            "--epochs",
+            "1",
+        ],
+        "deepserial issue",
+    )
     assert file_digests(tmp_path) == before  # nothing written by any failure
-    run_err(capsys, ["watermark", "embed", "--scheme", "null-embedding", "--out", str(marked / "m.safetensors"),
-                     "--key", str(vendor.key_path)], "exists")
+    run_err(
+        capsys,
+        [
+            "watermark",
+            "embed",
+            "--scheme",
+            "null-embedding",
+            "--out",
+            str(marked / "m.safetensors"),
+            "--key",
+            str(vendor.key_path),
+        ],
+        "exists",
+    )
 
 
 def test_watermark_verify_refuses_a_key_of_another_scheme_and_a_mismatched_suspect(
-        capsys, marked: Path, tmp_path: Path) -> None:
+    capsys, marked: Path, tmp_path: Path
+) -> None:
     from deepserial.artifacts import save_model
     from deepserial.nets import create_model
 
     model, key = str(marked / "m.safetensors"), str(marked / "m.key")
-    run_err(capsys, ["watermark", "verify", model, "--key", key, "--scheme", "uchida"],
-            "null-embedding key, not a uchida key")
+    run_err(
+        capsys,
+        ["watermark", "verify", model, "--key", key, "--scheme", "uchida"],
+        "null-embedding key, not a uchida key",
+    )
     run_err(capsys, ["watermark", "verify", model, "--key", key, "--scheme", "nope"], "unknown scheme")
     # a suspect that answers 11 labels where the key's task has 10
     man = read_manifest(marked / "m.safetensors")
     odd = tmp_path / "odd.safetensors"
-    save_model(odd, create_model(man["arch"], tuple(man["input_shape"]), 11),
-               {"arch": man["arch"], "input_shape": man["input_shape"], "num_classes": 11})
+    save_model(
+        odd,
+        create_model(man["arch"], tuple(man["input_shape"]), 11),
+        {"arch": man["arch"], "input_shape": man["input_shape"], "num_classes": 11},
+    )
     before = file_digests(tmp_path)
     run_err(capsys, ["watermark", "verify", str(odd), "--key", key], "11 outputs")
     assert file_digests(tmp_path) == before
 
 
 # ----- attack ---------------------------------------------------------------------------------------------
-def test_attack_fine_tunes_a_watermarked_model_and_reports_before_and_after(capsys, marked: Path,
-                                                                            tmp_path: Path) -> None:
+def test_attack_fine_tunes_a_watermarked_model_and_reports_before_and_after(
+    capsys, marked: Path, tmp_path: Path
+) -> None:
     out, rep = tmp_path / "attacked.safetensors", tmp_path / "attack.json"
-    text = run_ok(capsys, ["attack", "fine-tuning", "--model", str(marked / "m.safetensors"), "--key",
-                           str(marked / "m.key"), "--fraction", "0.1", "--epochs", "1", "--out", str(out),
-                           "--report", str(rep), "--quiet", "--set", "mode=FTLL"])
+    text = run_ok(
+        capsys,
+        [
+            "attack",
+            "fine-tuning",
+            "--model",
+            str(marked / "m.safetensors"),
+            "--key",
+            str(marked / "m.key"),
+            "--fraction",
+            "0.1",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--report",
+            str(rep),
+            "--quiet",
+            "--set",
+            "mode=FTLL",
+        ],
+    )
     assert "before" in text and "after" in text and "watermark" in text
     r = json.loads(rep.read_text())
     assert r["attacker_samples"] == 48  # 10% of the 480 training images of the 600-image sample
@@ -673,8 +894,22 @@ def test_attack_fine_tunes_a_watermarked_model_and_reports_before_and_after(caps
 
 
 def test_attack_a_dsn_model_reports_accuracy_with_the_serial_number(capsys, vendor: Vendor) -> None:
-    text = run_ok(capsys, ["attack", "pruning", "--model", str(vendor.customer_path), "--serial", vendor.product_key,
-                           "--epochs", "0", "--set", "rate=0.3", "--json"])
+    text = run_ok(
+        capsys,
+        [
+            "attack",
+            "pruning",
+            "--model",
+            str(vendor.customer_path),
+            "--serial",
+            vendor.product_key,
+            "--epochs",
+            "0",
+            "--set",
+            "rate=0.3",
+            "--json",
+        ],
+    )
     r = json.loads(text)
     # both accuracies, before and after (the tiny fixture model is barely trained: no claim on their values)
     assert all(0 <= r[w][k] <= 100 for w in ("before", "after") for k in ("with_serial_acc", "test_acc"))
@@ -689,10 +924,16 @@ def test_attack_bad_inputs(capsys, marked: Path, vendor: Vendor, tmp_path: Path)
     run_err(capsys, ["attack", "fine-tuning", "--model", m, "--out", out, "--set", "mode=XX"], "mode")
     run_err(capsys, ["attack", "fine-tuning", "--model", m, "--out", out, "--fraction", "0.5"], "attacker's split")
     run_err(capsys, ["attack", "fine-tuning", "--model", m, "--out", out, "--optimizer", "rmsprop"], "optimizer")
-    run_err(capsys, ["attack", "fine-tuning", "--model", m, "--out", out, "--serial", vendor.product_key],
-            "not a serial-number protected model")
-    run_err(capsys, ["attack", "pruning", "--model", str(vendor.customer_path), "--out", out, "--serial", "XXXX"],
-            "product key")
+    run_err(
+        capsys,
+        ["attack", "fine-tuning", "--model", m, "--out", out, "--serial", vendor.product_key],
+        "not a serial-number protected model",
+    )
+    run_err(
+        capsys,
+        ["attack", "pruning", "--model", str(vendor.customer_path), "--out", out, "--serial", "XXXX"],
+        "product key",
+    )
     assert file_digests(tmp_path) == before  # nothing written by any failure
 
 
@@ -715,16 +956,16 @@ def test_reproduce_attacks_seeds_bad_input_writes_nothing(capsys, tmp_path: Path
 
 def test_reproduce_neural_cleanse_bad_input_writes_nothing(capsys, tmp_path: Path) -> None:
     out = ["--out", str(tmp_path)]
-    run_err(capsys, ["reproduce", "neural-cleanse", "--schemes", "adi,nope", *out], "unknown watermark scheme",
-            "nope")
+    run_err(capsys, ["reproduce", "neural-cleanse", "--schemes", "adi,nope", *out], "unknown watermark scheme", "nope")
     run_err(capsys, ["reproduce", "neural-cleanse", "--dataset", "cifar-100", *out], "cifar-100")
     assert not list(tmp_path.iterdir())
 
 
 def test_reproduce_dsn_partial_rerun_needs_a_known_run_and_an_existing_report(capsys, tmp_path: Path) -> None:
     run_err(capsys, ["reproduce", "dsn", "--runs", "nope", "--out", str(tmp_path)], "unknown run", "default-6x6")
-    run_err(capsys, ["reproduce", "dsn", "--runs", "default-6x6", "--out", str(tmp_path)], "missing",
-            "whole reproduction")
+    run_err(
+        capsys, ["reproduce", "dsn", "--runs", "default-6x6", "--out", str(tmp_path)], "missing", "whole reproduction"
+    )
     (tmp_path / "dsn_mnist5k.json").write_text(json.dumps({"seed": 7, "runs": {}}))
     run_err(capsys, ["reproduce", "dsn", "--runs", "default-6x6", "--out", str(tmp_path)], "seed 7")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dsn_mnist5k.json"]

@@ -136,7 +136,7 @@ def test_hidden_embedding_decreases_loss_and_verifies(hidden, splits: Splits, pl
     v = scheme.verify(suspect, key, fpr=1e-3)
     assert v.decision and v.statistic == 0 and v.details["ber"] == 0.0
     assert v.queries == len(key.tensors["x"]) == suspect.queries
-    assert v.p_value == pytest.approx(2.0 ** -32)
+    assert v.p_value == pytest.approx(2.0**-32)
     # threshold: the largest error count whose exact binomial lower tail is <= fpr
     t = int(v.threshold)
     assert st.binom.cdf(t, 32, 0.5) <= 1e-3 < st.binom.cdf(t + 1, 32, 0.5)
@@ -223,8 +223,9 @@ def test_output_key_candidates_deterministic_low_density(splits: Splits, plain: 
     assert float(density.neighbours(train_f).float().median()) >= 10  # typical training point: >= 10
 
 
-def test_output_embedding_verifies_and_selection_is_algorithm2(output, plain: SplitNet, plain2: SplitNet,
-                                                              splits: Splits) -> None:  # noqa: ANN001
+def test_output_embedding_verifies_and_selection_is_algorithm2(
+    output, plain: SplitNet, plain2: SplitNet, splits: Splits
+) -> None:  # noqa: ANN001
     scheme, model, key, log = output
     assert key.meta["finalised"] and set(key.tensors) == {"x", "y"} and len(key.tensors["y"]) == 10
     # the fine-tuning taught the candidates far beyond chance, and kept the task

@@ -30,14 +30,20 @@ EPOCH = VENDOR_TIME  # 2025-12-01T00:00:00Z
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
-                                                               "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     return env | {"SOURCE_DATE_EPOCH": EPOCH, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""} | extra
 
 
 def deepserial(args: list[str], cwd: Path, nproc: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
-                 "deepserial"] if nproc > 1 else [sys.executable, "-m", "deepserial"])
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "deepserial"]
+        if nproc > 1
+        else [sys.executable, "-m", "deepserial"]
+    )
     res = subprocess.run(launcher + args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, f"{args} with {nproc} process(es) failed:\n{res.stdout}\n{res.stderr}"
     return res
@@ -74,8 +80,14 @@ def test_source_date_epoch_fixes_the_verifier_time(monkeypatch: pytest.MonkeyPat
 
 def test_commands_that_do_not_train_are_refused_under_torchrun(tmp_path: Path) -> None:
     for cmd in (["serve", "m.safetensors"], ["trace", "m.safetensors", "--ledger", "l.db"], ["ledger", "list"]):
-        res = subprocess.run([sys.executable, "-m", "deepserial", *cmd], cwd=tmp_path, capture_output=True, text=True,
-                             env=_env(WORLD_SIZE="2", RANK="0"), timeout=60)
+        res = subprocess.run(
+            [sys.executable, "-m", "deepserial", *cmd],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=_env(WORLD_SIZE="2", RANK="0"),
+            timeout=60,
+        )
         assert res.returncode == 2
         assert "without torchrun" in res.stderr and res.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
@@ -92,8 +104,24 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         d = root / f"np{n}"
         d.mkdir()
         deepserial(["teacher", "--epochs", "6", "-q", "--out", "teacher.safetensors"], d, nproc=n)
-        res = deepserial(["issue", "--customer", "acme", "--teacher", "teacher.safetensors", "--key", "../owner.pem",
-                          "--epochs", "20", "-q", "--out", "acme.safetensors"], d, nproc=n)
+        res = deepserial(
+            [
+                "issue",
+                "--customer",
+                "acme",
+                "--teacher",
+                "teacher.safetensors",
+                "--key",
+                "../owner.pem",
+                "--epochs",
+                "20",
+                "-q",
+                "--out",
+                "acme.safetensors",
+            ],
+            d,
+            nproc=n,
+        )
         (d / "product_key.txt").write_text(res.stdout.strip().splitlines()[-1].split()[-1])
         out[f"np{n}"] = d
     return out
@@ -114,8 +142,11 @@ def _accuracies(d: Path) -> dict[str, float]:
 
     wrong = sn.random_wrong(100, np.random.default_rng(0))
     per_image = wrong[torch.arange(len(test)) % len(wrong)]
-    return {"valid": acc(stamp(test.x, g, sn.as_tensor())), "raw": acc(test.x),
-            "wrong": acc(stamp(test.x, g, per_image))}
+    return {
+        "valid": acc(stamp(test.x, g, sn.as_tensor())),
+        "raw": acc(test.x),
+        "wrong": acc(stamp(test.x, g, per_image)),
+    }
 
 
 def test_two_processes_write_each_file_once(runs: dict[str, Path]) -> None:
@@ -155,11 +186,32 @@ def test_checkpoint_resumes_with_another_number_of_processes(tmp_path: Path) -> 
 
 
 def test_a_reproduction_sweeps_its_keys_over_two_processes(tmp_path: Path) -> None:
-    deepserial(["reproduce", "uchida", "--dataset", "mnist5k", "--n-models", "3", "--n-random-keys", "7", "--epochs",
-                "1", "-q", "--out", "reports"], tmp_path, nproc=2)
+    deepserial(
+        [
+            "reproduce",
+            "uchida",
+            "--dataset",
+            "mnist5k",
+            "--n-models",
+            "3",
+            "--n-random-keys",
+            "7",
+            "--epochs",
+            "1",
+            "-q",
+            "--out",
+            "reports",
+        ],
+        tmp_path,
+        nproc=2,
+    )
     out = tmp_path / "reports"
-    assert sorted(p.name for p in out.iterdir()) == ["schemes_mnist5k.md", "uchida_mnist5k.json",
-                                                     "uchida_mnist5k.md", "uchida_mnist5k.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "schemes_mnist5k.md",
+        "uchida_mnist5k.json",
+        "uchida_mnist5k.md",
+        "uchida_mnist5k.png",
+    ]
     rep = json.loads((out / "uchida_mnist5k.json").read_text())
     assert rep["processes"] == 2
     assert len(rep["marked_acc"]) == 3 and len(rep["own_verdicts"]) == 3  # jobs 0, 2 on rank 0; 1 on rank 1
@@ -170,26 +222,79 @@ def test_a_reproduction_sweeps_its_keys_over_two_processes(tmp_path: Path) -> No
 def test_a_watermark_embedded_by_two_processes_verifies(tmp_path: Path) -> None:
     fixed_identity(12).save(tmp_path / "owner.pem")  # a fixed key: the same verdict every run
     # the reproduction's 20 epochs: at 5 a new-label key sometimes falls short of the 1e-3 threshold
-    deepserial(["watermark", "embed", "--scheme", "new-label", "--key", "owner.pem", "--epochs", "20", "-q",
-                "--out", "marked.safetensors"], tmp_path, nproc=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["marked.key", "marked.safetensors", "owner.pem",
-                                                          "owner.pub.pem"]
-    res = subprocess.run([sys.executable, "-m", "deepserial", "watermark", "verify", "marked.safetensors", "--key",
-                          "marked.key", "--fpr", "1e-2"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                         timeout=120)
+    deepserial(
+        [
+            "watermark",
+            "embed",
+            "--scheme",
+            "new-label",
+            "--key",
+            "owner.pem",
+            "--epochs",
+            "20",
+            "-q",
+            "--out",
+            "marked.safetensors",
+        ],
+        tmp_path,
+        nproc=2,
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "marked.key",
+        "marked.safetensors",
+        "owner.pem",
+        "owner.pub.pem",
+    ]
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deepserial",
+            "watermark",
+            "verify",
+            "marked.safetensors",
+            "--key",
+            "marked.key",
+            "--fpr",
+            "1e-2",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0 and "CARRIES" in res.stdout, res.stdout + res.stderr
 
 
 def test_a_user_error_under_torchrun_is_one_line_from_rank_0(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                          "deepserial", "teacher", "--epochs", "-1", "--out", "t.safetensors"], cwd=tmp_path,
-                         env=_env(), capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "deepserial",
+            "teacher",
+            "--epochs",
+            "-1",
+            "--out",
+            "t.safetensors",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode != 0
     assert res.stderr.count("deepserial: error: epochs must be >= 0") == 1
     assert not (tmp_path / "t.safetensors").exists()
 
 
-ATTACK_SCRIPT = '''
+ATTACK_SCRIPT = """
 import sys
 from pathlib import Path
 from deepserial import distributed
@@ -200,7 +305,7 @@ over = {"teacher_epochs": 2, "student_epochs": 2, "attack_epochs": 2, "fractions
         "neural_cleanse": False, "limit": 600}
 attacks.run("uchida", "mnist5k", Path(sys.argv[1]), progress=False, overrides=over)
 distributed.shutdown()
-'''
+"""
 
 
 def test_attack_budgets_are_spread_over_processes_and_do_not_depend_on_them(tmp_path: Path) -> None:
@@ -208,8 +313,11 @@ def test_attack_budgets_are_spread_over_processes_and_do_not_depend_on_them(tmp_
     script.write_text(ATTACK_SCRIPT)
     reps = {}
     for n in (1, 2):
-        cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] if n > 1
-                                  else []) + [str(script), str(tmp_path / f"np{n}")]
+        cmd = (
+            [sys.executable]
+            + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] if n > 1 else [])
+            + [str(script), str(tmp_path / f"np{n}")]
+        )
         res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr
         reps[n] = json.loads((tmp_path / f"np{n}" / "attacks_uchida_mnist5k.json").read_text())

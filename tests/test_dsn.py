@@ -24,17 +24,15 @@ GEOMETRY = SerialGeometry(3, 3, 20, 20)
 SERIAL = SerialNumber(GEOMETRY, bits_from_strings(["101", "011", "100"]))
 
 
-
-
 def region(x: torch.Tensor, g: SerialGeometry = GEOMETRY) -> torch.Tensor:
     """The serial-number pixels of a batch, (N, h, w) (single channel)."""
-    return x[:, 0, g.top: g.top + g.height, g.left: g.left + g.width]
+    return x[:, 0, g.top : g.top + g.height, g.left : g.left + g.width]
 
 
 def outside(x: torch.Tensor, g: SerialGeometry = GEOMETRY) -> torch.Tensor:
     """The batch with the serial-number pixels zeroed: what a stamp leaves untouched."""
     out = x.clone()
-    out[:, :, g.top: g.top + g.height, g.left: g.left + g.width] = 0
+    out[:, :, g.top : g.top + g.height, g.left : g.left + g.width] = 0
     return out
 
 
@@ -63,8 +61,7 @@ def test_grad_reverse_in_train_net_flips_feature_gradients_only() -> None:
         student.zero_grad(set_to_none=True)
         _, logits_d = net(x, n_gd=len(x))
         nn.functional.cross_entropy(logits_d, y).backward()
-        return ([p.grad.clone() for p in student.features.parameters()],
-                [p.grad.clone() for p in net.gd.parameters()])
+        return ([p.grad.clone() for p in student.features.parameters()], [p.grad.clone() for p in net.gd.parameters()])
 
     feat_rev, gd_rev = grads(1.0)
     feat_plain, gd_plain = grads(-1.0)  # -(-1) = +1: an ordinary backward pass
@@ -180,10 +177,13 @@ def test_paper_mode_batch_composition() -> None:
     assert "gd_ce" in out.metrics
 
 
-@pytest.mark.parametrize(("mix", "kind_distance"), [
-    ({"mix_raw": 0.0, "mix_random": 0.0, "mix_hamming1": 1.0, "mix_hamming2": 0.0}, 1),
-    ({"mix_raw": 0.0, "mix_random": 0.0, "mix_hamming1": 0.0, "mix_hamming2": 1.0}, 2),
-])
+@pytest.mark.parametrize(
+    ("mix", "kind_distance"),
+    [
+        ({"mix_raw": 0.0, "mix_random": 0.0, "mix_hamming1": 1.0, "mix_hamming2": 0.0}, 1),
+        ({"mix_raw": 0.0, "mix_random": 0.0, "mix_hamming1": 0.0, "mix_hamming2": 1.0}, 2),
+    ],
+)
 def test_single_kind_mix(mix: dict[str, float], kind_distance: int) -> None:
     n = 6
     x, out, inputs, _ = run_loss(dsn.DSNConfig.default(invalid_ratio=1.0, **mix), n)
@@ -212,8 +212,9 @@ def test_ring_noise_changes_only_the_frame() -> None:
 
 def test_hard_hamming1_draws_more_of_the_hard_neighbours() -> None:
     """Neighbours whose inputs the model fails to push to uniform are drawn more often later."""
-    cfg = dsn.DSNConfig.default(hard_hamming1=1.0, mix_raw=0.0, mix_random=0.0, mix_hamming1=1.0,
-                                mix_hamming2=0.0, invalid_ratio=4.0)
+    cfg = dsn.DSNConfig.default(
+        hard_hamming1=1.0, mix_raw=0.0, mix_random=0.0, mix_hamming1=1.0, mix_hamming2=0.0, invalid_ratio=4.0
+    )
     torch.manual_seed(0)
     n = 16
     x = torch.rand(n, *SHAPE)
@@ -225,7 +226,7 @@ def test_hard_hamming1_draws_more_of_the_hard_neighbours() -> None:
             flipped = (region(inp) != SERIAL.as_tensor()).flatten(1)
             logits = torch.zeros(len(inp), CLASSES) + 0.0 * inp.sum()
             logits[:, 0] = 8.0 * flipped[:, hard_bit].float()
-            return logits.requires_grad_(), logits[len(logits) - n_gd:]
+            return logits.requires_grad_(), logits[len(logits) - n_gd :]
 
     loss_fn = dsn.make_student_loss(SERIAL, torch.randn(n, CLASSES), cfg, CLASSES)
     rec = Recorder(Confident())
@@ -260,7 +261,11 @@ def test_counts_sum_and_mix(n: int, ratio: float) -> None:
     assert all(v >= 0 for v in counts.values())
     assert counts == expected_counts(n, cfg)
     assert dsn._counts(n, dsn.DSNConfig.paper(invalid_ratio=ratio)) == {
-        "raw": total, "random": 0, "hamming1": 0, "hamming2": 0}
+        "raw": total,
+        "random": 0,
+        "hamming1": 0,
+        "hamming2": 0,
+    }
 
 
 def test_counts_example() -> None:
@@ -268,9 +273,9 @@ def test_counts_example() -> None:
     # 7 invalid inputs: floors 1, 1, 2, 1 (sum 5); the 2 left over go to the largest weight (Hamming-1).
     assert dsn._counts(7, cfg) == {"raw": 1, "random": 1, "hamming1": 4, "hamming2": 1}
     # Weights need not sum to 1: only their proportions count.
-    assert dsn._counts(10, cfg.model_copy(update={"mix_raw": 2.0, "mix_random": 0.0, "mix_hamming1": 2.0,
-                                                  "mix_hamming2": 1.0})) == {"raw": 4, "random": 0, "hamming1": 4,
-                                                                             "hamming2": 2}
+    assert dsn._counts(
+        10, cfg.model_copy(update={"mix_raw": 2.0, "mix_random": 0.0, "mix_hamming1": 2.0, "mix_hamming2": 1.0})
+    ) == {"raw": 4, "random": 0, "hamming1": 4, "hamming2": 2}
 
 
 # ----- evaluation helpers ----------------------------------------------------------------------------
@@ -280,8 +285,9 @@ def test_key_accuracies_matches_a_manual_loop() -> None:
     x = torch.rand(12, *SHAPE)
     # Labels: the model's own answers with the valid key, so that key scores 100 and others differ.
     y = predict_logits(model, stamp(x, GEOMETRY, SERIAL.as_tensor())).argmax(1)
-    keys = torch.cat([SERIAL.as_tensor()[None], SERIAL.hamming_neighbours(1)[:3], torch.zeros(1, 3, 3),
-                      torch.ones(1, 3, 3)])
+    keys = torch.cat(
+        [SERIAL.as_tensor()[None], SERIAL.hamming_neighbours(1)[:3], torch.zeros(1, 3, 3), torch.ones(1, 3, 3)]
+    )
     manual = [100.0 * float((model(stamp(x, GEOMETRY, k)).argmax(1) == y).float().mean()) for k in keys]
     # chunk_samples=60 -> five keys per chunk: exercises the chunking and the short last chunk (6 = 5 + 1).
     for chunk in (60, 65536):
@@ -297,8 +303,9 @@ def test_issue_with_same_seed_is_reproducible(vendor) -> None:
     students = []
     for state in (1, 2):
         torch.manual_seed(state)  # what a fresh process would have: some unrelated global random state
-        issued = workflow.issue(teacher, vendor.identity, "repro", size=(3, 3),
-                                train=TrainConfig(epochs=0, seed=0, progress=False))
+        issued = workflow.issue(
+            teacher, vendor.identity, "repro", size=(3, 3), train=TrainConfig(epochs=0, seed=0, progress=False)
+        )
         students.append(issued.student.state_dict())
     a, b = students
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -313,7 +320,7 @@ def test_default_geometry_dsn_mnist() -> None:
     g6 = dsn.default_geometry(model, SHAPE, 6, 6, margin=0)
     assert (g6.top, g6.left, g6.height, g6.width) == (20, 20, 6, 6)  # rows/cols 20-25: the last visible ones
     for g in (g3, g6):
-        assert bool(mask[g.top: g.top + g.height, g.left: g.left + g.width].all())
+        assert bool(mask[g.top : g.top + g.height, g.left : g.left + g.width].all())
     assert not bool(mask[26:, :].any()) and not bool(mask[:, 26:].any())  # the net never sees rows/cols 26-27
     # The workflow's choice for the paper's 3x3 and the default 6x6 uses the same margins.
     assert workflow.choose_geometry(model, SHAPE, (3, 3), None) == g3
@@ -351,8 +358,10 @@ def test_config_refuses_all_zero_mix() -> None:
     assert dsn.DSNConfig.paper(**zero).mode == "paper"  # the paper's mode uses raw inputs only, no mix
 
 
-@pytest.mark.parametrize("bad", [{"temperature": 0.0}, {"invalid_ratio": 0.0}, {"mix_raw": -0.1},
-                                 {"grl_coefficient": -1.0}, {"mode": "other"}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"temperature": 0.0}, {"invalid_ratio": 0.0}, {"mix_raw": -0.1}, {"grl_coefficient": -1.0}, {"mode": "other"}],
+)
 def test_config_refuses_out_of_range_values(bad: dict) -> None:
     with pytest.raises(pydantic.ValidationError):
         dsn.DSNConfig(**bad)
@@ -376,16 +385,23 @@ class Learned:
 def learned() -> Learned:
     """A teacher and a default-recipe customer model trained briefly on real digits (shared)."""
     torch.manual_seed(0)  # the networks are built before fit() seeds: fix their initial weights too
-    t = workflow.train_teacher(DataSpec("mnist5k", seed=0, limit=800),
-                               TrainConfig(epochs=5, batch_size=32, progress=False))
+    t = workflow.train_teacher(
+        DataSpec("mnist5k", seed=0, limit=800), TrainConfig(epochs=5, batch_size=32, progress=False)
+    )
     assert t.manifest["test_acc"] >= 70
     torch.manual_seed(0)
     student = create_model("dsn_mnist", SHAPE, CLASSES)
     geometry = dsn.default_geometry(student, SHAPE, 3, 3, margin=3)
     serial = SerialNumber.from_signature(SIGNATURE, geometry)
     epochs = 12
-    log = dsn.train_student(student, t.model, t.splits.owner, serial, dsn.DSNConfig.default(),
-                            TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, progress=False))
+    log = dsn.train_student(
+        student,
+        t.model,
+        t.splits.owner,
+        serial,
+        dsn.DSNConfig.default(),
+        TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, progress=False),
+    )
     return Learned(t.model, student, serial, t.splits, log, epochs)
 
 
@@ -430,8 +446,9 @@ def test_dsn_scheme_verifies_only_the_unlocking_key(learned: Learned) -> None:
     from deepserial.suspect import ModuleSuspect
 
     test = learned.splits.test
-    key = OwnershipKey("dsn", {"geometry": learned.serial.geometry.to_dict(), "signature": SIGNATURE.hex()},
-                       {"x": test.x, "y": test.y})
+    key = OwnershipKey(
+        "dsn", {"geometry": learned.serial.geometry.to_dict(), "signature": SIGNATURE.hex()}, {"x": test.x, "y": test.y}
+    )
     scheme = dsn.DSNScheme()
     assert scheme.serial(key) == learned.serial
     v = scheme.verify(ModuleSuspect(learned.student, SHAPE), key, fpr=1e-3)
@@ -439,8 +456,9 @@ def test_dsn_scheme_verifies_only_the_unlocking_key(learned: Learned) -> None:
     assert v.details["acc_key"] > v.details["acc_random_key"] + 30
     vt = scheme.verify(ModuleSuspect(learned.teacher, SHAPE), key, fpr=1e-3)
     assert not vt.decision, vt.summary()
-    other = OwnershipKey("dsn", {"geometry": key.meta["geometry"], "signature": (b"another owner" * 5).hex()},
-                         key.tensors)
+    other = OwnershipKey(
+        "dsn", {"geometry": key.meta["geometry"], "signature": (b"another owner" * 5).hex()}, key.tensors
+    )
     vo = scheme.verify(ModuleSuspect(learned.student, SHAPE), other, fpr=1e-3)
     assert not vo.decision, vo.summary()
 

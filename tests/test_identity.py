@@ -370,7 +370,9 @@ def test_experiment_identity_is_fixed_by_seed_and_label() -> None:
     a, b = OwnerIdentity.for_experiment(0, "random-7"), OwnerIdentity.for_experiment(0, "random-7")
     assert a.fingerprint() == b.fingerprint()
     assert a.sign(MESSAGE) == b.sign(MESSAGE)  # Ed25519: the same signature, so the same derived key
-    others = {OwnerIdentity.for_experiment(s, lab).fingerprint() for s, lab in ((1, "random-7"), (0, "random-8"),
-                                                                                (0, "owner"), (10, "random-7"))}
+    others = {
+        OwnerIdentity.for_experiment(s, lab).fingerprint()
+        for s, lab in ((1, "random-7"), (0, "random-8"), (0, "owner"), (10, "random-7"))
+    }
     assert len(others) == 4 and a.fingerprint() not in others
     b.verify(MESSAGE, a.sign(MESSAGE))  # does not raise: a real Ed25519 pair

@@ -102,8 +102,10 @@ def test_migrates_a_version_1_ledger_and_refuses_a_newer_one(tmp_path: Path) -> 
     db.execute("PRAGMA user_version = 1")
     db.execute("INSERT INTO owners VALUES (1, 'fp', 'pem', 't')")
     db.execute("INSERT INTO customers VALUES (1, 'acme', 't')")
-    db.execute("INSERT INTO licences (owner_id, customer_id, scheme, verifier, geometry, sn_fingerprint, "
-               "fingerprint_kdf, issued_at) VALUES (1, 1, 'dsn', '{}', '{}', 'f', 'scrypt-log2n:10', 't')")
+    db.execute(
+        "INSERT INTO licences (owner_id, customer_id, scheme, verifier, geometry, sn_fingerprint, "
+        "fingerprint_kdf, issued_at) VALUES (1, 1, 'dsn', '{}', '{}', 'f', 'scrypt-log2n:10', 't')"
+    )
     db.commit()
     db.close()
     with Ledger(path) as led:
@@ -153,8 +155,15 @@ def test_eight_processes_issue_fifty_licences_each(tmp_path: Path) -> None:
     ident = OwnerIdentity.generate()
     key, _ = ident.save(tmp_path / "owner.pem")
     path = tmp_path / "l.db"
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(path), str(w), "50", "10", str(key)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(8)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(path), str(w), "50", "10", str(key)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(8)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
     with Ledger(path) as led:
@@ -169,8 +178,9 @@ def test_a_process_killed_mid_issuance_leaves_no_partial_licence(tmp_path: Path)
     ident = OwnerIdentity.generate()
     key, _ = ident.save(tmp_path / "owner.pem")
     path = tmp_path / "l.db"
-    p = subprocess.Popen([sys.executable, "-c", WORKER, str(path), "0", "1000", "14", str(key)],
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(path), "0", "1000", "14", str(key)], stdout=subprocess.PIPE, text=True
+    )
     committed = []
     deadline = time.monotonic() + 120
     while len(committed) < 5 and time.monotonic() < deadline:
@@ -205,10 +215,12 @@ def test_ledger_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert json.loads((tmp_path / "x.json").read_text())[0]["customer"] == "acme"
     assert main(["ledger", "check", "--ledger", str(path)]) == 0
     assert "integrity ok" in capsys.readouterr().out
-    for args, msg in [(["ledger", "list", "--ledger", str(tmp_path / "none.db")], "no ledger"),
-                      (["ledger", "show", "7", "--ledger", str(path)], "no licence 7"),
-                      (["ledger", "export", "--format", "xml", "--ledger", str(path)], "csv or json"),
-                      (["ledger", "export", "--ledger", str(path), "-o", str(tmp_path / "x.json")], "exists")]:
+    for args, msg in [
+        (["ledger", "list", "--ledger", str(tmp_path / "none.db")], "no ledger"),
+        (["ledger", "show", "7", "--ledger", str(path)], "no licence 7"),
+        (["ledger", "export", "--format", "xml", "--ledger", str(path)], "csv or json"),
+        (["ledger", "export", "--ledger", str(path), "-o", str(tmp_path / "x.json")], "exists"),
+    ]:
         capsys.readouterr()
         assert main(args) == 2
         err = capsys.readouterr().err
@@ -220,8 +232,24 @@ def test_issue_records_into_the_ledger(vendor: Vendor, tmp_path: Path, capsys: p
     from deepserial.artifacts import read_manifest
 
     path, out = tmp_path / "l.db", tmp_path / "cust.safetensors"
-    args = ["issue", "--customer", "zeta", "--teacher", str(vendor.teacher_path), "--key", str(vendor.key_path),
-            "--out", str(out), "--size", "3x3", "--epochs", "1", "--quiet", "--ledger", str(path)]
+    args = [
+        "issue",
+        "--customer",
+        "zeta",
+        "--teacher",
+        str(vendor.teacher_path),
+        "--key",
+        str(vendor.key_path),
+        "--out",
+        str(out),
+        "--size",
+        "3x3",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--ledger",
+        str(path),
+    ]
     assert main(args) == 0
     product_key = capsys.readouterr().out.split("(shown once): ")[1].strip()
     with Ledger(path) as led:

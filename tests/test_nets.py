@@ -32,8 +32,7 @@ def test_registry_lists_both_networks() -> None:
         ("dsn_gtsrb", (1, 28, 28), 10, 512, 128 * 3 * 3),
     ],
 )
-def test_create_model_shapes(name: str, shape: tuple[int, int, int], classes: int, feature_dim: int,
-                             flat: int) -> None:
+def test_create_model_shapes(name: str, shape: tuple[int, int, int], classes: int, feature_dim: int, flat: int) -> None:
     torch.manual_seed(0)
     model = create_model(name, shape, classes)
     assert isinstance(model, SplitNet)
@@ -155,16 +154,17 @@ def test_visible_mask_is_architectural_even_for_a_silent_model() -> None:
 @pytest.mark.parametrize(
     ("name", "shape", "classes", "feature_dim", "n_conv"),
     [
-        ("null_digit", (1, 28, 28), 10, 512, 2),       # null embedding Table 10
-        ("null_traffic", (3, 48, 48), 43, 512, 6),     # Table 12 (GTSRB at 48x48)
-        ("null_traffic", (3, 32, 32), 10, 512, 6),     # Table 13 (CIFAR-10)
-        ("deepid", (3, 55, 47), 1283, 160, 4),         # Table 11 (YouTube Faces, DeepID's 55x47 input)
-        ("vgg16", (3, 32, 32), 10, 512, 13),           # DSN's Pubfig net: 13 conv + 3 dense
-        ("resnet18", (3, 32, 32), 10, 512, 17 + 3),    # 1 stem + 16 block convs (+ 3 projection shortcuts)
+        ("null_digit", (1, 28, 28), 10, 512, 2),  # null embedding Table 10
+        ("null_traffic", (3, 48, 48), 43, 512, 6),  # Table 12 (GTSRB at 48x48)
+        ("null_traffic", (3, 32, 32), 10, 512, 6),  # Table 13 (CIFAR-10)
+        ("deepid", (3, 55, 47), 1283, 160, 4),  # Table 11 (YouTube Faces, DeepID's 55x47 input)
+        ("vgg16", (3, 32, 32), 10, 512, 13),  # DSN's Pubfig net: 13 conv + 3 dense
+        ("resnet18", (3, 32, 32), 10, 512, 17 + 3),  # 1 stem + 16 block convs (+ 3 projection shortcuts)
     ],
 )
-def test_larger_networks_of_the_papers(name: str, shape: tuple[int, int, int], classes: int, feature_dim: int,
-                                       n_conv: int) -> None:
+def test_larger_networks_of_the_papers(
+    name: str, shape: tuple[int, int, int], classes: int, feature_dim: int, n_conv: int
+) -> None:
     torch.manual_seed(0)
     model = create_model(name, shape, classes)
     assert model.feature_dim == feature_dim

@@ -128,10 +128,10 @@ def test_dual_batch_composition_matches_the_injection_ratios(b: int, r_true: flo
     assert len(xs) == len(ys) == b + k_null + k_true
     src = torch.arange(k_null + k_true) % b
     assert torch.equal(xs[:b], x) and torch.equal(ys[:b], y)
-    assert torch.equal(xs[b: b + k_null], wm.null(x[src[:k_null]]))
-    assert torch.equal(ys[b: b + k_null], y[src[:k_null]])  # null embedding keeps the TRUE label
-    assert torch.equal(xs[b + k_null:], wm.true(x[src[k_null:]]))
-    assert torch.all(ys[b + k_null:] == wm.y_w)
+    assert torch.equal(xs[b : b + k_null], wm.null(x[src[:k_null]]))
+    assert torch.equal(ys[b : b + k_null], y[src[:k_null]])  # null embedding keeps the TRUE label
+    assert torch.equal(xs[b + k_null :], wm.true(x[src[k_null:]]))
+    assert torch.all(ys[b + k_null :] == wm.y_w)
 
 
 def test_dual_loss_forwards_the_whole_mixed_batch() -> None:
@@ -194,13 +194,13 @@ def test_tampered_keys_are_refused() -> None:
     other_customer = OwnershipKey(key.scheme, dict(key.meta, verifier=verifier("mallory").to_dict()), key.tensors)
     with pytest.raises(IdentityError):
         scheme.watermark(other_customer)
-    other_owner = OwnershipKey(key.scheme, dict(key.meta, owner_public_key=identity(2).public_pem().decode()),
-                               key.tensors)
+    other_owner = OwnershipKey(
+        key.scheme, dict(key.meta, owner_public_key=identity(2).public_pem().decode()), key.tensors
+    )
     with pytest.raises(IdentityError):
         scheme.watermark(other_owner)
     with pytest.raises(IdentityError):
-        scheme.watermark(OwnershipKey(key.scheme, {k: v for k, v in key.meta.items() if k != "signature"},
-                                      key.tensors))
+        scheme.watermark(OwnershipKey(key.scheme, {k: v for k, v in key.meta.items() if k != "signature"}, key.tensors))
     flipped = key.tensor("bits").clone()
     flipped[0, 0] ^= 1
     with pytest.raises(IntegrityError):  # stored bits are never trusted: re-derived and compared
@@ -243,8 +243,9 @@ def trained() -> Trained:
     torch.set_num_threads(1)
     try:
         splits = DataSpec("mnist5k", 0, limit=1000).load()
-        train_data = TensorData(torch.cat([splits.owner.x, splits.attacker.x]),
-                                torch.cat([splits.owner.y, splits.attacker.y]))
+        train_data = TensorData(
+            torch.cat([splits.owner.x, splits.attacker.x]), torch.cat([splits.owner.y, splits.attacker.y])
+        )
         scheme = NullEmbeddingScheme({"threshold": TEST_T})
         cfg = TrainConfig(epochs=6, batch_size=16, progress=False)
         seed_everything(0)
@@ -284,17 +285,22 @@ def test_marked_model_is_verified(trained: Trained) -> None:
     assert d["acc_true"] >= TEST_T and d["acc_null"] >= TEST_T and d["paper_pass"] and d["T"] == TEST_T
     assert v.queries == suspect.queries == 2 * len(trained.key.tensor("verify_x"))
     assert v.threshold == exact_threshold(d["eligible_images"], d["p0"], FPR)
-    assert v.p_value == pytest.approx(sum(math.comb(d["eligible_images"], k) * d["p0"] ** k
-                                          * (1 - d["p0"]) ** (d["eligible_images"] - k)
-                                          for k in range(int(v.statistic), d["eligible_images"] + 1)), rel=1e-6)
+    assert v.p_value == pytest.approx(
+        sum(
+            math.comb(d["eligible_images"], k) * d["p0"] ** k * (1 - d["p0"]) ** (d["eligible_images"] - k)
+            for k in range(int(v.statistic), d["eligible_images"] + 1)
+        ),
+        rel=1e-6,
+    )
 
 
 def test_unmarked_and_other_key_models_are_not_verified(trained: Trained) -> None:
     v = trained.scheme.verify(ModuleSuspect(trained.plain, SHAPE), trained.key, fpr=FPR)
     assert not v.decision and v.p_value > FPR
     for i in range(5):  # keys of other signatures against the marked and the plain model
-        other = trained.scheme.make_signed_key(prov(identity(1), verifier(f"other-{i}")), trained.splits.test,
-                                               CLASSES, trained.plain)
+        other = trained.scheme.make_signed_key(
+            prov(identity(1), verifier(f"other-{i}")), trained.splits.test, CLASSES, trained.plain
+        )
         for model in (trained.marked, trained.plain):
             v = trained.scheme.verify(ModuleSuspect(model, SHAPE), other, fpr=FPR)
             assert not v.decision, v.details
@@ -342,8 +348,9 @@ def test_suspect_of_another_task_is_refused(trained: Trained) -> None:
 # ----- the piracy attack of §7.2 ---------------------------------------------------------------------
 def test_piracy_attack_runs_on_a_copy_and_changes_the_weights(trained: Trained) -> None:
     before = copy.deepcopy(trained.marked.state_dict())
-    pirated, log = pirate_null_embedding(trained.marked, trained.splits.attacker, 7, epochs=1,
-                                         owner_log=trained.log, batch_size=64, max_images=200)
+    pirated, log = pirate_null_embedding(
+        trained.marked, trained.splits.attacker, 7, epochs=1, owner_log=trained.log, batch_size=64, max_images=200
+    )
     assert isinstance(log, TrainLog) and len(log.epochs) == 1 and log.forward_samples == 400
     assert log.epochs[0]["lr"] == trained.log.epochs[-1]["lr"]  # the owner's last learning rate
     after = pirated.state_dict()
@@ -353,8 +360,9 @@ def test_piracy_attack_runs_on_a_copy_and_changes_the_weights(trained: Trained) 
     assert not wm.same_as(trained.scheme.watermark(trained.key))
     # A pirate with a key pair of its own: its signature bytes give a verifiable pirate key.
     pirate, v = identity(9), verifier("pirate")
-    pirated2, _ = pirate_null_embedding(trained.marked, trained.splits.attacker, pirate.sign(v), epochs=1, lr=1e-3,
-                                        batch_size=64, max_images=64)
+    pirated2, _ = pirate_null_embedding(
+        trained.marked, trained.splits.attacker, pirate.sign(v), epochs=1, lr=1e-3, batch_size=64, max_images=64
+    )
     pirate_key = trained.scheme.make_signed_key(prov(pirate, v), trained.splits.test, CLASSES, pirated2)
     assert trained.scheme.watermark(pirate_key).same_as(pirate_watermark(pirate.sign(v), pirated2, SHAPE, CLASSES))
     assert pirate_signature(7) == pirate_signature(7) != pirate_signature(8)

@@ -79,8 +79,9 @@ def test_tampered_truncated_and_foreign_onnx_files_are_refused(exported: Path, t
         load_onnx(tmp_path / "missing.onnx")
 
 
-def test_export_cli_errors_write_nothing(vendor: Vendor, exported: Path, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_cli_errors_write_nothing(
+    vendor: Vendor, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "m.onnx"
     cases = [
         (["export", str(vendor.customer_path), "--format", "tflite", "-o", str(out)], "only onnx"),

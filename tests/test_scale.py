@@ -43,14 +43,51 @@ def test_cifar_digits_are_read_by_the_cifar_loader(cifar_dir: Path) -> None:
 
 
 def test_dsn_on_32x32_colour_with_the_gtsrb_net_and_a_scaled_serial_number(
-        cifar_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    cifar_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     data = str(cifar_dir)
     assert main(["keygen", "--out", "o.pem"]) == 0
-    assert main(["teacher", "--dataset", data, "--arch", "dsn_gtsrb", "--limit", "300", "--epochs", "1", "-q",
-                 "--out", "t.safetensors"]) == 0
-    assert main(["issue", "--customer", "c", "--teacher", "t.safetensors", "--key", "o.pem", "--epochs", "1", "-q",
-                 "--pixels-per-bit", "2", "--out", "c.safetensors"]) == 0
+    assert (
+        main(
+            [
+                "teacher",
+                "--dataset",
+                data,
+                "--arch",
+                "dsn_gtsrb",
+                "--limit",
+                "300",
+                "--epochs",
+                "1",
+                "-q",
+                "--out",
+                "t.safetensors",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "issue",
+                "--customer",
+                "c",
+                "--teacher",
+                "t.safetensors",
+                "--key",
+                "o.pem",
+                "--epochs",
+                "1",
+                "-q",
+                "--pixels-per-bit",
+                "2",
+                "--out",
+                "c.safetensors",
+            ]
+        )
+        == 0
+    )
     key = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
     m = load_model("c.safetensors")
     sn = SerialNumber.from_product_key(key)
@@ -60,8 +97,27 @@ def test_dsn_on_32x32_colour_with_the_gtsrb_net_and_a_scaled_serial_number(
     assert (g.top + g.pixel_height, g.left + g.pixel_width) == (32, 32)  # the bottom-right corner, 12x12 pixels
     x = load_dataset(data).test.x[:4]
     assert m.model(stamp(x, g, sn.as_tensor())).shape == (4, 10)
-    assert main(["issue", "--customer", "d", "--teacher", "t.safetensors", "--key", "o.pem", "--epochs", "1", "-q",
-                 "--pixels-per-bit", "0", "--out", "d.safetensors"]) == 2
+    assert (
+        main(
+            [
+                "issue",
+                "--customer",
+                "d",
+                "--teacher",
+                "t.safetensors",
+                "--key",
+                "o.pem",
+                "--epochs",
+                "1",
+                "-q",
+                "--pixels-per-bit",
+                "0",
+                "--out",
+                "d.safetensors",
+            ]
+        )
+        == 2
+    )
     assert "--pixels-per-bit" in capsys.readouterr().err
     assert not Path("d.safetensors").exists()
 
@@ -96,18 +152,38 @@ def test_precision_and_memory_format_follow_the_device() -> None:
     x = torch.rand(256, 1, 8, 8, generator=g)
     y = (x[:, 0, :4].mean((1, 2)) > x[:, 0, 4:].mean((1, 2))).long()
     torch.manual_seed(0)
-    log = fit(net, TensorData(x, y), supervised_loss, TrainConfig(epochs=15, batch_size=32, lr=1e-2,
-                                                                  precision="bf16", channels_last=True,
-                                                                  progress=False))
+    log = fit(
+        net,
+        TensorData(x, y),
+        supervised_loss,
+        TrainConfig(epochs=15, batch_size=32, lr=1e-2, precision="bf16", channels_last=True, progress=False),
+    )
     assert log.epochs[-1]["acc"] > 80.0
     assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_channels_last_option_reaches_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert main(["teacher", "--limit", "300", "--epochs", "1", "-q", "--channels-last", "--precision", "bf16",
-                 "--out", "t.safetensors"]) == 0
+    assert (
+        main(
+            [
+                "teacher",
+                "--limit",
+                "300",
+                "--epochs",
+                "1",
+                "-q",
+                "--channels-last",
+                "--precision",
+                "bf16",
+                "--out",
+                "t.safetensors",
+            ]
+        )
+        == 0
+    )
     assert load_model("t.safetensors").model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
-    assert main(["teacher", "--limit", "300", "--epochs", "1", "-q", "--precision", "fp16", "--out",
-                 "u.safetensors"]) == 2
+    assert (
+        main(["teacher", "--limit", "300", "--epochs", "1", "-q", "--precision", "fp16", "--out", "u.safetensors"]) == 2
+    )
     assert not Path("u.safetensors").exists()

@@ -181,7 +181,7 @@ def test_reject_wrong_length() -> None:
         flat = strip(random_sn(g, rng).to_product_key())
         for pos in (0, len(flat) // 2, len(flat) - 1):
             with raises(SerialNumberError):
-                SerialNumber.from_product_key(flat[:pos] + flat[pos + 1:])
+                SerialNumber.from_product_key(flat[:pos] + flat[pos + 1 :])
             for extra in ("0", "Z"):
                 with raises(SerialNumberError):
                     SerialNumber.from_product_key(flat[:pos] + extra + flat[pos:])
@@ -219,7 +219,7 @@ def test_reject_single_character_typos() -> None:
                 if c == flat[pos]:
                     continue
                 tried += 1
-                typo = flat[:pos] + c + flat[pos + 1:]
+                typo = flat[:pos] + c + flat[pos + 1 :]
                 try:
                     parsed = SerialNumber.from_product_key(typo)
                 except SerialNumberError as e:
@@ -236,7 +236,7 @@ def test_typo_in_bits_mentions_checksum(sn: SerialNumber) -> None:
     pos = 11  # inside the bit payload (header = 6 bytes = 9.6 characters)
     c = "7" if flat[pos] != "7" else "8"
     with raises(SerialNumberError, "checksum"):
-        SerialNumber.from_product_key(flat[:pos] + c + flat[pos + 1:])
+        SerialNumber.from_product_key(flat[:pos] + c + flat[pos + 1 :])
 
 
 def test_reject_wrong_geometry_via_expect(sn: SerialNumber) -> None:

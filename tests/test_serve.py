@@ -86,33 +86,65 @@ def test_customer_server_predicts_like_the_cli_and_refuses_bad_requests(vendor: 
         img = (x[0, 0].numpy() * 255).round().astype(np.uint8)
         r = c.post(f"{url}/v1/predict", content=png(img), headers={"content-type": "image/png"})
         assert r.status_code == 200 and len(r.json()["labels"]) == 1
-        u8 = c.post(f"{url}/v1/predict", content=npy((x.numpy() * 255).round().astype(np.uint8)),
-                    headers={"content-type": "application/x-npy"})
+        u8 = c.post(
+            f"{url}/v1/predict",
+            content=npy((x.numpy() * 255).round().astype(np.uint8)),
+            headers={"content-type": "application/x-npy"},
+        )
         assert u8.status_code == 200 and len(u8.json()["labels"]) == 16
         bad: list[tuple[dict, int, str]] = [
             ({"content": b"", "headers": {"content-type": "application/json"}}, 400, "empty"),
             ({"content": b"{nope", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
-            ({"json": {"x": [1]}}, 422, "\"inputs\""),
+            ({"json": {"x": [1]}}, 422, '"inputs"'),
             ({"json": {"inputs": [[1, 2], [3]]}}, 422, "nested arrays"),
             ({"json": {"inputs": np.zeros((2, 1, 27, 28)).tolist()}}, 422, "the model takes (N, 1, 28, 28)"),
             ({"json": {"inputs": (np.ones((1, 1, 28, 28)) * 2).tolist()}}, 422, "in [0, 1]"),
-            ({"content": npy(np.full((1, 1, 28, 28), np.nan, np.float32)),
-              "headers": {"content-type": "application/x-npy"}}, 422, "finite"),
-            ({"content": npy(np.zeros((1, 1, 28, 28), np.int32)),
-              "headers": {"content-type": "application/x-npy"}}, 422, "dtype int32"),
-            ({"content": npy(np.zeros((0, 1, 28, 28), np.float32)),
-              "headers": {"content-type": "application/x-npy"}}, 422, "empty"),
+            (
+                {
+                    "content": npy(np.full((1, 1, 28, 28), np.nan, np.float32)),
+                    "headers": {"content-type": "application/x-npy"},
+                },
+                422,
+                "finite",
+            ),
+            (
+                {"content": npy(np.zeros((1, 1, 28, 28), np.int32)), "headers": {"content-type": "application/x-npy"}},
+                422,
+                "dtype int32",
+            ),
+            (
+                {
+                    "content": npy(np.zeros((0, 1, 28, 28), np.float32)),
+                    "headers": {"content-type": "application/x-npy"},
+                },
+                422,
+                "empty",
+            ),
             ({"content": b"\x93NUMPY garbage", "headers": {"content-type": "application/x-npy"}}, 400, ".npy"),
             ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported content type"),
             ({"content": b"not an image", "headers": {"content-type": "image/png"}}, 400, "PNG"),
-            ({"content": png(np.zeros((20, 20), np.uint8)), "headers": {"content-type": "image/png"}}, 422,
-             "resize"),
-            ({"content": png(np.zeros((28, 28), np.uint8), "BMP"), "headers": {"content-type": "image/png"}}, 415,
-             "BMP"),
-            ({"content": npy(np.zeros((33, 1, 28, 28), np.float32)),
-              "headers": {"content-type": "application/x-npy"}}, 413, "over the limit of 32"),
-            ({"content": npy(np.zeros((90, 1, 28, 28), np.float32)),
-              "headers": {"content-type": "application/x-npy"}}, 413, "bytes"),
+            ({"content": png(np.zeros((20, 20), np.uint8)), "headers": {"content-type": "image/png"}}, 422, "resize"),
+            (
+                {"content": png(np.zeros((28, 28), np.uint8), "BMP"), "headers": {"content-type": "image/png"}},
+                415,
+                "BMP",
+            ),
+            (
+                {
+                    "content": npy(np.zeros((33, 1, 28, 28), np.float32)),
+                    "headers": {"content-type": "application/x-npy"},
+                },
+                413,
+                "over the limit of 32",
+            ),
+            (
+                {
+                    "content": npy(np.zeros((90, 1, 28, 28), np.float32)),
+                    "headers": {"content-type": "application/x-npy"},
+                },
+                413,
+                "bytes",
+            ),
         ]
         for kw, status, msg in bad:
             r = c.post(f"{url}/v1/predict", **kw)
@@ -136,8 +168,10 @@ def test_server_refuses_bad_configurations(vendor: Vendor, strong_teacher: Loade
         create_app(strong_teacher, max_batch=0)
 
 
-def test_dsn_verification_and_trace_through_http_match_the_local_model(tmp_path: Path, strong_teacher: LoadedModel,
-                                                                       ) -> None:
+def test_dsn_verification_and_trace_through_http_match_the_local_model(
+    tmp_path: Path,
+    strong_teacher: LoadedModel,
+) -> None:
     ident = OwnerIdentity.generate()
     led = Ledger(tmp_path / "l.db")
     g = SerialGeometry(6, 6, 0, 0)
@@ -158,8 +192,9 @@ def test_dsn_verification_and_trace_through_http_match_the_local_model(tmp_path:
         assert r_res.to_dict() == l_res.to_dict() and remote.queries == local.queries == r_res.queries
         # a scheme's verify gives the same verdict through the URL
         sig_c = ident.sign(VerifierString(ident.fingerprint(), "c", "t2", "dsn"))
-        k = OwnershipKey("dsn", {"geometry": g.to_dict(), "signature": sig_c.hex()},
-                         {"x": test.x[:300], "y": test.y[:300]})
+        k = OwnershipKey(
+            "dsn", {"geometry": g.to_dict(), "signature": sig_c.hex()}, {"x": test.x[:300], "y": test.y[:300]}
+        )
         vr, vl = DSNScheme().verify(HTTPSuspect(url), k), DSNScheme().verify(ModuleSuspect(leaked, (1, 28, 28)), k)
         assert vr.decision and vr.to_dict() == vl.to_dict()
         # the budget is enforced before anything is sent
@@ -194,9 +229,25 @@ def test_serve_command_never_logs_the_serial_number(vendor: Vendor, tmp_path: Pa
     port = sock.getsockname()[1]
     sock.close()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    p = subprocess.Popen([sys.executable, "-m", "deepserial", "serve", str(vendor.customer_path), "--serial-file",
-                          str(serial_file), "--port", str(port), "--log-level", "info"],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deepserial",
+            "serve",
+            str(vendor.customer_path),
+            "--serial-file",
+            str(serial_file),
+            "--port",
+            str(port),
+            "--log-level",
+            "info",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -212,8 +263,10 @@ def test_serve_command_never_logs_the_serial_number(vendor: Vendor, tmp_path: Pa
         r = httpx.post(f"{url}/v1/predict", content=npy(x.numpy()), headers={"content-type": "application/x-npy"})
         assert r.status_code == 200
         m = load_model(vendor.customer_path)
-        assert r.json()["labels"] == predict_logits(
-            m.model, stamp(x, vendor.serial.geometry, vendor.serial.as_tensor())).argmax(1).tolist()
+        assert (
+            r.json()["labels"]
+            == predict_logits(m.model, stamp(x, vendor.serial.geometry, vendor.serial.as_tensor())).argmax(1).tolist()
+        )
         assert httpx.post(f"{url}/v1/predict", json={"inputs": [1]}).status_code == 422
         assert vendor.product_key not in httpx.get(f"{url}/v1/info").text
     finally:

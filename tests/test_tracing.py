@@ -40,8 +40,9 @@ def test_images():  # noqa: ANN201
     return DataSpec("mnist5k", seed=0, limit=2000).load().test
 
 
-def test_trace_names_each_customer_and_nobody_for_unissued(tmp_path: Path, strong_teacher: LoadedModel,
-                                                           test_images) -> None:  # noqa: ANN001
+def test_trace_names_each_customer_and_nobody_for_unissued(
+    tmp_path: Path, strong_teacher: LoadedModel, test_images
+) -> None:  # noqa: ANN001
     ident = OwnerIdentity.generate()
     led = Ledger(tmp_path / "l.db")
     serials = issue_records(led, ident, [f"c{i}" for i in range(5)])
@@ -68,14 +69,14 @@ def test_trace_names_each_customer_and_nobody_for_unissued(tmp_path: Path, stron
         assert res.queries <= DEFAULT_LOOKS[0] * (len(cands) + 1) * 2
 
 
-def test_trace_level_is_bonferroni_over_licences_and_looks(tmp_path: Path, strong_teacher: LoadedModel,
-                                                          test_images) -> None:  # noqa: ANN001
+def test_trace_level_is_bonferroni_over_licences_and_looks(
+    tmp_path: Path, strong_teacher: LoadedModel, test_images
+) -> None:  # noqa: ANN001
     ident = OwnerIdentity.generate()
     led = Ledger(tmp_path / "l.db")
     serials = issue_records(led, ident, ["a", "b"])
     cands = [(lic, led.serial(lic, ident)) for lic in led.licences()]
-    res = trace(ModuleSuspect(LockedNet(strong_teacher.model, serials[1]), (1, 28, 28)), cands, test_images,
-                fpr=1e-3)
+    res = trace(ModuleSuspect(LockedNet(strong_teacher.model, serials[1]), (1, 28, 28)), cands, test_images, fpr=1e-3)
     row = next(c for c in res.candidates if c["outcome"] == "named")
     assert row["p_value"] == pytest.approx(stats.binom_tail(row["b"], row["b"] + row["c"], 0.5))
     assert row["p_value"] <= 1e-3 / (2 * len(DEFAULT_LOOKS))
@@ -90,8 +91,21 @@ def test_trace_bad_settings(test_images) -> None:  # noqa: ANN001
     v = VerifierString("o", "c", "t", "dsn")
     from deepserial.ledger import Licence
 
-    lic = Licence(1, "c", ident.fingerprint(), "dsn", v.to_dict(), GEOMETRY.to_dict(), "x", "scrypt-log2n:10", False,
-                  None, None, None, "t")
+    lic = Licence(
+        1,
+        "c",
+        ident.fingerprint(),
+        "dsn",
+        v.to_dict(),
+        GEOMETRY.to_dict(),
+        "x",
+        "scrypt-log2n:10",
+        False,
+        None,
+        None,
+        None,
+        "t",
+    )
     sn = SerialNumber.from_signature(ident.sign(v), GEOMETRY)
     with pytest.raises(ConfigError, match="looks"):
         trace(s, [(lic, sn)], test_images, looks=(10, 5))
@@ -99,8 +113,9 @@ def test_trace_bad_settings(test_images) -> None:  # noqa: ANN001
         trace(s, [(lic, sn)], test_images, fpr=0)
 
 
-def test_trace_cli_names_the_customer_of_a_leaked_onnx_file(tmp_path: Path, strong_teacher: LoadedModel,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_trace_cli_names_the_customer_of_a_leaked_onnx_file(
+    tmp_path: Path, strong_teacher: LoadedModel, capsys: pytest.CaptureFixture[str]
+) -> None:
     from deepserial.artifacts import export_onnx
     from deepserial.cli import main
 
@@ -126,11 +141,14 @@ def test_trace_cli_names_the_customer_of_a_leaked_onnx_file(tmp_path: Path, stro
     assert [t["licence_id"] for t in Ledger(tmp_path / "l.db").traces()] == [2, None]
     # errors: another owner's key, a missing ledger, a missing suspect
     other, _ = OwnerIdentity.generate().save(tmp_path / "other.pem")
-    for args, msg in [(["trace", str(tmp_path / "leak.onnx"), "--ledger", str(tmp_path / "l.db"), "--key",
-                        str(other)], "no DSN licence issued with"),
-                      (["trace", str(tmp_path / "leak.onnx"), "--ledger", str(tmp_path / "no.db"), "--key",
-                        str(key)], "no ledger"),
-                      (["trace", str(tmp_path / "none.onnx"), *base], "does not exist")]:
+    for args, msg in [
+        (
+            ["trace", str(tmp_path / "leak.onnx"), "--ledger", str(tmp_path / "l.db"), "--key", str(other)],
+            "no DSN licence issued with",
+        ),
+        (["trace", str(tmp_path / "leak.onnx"), "--ledger", str(tmp_path / "no.db"), "--key", str(key)], "no ledger"),
+        (["trace", str(tmp_path / "none.onnx"), *base], "does not exist"),
+    ]:
         capsys.readouterr()
         assert main(args) == 2
         assert msg in capsys.readouterr().err

@@ -33,7 +33,7 @@ def quadrant_data(n: int = N, seed: int = 0) -> TensorData:
     x = torch.rand(n, 1, 8, 8, generator=g) * 0.3
     for i, label in enumerate(y.tolist()):
         r, c = divmod(label, 2)
-        x[i, 0, 4 * r: 4 * r + 4, 4 * c: 4 * c + 4] += 0.7
+        x[i, 0, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += 0.7
     return TensorData(x, y.long())
 
 
@@ -54,8 +54,6 @@ def state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +176,13 @@ def test_checkpoint_resume(data: TensorData, tmp_path: Path) -> None:
 
     ran: list[int] = []
     resumed_model = tiny_net(seed=123)  # different initial weights: they must be replaced by the checkpoint
-    resumed = fit(resumed_model, data, supervised_loss, cfg(epochs=4, checkpoint=ckpt),
-                  on_epoch_end=lambda e, m: ran.append(e) or {})
+    resumed = fit(
+        resumed_model,
+        data,
+        supervised_loss,
+        cfg(epochs=4, checkpoint=ckpt),
+        on_epoch_end=lambda e, m: ran.append(e) or {},
+    )
     assert ran == [3, 4]  # only the missing epochs ran
     assert [e["epoch"] for e in resumed.epochs] == [1, 2, 3, 4]
     assert resumed.epochs[:2] == first.epochs
@@ -193,8 +196,9 @@ def test_checkpoint_resume(data: TensorData, tmp_path: Path) -> None:
 
     # A finished run restarted with the same checkpoint does no more work.
     ran.clear()
-    again = fit(tiny_net(), data, supervised_loss, cfg(epochs=4, checkpoint=ckpt),
-                on_epoch_end=lambda e, m: ran.append(e) or {})
+    again = fit(
+        tiny_net(), data, supervised_loss, cfg(epochs=4, checkpoint=ckpt), on_epoch_end=lambda e, m: ran.append(e) or {}
+    )
     assert ran == [] and len(again.epochs) == 4
 
 
@@ -234,10 +238,16 @@ def test_resolve_device_cuda_without_gpu() -> None:
 
 @pytest.mark.parametrize(
     ("kw", "match"),
-    [({"epochs": -1}, "epochs"), ({"batch_size": 0}, "batch size"), ({"lr": 0.0}, "learning rate"),
-     ({"lr": -1e-3}, "learning rate"), ({"lr": float("nan")}, "learning rate"),
-     ({"lr": float("inf")}, "learning rate"), ({"optimizer": "lbfgs"}, "optimizer"),
-     ({"momentum": 1.0}, "momentum")],
+    [
+        ({"epochs": -1}, "epochs"),
+        ({"batch_size": 0}, "batch size"),
+        ({"lr": 0.0}, "learning rate"),
+        ({"lr": -1e-3}, "learning rate"),
+        ({"lr": float("nan")}, "learning rate"),
+        ({"lr": float("inf")}, "learning rate"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"momentum": 1.0}, "momentum"),
+    ],
 )
 def test_train_config_validation(kw: dict[str, float], match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -242,7 +242,8 @@ def test_marked_model_verifies_its_own_key(world: World, name: str) -> None:
         assert v.queries == d["asked"] + d["control_queries"]
         assert d["queries_to_first_match"] >= 1
         assert v.p_value == pytest.approx(
-            stats.controlled_p_value(int(v.statistic), d["asked"], d["control_hits"], d["control_queries"]))
+            stats.controlled_p_value(int(v.statistic), d["asked"], d["control_hits"], d["control_queries"])
+        )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -342,16 +343,19 @@ def test_provenance_is_recorded_and_checked(world: World) -> None:
 
 
 # ----- errors ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("name", "conf"), [
-    ("new-label", {"alpha": 0}),
-    ("new-label", {"beta": -1.0}),
-    ("new-label", {"control_queries": 0}),
-    ("zhang-noise", {"no_such_setting": 1}),
-    ("zhang-content", {"key_ratio": 2.0}),
-    ("zhang-unrelated", {"verify_keys": 0}),
-    ("adi", {"trigger_size": 0}),
-    ("adi", {"query_batch": 0}),
-])
+@pytest.mark.parametrize(
+    ("name", "conf"),
+    [
+        ("new-label", {"alpha": 0}),
+        ("new-label", {"beta": -1.0}),
+        ("new-label", {"control_queries": 0}),
+        ("zhang-noise", {"no_such_setting": 1}),
+        ("zhang-content", {"key_ratio": 2.0}),
+        ("zhang-unrelated", {"verify_keys": 0}),
+        ("adi", {"trigger_size": 0}),
+        ("adi", {"query_batch": 0}),
+    ],
+)
 def test_bad_config_raises_config_error(name: str, conf: dict) -> None:
     with pytest.raises(ConfigError):
         get_scheme(name, conf)

@@ -70,10 +70,14 @@ def test_key_deterministic_signature_dependent_and_sized_for_the_second_conv(spl
     a = scheme.make_key(OWNER, splits.owner, C, model=model)
     b = scheme.make_key(OWNER, splits.owner, C, model=model)
     other = scheme.make_key(b"another owner", splits.owner, C, model=model)
-    assert a.meta == b.meta and torch.equal(a.tensors["X"], b.tensors["X"]) and torch.equal(a.tensors["bits"],
-                                                                                            b.tensors["bits"])
-    assert not torch.equal(a.tensors["X"], other.tensors["X"]) and not torch.equal(a.tensors["bits"],
-                                                                                   other.tensors["bits"])
+    assert (
+        a.meta == b.meta
+        and torch.equal(a.tensors["X"], b.tensors["X"])
+        and torch.equal(a.tensors["bits"], b.tensors["bits"])
+    )
+    assert not torch.equal(a.tensors["X"], other.tensors["X"]) and not torch.equal(
+        a.tensors["bits"], other.tensors["bits"]
+    )
     assert a.meta["layer"] == "features.0.3.weight" and a.meta["weight_shape"] == [32, 32, 3, 3]
     assert a.tensors["X"].shape == (128, 288) and a.tensors["bits"].shape == (128,)
     assert 32 < int(a.tensors["bits"].sum()) < 96
@@ -175,8 +179,9 @@ def test_bits_chosen_after_the_fact_are_refused(marked, plain: SplitNet) -> None
         scheme.verify(ModuleSuspect(plain, SHAPE), forged_x)
 
 
-def test_signed_key_with_a_swapped_signature_is_refused_by_verify_itself(splits: Splits, plain: SplitNet,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_signed_key_with_a_swapped_signature_is_refused_by_verify_itself(
+    splits: Splits, plain: SplitNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A key that records an owner's provenance must carry that owner's signature: re-deriving the
     secrets from another signature is consistent, but the owner never signed it."""
     from conftest import VENDOR_TIME, fixed_identity

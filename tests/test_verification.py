@@ -49,7 +49,7 @@ def test_bad_fpr(fpr: float) -> None:
 
 def test_ber() -> None:
     assert stats.bit_error_rate(np.array([1, 0, 1, 1]), np.array([1, 1, 1, 0])) == 0.5
-    assert stats.ber_p_value(0, 10) == pytest.approx(2 ** -10)
+    assert stats.ber_p_value(0, 10) == pytest.approx(2**-10)
     with pytest.raises(ValueError, match="length"):
         stats.bit_error_rate(np.zeros(3), np.zeros(4))
 

@@ -21,10 +21,15 @@ TINY = {"n_models": 2, "n_random_keys": 3, "epochs": 1, "n_pirates": 1, "n_adapt
 
 def test_null_embedding_reproduction_writes_every_figure(tmp_path: Path) -> None:
     settings = {"ratio_true": 0.25, "ratio_null": 0.25}  # a data set's config may change the scheme's settings
-    paths = watermarks.run("null-embedding", "mnist5k", tmp_path, progress=False,
-                           overrides=TINY | {"scheme_settings": settings})
-    assert [p.name for p in paths] == ["null-embedding_mnist5k.md", "null-embedding_mnist5k.json",
-                                       "null-embedding_mnist5k.png", "schemes_mnist5k.md"]
+    paths = watermarks.run(
+        "null-embedding", "mnist5k", tmp_path, progress=False, overrides=TINY | {"scheme_settings": settings}
+    )
+    assert [p.name for p in paths] == [
+        "null-embedding_mnist5k.md",
+        "null-embedding_mnist5k.json",
+        "null-embedding_mnist5k.png",
+        "schemes_mnist5k.md",
+    ]
     rep = json.loads(paths[1].read_text())
     assert rep["config"]["batch_size"] == 32  # the per-scheme setting applies to reference and marked alike
     assert len(rep["marked_acc"]) == 2 and len(rep["own_verdicts"]) == 2
@@ -63,14 +68,18 @@ def test_unknown_dataset_and_dsn_are_refused(tmp_path: Path) -> None:
 
 def test_bad_scheme_setting_is_refused_before_training(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ratio_nul"):
-        watermarks.run("null-embedding", "mnist5k", tmp_path, progress=False,
-                       overrides=TINY | {"scheme_settings": {"ratio_nul": 0.25}})
+        watermarks.run(
+            "null-embedding",
+            "mnist5k",
+            tmp_path,
+            progress=False,
+            overrides=TINY | {"scheme_settings": {"ratio_nul": 0.25}},
+        )
     assert not list(tmp_path.iterdir())
 
 
 def test_new_label_reproduction_measures_queries_to_first_delta(tmp_path: Path) -> None:
-    paths = watermarks.run("new-label", "mnist5k", tmp_path, progress=False,
-                           overrides=TINY | {"n_random_keys": 2})
+    paths = watermarks.run("new-label", "mnist5k", tmp_path, progress=False, overrides=TINY | {"n_random_keys": 2})
     rep = json.loads(paths[1].read_text())
     ex = rep["extra"]
     assert len(ex["per_model"]) == 2 and ex["alpha"] == pytest.approx(0.01)

@@ -60,8 +60,9 @@ def _digest(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_model(path: str | Path, model: SplitNet, manifest: dict[str, Any],
-               owner: OwnerIdentity | None = None) -> dict[str, Any]:
+def save_model(
+    path: str | Path, model: SplitNet, manifest: dict[str, Any], owner: OwnerIdentity | None = None
+) -> dict[str, Any]:
     """Write ``model`` with ``manifest`` (which must name ``arch``, ``input_shape``, ``num_classes``)
     to ``path``; sign the digest when ``owner`` is given. Returns the manifest as written."""
     for key in ("arch", "input_shape", "num_classes"):
@@ -93,7 +94,7 @@ def _parse(path: Path, what: str, hint: str = "") -> tuple[Any, dict[str, torch.
     try:
         tensors = st_load(raw)
         header_len = int.from_bytes(raw[:8], "little")
-        man = json.loads(json.loads(raw[8: 8 + header_len])["__metadata__"]["deepserial"])
+        man = json.loads(json.loads(raw[8 : 8 + header_len])["__metadata__"]["deepserial"])
     except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError):
         raise IntegrityError(f"{path} is not a deepserial {what} or is truncated/corrupt{hint}") from None
     return man, tensors
@@ -103,8 +104,10 @@ def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     path = Path(path)
     man, tensors = _parse(path, "model file", "; ask the vendor for a fresh copy")
     if not isinstance(man, dict) or not isinstance(man.get("integrity", {}), dict):
-        raise IntegrityError(f"{path} is not a deepserial model file or is corrupt (manifest is not a JSON object); "
-                             "ask the vendor for a fresh copy")
+        raise IntegrityError(
+            f"{path} is not a deepserial model file or is corrupt (manifest is not a JSON object); "
+            "ask the vendor for a fresh copy"
+        )
     if man.get("format") != FORMAT:
         raise IntegrityError(f"{path} has format {man.get('format')!r}, expected {FORMAT!r}")
     want = man.get("integrity", {}).get("sha256")
@@ -125,8 +128,9 @@ def load_model(path: str | Path, owner: OwnerIdentity | None = None) -> LoadedMo
         try:
             owner.verify(bytes.fromhex(man["integrity"]["sha256"]), bytes.fromhex(sig))
         except (IdentityError, ValueError, TypeError):  # ValueError/TypeError: signature is not a hex string
-            raise IntegrityError(f"{path}: the owner signature does not verify; the file was not issued "
-                                 "by this owner or was re-written") from None
+            raise IntegrityError(
+                f"{path}: the owner signature does not verify; the file was not issued by this owner or was re-written"
+            ) from None
     model = create_model(man["arch"], man["input_shape"], int(man["num_classes"]))
     try:
         model.load_state_dict(tensors, strict=True)
@@ -179,8 +183,10 @@ def load_key(path: str | Path) -> OwnershipKey:
             owner = OwnerIdentity(None, serialization.load_pem_public_key(meta["owner_public_key"].encode()))
             owner.verify(bytes.fromhex(want), bytes.fromhex(sig))
         except (IdentityError, ValueError, TypeError, AttributeError):
-            raise IntegrityError(f"{path}: the owner's signature over the key does not verify; the key was "
-                                 "modified or re-written by someone else") from None
+            raise IntegrityError(
+                f"{path}: the owner's signature over the key does not verify; the key was "
+                "modified or re-written by someone else"
+            ) from None
     from deepserial.schemes.base import OwnershipKey
 
     return OwnershipKey(man["scheme"], dict(meta), dict(tensors))
@@ -225,9 +231,18 @@ def export_onnx(path: str | Path, loaded: LoadedModel, opset: int = 18) -> dict[
             warnings.simplefilter("ignore")
             out = Path(tmp) / "model.onnx"
             batch = torch.export.Dim("batch", min=1)
-            torch.onnx.export(model, (example,), str(out), input_names=["x"], output_names=["logits"],
-                              dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True, verbose=False,
-                              external_data=False)
+            torch.onnx.export(
+                model,
+                (example,),
+                str(out),
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_shapes={"x": {0: batch}},
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+                external_data=False,
+            )
             proto = onnx.load(str(out))
     finally:
         quiet.setLevel(level)
@@ -257,11 +272,14 @@ def load_onnx(path: str | Path) -> tuple[bytes, dict[str, Any]]:
         man = json.loads(meta[_ONNX_MANIFEST])
         want = meta[_ONNX_DIGEST]
     except (DecodeError, KeyError, ValueError, json.JSONDecodeError):
-        raise IntegrityError(f"{path} is not a deepserial ONNX export or is truncated/corrupt; export it again "
-                             "with `deepserial export --format onnx`") from None
+        raise IntegrityError(
+            f"{path} is not a deepserial ONNX export or is truncated/corrupt; export it again "
+            "with `deepserial export --format onnx`"
+        ) from None
     if not isinstance(man, dict) or man.get("format") != ONNX_FORMAT or not proto.graph.node:
         raise IntegrityError(f"{path} is not a deepserial ONNX export ({ONNX_FORMAT})")
     if _onnx_digest(man, proto) != want:
-        raise IntegrityError(f"{path} failed its integrity check (graph, weights or manifest were modified); do not "
-                             "use this file")
+        raise IntegrityError(
+            f"{path} failed its integrity check (graph, weights or manifest were modified); do not use this file"
+        )
     return raw, man

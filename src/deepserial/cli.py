@@ -20,8 +20,12 @@ import typer
 from deepserial.errors import ConfigError, DeepSerialError, IdentityError
 from deepserial.identity import OwnerIdentity, public_key_path
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="Serial numbers and ownership watermarks for neural networks.")
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Serial numbers and ownership watermarks for neural networks.",
+)
 reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce the papers' tables beside our numbers.")
 app.add_typer(reproduce_app, name="reproduce")
 watermark_app = typer.Typer(no_args_is_help=True, help="Ownership watermarks: embed while training, verify a suspect.")
@@ -35,10 +39,16 @@ SplitSeed = Annotated[int, typer.Option(help="Seed of the owner/attacker/test sp
 Limit = Annotated[int | None, typer.Option(help="Use only this many training samples.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N (under torchrun: auto/cuda = this rank's GPU).")]
 Precision = Annotated[str, typer.Option(help="auto (bf16 autocast on a CUDA GPU, fp32 on CPU), fp32 or bf16.")]
-ChannelsLast = Annotated[bool | None, typer.Option(
-    "--channels-last/--no-channels-last", help="Memory format (default: on for conv nets on CUDA, off on CPU).")]
-Checkpoint = Annotated[Path | None, typer.Option(
-    help="Save the training state here after every epoch and resume from it (any number of processes).")]
+ChannelsLast = Annotated[
+    bool | None,
+    typer.Option(
+        "--channels-last/--no-channels-last", help="Memory format (default: on for conv nets on CUDA, off on CPU)."
+    ),
+]
+Checkpoint = Annotated[
+    Path | None,
+    typer.Option(help="Save the training state here after every epoch and resume from it (any number of processes)."),
+]
 
 
 def _passphrase(env: str | None) -> str | None:
@@ -68,11 +78,15 @@ def _dsn_config(mode: str, epochs: int, batch_size: int, seed: int, quiet: bool)
 @app.command()
 def keygen(
     out: Annotated[Path, typer.Option("--out", "-o", help="Private key file (the public key goes beside it).")] = Path(
-        "owner.pem"),
+        "owner.pem"
+    ),
     algorithm: Annotated[str, typer.Option(help="ed25519 (default) or rsa (RSA-PSS 3072).")] = "ed25519",
-    passphrase_env: Annotated[str | None, typer.Option(
-        help="Encrypt with the passphrase in this environment variable (default: DEEPSERIAL_PASSPHRASE if set).")]
-    = None,
+    passphrase_env: Annotated[
+        str | None,
+        typer.Option(
+            help="Encrypt with the passphrase in this environment variable (default: DEEPSERIAL_PASSPHRASE if set)."
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite existing key files.")] = False,
 ) -> None:
     """Generate the owner's key pair: the root of every serial number and watermark."""
@@ -85,7 +99,8 @@ def keygen(
 @app.command()
 def teacher(
     out: Annotated[Path, typer.Option("--out", "-o", help="Teacher model file (.safetensors).")] = Path(
-        "teacher.safetensors"),
+        "teacher.safetensors"
+    ),
     dataset: Annotated[str, typer.Option(help="mnist5k, fashion-mnist, or a path to your data.")] = "mnist5k",
     arch: Annotated[str, typer.Option(help="Network name (see `deepserial models`).")] = "dsn_mnist",
     epochs: int = 20,
@@ -107,31 +122,46 @@ def teacher(
     from deepserial.workflow import DataSpec, train_teacher
 
     _refuse_overwrite(out, force=force)
-    t = train_teacher(DataSpec(dataset, split_seed, limit=limit),
-                      TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                                  precision=precision, channels_last=channels_last, checkpoint=checkpoint,
-                                  progress=not quiet), arch)
+    t = train_teacher(
+        DataSpec(dataset, split_seed, limit=limit),
+        TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            checkpoint=checkpoint,
+            progress=not quiet,
+        ),
+        arch,
+    )
     save_model(out, t.model, t.manifest)
-    typer.echo(f"teacher: test accuracy {t.manifest['test_acc']:.2f}% on {len(t.splits.test)} images, "
-               f"{t.log.wall_s:.1f} s; wrote {out}")
+    typer.echo(
+        f"teacher: test accuracy {t.manifest['test_acc']:.2f}% on {len(t.splits.test)} images, "
+        f"{t.log.wall_s:.1f} s; wrote {out}"
+    )
 
 
 @app.command()
 def issue(
     customer: Annotated[str, typer.Option(help="Customer name or id (goes into the signed verifier string).")],
-    teacher_path: Annotated[Path, typer.Option("--teacher", help="Teacher model file.")] = Path(
-        "teacher.safetensors"),
+    teacher_path: Annotated[Path, typer.Option("--teacher", help="Teacher model file.")] = Path("teacher.safetensors"),
     key: Annotated[Path, typer.Option(help="Owner private key file.")] = Path("owner.pem"),
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Customer model file.")] = None,
     licence: Annotated[Path | None, typer.Option(help="Owner's licence record (secret).")] = None,
     owner_id: Annotated[str | None, typer.Option(help="Owner name in the verifier string.")] = None,
     size: Annotated[str, typer.Option(help="Serial-number size HxW (default 6x6 = 36 bits; paper 3x3).")] = "6x6",
     position: Annotated[str, typer.Option(help="'auto' (inside the visible field) or ROW,COL.")] = "auto",
-    pixels_per_bit: Annotated[str, typer.Option(
-        help="Pixels per bit side: 'auto' (1 up to 95-pixel inputs, 4 at 224: the pattern grows with the "
-             "input, DSN §3.2) or N.")] = "auto",
-    mode: Annotated[str, typer.Option(help="default (rejects wrong/near keys) or paper (GRL head only).")] =
-    "default",
+    pixels_per_bit: Annotated[
+        str,
+        typer.Option(
+            help="Pixels per bit side: 'auto' (1 up to 95-pixel inputs, 4 at 224: the pattern grows with the "
+            "input, DSN §3.2) or N."
+        ),
+    ] = "auto",
+    mode: Annotated[str, typer.Option(help="default (rejects wrong/near keys) or paper (GRL head only).")] = "default",
     epochs: int = 30,
     batch_size: int = 128,
     seed: Seed = 0,
@@ -140,11 +170,16 @@ def issue(
     channels_last: ChannelsLast = None,
     checkpoint: Checkpoint = None,
     passphrase_env: Annotated[str | None, typer.Option(help="Env variable holding the key's passphrase.")] = None,
-    ledger: Annotated[Path | None, typer.Option(help="Record the licence in this ledger (SQLite; created if "
-                                                "missing).")] = None,
-    seal_passphrase_env: Annotated[str | None, typer.Option(
-        help="Env variable with a ledger passphrase: keep the licence signature encrypted in the ledger "
-             "(required for RSA owner keys).")] = None,
+    ledger: Annotated[
+        Path | None, typer.Option(help="Record the licence in this ledger (SQLite; created if missing).")
+    ] = None,
+    seal_passphrase_env: Annotated[
+        str | None,
+        typer.Option(
+            help="Env variable with a ledger passphrase: keep the licence signature encrypted in the ledger "
+            "(required for RSA owner keys)."
+        ),
+    ] = None,
     quiet: Quiet = False,
     force: bool = False,
 ) -> None:
@@ -171,20 +206,34 @@ def issue(
     # a bad ledger is refused before training; under torchrun only rank 0 opens it (one row per licence)
     led = _open_ledger(ledger) if ledger is not None and is_main_process() else None
     if led is not None and ident.algorithm != "ed25519" and seal is None:
-        raise ConfigError("an RSA owner key signs non-deterministically: give --seal-passphrase-env so the ledger "
-                          "can re-derive this serial number for tracing")
+        raise ConfigError(
+            "an RSA owner key signs non-deterministically: give --seal-passphrase-env so the ledger "
+            "can re-derive this serial number for tracing"
+        )
     t = load_model(teacher_path)
     cfg, train = _dsn_config(mode, epochs, batch_size, seed, quiet)
-    train = dataclasses.replace(train, device=device, precision=precision, channels_last=channels_last,
-                                checkpoint=checkpoint)
-    issued = do_issue(t, ident, customer, owner_id=owner_id, size=parse_size(size), position=parse_position(position),
-                      config=cfg, train=train, scale=scale)
+    train = dataclasses.replace(
+        train, device=device, precision=precision, channels_last=channels_last, checkpoint=checkpoint
+    )
+    issued = do_issue(
+        t,
+        ident,
+        customer,
+        owner_id=owner_id,
+        size=parse_size(size),
+        position=parse_position(position),
+        config=cfg,
+        train=train,
+        scale=scale,
+    )
     if led is None:
         save_issued(issued, out, licence, ident)
     else:
         _issue_into_ledger(led, issued, out, licence, ident, seal)
-    typer.echo(f"customer model: {out}\nlicence record (owner only, secret): {licence}\n"
-               f"serial number: {issued.serial.geometry.describe()}")
+    typer.echo(
+        f"customer model: {out}\nlicence record (owner only, secret): {licence}\n"
+        f"serial number: {issued.serial.geometry.describe()}"
+    )
     typer.echo(f"product key for {customer} (shown once): {issued.product_key}")
 
 
@@ -213,8 +262,14 @@ def _open_ledger(path: Path, create: bool = True):  # noqa: ANN202
     return Ledger(path, create=create)
 
 
-def _issue_into_ledger(led, issued, out: Path, licence: Path, ident: OwnerIdentity,  # noqa: ANN001
-                       seal: str | None) -> None:
+def _issue_into_ledger(
+    led,
+    issued,
+    out: Path,
+    licence: Path,
+    ident: OwnerIdentity,  # noqa: ANN001
+    seal: str | None,
+) -> None:
     """Write the customer files and the ledger row in one transaction: if anything fails before the commit,
     the row is rolled back and the files just written are removed."""
     from deepserial.identity import VerifierString
@@ -224,10 +279,17 @@ def _issue_into_ledger(led, issued, out: Path, licence: Path, ident: OwnerIdenti
     try:
         with led.transaction() as tx:
             manifest = save_issued(issued, out, licence, ident)
-            led.record(ident, VerifierString.from_dict(issued.licence["verifier"]), issued.serial,
-                       model_sha256=manifest["integrity"]["sha256"], model_path=str(out.resolve()),
-                       dataset=issued.manifest.get("dataset"), signature=bytes.fromhex(issued.licence["signature"]),
-                       seal_passphrase=seal, db=tx)
+            led.record(
+                ident,
+                VerifierString.from_dict(issued.licence["verifier"]),
+                issued.serial,
+                model_sha256=manifest["integrity"]["sha256"],
+                model_path=str(out.resolve()),
+                dataset=issued.manifest.get("dataset"),
+                signature=bytes.fromhex(issued.licence["signature"]),
+                seal_passphrase=seal,
+                db=tx,
+            )
     except BaseException:
         for p, was in existed.items():
             if not was and p.exists():
@@ -272,8 +334,9 @@ def evaluate(
     licence: Annotated[Path | None, typer.Option(help="Or: the owner's licence record.")] = None,
     teacher_path: Annotated[Path | None, typer.Option("--teacher", help="Teacher model, for teacher_acc.")] = None,
     n_wrong: Annotated[int, typer.Option(help="Random wrong serial numbers to try.")] = 1000,
-    wrong_samples: Annotated[int | None, typer.Option(
-        help="Test images per random/Hamming-2 wrong key (default: all).")] = None,
+    wrong_samples: Annotated[
+        int | None, typer.Option(help="Test images per random/Hamming-2 wrong key (default: all).")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the report JSON here.")] = None,
     seed: Seed = 0,
 ) -> None:
@@ -344,25 +407,36 @@ def demo(
     ident = OwnerIdentity.generate()
     ident.save(out / "owner.pem")
     say("[1/4] owner key: written")
-    t = train_teacher(DataSpec("mnist5k", seed), TrainConfig(epochs=teacher_epochs, batch_size=128, seed=seed,
-                                                            progress=not quiet))
+    t = train_teacher(
+        DataSpec("mnist5k", seed), TrainConfig(epochs=teacher_epochs, batch_size=128, seed=seed, progress=not quiet)
+    )
     save_model(out / "teacher.safetensors", t.model, t.manifest)
     say(f"[2/4] teacher: {t.manifest['test_acc']:.2f}% test accuracy ({t.log.wall_s:.0f} s)")
     cfg, train = _dsn_config("default", epochs, 128, seed, quiet)
     teacher_m = load_model(out / "teacher.safetensors")
-    issued = do_issue(teacher_m, ident, "demo-customer", owner_id="demo-owner", size=parse_size(size),
-                      config=cfg, train=train)
+    issued = do_issue(
+        teacher_m, ident, "demo-customer", owner_id="demo-owner", size=parse_size(size), config=cfg, train=train
+    )
     save_issued(issued, out / "customer.safetensors", out / "customer.licence.json", ident)
     say(f"[3/4] customer model issued ({issued.log.wall_s:.0f} s); product key {issued.product_key}")
     customer = load_model(out / "customer.safetensors", owner=ident)
-    rep = evaluate_customer(customer, issued.serial, teacher=teacher_m, splits=issued.splits, n_wrong=n_wrong,
-                            wrong_eval_samples=wrong_samples, seed=seed)
+    rep = evaluate_customer(
+        customer,
+        issued.serial,
+        teacher=teacher_m,
+        splits=issued.splits,
+        n_wrong=n_wrong,
+        wrong_eval_samples=wrong_samples,
+        seed=seed,
+    )
     rep["timings"]["demo_total_s"] = time.perf_counter() - t0
     rep["product_key"] = issued.product_key
     write_json(out / "dsn_report.json", rep)
-    md = (f"# DSN demo on mnist5k\n\nSerial number {issued.serial.geometry.describe()} "
-          f"({issued.serial.geometry.nbits} bits), seed {seed}, "
-          f"total {rep['timings']['demo_total_s']:.0f} s.\n\n{dsn_markdown(rep)}\n")
+    md = (
+        f"# DSN demo on mnist5k\n\nSerial number {issued.serial.geometry.describe()} "
+        f"({issued.serial.geometry.nbits} bits), seed {seed}, "
+        f"total {rep['timings']['demo_total_s']:.0f} s.\n\n{dsn_markdown(rep)}\n"
+    )
     write_text(out / "dsn_report.md", md)
     say(f"[4/4] evaluated; wrote {out / 'dsn_report.json'} and {out / 'dsn_report.md'}")
     typer.echo(md)
@@ -386,15 +460,21 @@ def _scheme_settings(items: list[str] | None) -> dict:
 def watermark_embed(
     scheme: Annotated[str, typer.Option(help="Scheme name (see `deepserial watermark schemes`).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Watermarked model file (.safetensors).")],
-    key_out: Annotated[Path | None, typer.Option("--key-out", help="Ownership key file (secret; default "
-                                                  "OUT with .key).")] = None,
+    key_out: Annotated[
+        Path | None, typer.Option("--key-out", help="Ownership key file (secret; default OUT with .key).")
+    ] = None,
     key: Annotated[Path, typer.Option(help="Owner private key file.")] = Path("owner.pem"),
     dataset: Annotated[str, typer.Option(help="mnist5k, fashion-mnist, or a path to your data.")] = "mnist5k",
     arch: Annotated[str, typer.Option(help="Network name (see `deepserial models`).")] = "dsn_mnist",
-    base: Annotated[Path | None, typer.Option(help="Fine-tune this trained model instead of training from "
-                                              "scratch (schemes embedded after training).")] = None,
-    subject: Annotated[str, typer.Option(help="What the watermark is for (goes into the signed verifier "
-                                         "string).")] = "model",
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            help="Fine-tune this trained model instead of training from scratch (schemes embedded after training)."
+        ),
+    ] = None,
+    subject: Annotated[
+        str, typer.Option(help="What the watermark is for (goes into the signed verifier string).")
+    ] = "model",
     owner_id: Annotated[str | None, typer.Option(help="Owner name in the verifier string.")] = None,
     setting: Annotated[list[str] | None, typer.Option("--set", help="Scheme setting name=value (repeat).")] = None,
     epochs: int = 20,
@@ -419,25 +499,35 @@ def watermark_embed(
     sch = get_scheme(scheme, _scheme_settings(setting))
     ident = OwnerIdentity.load(key, _passphrase(passphrase_env))
     base_model = load_model(base) if base is not None else None
-    data = DataSpec.from_manifest(base_model.manifest) if base_model is not None else DataSpec(dataset, split_seed,
-                                                                                                limit=limit)
+    data = (
+        DataSpec.from_manifest(base_model.manifest)
+        if base_model is not None
+        else DataSpec(dataset, split_seed, limit=limit)
+    )
     train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=not quiet)
     m = embed_watermark(sch, ident, data, train, arch=arch, subject=subject, owner_id=owner_id, base=base_model)
     save_key(key_out, m.key, owner=ident)
     save_model(out, m.model, m.manifest, owner=ident)
-    typer.echo(f"{scheme}: test accuracy {m.manifest['test_acc']:.2f}%, {m.log.wall_s:.1f} s; wrote {out} and "
-               f"ownership key {key_out} (keep it secret)")
+    typer.echo(
+        f"{scheme}: test accuracy {m.manifest['test_acc']:.2f}%, {m.log.wall_s:.1f} s; wrote {out} and "
+        f"ownership key {key_out} (keep it secret)"
+    )
 
 
 @watermark_app.command("verify")
 def watermark_verify(
-    suspect: Annotated[str, typer.Argument(help="Suspect: a model file (.safetensors, .onnx) or the URL of a "
-                                           "prediction server (http://host:port).")],
+    suspect: Annotated[
+        str,
+        typer.Argument(
+            help="Suspect: a model file (.safetensors, .onnx) or the URL of a prediction server (http://host:port)."
+        ),
+    ],
     key: Annotated[Path, typer.Option("--key", help="Ownership key file written by `watermark embed`.")],
     fpr: Annotated[float, typer.Option(help="False-positive rate the decision is taken at.")] = 1e-3,
     budget: Annotated[int | None, typer.Option(help="Most queries the verification may spend.")] = None,
-    scheme: Annotated[str | None, typer.Option(help="Refuse a key of any other scheme (default: the key's "
-                                               "own scheme).")] = None,
+    scheme: Annotated[
+        str | None, typer.Option(help="Refuse a key of any other scheme (default: the key's own scheme).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
 ) -> None:
     """Test whether SUSPECT carries the watermark of KEY. Exit status 0: it does; 1: it does not."""
@@ -450,8 +540,10 @@ def watermark_verify(
         get_scheme(scheme)  # an unknown name is refused before any file is read
     k = load_key(key)
     if scheme is not None and k.scheme != scheme:
-        raise ConfigError(f"{key} is a {k.scheme} key, not a {scheme} key: give the key written by "
-                          f"`watermark embed --scheme {scheme}` (or leave out --scheme)")
+        raise ConfigError(
+            f"{key} is a {k.scheme} key, not a {scheme} key: give the key written by "
+            f"`watermark embed --scheme {scheme}` (or leave out --scheme)"
+        )
     s = open_suspect(suspect, budget=budget)
     v = verify_watermark(k, s, fpr=fpr)
     typer.echo(json.dumps(v.to_dict(), indent=2) if as_json else v.summary())
@@ -472,22 +564,33 @@ def watermark_schemes() -> None:
 
 @app.command()
 def attack(
-    name: Annotated[str, typer.Argument(help="Attack name (fine-tuning, from-scratch, pruning, transfer-learning, "
-                                        "extraction, neural-cleanse, serial-search).")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Attack name (fine-tuning, from-scratch, pruning, transfer-learning, "
+            "extraction, neural-cleanse, serial-search)."
+        ),
+    ],
     model: Annotated[Path, typer.Option(help="The model to attack (.safetensors).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the attacked model here.")] = None,
     key: Annotated[Path | None, typer.Option(help="Ownership key: verify the watermark before and after.")] = None,
-    serial: Annotated[str | None, typer.Option(help="Product key of a DSN model: accuracy with it before and "
-                                               "after.")] = None,
-    fraction: Annotated[float | None, typer.Option(help="Share of the training data the attacker holds, e.g. 0.1 "
-                                                   "(default: the whole attacker split, 40%).")] = None,
+    serial: Annotated[
+        str | None, typer.Option(help="Product key of a DSN model: accuracy with it before and after.")
+    ] = None,
+    fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of the training data the attacker holds, e.g. 0.1 (default: the whole attacker split, 40%)."
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Attacker's training epochs.")] = 10,
     lr: Annotated[float | None, typer.Option(help="Attacker's learning rate (default 1e-3).")] = None,
     batch_size: int = 128,
     optimizer: Annotated[str, typer.Option(help="adam or sgd.")] = "adam",
     queries: Annotated[int | None, typer.Option(help="Most queries to the victim (extraction).")] = None,
-    setting: Annotated[list[str] | None, typer.Option("--set", help="Attack option name=value (repeat), e.g. "
-                                                      "--set mode=RTAL.")] = None,
+    setting: Annotated[
+        list[str] | None, typer.Option("--set", help="Attack option name=value (repeat), e.g. --set mode=RTAL.")
+    ] = None,
     fpr: Annotated[float, typer.Option(help="False-positive rate of the watermark verdicts.")] = 1e-3,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
@@ -506,8 +609,16 @@ def attack(
 
     _refuse_overwrite(*(p for p in (out, report) if p is not None), force=force)
     atk = get_attack(name, _scheme_settings(setting))
-    budget = AttackBudget.parse(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, queries=queries,
-                                seed=seed, device=None if device == "auto" else device, progress=not quiet)
+    budget = AttackBudget.parse(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        queries=queries,
+        seed=seed,
+        device=None if device == "auto" else device,
+        progress=not quiet,
+    )
     target = load_model(model)
     k = load_key(key) if key is not None else None
     sn = None
@@ -518,9 +629,12 @@ def attack(
     attacked, rep = attack_model(target, atk, budget, fraction=fraction, key=k, serial=sn, fpr=fpr)
     if out is not None:
         man = {k_: v for k_, v in target.manifest.items() if k_ not in ("integrity", "format")}
-        man |= {"role": "attacked", "num_classes": int(attacked.classifier.out_features),
-                "attack": {"name": name, "budget": rep["log"]["budget"], "fraction": fraction, "source": str(model)},
-                "test_acc": rep["after"]["test_acc"]}
+        man |= {
+            "role": "attacked",
+            "num_classes": int(attacked.classifier.out_features),
+            "attack": {"name": name, "budget": rep["log"]["budget"], "fraction": fraction, "source": str(model)},
+            "test_acc": rep["after"]["test_acc"],
+        }
         save_model(out, attacked, man)
     if report is not None:
         write_json(report, rep)
@@ -528,8 +642,10 @@ def attack(
         typer.echo(json.dumps(rep, indent=2, default=str))
         return
     log = rep["log"]
-    typer.echo(f"{name}: {rep['attacker_samples']} attacker samples, {log['epochs']} epochs, "
-               f"{log['forward_samples']} forward samples, {log['queries']} queries, {log['wall_s']:.1f} s")
+    typer.echo(
+        f"{name}: {rep['attacker_samples']} attacker samples, {log['epochs']} epochs, "
+        f"{log['forward_samples']} forward samples, {log['queries']} queries, {log['wall_s']:.1f} s"
+    )
     for when in ("before", "after"):
         r = rep[when]
         parts = [f"test acc {r['test_acc']:.2f}%" if r["test_acc"] is not None else "test acc n/a (other labels)"]
@@ -537,8 +653,11 @@ def attack(
             parts.append(f"with serial number {r['with_serial_acc']:.2f}%")
         if "verdict" in r:
             v = r["verdict"]
-            parts.append("watermark " + ("verified" if v.get("decision") else "NOT verified")
-                         + (f" (p = {v['p_value']:.3g})" if v.get("p_value") is not None else f" ({v.get('error')})"))
+            parts.append(
+                "watermark "
+                + ("verified" if v.get("decision") else "NOT verified")
+                + (f" (p = {v['p_value']:.3g})" if v.get("p_value") is not None else f" ({v.get('error')})")
+            )
         typer.echo(f"  {when:6s} " + "; ".join(parts))
     if out is not None:
         typer.echo(f"wrote {out}")
@@ -548,15 +667,25 @@ def attack(
 def reproduce_dsn(
     dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",
     out: Annotated[Path, typer.Option("--out", "-o", help="Reports folder.")] = Path("reports"),
-    runs: Annotated[str | None, typer.Option(help="Re-run only these configurations (comma-separated, e.g. "
-                                             "default-6x6) and merge them into the existing report.")] = None,
-    arch: Annotated[str | None, typer.Option(help="Network, for a path to your data (e.g. dsn_gtsrb for 32x32 "
-                                             "colour).")] = None,
+    runs: Annotated[
+        str | None,
+        typer.Option(
+            help="Re-run only these configurations (comma-separated, e.g. "
+            "default-6x6) and merge them into the existing report."
+        ),
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="Network, for a path to your data (e.g. dsn_gtsrb for 32x32 colour).")
+    ] = None,
     teacher_epochs: Annotated[int | None, typer.Option(help="For a path to your data (default 10).")] = None,
     student_epochs: Annotated[int | None, typer.Option(help="For a path to your data (default 20).")] = None,
     n_wrong: Annotated[int | None, typer.Option(help="Random wrong serial numbers (default 1000).")] = None,
-    pixels_per_bit: Annotated[str, typer.Option(help="For a path to your data: 'auto' or N, or several "
-                                                "(comma-separated, e.g. auto,2): one run each.")] = "auto",
+    pixels_per_bit: Annotated[
+        str,
+        typer.Option(
+            help="For a path to your data: 'auto' or N, or several (comma-separated, e.g. auto,2): one run each."
+        ),
+    ] = "auto",
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
@@ -573,11 +702,16 @@ def reproduce_dsn(
     if dataset not in CONFIGS:
         config = path_config(dataset, scales, **custom)
     elif any(v is not None for v in custom.values()) or scales != [None]:
-        raise ConfigError(f"--arch, --teacher-epochs, --student-epochs, --n-wrong and --pixels-per-bit are for a "
-                          f"path to your data; {dataset} has its fixed reproduction settings")
-    command = "deepserial reproduce dsn --dataset " + dataset + "".join(
-        f" --{k.replace('_', '-')} {v}" for k, v in custom.items() if v is not None) + (
-        f" --pixels-per-bit {pixels_per_bit}" if scales != [None] else "")
+        raise ConfigError(
+            f"--arch, --teacher-epochs, --student-epochs, --n-wrong and --pixels-per-bit are for a "
+            f"path to your data; {dataset} has its fixed reproduction settings"
+        )
+    command = (
+        "deepserial reproduce dsn --dataset "
+        + dataset
+        + "".join(f" --{k.replace('_', '-')} {v}" for k, v in custom.items() if v is not None)
+        + (f" --pixels-per-bit {pixels_per_bit}" if scales != [None] else "")
+    )
     paths = run(dataset, out, seed=seed, progress=not quiet, only=only, config=config, command=command)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
@@ -588,8 +722,13 @@ def reproduce_attacks(
     dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",
     out: Annotated[Path, typer.Option("--out", "-o", help="Reports folder.")] = Path("reports"),
     tries: Annotated[int | None, typer.Option(help="Brute-force serial numbers (default 100000).")] = None,
-    seeds: Annotated[str | None, typer.Option(help="DSN only: comma-separated seeds, one customer model each; "
-                                              "writes attacks_dsn_<dataset>_seeds (Tables 3-6 and pruning).")] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="DSN only: comma-separated seeds, one customer model each; "
+            "writes attacks_dsn_<dataset>_seeds (Tables 3-6 and pruning)."
+        ),
+    ] = None,
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
@@ -600,8 +739,10 @@ def reproduce_attacks(
 
     if seeds is not None:
         if scheme != "dsn" or tries is not None or seed != 0:
-            raise ConfigError("--seeds is for --scheme dsn, without --tries (the seeds study runs no serial search) "
-                              "and without --seed (--seeds names every seed)")
+            raise ConfigError(
+                "--seeds is for --scheme dsn, without --tries (the seeds study runs no serial search) "
+                "and without --seed (--seeds names every seed)"
+            )
         try:
             values = [int(v) for v in seeds.split(",")]
         except ValueError:
@@ -636,16 +777,20 @@ def _reproduce_command(name: str):  # noqa: ANN202
         dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",
         out: Annotated[Path, typer.Option("--out", "-o", help="Reports folder.")] = Path("reports"),
         n_models: Annotated[int | None, typer.Option(help="Independently keyed models (default 10).")] = None,
-        n_random_keys: Annotated[int | None, typer.Option(help="Random keys for false positives (default "
-                                                          "1000).")] = None,
+        n_random_keys: Annotated[
+            int | None, typer.Option(help="Random keys for false positives (default 1000).")
+        ] = None,
         epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the data set's config).")] = None,
         seed: Seed = 0,
         quiet: Quiet = False,
     ) -> None:
         from deepserial.experiments.watermarks import run
 
-        over = {k: v for k, v in {"n_models": n_models, "n_random_keys": n_random_keys, "epochs": epochs}.items()
-                if v is not None}
+        over = {
+            k: v
+            for k, v in {"n_models": n_models, "n_random_keys": n_random_keys, "epochs": epochs}.items()
+            if v is not None
+        }
         paths = run(name, dataset, out, seed=seed, progress=not quiet, overrides=over)
         typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
@@ -659,7 +804,8 @@ def _register_reproductions() -> None:
     for name, cls in sorted(SCHEMES.items()):
         if name != "dsn":
             reproduce_app.command(name, help=f"{cls.citation}: accuracy, verification, false positives.")(
-                _reproduce_command(name))
+                _reproduce_command(name)
+            )
 
 
 _register_reproductions()
@@ -675,9 +821,11 @@ def ledger_list(
     with _open_ledger(ledger, create=False) as led:
         rows = led.licences(customer=customer)
         for lic in rows:
-            typer.echo(f"{lic.id}\t{lic.customer}\t{lic.scheme}\t{lic.issued_at}\t"
-                       f"model {(lic.model_sha256 or '-')[:16]}\tsn {lic.sn_fingerprint[:16]}"
-                       + ("\tsealed" if lic.sealed else ""))
+            typer.echo(
+                f"{lic.id}\t{lic.customer}\t{lic.scheme}\t{lic.issued_at}\t"
+                f"model {(lic.model_sha256 or '-')[:16]}\tsn {lic.sn_fingerprint[:16]}"
+                + ("\tsealed" if lic.sealed else "")
+            )
         typer.echo(f"{len(rows)} licence(s) in {ledger}", err=True)
 
 
@@ -724,18 +872,26 @@ def ledger_check(ledger: Annotated[Path, typer.Option(help="Ledger file.")] = Pa
 
 @app.command()
 def trace(
-    suspect: Annotated[str, typer.Argument(help="Leaked model: a file (.safetensors, .onnx) or the URL of a "
-                                           "prediction server that passes inputs through unstamped.")],
+    suspect: Annotated[
+        str,
+        typer.Argument(
+            help="Leaked model: a file (.safetensors, .onnx) or the URL of a "
+            "prediction server that passes inputs through unstamped."
+        ),
+    ],
     ledger: Annotated[Path, typer.Option(help="Ledger file.")] = Path("ledger.db"),
     key: Annotated[Path, typer.Option(help="Owner private key file (re-derives the serial numbers).")] = Path(
-        "owner.pem"),
+        "owner.pem"
+    ),
     fpr: Annotated[float, typer.Option(help="Family-wise false-positive rate over all licences.")] = 1e-3,
     budget: Annotated[int | None, typer.Option(help="Most queries the trace may spend.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Labelled images to query with (default: the data set the "
-                                                "licences record).")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Labelled images to query with (default: the data set the licences record).")
+    ] = None,
     passphrase_env: Annotated[str | None, typer.Option(help="Env variable holding the key's passphrase.")] = None,
-    seal_passphrase_env: Annotated[str | None, typer.Option(help="Env variable with the ledger passphrase "
-                                                            "(sealed licences).")] = None,
+    seal_passphrase_env: Annotated[
+        str | None, typer.Option(help="Env variable with the ledger passphrase (sealed licences).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     seed: Seed = 0,
 ) -> None:
@@ -756,14 +912,14 @@ def trace(
             data = DataSpec(dataset)
         elif len(specs) == 1:
             d = json.loads(specs.pop())
-            data = DataSpec(d["name"], int(d["seed"]), float(d["test_fraction"]), float(d["attacker_fraction"]),
-                            d.get("limit"))
+            data = DataSpec(
+                d["name"], int(d["seed"]), float(d["test_fraction"]), float(d["attacker_fraction"]), d.get("limit")
+            )
         else:
             raise ConfigError("the licences record several data sets (or none): choose one with --dataset")
         s = open_suspect(suspect, budget=budget)
         res = do_trace(s, candidates, data.load().test, fpr=fpr, seed=seed)
-        led.record_trace(suspect, res.licence.id if res.licence else None, res.p_value, fpr, res.queries,
-                         res.to_dict())
+        led.record_trace(suspect, res.licence.id if res.licence else None, res.p_value, fpr, res.queries, res.to_dict())
     typer.echo(json.dumps(res.to_dict(), indent=2) if as_json else res.summary())
     if not res.found:
         raise typer.Exit(1)
@@ -772,8 +928,9 @@ def trace(
 @app.command()
 def serve(
     model: Annotated[Path, typer.Argument(help="Model file to serve.")],
-    serial_file: Annotated[Path | None, typer.Option(help="File holding the product key (or set "
-                                                     "DEEPSERIAL_SERIAL).")] = None,
+    serial_file: Annotated[
+        Path | None, typer.Option(help="File holding the product key (or set DEEPSERIAL_SERIAL).")
+    ] = None,
     raw_inputs: Annotated[bool, typer.Option(help="Stamp nothing: clients send inputs already stamped.")] = False,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port, printed).")] = 8000,
@@ -802,9 +959,11 @@ def serve(
         serial = SerialNumber.from_product_key(text, expect=expect)
     app_ = create_app(m, serial, raw_inputs=raw_inputs, max_batch=max_batch, max_body=max_body_bytes)
     sock = bind(host, port)
-    typer.echo(f"serving {model} on http://{host}:{sock.getsockname()[1]} "
-               f"({'stamping the serial number' if serial is not None else 'inputs as sent'}); Ctrl-C stops",
-               err=True)
+    typer.echo(
+        f"serving {model} on http://{host}:{sock.getsockname()[1]} "
+        f"({'stamping the serial number' if serial is not None else 'inputs as sent'}); Ctrl-C stops",
+        err=True,
+    )
     server(app_, log_level).run(sockets=[sock])
 
 
@@ -829,8 +988,10 @@ def export(
         if check:
             diff, agree, n = onnx_parity(m, tmp)
             if diff > 1e-4 or agree < n:
-                raise ConfigError(f"ONNX export differs from PyTorch (max |logit diff| {diff:.2e}, {agree}/{n} labels "
-                                  "agree); not written")
+                raise ConfigError(
+                    f"ONNX export differs from PyTorch (max |logit diff| {diff:.2e}, {agree}/{n} labels "
+                    "agree); not written"
+                )
         os.replace(tmp, out)
     finally:
         if tmp.exists():
@@ -865,7 +1026,8 @@ app.add_typer(data_app, name="data")
 @data_app.command("cifar-digits")
 def data_cifar_digits(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the CIFAR-10 style pickles.")] = Path(
-        "cifar-digits"),
+        "cifar-digits"
+    ),
     seed: Seed = 0,
     force: bool = False,
 ) -> None:

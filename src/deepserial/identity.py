@@ -60,8 +60,9 @@ class VerifierString:
             try:
                 when = datetime.fromtimestamp(int(epoch), timezone.utc)
             except (ValueError, OverflowError, OSError):
-                raise IdentityError(f"SOURCE_DATE_EPOCH={epoch!r} is not a whole number of seconds since 1970; "
-                                    "unset it or fix it") from None
+                raise IdentityError(
+                    f"SOURCE_DATE_EPOCH={epoch!r} is not a whole number of seconds since 1970; unset it or fix it"
+                ) from None
         else:
             when = datetime.now(timezone.utc)
         ts = distributed.broadcast(when.replace(microsecond=0).isoformat())
@@ -102,8 +103,11 @@ class OwnerIdentity:
         else:
             raise IdentityError(f"unknown key algorithm {algorithm!r}; use 'ed25519' or 'rsa'")
         if distributed.active():  # every rank must hold the same owner: rank 0's key pair
-            pem = distributed.broadcast(priv.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+            pem = distributed.broadcast(
+                priv.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
             priv = serialization.load_pem_private_key(pem, None)  # type: ignore[assignment]
         return cls(priv, priv.public_key())
 
@@ -146,9 +150,7 @@ class OwnerIdentity:
 
     def fingerprint(self) -> str:
         """SHA-256 of the public key (DER), hex: a short, stable owner id."""
-        der = self.public.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        der = self.public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         return hashlib.sha256(der).hexdigest()[:16]
 
     # ----- files -----------------------------------------------------------------------------------
@@ -159,22 +161,16 @@ class OwnerIdentity:
             raise IdentityError("cannot save a private key: this identity holds only the public key")
         path = Path(path)
         enc: serialization.KeySerializationEncryption = (
-            serialization.BestAvailableEncryption(passphrase.encode())
-            if passphrase
-            else serialization.NoEncryption()
+            serialization.BestAvailableEncryption(passphrase.encode()) if passphrase else serialization.NoEncryption()
         )
-        priv_pem = self._private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc
-        )
+        priv_pem = self._private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
         pub_path = public_key_path(path)
         atomic_write(path, priv_pem, mode=0o600)
         atomic_write(pub_path, self.public_pem())
         return path, pub_path
 
     def public_pem(self) -> bytes:
-        return self.public.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        return self.public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     @classmethod
     def load(cls, path: str | Path, passphrase: str | None = None) -> OwnerIdentity:

@@ -132,8 +132,9 @@ def unseal(blob: bytes, passphrase: str, verifier: VerifierString) -> bytes:
     try:
         return AESGCM(_seal_key(passphrase, blob[:16])).decrypt(blob[16:28], blob[28:], verifier.to_bytes())
     except InvalidTag:
-        raise IdentityError("cannot unseal the licence signature: wrong ledger passphrase, or the ledger row "
-                            "was edited") from None
+        raise IdentityError(
+            "cannot unseal the licence signature: wrong ledger passphrase, or the ledger row was edited"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -157,29 +158,38 @@ class Licence:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def serial(self, identity: OwnerIdentity, passphrase: str | None = None,
-               sealed_signature: bytes | None = None) -> SerialNumber:
+    def serial(
+        self, identity: OwnerIdentity, passphrase: str | None = None, sealed_signature: bytes | None = None
+    ) -> SerialNumber:
         """Re-derive this licence's serial number with the owner's private key (Ed25519 re-signs the
         verifier string) or by unsealing the stored signature; the result must match the fingerprint."""
         if identity.fingerprint() != self.owner_fingerprint:
-            raise IdentityError(f"licence {self.id} was issued by owner {self.owner_fingerprint}, not by the key "
-                                f"given ({identity.fingerprint()}); load that owner's key")
+            raise IdentityError(
+                f"licence {self.id} was issued by owner {self.owner_fingerprint}, not by the key "
+                f"given ({identity.fingerprint()}); load that owner's key"
+            )
         verifier = VerifierString.from_dict(self.verifier)
         if sealed_signature is not None and passphrase:
             signature = unseal(sealed_signature, passphrase, verifier)
         elif identity.algorithm == "ed25519":
             signature = identity.sign(verifier)
         elif sealed_signature is not None:
-            raise IdentityError(f"licence {self.id} is sealed: give the ledger passphrase to re-derive its serial "
-                                "number (RSA signatures are randomised and cannot be re-made)")
+            raise IdentityError(
+                f"licence {self.id} is sealed: give the ledger passphrase to re-derive its serial "
+                "number (RSA signatures are randomised and cannot be re-made)"
+            )
         else:
-            raise IdentityError(f"licence {self.id} cannot be re-derived: RSA signatures are randomised and the "
-                                "ledger holds no sealed signature (issue with --seal-passphrase-env)")
+            raise IdentityError(
+                f"licence {self.id} cannot be re-derived: RSA signatures are randomised and the "
+                "ledger holds no sealed signature (issue with --seal-passphrase-env)"
+            )
         identity.verify(verifier, signature)
         serial = SerialNumber.from_signature(signature, SerialGeometry.from_dict(self.geometry))
         if sn_fingerprint(serial, verifier, _cost(self.fingerprint_kdf)) != self.sn_fingerprint:
-            raise IntegrityError(f"licence {self.id}: the re-derived serial number does not match the ledger's "
-                                 "fingerprint; the row was edited")
+            raise IntegrityError(
+                f"licence {self.id}: the re-derived serial number does not match the ledger's "
+                "fingerprint; the row was edited"
+            )
         return serial
 
 
@@ -201,8 +211,21 @@ _LICENCE_SELECT = """
 
 
 def _licence(row: tuple) -> Licence:
-    return Licence(int(row[0]), row[1], row[2], row[3], json.loads(row[4]), json.loads(row[5]), row[6], row[7],
-                   bool(row[8]), row[9], row[10], json.loads(row[11]) if row[11] else None, row[12])
+    return Licence(
+        int(row[0]),
+        row[1],
+        row[2],
+        row[3],
+        json.loads(row[4]),
+        json.loads(row[5]),
+        row[6],
+        row[7],
+        bool(row[8]),
+        row[9],
+        row[10],
+        json.loads(row[11]) if row[11] else None,
+        row[12],
+    )
 
 
 class Ledger:
@@ -231,8 +254,10 @@ class Ledger:
 
     def _migrate(self) -> None:
         if self.version > SCHEMA_VERSION:
-            raise IntegrityError(f"{self.path} has ledger schema {self.version}; this deepserial knows up to "
-                                 f"{SCHEMA_VERSION}: upgrade deepserial")
+            raise IntegrityError(
+                f"{self.path} has ledger schema {self.version}; this deepserial knows up to "
+                f"{SCHEMA_VERSION}: upgrade deepserial"
+            )
         if self.version == SCHEMA_VERSION:
             return
         if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -270,11 +295,20 @@ class Ledger:
         self.close()
 
     # ----- writing ---------------------------------------------------------------------------------
-    def record(self, identity: OwnerIdentity, verifier: VerifierString, serial: SerialNumber, *,
-               model_sha256: str | None = None, model_path: str | None = None,
-               dataset: dict[str, Any] | None = None, signature: bytes | None = None,
-               seal_passphrase: str | None = None, fingerprint_cost: int = DEFAULT_FINGERPRINT_COST,
-               db: sqlite3.Connection | None = None) -> int:
+    def record(
+        self,
+        identity: OwnerIdentity,
+        verifier: VerifierString,
+        serial: SerialNumber,
+        *,
+        model_sha256: str | None = None,
+        model_path: str | None = None,
+        dataset: dict[str, Any] | None = None,
+        signature: bytes | None = None,
+        seal_passphrase: str | None = None,
+        fingerprint_cost: int = DEFAULT_FINGERPRINT_COST,
+        db: sqlite3.Connection | None = None,
+    ) -> int:
         """Record one issued licence; returns its id. Inside :meth:`transaction` pass its ``db`` so the
         row commits together with the caller's other work; otherwise the record is its own transaction.
 
@@ -282,8 +316,10 @@ class Ledger:
         must seal, since their signatures cannot be re-made for tracing.
         """
         if identity.algorithm != "ed25519" and not seal_passphrase:
-            raise ConfigError("an RSA owner key signs non-deterministically: give a ledger passphrase "
-                              "(--seal-passphrase-env) so tracing can re-derive this serial number")
+            raise ConfigError(
+                "an RSA owner key signs non-deterministically: give a ledger passphrase "
+                "(--seal-passphrase-env) so tracing can re-derive this serial number"
+            )
         if seal_passphrase and signature is None:
             raise ConfigError("sealing needs the licence signature")
         if signature is not None:
@@ -294,18 +330,31 @@ class Ledger:
         sealed = seal(signature, seal_passphrase, verifier) if seal_passphrase and signature else None
         if db is None:
             with self.transaction() as tx:
-                return self._insert(tx, identity, verifier, serial, fp, fingerprint_cost, sealed, model_sha256,
-                                    model_path, dataset)
-        return self._insert(db, identity, verifier, serial, fp, fingerprint_cost, sealed, model_sha256, model_path,
-                            dataset)
+                return self._insert(
+                    tx, identity, verifier, serial, fp, fingerprint_cost, sealed, model_sha256, model_path, dataset
+                )
+        return self._insert(
+            db, identity, verifier, serial, fp, fingerprint_cost, sealed, model_sha256, model_path, dataset
+        )
 
     @staticmethod
-    def _insert(db: sqlite3.Connection, identity: OwnerIdentity, verifier: VerifierString, serial: SerialNumber,
-                fp: str, cost: int, sealed: bytes | None, model_sha256: str | None, model_path: str | None,
-                dataset: dict[str, Any] | None) -> int:
+    def _insert(
+        db: sqlite3.Connection,
+        identity: OwnerIdentity,
+        verifier: VerifierString,
+        serial: SerialNumber,
+        fp: str,
+        cost: int,
+        sealed: bytes | None,
+        model_sha256: str | None,
+        model_path: str | None,
+        dataset: dict[str, Any] | None,
+    ) -> int:
         now = _now()
-        db.execute("INSERT OR IGNORE INTO owners (fingerprint, public_key_pem, created_at) VALUES (?, ?, ?)",
-                   (identity.fingerprint(), identity.public_pem().decode(), now))
+        db.execute(
+            "INSERT OR IGNORE INTO owners (fingerprint, public_key_pem, created_at) VALUES (?, ?, ?)",
+            (identity.fingerprint(), identity.public_pem().decode(), now),
+        )
         db.execute("INSERT OR IGNORE INTO customers (name, created_at) VALUES (?, ?)", (verifier.customer, now))
         owner_id = db.execute("SELECT id FROM owners WHERE fingerprint = ?", (identity.fingerprint(),)).fetchone()[0]
         cust_id = db.execute("SELECT id FROM customers WHERE name = ?", (verifier.customer,)).fetchone()[0]
@@ -314,21 +363,38 @@ class Ledger:
                 "INSERT INTO licences (owner_id, customer_id, scheme, verifier, geometry, sn_fingerprint, "
                 "fingerprint_kdf, sealed_signature, model_sha256, model_path, dataset, issued_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (owner_id, cust_id, verifier.scheme, verifier.to_bytes().decode(),
-                 json.dumps(serial.geometry.to_dict(), sort_keys=True), fp, f"scrypt-log2n:{cost}", sealed,
-                 model_sha256, model_path, json.dumps(dataset, sort_keys=True) if dataset else None, now))
+                (
+                    owner_id,
+                    cust_id,
+                    verifier.scheme,
+                    verifier.to_bytes().decode(),
+                    json.dumps(serial.geometry.to_dict(), sort_keys=True),
+                    fp,
+                    f"scrypt-log2n:{cost}",
+                    sealed,
+                    model_sha256,
+                    model_path,
+                    json.dumps(dataset, sort_keys=True) if dataset else None,
+                    now,
+                ),
+            )
         except sqlite3.IntegrityError:
-            raise IntegrityError(f"the ledger already holds this licence (customer {verifier.customer!r}, "
-                                 f"{verifier.timestamp}); a licence is recorded once") from None
+            raise IntegrityError(
+                f"the ledger already holds this licence (customer {verifier.customer!r}, "
+                f"{verifier.timestamp}); a licence is recorded once"
+            ) from None
         return int(cur.lastrowid)
 
-    def record_trace(self, suspect: str, licence_id: int | None, p_value: float, fpr: float, queries: int,
-                     details: dict[str, Any]) -> int:
+    def record_trace(
+        self, suspect: str, licence_id: int | None, p_value: float, fpr: float, queries: int, details: dict[str, Any]
+    ) -> int:
         """Keep a trace answer (schema version 2) for a later dispute."""
         with self.transaction() as tx:
-            cur = tx.execute("INSERT INTO traces (suspect, licence_id, p_value, fpr, queries, details, traced_at) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?)", (suspect, licence_id, float(p_value), float(fpr),
-                                                              int(queries), json.dumps(details), _now()))
+            cur = tx.execute(
+                "INSERT INTO traces (suspect, licence_id, p_value, fpr, queries, details, traced_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (suspect, licence_id, float(p_value), float(fpr), int(queries), json.dumps(details), _now()),
+            )
             return int(cur.lastrowid)
 
     # ----- reading ---------------------------------------------------------------------------------
@@ -359,10 +425,22 @@ class Ledger:
         return licence.serial(identity, passphrase, self.sealed_signature(licence.id))
 
     def traces(self) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT id, suspect, licence_id, p_value, fpr, queries, details, traced_at "
-                                "FROM traces ORDER BY id")
-        return [{"id": r[0], "suspect": r[1], "licence_id": r[2], "p_value": r[3], "fpr": r[4], "queries": r[5],
-                 "details": json.loads(r[6]), "traced_at": r[7]} for r in rows]
+        rows = self._db.execute(
+            "SELECT id, suspect, licence_id, p_value, fpr, queries, details, traced_at FROM traces ORDER BY id"
+        )
+        return [
+            {
+                "id": r[0],
+                "suspect": r[1],
+                "licence_id": r[2],
+                "p_value": r[3],
+                "fpr": r[4],
+                "queries": r[5],
+                "details": json.loads(r[6]),
+                "traced_at": r[7],
+            }
+            for r in rows
+        ]
 
     def integrity_check(self) -> str:
         """SQLite's own ``PRAGMA integrity_check`` ("ok" when the file is sound)."""

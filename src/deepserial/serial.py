@@ -108,16 +108,27 @@ class SerialGeometry:
             raise GeometryError(f"serial number channels {self.channels} do not exist in a {c}-channel input")
 
     def to_dict(self) -> dict[str, object]:
-        d: dict[str, object] = {"height": self.height, "width": self.width, "top": self.top, "left": self.left,
-                                "channels": list(self.channels)}
+        d: dict[str, object] = {
+            "height": self.height,
+            "width": self.width,
+            "top": self.top,
+            "left": self.left,
+            "channels": list(self.channels),
+        }
         if self.scale != 1:  # scale-1 geometries read and hash exactly as before scaling existed
             d["scale"] = self.scale
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> SerialGeometry:
-        return cls(int(d["height"]), int(d["width"]), int(d["top"]), int(d["left"]),
-                   tuple(int(c) for c in d.get("channels", ())), int(d.get("scale", 1)))
+        return cls(
+            int(d["height"]),
+            int(d["width"]),
+            int(d["top"]),
+            int(d["left"]),
+            tuple(int(c) for c in d.get("channels", ())),
+            int(d.get("scale", 1)),
+        )
 
     def describe(self) -> str:
         ch = "all channels" if not self.channels else f"channels {list(self.channels)}"
@@ -154,8 +165,11 @@ class SerialNumber:
         object.__setattr__(self, "bits", b.astype(np.uint8))
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, SerialNumber) and self.geometry == other.geometry
-                and bool(np.array_equal(self.bits, other.bits)))
+        return (
+            isinstance(other, SerialNumber)
+            and self.geometry == other.geometry
+            and bool(np.array_equal(self.bits, other.bits))
+        )
 
     def __hash__(self) -> int:
         return hash((self.geometry, self.bits.tobytes()))
@@ -192,7 +206,7 @@ class SerialNumber:
         payload += np.packbits(self.bits.reshape(-1)).tobytes()
         payload += hashlib.sha256(payload).digest()[:_CHECK]
         chars = _b32encode(payload)
-        return "-".join(chars[i: i + _GROUP] for i in range(0, len(chars), _GROUP))
+        return "-".join(chars[i : i + _GROUP] for i in range(0, len(chars), _GROUP))
 
     @classmethod
     def from_product_key(cls, key: str, expect: SerialGeometry | None = None) -> SerialNumber:
@@ -230,7 +244,7 @@ class SerialNumber:
         data = _b32decode(chars)
         if len(data) < nbytes or any(data[nbytes:]) or _pad_bits(chars, nbytes):
             raise SerialNumberError("product key checksum does not match; check for a typo")
-        payload, check = data[: nbytes - _CHECK], data[nbytes - _CHECK: nbytes]
+        payload, check = data[: nbytes - _CHECK], data[nbytes - _CHECK : nbytes]
         if hashlib.sha256(payload).digest()[:_CHECK] != check:
             raise SerialNumberError("product key checksum does not match; check for a typo")
         channels = tuple(c for c in range(8) if mask >> c & 1)
@@ -310,7 +324,7 @@ def stamp(
     rows, cols = g.region()
     if g.channels:
         for c in g.channels:
-            out[:, c: c + 1, rows, cols] = patch
+            out[:, c : c + 1, rows, cols] = patch
     else:
         out[:, :, rows, cols] = patch.expand(-1, x.shape[1], -1, -1)
     return out

@@ -63,13 +63,13 @@ def decode_batch(body: bytes, content_type: str, input_shape: tuple[int, int, in
         try:
             doc = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError(400, "body is not valid JSON; send {\"inputs\": [[...]]}") from None
+            raise RequestError(400, 'body is not valid JSON; send {"inputs": [[...]]}') from None
         if not isinstance(doc, dict) or "inputs" not in doc:
-            raise RequestError(422, "JSON body must be an object with key \"inputs\" (nested arrays (N, C, H, W))")
+            raise RequestError(422, 'JSON body must be an object with key "inputs" (nested arrays (N, C, H, W))')
         try:
             arr = np.asarray(doc["inputs"], dtype=np.float64)
         except (ValueError, TypeError):
-            raise RequestError(422, "\"inputs\" must be nested arrays of numbers (N, C, H, W)") from None
+            raise RequestError(422, '"inputs" must be nested arrays of numbers (N, C, H, W)') from None
     elif ctype in ("application/x-npy", "application/octet-stream"):
         try:
             arr = np.load(io.BytesIO(body), allow_pickle=False)
@@ -78,8 +78,9 @@ def decode_batch(body: bytes, content_type: str, input_shape: tuple[int, int, in
     elif ctype == "image/png":
         arr = _png(body, input_shape)
     else:
-        raise RequestError(415, f"unsupported content type {ctype!r}; use application/json, application/x-npy or "
-                              "image/png")
+        raise RequestError(
+            415, f"unsupported content type {ctype!r}; use application/json, application/x-npy or image/png"
+        )
     return _check(arr, input_shape)
 
 
@@ -95,8 +96,11 @@ def _png(body: bytes, input_shape: tuple[int, int, int]) -> np.ndarray:
     if img.format != "PNG":
         raise RequestError(415, f"body is a {img.format} image; send PNG")
     if img.size != (w, h):
-        raise RequestError(422, f"image is {img.size[0]}x{img.size[1]}, the model takes {w}x{h} (width x height); "
-                              "resize it before sending (the server does not, a resized serial number is another one)")
+        raise RequestError(
+            422,
+            f"image is {img.size[0]}x{img.size[1]}, the model takes {w}x{h} (width x height); "
+            "resize it before sending (the server does not, a resized serial number is another one)",
+        )
     arr = np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.uint8)
     arr = arr[None, None] if c == 1 else arr.transpose(2, 0, 1)[None]
     return arr
@@ -111,8 +115,11 @@ def _check(arr: np.ndarray, input_shape: tuple[int, int, int]) -> torch.Tensor:
     if arr.ndim == 3 and c == 1:
         arr = arr[:, None]
     if arr.ndim != 4 or arr.shape[1:] != (c, h, w):
-        raise RequestError(422, f"batch has shape {tuple(arr.shape)}; the model takes (N, {c}, {h}, {w})"
-                              + (f" or (N, {h}, {w})" if c == 1 else ""))
+        raise RequestError(
+            422,
+            f"batch has shape {tuple(arr.shape)}; the model takes (N, {c}, {h}, {w})"
+            + (f" or (N, {h}, {w})" if c == 1 else ""),
+        )
     if arr.shape[0] == 0:
         raise RequestError(422, "batch is empty; send at least one input")
     if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
@@ -120,8 +127,14 @@ def _check(arr: np.ndarray, input_shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
 
 
-def create_app(model: LoadedModel, serial: SerialNumber | None = None, *, raw_inputs: bool = False,
-               max_batch: int = DEFAULT_MAX_BATCH, max_body: int = DEFAULT_MAX_BODY) -> Any:
+def create_app(
+    model: LoadedModel,
+    serial: SerialNumber | None = None,
+    *,
+    raw_inputs: bool = False,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_body: int = DEFAULT_MAX_BODY,
+) -> Any:
     """The FastAPI application serving ``model`` (see the module docstring for the API)."""
     from fastapi import FastAPI
     from fastapi.concurrency import run_in_threadpool
@@ -135,24 +148,36 @@ def create_app(model: LoadedModel, serial: SerialNumber | None = None, *, raw_in
     shape = model.input_shape
     protected = "serial_geometry" in man
     if protected and serial is None and not raw_inputs:
-        raise ConfigError("this is a serial-number protected model: give its serial number (--serial-file FILE or "
-                          "DEEPSERIAL_SERIAL), or --raw-inputs if clients stamp it themselves")
+        raise ConfigError(
+            "this is a serial-number protected model: give its serial number (--serial-file FILE or "
+            "DEEPSERIAL_SERIAL), or --raw-inputs if clients stamp it themselves"
+        )
     if serial is not None and raw_inputs:
         raise ConfigError("--raw-inputs serves inputs unstamped: do not give a serial number with it")
     if serial is not None:
         if not protected:
-            raise ConfigError("this model takes no serial number (its manifest has no serial geometry); serve it "
-                              "without one")
+            raise ConfigError(
+                "this model takes no serial number (its manifest has no serial geometry); serve it without one"
+            )
         expect = SerialGeometry.from_dict(man["serial_geometry"])
         if serial.geometry != expect:
-            raise ConfigError(f"the serial number is for {serial.geometry.describe()}, the model expects "
-                              f"{expect.describe()}; use the key issued with this model")
+            raise ConfigError(
+                f"the serial number is for {serial.geometry.describe()}, the model expects "
+                f"{expect.describe()}; use the key issued with this model"
+            )
     bits = serial.as_tensor() if serial is not None else None
     net = model.model.eval()
-    info = {"arch": man["arch"], "input_shape": list(shape), "num_classes": int(man["num_classes"]),
-            "scheme": man.get("scheme"), "model_sha256": man.get("integrity", {}).get("sha256"),
-            "stamps_serial": bits is not None, "max_batch": max_batch, "max_body_bytes": max_body,
-            "accepts": ["application/json", "application/x-npy", "image/png"]}
+    info = {
+        "arch": man["arch"],
+        "input_shape": list(shape),
+        "num_classes": int(man["num_classes"]),
+        "scheme": man.get("scheme"),
+        "model_sha256": man.get("integrity", {}).get("sha256"),
+        "stamps_serial": bits is not None,
+        "max_batch": max_batch,
+        "max_body_bytes": max_body,
+        "accepts": ["application/json", "application/x-npy", "image/png"],
+    }
 
     def infer(x: torch.Tensor) -> dict[str, list]:
         if bits is not None:

@@ -137,8 +137,7 @@ def _upper(k: int, n: int, alpha: float) -> float:
     return float(_st.beta.isf(alpha, k + 1, n - k))
 
 
-def controlled_level_rejects(matches: int, asked: int, control_hits: int, control_queries: int,
-                             level: float) -> bool:
+def controlled_level_rejects(matches: int, asked: int, control_hits: int, control_queries: int, level: float) -> bool:
     """The two-part test of :func:`controlled_p_value` at one level: bound the chance rate from the
     controls at confidence ``1 - level/2``, then require a binomial tail of at most ``level/2``."""
     p0 = _upper(control_hits, control_queries, level / 2)
@@ -163,12 +162,12 @@ def controlled_p_value(matches: int, asked: int, control_hits: int, control_quer
     if not controlled_level_rejects(matches, asked, control_hits, control_queries, 1.0 - 1e-12):
         return 1.0
     lo, hi = -300.0, 0.0  # log10 of the level: rejects at 10**hi, search the smallest such
-    if controlled_level_rejects(matches, asked, control_hits, control_queries, 10.0 ** lo):
-        return 10.0 ** lo
+    if controlled_level_rejects(matches, asked, control_hits, control_queries, 10.0**lo):
+        return 10.0**lo
     for _ in range(60):
         mid = (lo + hi) / 2
-        if controlled_level_rejects(matches, asked, control_hits, control_queries, 10.0 ** mid):
+        if controlled_level_rejects(matches, asked, control_hits, control_queries, 10.0**mid):
             hi = mid
         else:
             lo = mid
-    return float(min(1.0, 10.0 ** hi))
+    return float(min(1.0, 10.0**hi))

@@ -63,8 +63,9 @@ class Suspect(ABC):
         """Labels of ``x``, counting ``len(x)`` queries against the budget (refused before any is spent
         when the batch would exceed it)."""
         if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
-            raise InputError(f"suspect expects inputs of shape (N, {', '.join(map(str, self.input_shape))}), "
-                             f"got {tuple(x.shape)}")
+            raise InputError(
+                f"suspect expects inputs of shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}"
+            )
         self.charge(len(x))
         return self._labels(x).to(torch.long).cpu()
 
@@ -72,8 +73,10 @@ class Suspect(ABC):
         """Refuse, before any query is spent, a verification that may need ``n`` more queries than the
         budget leaves (``lower`` names the setting that reduces them)."""
         if self.budget is not None and self.queries + n > self.budget:
-            raise QueryBudgetError(f"query budget exhausted: {self.queries} used, {n} more needed, budget "
-                                   f"{self.budget}; raise the budget or lower {lower}")
+            raise QueryBudgetError(
+                f"query budget exhausted: {self.queries} used, {n} more needed, budget "
+                f"{self.budget}; raise the budget or lower {lower}"
+            )
 
     def charge(self, n: int) -> None:
         """Count ``n`` queries against the budget: label queries, and the forwards of white-box schemes
@@ -85,16 +88,24 @@ class Suspect(ABC):
         """The white-box network, or a clear error for black-box suspects."""
         m = self.module
         if m is None:
-            raise InputError(f"scheme {scheme!r} verifies white-box (weights or activations); this suspect "
-                             "answers labels only. Use a black-box scheme or a local model file.")
+            raise InputError(
+                f"scheme {scheme!r} verifies white-box (weights or activations); this suspect "
+                "answers labels only. Use a black-box scheme or a local model file."
+            )
         return m
 
 
 class ModuleSuspect(Suspect):
     """A local PyTorch model as a suspect (white-box: :attr:`module` is available)."""
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], num_outputs: int | None = None,
-                 budget: int | None = None, batch_size: int = EVAL_BATCH) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shape: tuple[int, int, int],
+        num_outputs: int | None = None,
+        budget: int | None = None,
+        batch_size: int = EVAL_BATCH,
+    ) -> None:
         super().__init__(budget)
         self._model = model.eval()
         self._shape = tuple(int(v) for v in input_shape)
@@ -125,7 +136,7 @@ class ModuleSuspect(Suspect):
     def _labels(self, x: torch.Tensor) -> torch.Tensor:
         dev = model_device(self._model)
         self._model.eval()
-        out = [self._model(x[i: i + self._bs].to(dev)).argmax(1).cpu() for i in range(0, len(x), self._bs)]
+        out = [self._model(x[i : i + self._bs].to(dev)).argmax(1).cpu() for i in range(0, len(x), self._bs)]
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
@@ -158,7 +169,7 @@ class ONNXSuspect(Suspect):
     def logits(self, x: torch.Tensor) -> np.ndarray:
         """Raw logits (N, num_outputs) of a batch, without counting queries (parity checks)."""
         arr = x.detach().cpu().float().numpy()
-        outs = [self._session.run(None, {self._input: arr[i: i + self._bs]})[0] for i in range(0, len(arr), self._bs)]
+        outs = [self._session.run(None, {self._input: arr[i : i + self._bs]})[0] for i in range(0, len(arr), self._bs)]
         return np.concatenate(outs) if outs else np.zeros((0, self._num_outputs), np.float32)
 
     def _labels(self, x: torch.Tensor) -> torch.Tensor:
@@ -174,8 +185,15 @@ class HTTPSuspect(Suspect):
     a 4xx answer is an error at once, with the server's reason. Queries are counted against the budget
     before they are sent."""
 
-    def __init__(self, url: str, budget: int | None = None, timeout: float = 10.0, retries: int = 3,
-                 backoff: float = 0.25, client: Any = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        budget: int | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        client: Any = None,
+    ) -> None:
         import httpx
 
         super().__init__(budget)
@@ -227,24 +245,26 @@ class HTTPSuspect(Suspect):
                     why = r.text
                 raise InputError(f"{self.url}{path} refused the request (HTTP {r.status_code}): {why}")
             return r
-        raise InputError(f"{self.url}{path} did not answer after {self.retries + 1} tries ({last}); check the URL "
-                         "and that the server is running")
+        raise InputError(
+            f"{self.url}{path} did not answer after {self.retries + 1} tries ({last}); check the URL "
+            "and that the server is running"
+        )
 
     def _labels(self, x: torch.Tensor) -> torch.Tensor:
         out = []
         arr = x.detach().cpu().float().numpy()
         for i in range(0, len(arr), self.max_batch):
             buf = io.BytesIO()
-            np.save(buf, np.ascontiguousarray(arr[i: i + self.max_batch]), allow_pickle=False)
-            r = self._call("POST", "/v1/predict", content=buf.getvalue(),
-                           headers={"content-type": "application/x-npy"})
+            np.save(buf, np.ascontiguousarray(arr[i : i + self.max_batch]), allow_pickle=False)
+            r = self._call("POST", "/v1/predict", content=buf.getvalue(), headers={"content-type": "application/x-npy"})
             try:
                 labels = [int(v) for v in r.json()["labels"]]
             except (KeyError, TypeError, ValueError):
                 raise InputError(f"{self.url}/v1/predict answered without a list of labels") from None
-            if len(labels) != len(arr[i: i + self.max_batch]):
-                raise InputError(f"{self.url}/v1/predict answered {len(labels)} labels for "
-                                 f"{len(arr[i: i + self.max_batch])} inputs")
+            if len(labels) != len(arr[i : i + self.max_batch]):
+                raise InputError(
+                    f"{self.url}/v1/predict answered {len(labels)} labels for {len(arr[i : i + self.max_batch])} inputs"
+                )
             out.append(torch.tensor(labels, dtype=torch.long))
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 

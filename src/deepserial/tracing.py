@@ -65,16 +65,27 @@ class TraceResult:
 
     def summary(self) -> str:
         if self.licence is not None:
-            return (f"licence {self.licence.id} of customer {self.licence.customer!r} unlocks the suspect "
-                    f"(adjusted p-value {self.p_value:.3g} at false-positive rate {self.fpr:g}; "
-                    f"{self.queries} queries over {len(self.candidates)} licences)")
-        return (f"no issued licence matches (smallest adjusted p-value {self.p_value:.3g} at false-positive "
-                f"rate {self.fpr:g}; {self.queries} queries over {len(self.candidates)} licences)")
+            return (
+                f"licence {self.licence.id} of customer {self.licence.customer!r} unlocks the suspect "
+                f"(adjusted p-value {self.p_value:.3g} at false-positive rate {self.fpr:g}; "
+                f"{self.queries} queries over {len(self.candidates)} licences)"
+            )
+        return (
+            f"no issued licence matches (smallest adjusted p-value {self.p_value:.3g} at false-positive "
+            f"rate {self.fpr:g}; {self.queries} queries over {len(self.candidates)} licences)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"found": self.found, "licence_id": self.licence.id if self.licence else None,
-                "customer": self.licence.customer if self.licence else None, "p_value": self.p_value,
-                "fpr": self.fpr, "queries": self.queries, "images": self.images, "candidates": self.candidates}
+        return {
+            "found": self.found,
+            "licence_id": self.licence.id if self.licence else None,
+            "customer": self.licence.customer if self.licence else None,
+            "p_value": self.p_value,
+            "fpr": self.fpr,
+            "queries": self.queries,
+            "images": self.images,
+            "candidates": self.candidates,
+        }
 
 
 @dataclass
@@ -88,9 +99,16 @@ class _State:
     p: float = 1.0
 
 
-def trace(suspect: Suspect, candidates: list[tuple[Licence, SerialNumber]], images: TensorData, *,
-          fpr: float = 1e-3, looks: tuple[int, ...] = DEFAULT_LOOKS, min_gain: float = 0.25,
-          seed: int = 0) -> TraceResult:
+def trace(
+    suspect: Suspect,
+    candidates: list[tuple[Licence, SerialNumber]],
+    images: TensorData,
+    *,
+    fpr: float = 1e-3,
+    looks: tuple[int, ...] = DEFAULT_LOOKS,
+    min_gain: float = 0.25,
+    seed: int = 0,
+) -> TraceResult:
     """Test every candidate licence against ``suspect`` with the owner's labelled ``images``; name the
     one that unlocks it, at family-wise false-positive rate ``fpr``."""
     stats.check_fpr(fpr)
@@ -138,14 +156,25 @@ def trace(suspect: Suspect, candidates: list[tuple[Licence, SerialNumber]], imag
     adjust = float(n_licences * n_looks)
     named = sorted((s for s in states if s.outcome == "named"), key=lambda s: s.p)
     best = named[0] if named else min(states, key=lambda s: s.p)
-    rows = [{"licence_id": s.licence.id, "customer": s.licence.customer, "outcome": s.outcome, "images": s.images,
-             "b": s.b, "c": s.c, "p_value": s.p, "p_adjusted": min(1.0, s.p * adjust)} for s in states]
-    return TraceResult(best.licence if named else None, min(1.0, best.p * adjust), fpr, suspect.queries - start,
-                       prev, rows)
+    rows = [
+        {
+            "licence_id": s.licence.id,
+            "customer": s.licence.customer,
+            "outcome": s.outcome,
+            "images": s.images,
+            "b": s.b,
+            "c": s.c,
+            "p_value": s.p,
+            "p_adjusted": min(1.0, s.p * adjust),
+        }
+        for s in states
+    ]
+    return TraceResult(
+        best.licence if named else None, min(1.0, best.p * adjust), fpr, suspect.queries - start, prev, rows
+    )
 
 
-def _controls(geometry: SerialGeometry, serials: list[SerialNumber], n: int,
-              rng: np.random.Generator) -> torch.Tensor:
+def _controls(geometry: SerialGeometry, serials: list[SerialNumber], n: int, rng: np.random.Generator) -> torch.Tensor:
     """``n`` random patterns of ``geometry``, none equal to a candidate's serial number."""
     own = {sn.bits.reshape(-1).tobytes() for sn in serials}
     out = rng.integers(0, 2, size=(n, geometry.nbits), dtype=np.uint8)

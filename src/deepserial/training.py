@@ -182,8 +182,9 @@ def fit(
         model.to(memory_format=fmt)
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum,
-                                                     weight_decay=cfg.weight_decay)
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     else:
         opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=cfg.plateau_patience)
@@ -207,8 +208,10 @@ def fit(
             start_epoch = int(state["epoch"]) + 1
             log = TrainLog(**state["log"])
         except Exception as e:  # truncated, foreign, or from another network or optimiser
-            raise ConfigError(f"checkpoint {cfg.checkpoint} cannot resume this run ({type(e).__name__}): it is "
-                              "damaged or belongs to another model; delete it or choose another --checkpoint") from None
+            raise ConfigError(
+                f"checkpoint {cfg.checkpoint} cannot resume this run ({type(e).__name__}): it is "
+                "damaged or belongs to another model; delete it or choose another --checkpoint"
+            ) from None
     x_all, y_all = data.x, data.y
     per_rank = max(1, cfg.batch_size // world_size)
     t_start = time.perf_counter()
@@ -220,10 +223,15 @@ def fit(
         t0 = time.perf_counter()
         tot_loss, tot_n, samples = 0.0, 0, 0
         sums: dict[str, float] = {}
-        bar = tqdm(range(nb), desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and rank == 0),
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            range(nb),
+            desc=f"{desc} {epoch + 1}/{cfg.epochs}",
+            disable=not (cfg.progress and rank == 0),
+            leave=False,
+            dynamic_ncols=True,
+        )
         for b in bar:
-            idx = order[b * per_rank: (b + 1) * per_rank]
+            idx = order[b * per_rank : (b + 1) * per_rank]
             xb = x_all[idx].to(device, non_blocking=True)
             if xb.dim() == 4:
                 xb = xb.contiguous(memory_format=fmt)
@@ -246,8 +254,14 @@ def fit(
         if world_size > 1:
             dist.all_reduce(stats)
         tot_loss, tot_n, samples = float(stats[0]), float(stats[1]), int(stats[2])
-        epoch_log = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1), "lr": opt.param_groups[0]["lr"],
-                     "samples": samples, "wall_s": time.perf_counter() - t0, "world_size": world_size}
+        epoch_log = {
+            "epoch": epoch + 1,
+            "loss": tot_loss / max(tot_n, 1),
+            "lr": opt.param_groups[0]["lr"],
+            "samples": samples,
+            "wall_s": time.perf_counter() - t0,
+            "world_size": world_size,
+        }
         epoch_log |= {k: float(v) / max(tot_n, 1) for k, v in zip(sums, stats[3:].tolist(), strict=True)}
         sched.step(epoch_log["loss"])
         if on_epoch_end is not None:
@@ -264,13 +278,22 @@ def fit(
     return log
 
 
-def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: object, epoch: int,
-                     log: TrainLog) -> None:
+def _save_checkpoint(
+    path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: object, epoch: int, log: TrainLog
+) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "epoch": epoch, "log": log.to_dict()}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": epoch,
+            "log": log.to_dict(),
+        },
+        tmp,
+    )
     os.replace(tmp, path)
 
 
@@ -281,12 +304,13 @@ EVAL_BATCH = 256
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH,
-                   device: torch.device | None = None) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH, device: torch.device | None = None
+) -> torch.Tensor:
     """Logits of ``model`` on ``x`` in evaluation mode, batched, returned on the CPU."""
     device = device or next(model.parameters()).device
     model.eval()
-    outs = [model(x[i: i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    outs = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(outs) if outs else torch.empty(0)
 
 

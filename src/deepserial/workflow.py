@@ -49,16 +49,26 @@ class DataSpec:
         return split(bundle, self.seed, test_fraction=self.test_fraction, attacker_fraction=self.attacker_fraction)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "seed": self.seed, "test_fraction": self.test_fraction,
-                "attacker_fraction": self.attacker_fraction, "limit": self.limit}
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "test_fraction": self.test_fraction,
+            "attacker_fraction": self.attacker_fraction,
+            "limit": self.limit,
+        }
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> DataSpec:
         d = manifest.get("dataset")
         if not isinstance(d, dict) or "name" not in d:
             raise IntegrityError("model manifest does not record its data set; pass --dataset explicitly")
-        return cls(name=d["name"], seed=int(d["seed"]), test_fraction=float(d["test_fraction"]),
-                   attacker_fraction=float(d["attacker_fraction"]), limit=d.get("limit"))
+        return cls(
+            name=d["name"],
+            seed=int(d["seed"]),
+            test_fraction=float(d["test_fraction"]),
+            attacker_fraction=float(d["attacker_fraction"]),
+            limit=d.get("limit"),
+        )
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -101,9 +111,17 @@ def train_teacher(data: DataSpec, train: TrainConfig, arch: str = "dsn_mnist") -
     model = create_model(arch, shape, num_classes)
     log = fit(model, splits.owner, supervised_loss, train, desc="teacher")
     manifest = {
-        "arch": arch, "input_shape": list(shape), "num_classes": num_classes, "normalisation": "[0,1]",
-        "role": "teacher", "scheme": None, "dataset": data.to_dict(), "train_seed": train.seed,
-        "test_acc": accuracy(model, splits.test), "train_wall_s": log.wall_s, "environment": environment(),
+        "arch": arch,
+        "input_shape": list(shape),
+        "num_classes": num_classes,
+        "normalisation": "[0,1]",
+        "role": "teacher",
+        "scheme": None,
+        "dataset": data.to_dict(),
+        "train_seed": train.seed,
+        "test_acc": accuracy(model, splits.test),
+        "train_wall_s": log.wall_s,
+        "environment": environment(),
     }
     return Trained(model, manifest, log, splits)
 
@@ -126,9 +144,14 @@ class Issued:
         return self.serial.to_product_key()
 
 
-def choose_geometry(model: SplitNet, input_shape: tuple[int, int, int], size: tuple[int, int],
-                    position: tuple[int, int] | None, margin: int | None = None,
-                    scale: int | None = None) -> SerialGeometry:
+def choose_geometry(
+    model: SplitNet,
+    input_shape: tuple[int, int, int],
+    size: tuple[int, int],
+    position: tuple[int, int] | None,
+    margin: int | None = None,
+    scale: int | None = None,
+) -> SerialGeometry:
     """The serial-number geometry: an explicit position (checked against the visible field) or the
     default corner inside the visible field. ``scale`` (pixels per bit side) defaults to
     :func:`deepserial.serial.scale_for` of the input: 1 up to 95 pixels, so MNIST-size keys are unscaled."""
@@ -175,23 +198,36 @@ def issue(
     splits = data.load()
     log = dsn.train_student(student, teacher.model, splits.owner, serial, config, train)
     manifest = {
-        "arch": arch, "input_shape": list(shape), "num_classes": int(teacher.manifest["num_classes"]),
-        "normalisation": "[0,1]", "role": "customer", "scheme": dsn.SCHEME,
-        "serial_geometry": geometry.to_dict(), "licence": verifier.to_dict(),
-        "owner_fingerprint": identity.fingerprint(), "dataset": data.to_dict(),
-        "dsn_config": config.model_dump(), "train_seed": train.seed, "train_epochs": train.epochs,
-        "train_wall_s": log.wall_s, "environment": environment(),
+        "arch": arch,
+        "input_shape": list(shape),
+        "num_classes": int(teacher.manifest["num_classes"]),
+        "normalisation": "[0,1]",
+        "role": "customer",
+        "scheme": dsn.SCHEME,
+        "serial_geometry": geometry.to_dict(),
+        "licence": verifier.to_dict(),
+        "owner_fingerprint": identity.fingerprint(),
+        "dataset": data.to_dict(),
+        "dsn_config": config.model_dump(),
+        "train_seed": train.seed,
+        "train_epochs": train.epochs,
+        "train_wall_s": log.wall_s,
+        "environment": environment(),
     }
     licence = {
-        "format": LICENCE_FORMAT, "scheme": dsn.SCHEME, "verifier": verifier.to_dict(),
-        "signature": signature.hex(), "geometry": geometry.to_dict(),
+        "format": LICENCE_FORMAT,
+        "scheme": dsn.SCHEME,
+        "verifier": verifier.to_dict(),
+        "signature": signature.hex(),
+        "geometry": geometry.to_dict(),
         "owner_public_key": identity.public_pem().decode(),
     }
     return Issued(student, serial, manifest, licence, log, splits)
 
 
-def save_issued(issued: Issued, model_path: str | Path, licence_path: str | Path,
-                identity: OwnerIdentity) -> dict[str, Any]:
+def save_issued(
+    issued: Issued, model_path: str | Path, licence_path: str | Path, identity: OwnerIdentity
+) -> dict[str, Any]:
     """Write the customer model (signed by the owner) and the owner's licence record (mode 0600);
     returns the model's manifest as written."""
     man = save_model(model_path, issued.student, issued.manifest, owner=identity)
@@ -242,9 +278,16 @@ def evaluate_customer(
     data = DataSpec.from_manifest(customer.manifest)
     splits = splits or data.load()
     t0 = time.perf_counter()
-    res = dsn.evaluate(customer.model, serial, splits.test, splits.attacker,
-                       teacher=teacher.model if teacher else None, n_wrong=n_wrong,
-                       wrong_eval_samples=wrong_eval_samples, seed=seed)
+    res = dsn.evaluate(
+        customer.model,
+        serial,
+        splits.test,
+        splits.attacker,
+        teacher=teacher.model if teacher else None,
+        n_wrong=n_wrong,
+        wrong_eval_samples=wrong_eval_samples,
+        seed=seed,
+    )
     return {
         **res,
         "serial_bits": serial.geometry.nbits,
@@ -253,15 +296,27 @@ def evaluate_customer(
         "seed": seed,
         "dataset": data.to_dict(),
         "sizes": splits.sizes(),
-        "timings": {"student_train_s": customer.manifest.get("train_wall_s"),
-                    "teacher_train_s": teacher.manifest.get("train_wall_s") if teacher else None,
-                    "evaluate_s": time.perf_counter() - t0},
+        "timings": {
+            "student_train_s": customer.manifest.get("train_wall_s"),
+            "teacher_train_s": teacher.manifest.get("train_wall_s") if teacher else None,
+            "evaluate_s": time.perf_counter() - t0,
+        },
         "environment": environment(),
     }
 
 
-REPORT_FIELDS = ["teacher_acc", "valid_sn_acc", "raw_acc", "wrong_sn_mean", "wrong_sn_max", "hamming1_mean",
-                 "hamming1_max", "hamming2_mean", "hamming2_max", "probe_acc"]
+REPORT_FIELDS = [
+    "teacher_acc",
+    "valid_sn_acc",
+    "raw_acc",
+    "wrong_sn_mean",
+    "wrong_sn_max",
+    "hamming1_mean",
+    "hamming1_max",
+    "hamming2_mean",
+    "hamming2_max",
+    "probe_acc",
+]
 
 
 def loaded(model: SplitNet, manifest: dict[str, Any]) -> LoadedModel:
@@ -307,8 +362,10 @@ def embed_watermark(
     num_classes = int(max(splits.owner.y.max(), splits.test.y.max())) + 1
     seed_everything(train.seed)
     if base is None and getattr(scheme, "fine_tunes", False):
-        raise ConfigError(f"{scheme.name} is embedded by fine-tuning a trained model: pass it as --base "
-                          "(train one with `deepserial teacher`)")
+        raise ConfigError(
+            f"{scheme.name} is embedded by fine-tuning a trained model: pass it as --base "
+            "(train one with `deepserial teacher`)"
+        )
     if base is not None:
         if int(base.manifest.get("task_classes", base.manifest["num_classes"])) != num_classes:
             raise ConfigError(f"base model has {base.manifest['num_classes']} classes, the data {num_classes}")
@@ -319,10 +376,19 @@ def embed_watermark(
     key = scheme.make_signed_key(prov, splits.owner, num_classes, model=model)
     log = scheme.embed(model, splits.owner, key, train)
     manifest = {
-        "arch": arch, "input_shape": list(shape), "num_classes": int(scheme.num_outputs(num_classes)),
-        "task_classes": num_classes, "normalisation": "[0,1]", "role": "watermarked", "scheme": scheme.name,
-        "owner_fingerprint": identity.fingerprint(), "dataset": data.to_dict(), "train_seed": train.seed,
-        "train_epochs": train.epochs, "train_wall_s": log.wall_s, "test_acc": accuracy(model, splits.test),
+        "arch": arch,
+        "input_shape": list(shape),
+        "num_classes": int(scheme.num_outputs(num_classes)),
+        "task_classes": num_classes,
+        "normalisation": "[0,1]",
+        "role": "watermarked",
+        "scheme": scheme.name,
+        "owner_fingerprint": identity.fingerprint(),
+        "dataset": data.to_dict(),
+        "train_seed": train.seed,
+        "train_epochs": train.epochs,
+        "train_wall_s": log.wall_s,
+        "test_acc": accuracy(model, splits.test),
         "environment": environment(),
     }
     key.meta.setdefault("config", scheme.config.model_dump())
@@ -341,8 +407,15 @@ def verify_watermark(key: Any, suspect: Any, fpr: float = 1e-3, check_signature:
 
 
 # ----- attacks ---------------------------------------------------------------------------------------
-def measure_model(model: SplitNet, splits: Splits, *, task_classes: int | None = None, key: Any = None,
-                  serial: SerialNumber | None = None, fpr: float = 1e-3) -> dict[str, Any]:
+def measure_model(
+    model: SplitNet,
+    splits: Splits,
+    *,
+    task_classes: int | None = None,
+    key: Any = None,
+    serial: SerialNumber | None = None,
+    fpr: float = 1e-3,
+) -> dict[str, Any]:
     """What an attack report states about a model: test accuracy (raw inputs), accuracy with the
     serial number stamped (DSN), and the ownership verdict of ``key``. A model whose outputs no longer
     match the task (transfer to other labels) gets None for the accuracies and the refusal as verdict."""
@@ -351,8 +424,7 @@ def measure_model(model: SplitNet, splits: Splits, *, task_classes: int | None =
 
     out_features = int(model.classifier.out_features)
     same_task = task_classes is None or out_features >= task_classes
-    rep: dict[str, Any] = {"outputs": out_features,
-                           "test_acc": accuracy(model, splits.test) if same_task else None}
+    rep: dict[str, Any] = {"outputs": out_features, "test_acc": accuracy(model, splits.test) if same_task else None}
     if serial is not None:
         stamped = TensorData(stamp(splits.test.x, serial.geometry, serial.as_tensor()), splits.test.y)
         rep["with_serial_acc"] = accuracy(model, stamped) if same_task else None
@@ -365,9 +437,17 @@ def measure_model(model: SplitNet, splits: Splits, *, task_classes: int | None =
     return rep
 
 
-def attack_model(target: LoadedModel, attack: Any, budget: Any, *, fraction: float | None = None,
-                 key: Any = None, serial: SerialNumber | None = None, data: DataSpec | None = None,
-                 fpr: float = 1e-3) -> tuple[SplitNet, dict[str, Any]]:
+def attack_model(
+    target: LoadedModel,
+    attack: Any,
+    budget: Any,
+    *,
+    fraction: float | None = None,
+    key: Any = None,
+    serial: SerialNumber | None = None,
+    data: DataSpec | None = None,
+    fpr: float = 1e-3,
+) -> tuple[SplitNet, dict[str, Any]]:
     """Run ``attack`` (an :class:`deepserial.attacks.base.Attack`) on ``target`` with the attacker's
     split of the data the model was trained on (``fraction`` of the training data, else all of the
     attacker's split) and report the model before and after (:func:`measure_model`)."""
@@ -381,6 +461,13 @@ def attack_model(target: LoadedModel, attack: Any, budget: Any, *, fraction: flo
     before = measure_model(target.model, splits, task_classes=classes, key=key, serial=serial, fpr=fpr)
     attacked, log = attack.run(target.model, attacker, budget)
     after = measure_model(attacked, splits, task_classes=classes, key=key, serial=serial, fpr=fpr)
-    report = {"attack": attack.name, "citation": attack.citation, "fraction": fraction,
-              "attacker_samples": len(attacker), "before": before, "after": after, "log": log.to_dict()}
+    report = {
+        "attack": attack.name,
+        "citation": attack.citation,
+        "fraction": fraction,
+        "attacker_samples": len(attacker),
+        "before": before,
+        "after": after,
+        "log": log.to_dict(),
+    }
     return attacked, report

@@ -50,9 +50,16 @@ class AttackBudget(BaseModel):
 
     def train_config(self, default_lr: float = 1e-3, constant_lr: bool = True) -> TrainConfig:
         """The shared loop's settings for this budget (a constant rate unless ``constant_lr`` is False)."""
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr or default_lr,
-                           optimizer=self.optimizer, plateau_patience=self.epochs + 1 if constant_lr else 2,
-                           seed=self.seed, device=self.device, progress=self.progress)
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr or default_lr,
+            optimizer=self.optimizer,
+            plateau_patience=self.epochs + 1 if constant_lr else 2,
+            seed=self.seed,
+            device=self.device,
+            progress=self.progress,
+        )
 
 
 @dataclass
@@ -77,9 +84,17 @@ class AttackLog:
         self.curve += log.epochs
 
     def to_dict(self) -> dict[str, Any]:
-        return {"attack": self.attack, "budget": self.budget, "samples": self.samples, "epochs": self.epochs,
-                "forward_samples": self.forward_samples, "queries": self.queries, "wall_s": self.wall_s,
-                "curve": self.curve, "details": self.details}
+        return {
+            "attack": self.attack,
+            "budget": self.budget,
+            "samples": self.samples,
+            "epochs": self.epochs,
+            "forward_samples": self.forward_samples,
+            "queries": self.queries,
+            "wall_s": self.wall_s,
+            "curve": self.curve,
+            "details": self.details,
+        }
 
 
 def attacker_share(attacker: TensorData, fraction: float, total: int, seed: int = 0) -> TensorData:
@@ -94,8 +109,10 @@ def attacker_share(attacker: TensorData, fraction: float, total: int, seed: int 
     if n < 1:
         raise ConfigError(f"a fraction {fraction} of {total} training samples is no sample at all")
     if n > len(attacker):
-        raise ConfigError(f"the attacker's split holds {len(attacker)} samples, {n} asked ({fraction:.0%} of "
-                          f"{total}); the splits reserve {len(attacker) / total:.0%} of the data for the attacker")
+        raise ConfigError(
+            f"the attacker's split holds {len(attacker)} samples, {n} asked ({fraction:.0%} of "
+            f"{total}); the splits reserve {len(attacker) / total:.0%} of the data for the attacker"
+        )
     order = np.random.default_rng(seed).permutation(len(attacker))[:n]
     return attacker.subset(torch.from_numpy(np.sort(order)))
 
@@ -118,8 +135,14 @@ class Attack(ABC):
         except TypeError as e:
             raise ConfigError(f"{self.name}: {e}") from None
 
-    def run(self, model: SplitNet, data: TensorData, budget: AttackBudget | None = None, *,
-            on_epoch_end: EpochCallback | None = None) -> tuple[SplitNet, AttackLog]:
+    def run(
+        self,
+        model: SplitNet,
+        data: TensorData,
+        budget: AttackBudget | None = None,
+        *,
+        on_epoch_end: EpochCallback | None = None,
+    ) -> tuple[SplitNet, AttackLog]:
         """Attack a copy of ``model`` with ``data`` within ``budget``; ``model`` is left untouched."""
         budget = budget or AttackBudget()
         victim = copy.deepcopy(model)
@@ -131,8 +154,14 @@ class Attack(ABC):
         return attacked, log
 
     @abstractmethod
-    def _run(self, model: SplitNet, data: TensorData, budget: AttackBudget, log: AttackLog,
-             on_epoch_end: EpochCallback | None) -> SplitNet:
+    def _run(
+        self,
+        model: SplitNet,
+        data: TensorData,
+        budget: AttackBudget,
+        log: AttackLog,
+        on_epoch_end: EpochCallback | None,
+    ) -> SplitNet:
         """Attack ``model`` (already a private copy) in place or return a new one."""
 
 

@@ -47,8 +47,14 @@ class ModelExtraction(Attack):
     citation = "Li, Wenger, Zheng, Zhao. Piracy Resistant Watermarks for DNNs, arXiv:1910.01226, §8.3 / Table 6"
     Config = ExtractionConfig
 
-    def _run(self, model: SplitNet, data: TensorData, budget: AttackBudget, log: AttackLog,
-             on_epoch_end: EpochCallback | None) -> SplitNet:
+    def _run(
+        self,
+        model: SplitNet,
+        data: TensorData,
+        budget: AttackBudget,
+        log: AttackLog,
+        on_epoch_end: EpochCallback | None,
+    ) -> SplitNet:
         if len(data) == 0 and self.config.source == "data":
             raise ConfigError("extraction from data needs the attacker's inputs; give data or use source=noise")
         shape = tuple(int(s) for s in data.x.shape[1:])
@@ -61,14 +67,23 @@ class ModelExtraction(Attack):
             n = min(budget.queries or len(data), len(data))
             x = data.x[:n]
         victim = ModuleSuspect(model, shape, budget=budget.queries)
-        labels = torch.cat([victim.predict(x[i: i + self.config.query_batch])
-                            for i in range(0, len(x), self.config.query_batch)])
+        labels = torch.cat(
+            [victim.predict(x[i : i + self.config.query_batch]) for i in range(0, len(x), self.config.query_batch)]
+        )
         log.queries = victim.queries
         log.samples = len(x)
         counts = torch.bincount(labels, minlength=victim.num_outputs)
         log.details["label_histogram"] = [int(c) for c in counts]
         substitute = model  # a private copy already: re-initialise it in place
         reinitialise(substitute, budget.seed)
-        log.add_training(fit(substitute, TensorData(x, labels), supervised_loss, budget.train_config(constant_lr=False),
-                             on_epoch_end=on_epoch_end, desc="extraction"))
+        log.add_training(
+            fit(
+                substitute,
+                TensorData(x, labels),
+                supervised_loss,
+                budget.train_config(constant_lr=False),
+                on_epoch_end=on_epoch_end,
+                desc="extraction",
+            )
+        )
         return substitute

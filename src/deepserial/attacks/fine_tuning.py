@@ -31,9 +31,11 @@ from deepserial.data import TensorData
 from deepserial.nets import SplitNet
 from deepserial.training import EpochCallback, fit, supervised_loss
 
-CITATION_ADI = ("Adi, Baum, Cisse, Pinkas, Keshet. Turning Your Weakness Into a Strength: Watermarking Deep "
-                "Neural Networks by Backdooring. USENIX Security 2018 (variant names); Tang, Du, Hu. Deep Serial "
-                "Number, arXiv:2011.08960, §3.5")
+CITATION_ADI = (
+    "Adi, Baum, Cisse, Pinkas, Keshet. Turning Your Weakness Into a Strength: Watermarking Deep "
+    "Neural Networks by Backdooring. USENIX Security 2018 (variant names); Tang, Du, Hu. Deep Serial "
+    "Number, arXiv:2011.08960, §3.5"
+)
 
 
 def reinitialise(module: nn.Module, seed: int) -> None:
@@ -59,15 +61,30 @@ class FineTuning(Attack):
     citation = CITATION_ADI
     Config = FineTuningConfig
 
-    def _run(self, model: SplitNet, data: TensorData, budget: AttackBudget, log: AttackLog,
-             on_epoch_end: EpochCallback | None) -> SplitNet:
+    def _run(
+        self,
+        model: SplitNet,
+        data: TensorData,
+        budget: AttackBudget,
+        log: AttackLog,
+        on_epoch_end: EpochCallback | None,
+    ) -> SplitNet:
         mode = self.config.mode
         if mode.startswith("RT"):
             reinitialise(model.classifier, budget.seed)
         params = list(model.classifier.parameters()) if mode.endswith("LL") else None
         train = budget.train_config(constant_lr=not self.config.plateau)
-        log.add_training(fit(model, data, supervised_loss, train, params=params, on_epoch_end=on_epoch_end,
-                             desc=f"fine-tuning {mode}"))
+        log.add_training(
+            fit(
+                model,
+                data,
+                supervised_loss,
+                train,
+                params=params,
+                on_epoch_end=on_epoch_end,
+                desc=f"fine-tuning {mode}",
+            )
+        )
         log.details["trained_parameters"] = sum(p.numel() for p in (params or model.parameters()))
         return model
 
@@ -87,8 +104,14 @@ class FromScratch(Attack):
     citation = "Tang, Du, Hu. Deep Serial Number, arXiv:2011.08960, Tables 3 and 5 (rows marked *)"
     Config = FromScratchConfig
 
-    def _run(self, model: SplitNet, data: TensorData, budget: AttackBudget, log: AttackLog,
-             on_epoch_end: EpochCallback | None) -> SplitNet:
+    def _run(
+        self,
+        model: SplitNet,
+        data: TensorData,
+        budget: AttackBudget,
+        log: AttackLog,
+        on_epoch_end: EpochCallback | None,
+    ) -> SplitNet:
         reinitialise(model, budget.seed)
         train = budget.train_config(constant_lr=not self.config.plateau)
         log.add_training(fit(model, data, supervised_loss, train, on_epoch_end=on_epoch_end, desc="from scratch"))

@@ -85,9 +85,17 @@ class CleanseReport:
         return max(below) if below else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"norms": self.norms, "success": self.success, "anomaly_index": self.anomaly_index,
-                "max_anomaly_index": self.max_anomaly, "flagged": self.flagged, "median": self.median,
-                "mad": self.mad, "steps": self.steps, "forward_samples": self.forward_samples}
+        return {
+            "norms": self.norms,
+            "success": self.success,
+            "anomaly_index": self.anomaly_index,
+            "max_anomaly_index": self.max_anomaly,
+            "flagged": self.flagged,
+            "median": self.median,
+            "mad": self.mad,
+            "steps": self.steps,
+            "forward_samples": self.forward_samples,
+        }
 
 
 def anomaly_indices(norms: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -107,8 +115,9 @@ def _by_label(data: TensorData, n: int, labels: int, rng: np.random.Generator) -
     return data.x[torch.from_numpy(idx).flatten()]
 
 
-def scan(model: nn.Module, data: TensorData, config: NeuralCleanseConfig | dict | None = None, *,
-         seed: int = 0) -> CleanseReport:
+def scan(
+    model: nn.Module, data: TensorData, config: NeuralCleanseConfig | dict | None = None, *, seed: int = 0
+) -> CleanseReport:
     """Reverse-engineer a minimal trigger for every output label of ``model`` on clean ``data``."""
     cfg = config if isinstance(config, NeuralCleanseConfig) else NeuralCleanseConfig(**(config or {}))
     if len(data) == 0:
@@ -165,7 +174,7 @@ def scan(model: nn.Module, data: TensorData, config: NeuralCleanseConfig | dict 
                 raise_ = (up >= cfg.patience).to(dev)
                 lower = (down >= cfg.patience).to(dev)
                 cost = torch.where(raise_, cost * cfg.cost_multiplier, cost)
-                cost = torch.where(lower, cost / cfg.cost_multiplier ** 1.5, cost)
+                cost = torch.where(lower, cost / cfg.cost_multiplier**1.5, cost)
                 up[raise_.cpu()] = 0
                 down[lower.cpu()] = 0
     finally:
@@ -183,8 +192,18 @@ def scan(model: nn.Module, data: TensorData, config: NeuralCleanseConfig | dict 
     norms = best_norm.numpy().astype(np.float64)
     idx, med, mad = anomaly_indices(norms)
     flagged = [int(t) for t in range(labels) if norms[t] < med and idx[t] > cfg.anomaly_threshold]
-    return CleanseReport([float(v) for v in norms], [float(v) for v in best_asr], [float(v) for v in idx], flagged,
-                         med, mad, best_mask, best_pat, cfg.steps, forward)
+    return CleanseReport(
+        [float(v) for v in norms],
+        [float(v) for v in best_asr],
+        [float(v) for v in idx],
+        flagged,
+        med,
+        mad,
+        best_mask,
+        best_pat,
+        cfg.steps,
+        forward,
+    )
 
 
 def apply_trigger(x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
@@ -214,19 +233,28 @@ class NeuralCleanse(Attack):
     """Scan for backdoor labels; with ``unlearn``, fine-tune the flagged triggers away."""
 
     name = "neural-cleanse"
-    citation = ("Wang, Yao, Shan, Li, Viswanath, Zheng, Zhao. Neural Cleanse: Identifying and Mitigating Backdoor "
-                "Attacks in Neural Networks. IEEE S&P 2019; as used in Li et al. arXiv:1910.01226 §8.3")
+    citation = (
+        "Wang, Yao, Shan, Li, Viswanath, Zheng, Zhao. Neural Cleanse: Identifying and Mitigating Backdoor "
+        "Attacks in Neural Networks. IEEE S&P 2019; as used in Li et al. arXiv:1910.01226 §8.3"
+    )
     Config = NeuralCleanseConfig
 
-    def _run(self, model: SplitNet, data: TensorData, budget: AttackBudget, log: AttackLog,
-             on_epoch_end: EpochCallback | None) -> SplitNet:
+    def _run(
+        self,
+        model: SplitNet,
+        data: TensorData,
+        budget: AttackBudget,
+        log: AttackLog,
+        on_epoch_end: EpochCallback | None,
+    ) -> SplitNet:
         rep = scan(model, data, self.config, seed=budget.seed)
         log.forward_samples += rep.forward_samples
         log.details["scan"] = rep.to_dict()
         if self.config.unlearn and rep.flagged and budget.epochs > 0:
             sel = torch.tensor(rep.flagged)
             loss = unlearning_loss(rep.masks[sel], rep.patterns[sel], self.config.unlearn_ratio, budget.seed)
-            log.add_training(fit(model, data, loss, budget.train_config(), on_epoch_end=on_epoch_end,
-                                 desc="unlearning"))
+            log.add_training(
+                fit(model, data, loss, budget.train_config(), on_epoch_end=on_epoch_end, desc="unlearning")
+            )
             log.details["unlearned"] = rep.flagged
         return model

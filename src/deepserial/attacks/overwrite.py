@@ -64,13 +64,25 @@ def pirate_signature(pirate: bytes | np.random.Generator | int) -> bytes:
     return rng.integers(0, 256, size=64, dtype=np.uint8).tobytes()
 
 
-def pirate_watermark(pirate: bytes, model: SplitNet, input_shape: tuple[int, int, int], num_classes: int,
-                     config: NullEmbeddingConfig | dict | None = None) -> Watermark:
+def pirate_watermark(
+    pirate: bytes,
+    model: SplitNet,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    config: NullEmbeddingConfig | dict | None = None,
+) -> Watermark:
     """The pirate watermark that :func:`pirate_null_embedding` embeds for the signature bytes ``pirate``
     (made by :func:`pirate_signature`), to measure the pirate's null / true accuracy afterwards."""
     cfg = _config(config)
-    return transform(pirate, input_shape, num_classes, cfg.pattern_size, visible_field(model, input_shape),
-                     (cfg.lam_min, cfg.lam_max), cfg.pixels_per_bit or scale_for(input_shape))
+    return transform(
+        pirate,
+        input_shape,
+        num_classes,
+        cfg.pattern_size,
+        visible_field(model, input_shape),
+        (cfg.lam_min, cfg.lam_max),
+        cfg.pixels_per_bit or scale_for(input_shape),
+    )
 
 
 def pirate_null_embedding(
@@ -104,8 +116,10 @@ def pirate_null_embedding(
     """
     if lr is None:
         if owner_log is None or not owner_log.epochs:
-            raise ConfigError("give the attack's learning rate (lr=...) or the owner's training log (owner_log=...) "
-                              "to take its last learning rate, as §7.2 does")
+            raise ConfigError(
+                "give the attack's learning rate (lr=...) or the owner's training log (owner_log=...) "
+                "to take its last learning rate, as §7.2 does"
+            )
         lr = float(owner_log.epochs[-1]["lr"])
     if len(attacker_data) == 0:
         raise ConfigError("the attacker holds no data; give the attacker split")
@@ -131,8 +145,16 @@ def pirate_null_embedding(
         return out
 
     # A constant learning rate, as in the paper's attack: the plateau schedule never fires.
-    train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                        plateau_patience=epochs + 1, seed=seed, device=device, progress=progress)
+    train = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        plateau_patience=epochs + 1,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
     log = fit(pirated, data, loss, train, on_epoch_end=epoch_end, desc="piracy")
     return pirated, log
 
@@ -161,8 +183,14 @@ class DSNOverwrite(Attack):
         old = SerialNumber.from_product_key(self.config.serial)
         return SerialNumber.from_signature(self.config.new_signature.encode(), old.geometry)
 
-    def _run(self, model: SplitNet, data: TensorData, budget: AttackBudget, log: AttackLog,
-             on_epoch_end: EpochCallback | None) -> SplitNet:
+    def _run(
+        self,
+        model: SplitNet,
+        data: TensorData,
+        budget: AttackBudget,
+        log: AttackLog,
+        on_epoch_end: EpochCallback | None,
+    ) -> SplitNet:
         from deepserial.schemes.dsn import DSNConfig, DSNTrainNet, make_student_loss
 
         old = SerialNumber.from_product_key(self.config.serial)
@@ -176,8 +204,16 @@ class DSNOverwrite(Attack):
         net = DSNTrainNet(model, cfg.grl_coefficient)
         # the training net wraps the model (two heads); callers' curves are measured on the model itself
         callback = (lambda epoch, _net: on_epoch_end(epoch, model)) if on_epoch_end is not None else None
-        log.add_training(fit(net, data, loss, budget.train_config(constant_lr=False), on_epoch_end=callback,
-                             desc="overwrite serial number"))
+        log.add_training(
+            fit(
+                net,
+                data,
+                loss,
+                budget.train_config(constant_lr=False),
+                on_epoch_end=callback,
+                desc="overwrite serial number",
+            )
+        )
         log.details["new_product_key"] = new.to_product_key()
         return model
 
@@ -185,8 +221,12 @@ class DSNOverwrite(Attack):
 class PiracyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pirate_seed: int = Field(0, description="seed of the pirate's random signature bytes")
-    lam_warmup_epochs: int = Field(0, ge=0, description="0: the paper's recipe (full lambda from the first "
-                                   "step); > 0: this project's warm-up (an adaptive pirate)")
+    lam_warmup_epochs: int = Field(
+        0,
+        ge=0,
+        description="0: the paper's recipe (full lambda from the first "
+        "step); > 0: this project's warm-up (an adaptive pirate)",
+    )
 
 
 @register_attack
@@ -199,14 +239,30 @@ class NullEmbeddingPiracy(Attack):
     citation = "Li, Wenger, Zheng, Zhao. Piracy Resistant Watermarks for DNNs, arXiv:1910.01226, §7.2 / Table 3"
     Config = PiracyConfig
 
-    def _run(self, model: SplitNet, data: TensorData, budget: AttackBudget, log: AttackLog,
-             on_epoch_end: EpochCallback | None) -> SplitNet:
+    def _run(
+        self,
+        model: SplitNet,
+        data: TensorData,
+        budget: AttackBudget,
+        log: AttackLog,
+        on_epoch_end: EpochCallback | None,
+    ) -> SplitNet:
         cfg = NullEmbeddingScheme().config.model_dump() | {"lam_warmup_epochs": self.config.lam_warmup_epochs}
         signature = pirate_signature(self.config.pirate_seed)
-        pirated, train_log = pirate_null_embedding(model, data, signature, epochs=budget.epochs, lr=budget.lr or 1e-3,
-                                                   config=cfg, batch_size=budget.batch_size,
-                                                   optimizer=budget.optimizer, seed=budget.seed, device=budget.device,
-                                                   progress=budget.progress, on_epoch_end=on_epoch_end)
+        pirated, train_log = pirate_null_embedding(
+            model,
+            data,
+            signature,
+            epochs=budget.epochs,
+            lr=budget.lr or 1e-3,
+            config=cfg,
+            batch_size=budget.batch_size,
+            optimizer=budget.optimizer,
+            seed=budget.seed,
+            device=budget.device,
+            progress=budget.progress,
+            on_epoch_end=on_epoch_end,
+        )
         log.add_training(train_log)
         log.samples = min(len(data), PAPER_ATTACKER_IMAGES)
         log.details["pirate_signature"] = signature.hex()
@@ -229,8 +285,14 @@ class WatermarkOverwrite(Attack):
     citation = "Rouhani, Chen, Koushanfar. DeepSigns, ASPLOS 2019, §4.2 / Table 4 (overwriting)"
     Config = WatermarkOverwriteConfig
 
-    def _run(self, model: SplitNet, data: TensorData, budget: AttackBudget, log: AttackLog,
-             on_epoch_end: EpochCallback | None) -> SplitNet:
+    def _run(
+        self,
+        model: SplitNet,
+        data: TensorData,
+        budget: AttackBudget,
+        log: AttackLog,
+        on_epoch_end: EpochCallback | None,
+    ) -> SplitNet:
         from deepserial.identity import OwnerIdentity
         from deepserial.schemes.base import Provenance, get_scheme
 
@@ -239,8 +301,9 @@ class WatermarkOverwrite(Attack):
             raise ConfigError("overwrite a DSN serial number with the dsn-overwrite attack")
         classes = int(model.classifier.out_features)
         task = classes - (scheme.num_outputs(classes) - classes)  # a new-label model answers C + 1 labels
-        prov = Provenance.sign(OwnerIdentity.for_experiment(budget.seed, "adversary"), "adversary", "overwrite",
-                               scheme.name)
+        prov = Provenance.sign(
+            OwnerIdentity.for_experiment(budget.seed, "adversary"), "adversary", "overwrite", scheme.name
+        )
         key = scheme.make_signed_key(prov, data, task, model=model)
         log.details["scheme"] = scheme.name
         try:

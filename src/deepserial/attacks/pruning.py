@@ -64,8 +64,8 @@ def channel_activity(model: nn.Module, conv: nn.Conv2d, data: TensorData, batch_
     try:
         model.eval()
         for i in range(0, len(data), batch_size):
-            model(data.x[i: i + batch_size].to(dev))
-            seen += len(data.x[i: i + batch_size])
+            model(data.x[i : i + batch_size].to(dev))
+            seen += len(data.x[i : i + batch_size])
     finally:
         handle.remove()
     return (total / max(seen, 1)).float()
@@ -82,21 +82,30 @@ class Pruning(Attack):
     """Prune a copy of the model (global L1 weights, or ascending neurons), then optionally fine-tune."""
 
     name = "pruning"
-    citation = ("Tang, Du, Hu. Deep Serial Number, arXiv:2011.08960, Table 4; Rouhani et al. DeepSigns, ASPLOS "
-                "2019, Fig. 6; Liu, Dolan-Gavitt, Garg. Fine-Pruning, RAID 2018 (neuron pruning, as in Li et al. "
-                "arXiv:1910.01226 §8.2)")
+    citation = (
+        "Tang, Du, Hu. Deep Serial Number, arXiv:2011.08960, Table 4; Rouhani et al. DeepSigns, ASPLOS "
+        "2019, Fig. 6; Liu, Dolan-Gavitt, Garg. Fine-Pruning, RAID 2018 (neuron pruning, as in Li et al. "
+        "arXiv:1910.01226 §8.2)"
+    )
     Config = PruningConfig
 
-    def _run(self, model: SplitNet, data: TensorData, budget: AttackBudget, log: AttackLog,
-             on_epoch_end: EpochCallback | None) -> SplitNet:
+    def _run(
+        self,
+        model: SplitNet,
+        data: TensorData,
+        budget: AttackBudget,
+        log: AttackLog,
+        on_epoch_end: EpochCallback | None,
+    ) -> SplitNet:
         rate = float(self.config.rate)
         if self.config.method == "global-l1":
             prune.global_unstructured(prunable(model), pruning_method=prune.L1Unstructured, amount=rate)
             pruned = prunable(model)
         else:
             if len(data) == 0:
-                raise ConfigError("neuron pruning ranks channels by their activation on the attacker's data; "
-                                  "give it some")
+                raise ConfigError(
+                    "neuron pruning ranks channels by their activation on the attacker's data; give it some"
+                )
             conv = last_conv(model)
             activity = channel_activity(model, conv, data)
             k = int(round(rate * conv.out_channels))
@@ -110,8 +119,16 @@ class Pruning(Attack):
             log.details["pruned_channels"] = sorted(int(i) for i in drop)
             log.details["channel_activity"] = [float(a) for a in activity]
         if budget.epochs > 0:
-            log.add_training(fit(model, data, supervised_loss, budget.train_config(), on_epoch_end=on_epoch_end,
-                                 desc="fine-tuning after pruning"))
+            log.add_training(
+                fit(
+                    model,
+                    data,
+                    supervised_loss,
+                    budget.train_config(),
+                    on_epoch_end=on_epoch_end,
+                    desc="fine-tuning after pruning",
+                )
+            )
         for module, name in pruned:
             prune.remove(module, name)
         log.details["zero_weight_fraction"] = zero_fraction(model)

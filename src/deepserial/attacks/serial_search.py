@@ -38,8 +38,11 @@ from deepserial.training import EpochCallback, model_device
 class SerialSearchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: Literal["brute-force", "reverse-engineer"] = "brute-force"
-    geometry: dict | None = Field(None, description="the serial number's geometry (SerialGeometry.to_dict); "
-                                  "needed for brute force and the known-region reverse engineering")
+    geometry: dict | None = Field(
+        None,
+        description="the serial number's geometry (SerialGeometry.to_dict); "
+        "needed for brute force and the known-region reverse engineering",
+    )
     tries: int = Field(100_000, ge=1, description="random serial numbers tried (brute force)")
     images_per_try: int = Field(10, ge=1, description="attacker images each try is scored on")
     unlock_accuracy: float = Field(0.5, gt=0, le=1, description="accuracy at which a try counts as unlocking")
@@ -52,8 +55,17 @@ class SerialSearchConfig(BaseModel):
     holdout: float = Field(0.3, gt=0, lt=1, description="share of the attacker's data kept to score patterns")
 
 
-def brute_force(model: SplitNet, geometry: SerialGeometry, data: TensorData, tries: int, images_per_try: int,
-                unlock_accuracy: float, seed: int = 0, chunk: int = 256, confirm_images: int = 200) -> dict:
+def brute_force(
+    model: SplitNet,
+    geometry: SerialGeometry,
+    data: TensorData,
+    tries: int,
+    images_per_try: int,
+    unlock_accuracy: float,
+    seed: int = 0,
+    chunk: int = 256,
+    confirm_images: int = 200,
+) -> dict:
     """Random serial numbers through black-box queries: how many unlock the model, the best accuracy.
 
     Each try is screened on ``images_per_try`` images; a try that reaches ``unlock_accuracy`` there is
@@ -62,8 +74,9 @@ def brute_force(model: SplitNet, geometry: SerialGeometry, data: TensorData, tri
     candidates; every query, screening and confirming, is counted.
     """
     if len(data) < images_per_try:
-        raise ConfigError(f"brute force scores each try on {images_per_try} labelled images; the attacker has "
-                          f"{len(data)}")
+        raise ConfigError(
+            f"brute force scores each try on {images_per_try} labelled images; the attacker has {len(data)}"
+        )
     shape = tuple(int(s) for s in data.x.shape[1:])
     suspect = ModuleSuspect(model, shape)
     rng = np.random.default_rng(seed)
@@ -89,12 +102,19 @@ def brute_force(model: SplitNet, geometry: SerialGeometry, data: TensorData, tri
             if acc > best:
                 best, best_bits = acc, bits[i]
     all_acc = np.concatenate(accs)
-    return {"tries": tries, "unlocks": unlocks, "candidates": candidates,
-            "candidate_confirm_accuracy_max": max(confirmed) if confirmed else None,
-            "candidate_confirm_accuracy_mean": float(np.mean(confirmed)) if confirmed else None,
-            "confirm_images": n_confirm, "best_accuracy": best if best >= 0 else None,
-            "screen_accuracy_max": float(all_acc.max()), "mean_accuracy": float(all_acc.mean()),
-            "queries": suspect.queries, "best_bits": best_bits.int().tolist() if best_bits is not None else None}
+    return {
+        "tries": tries,
+        "unlocks": unlocks,
+        "candidates": candidates,
+        "candidate_confirm_accuracy_max": max(confirmed) if confirmed else None,
+        "candidate_confirm_accuracy_mean": float(np.mean(confirmed)) if confirmed else None,
+        "confirm_images": n_confirm,
+        "best_accuracy": best if best >= 0 else None,
+        "screen_accuracy_max": float(all_acc.max()),
+        "mean_accuracy": float(all_acc.mean()),
+        "queries": suspect.queries,
+        "best_bits": best_bits.int().tolist() if best_bits is not None else None,
+    }
 
 
 def _accuracy(model: SplitNet, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -102,8 +122,9 @@ def _accuracy(model: SplitNet, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x.to(model_device(model))).argmax(1).cpu() == y).float().mean())
 
 
-def reverse_engineer(model: SplitNet, data: TensorData, cfg: SerialSearchConfig,
-                     geometry: SerialGeometry | None, seed: int = 0) -> dict:
+def reverse_engineer(
+    model: SplitNet, data: TensorData, cfg: SerialSearchConfig, geometry: SerialGeometry | None, seed: int = 0
+) -> dict:
     """Gradient search for a pattern that unlocks the model; per restart the held-out accuracy of the
     found pattern (rounded to bits in a known region)."""
     if cfg.region == "known" and geometry is None:
@@ -158,8 +179,14 @@ def reverse_engineer(model: SplitNet, data: TensorData, cfg: SerialSearchConfig,
         for p, f in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(f)
     accs = np.array([r["accuracy"] for r in results])
-    return {"region": cfg.region, "restarts": results, "accuracy_mean": float(accs.mean()),
-            "accuracy_std": float(accs.std()), "accuracy_best": float(accs.max()), "holdout_images": n_hold}
+    return {
+        "region": cfg.region,
+        "restarts": results,
+        "accuracy_mean": float(accs.mean()),
+        "accuracy_std": float(accs.std()),
+        "accuracy_best": float(accs.max()),
+        "holdout_images": n_hold,
+    }
 
 
 def _stamp_soft(x: torch.Tensor, g: SerialGeometry, proxy: torch.Tensor) -> torch.Tensor:
@@ -178,12 +205,20 @@ class SerialSearch(Attack):
     what was found is in the log's ``details``)."""
 
     name = "serial-search"
-    citation = ("Tang, Du, Hu. Deep Serial Number, arXiv:2011.08960 (2023 version: reverse-engineering attack, "
-                "48.8 +/- 25.1% on MNIST)")
+    citation = (
+        "Tang, Du, Hu. Deep Serial Number, arXiv:2011.08960 (2023 version: reverse-engineering attack, "
+        "48.8 +/- 25.1% on MNIST)"
+    )
     Config = SerialSearchConfig
 
-    def _run(self, model: SplitNet, data: TensorData, budget: AttackBudget, log: AttackLog,
-             on_epoch_end: EpochCallback | None) -> SplitNet:
+    def _run(
+        self,
+        model: SplitNet,
+        data: TensorData,
+        budget: AttackBudget,
+        log: AttackLog,
+        on_epoch_end: EpochCallback | None,
+    ) -> SplitNet:
         cfg = self.config
         geometry = SerialGeometry.from_dict(cfg.geometry) if cfg.geometry else None
         if cfg.method == "brute-force":

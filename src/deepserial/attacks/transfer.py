@@ -32,8 +32,10 @@ from deepserial.training import EpochCallback, TrainConfig, TrainLog, fit, super
 
 class TransferConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    replace: Literal["head", "dense"] = Field("dense", description="layers given fresh weights: the "
-                                              "classification layer only, or every dense layer (DSN Table 5)")
+    replace: Literal["head", "dense"] = Field(
+        "dense",
+        description="layers given fresh weights: the classification layer only, or every dense layer (DSN Table 5)",
+    )
     train: Literal["head", "dense", "all"] = Field("dense", description="layers the attacker trains")
     num_classes: int | None = Field(None, ge=2, description="the attacker's label count (None: the victim's)")
 
@@ -64,30 +66,53 @@ class TransferLearning(Attack):
     """New dense layers on the stolen features, trained on the attacker's (possibly new) task."""
 
     name = "transfer-learning"
-    citation = ("Tang, Du, Hu. Deep Serial Number, arXiv:2011.08960, Table 5; Li, Wenger, Zheng, Zhao. Piracy "
-                "Resistant Watermarks for DNNs, arXiv:1910.01226, §8.4")
+    citation = (
+        "Tang, Du, Hu. Deep Serial Number, arXiv:2011.08960, Table 5; Li, Wenger, Zheng, Zhao. Piracy "
+        "Resistant Watermarks for DNNs, arXiv:1910.01226, §8.4"
+    )
     Config = TransferConfig
 
-    def _run(self, model: SplitNet, data: TensorData, budget: AttackBudget, log: AttackLog,
-             on_epoch_end: EpochCallback | None) -> SplitNet:
+    def _run(
+        self,
+        model: SplitNet,
+        data: TensorData,
+        budget: AttackBudget,
+        log: AttackLog,
+        on_epoch_end: EpochCallback | None,
+    ) -> SplitNet:
         cfg = self.config
         classes = cfg.num_classes or int(model.classifier.out_features)
         if len(data) and int(data.y.max()) >= classes:
-            raise ConfigError(f"the attacker's labels go up to {int(data.y.max())}; give num_classes > that "
-                              f"(now {classes})")
+            raise ConfigError(
+                f"the attacker's labels go up to {int(data.y.max())}; give num_classes > that (now {classes})"
+            )
         if cfg.replace == "dense":
             for layer in dense_layers(model)[:-1]:
                 reinitialise(layer, budget.seed)
         _head(model, classes, budget.seed)
         params = _trainable(model, cfg.train)
-        log.add_training(fit(model, data, supervised_loss, budget.train_config(), params=params,
-                             on_epoch_end=on_epoch_end, desc=f"transfer ({cfg.train})"))
+        log.add_training(
+            fit(
+                model,
+                data,
+                supervised_loss,
+                budget.train_config(),
+                params=params,
+                on_epoch_end=on_epoch_end,
+                desc=f"transfer ({cfg.train})",
+            )
+        )
         log.details["num_classes"] = classes
         return model
 
 
-def recover(student: SplitNet, num_classes: int, teacher_data: TensorData, train: TrainConfig,
-            trainable: Literal["head", "dense", "all"] = "head") -> tuple[SplitNet, TrainLog]:
+def recover(
+    student: SplitNet,
+    num_classes: int,
+    teacher_data: TensorData,
+    train: TrainConfig,
+    trainable: Literal["head", "dense", "all"] = "head",
+) -> tuple[SplitNet, TrainLog]:
     """§8.4's watermark recovery: a copy of ``student`` with a fresh classification layer of the
     teacher's ``num_classes``, fine-tuned on the teacher's data with the layers the transfer trained.
     A transparent, deterministic step a third party can audit; the owner's key is verified on the

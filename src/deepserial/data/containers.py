@@ -46,8 +46,7 @@ class TensorData:
             )
         if self.x.shape[0] != self.y.shape[0]:
             raise DatasetError(
-                f"TensorData has {self.x.shape[0]} images but {self.y.shape[0]} labels; "
-                "pass one label per image"
+                f"TensorData has {self.x.shape[0]} images but {self.y.shape[0]} labels; pass one label per image"
             )
 
     def __len__(self) -> int:
@@ -80,8 +79,7 @@ class DatasetBundle:
         """Catch bundles whose parts do not fit together (labels out of range, different image shapes)."""
         if self.num_classes < 2:
             raise DatasetError(
-                f"data set {self.name!r} has num_classes={self.num_classes}; "
-                "a classifier needs at least 2 classes"
+                f"data set {self.name!r} has num_classes={self.num_classes}; a classifier needs at least 2 classes"
             )
         for part_name, part in (("train", self.train), ("test", self.test)):
             if part is None or len(part) == 0:

@@ -59,9 +59,7 @@ def _entries(directory: Path) -> list[Path]:
     try:
         return sorted(directory.iterdir())
     except OSError as exc:
-        raise DatasetError(
-            f"cannot list {directory}: {_one_line(exc)}; check the path and its permissions"
-        ) from exc
+        raise DatasetError(f"cannot list {directory}: {_one_line(exc)}; check the path and its permissions") from exc
 
 
 def _one_line(exc: BaseException) -> str:
@@ -93,17 +91,13 @@ def read_maybe_gzip(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise DatasetError(
-            f"cannot read {path}: {_one_line(exc)}; check the path and its permissions"
-        ) from exc
+        raise DatasetError(f"cannot read {path}: {_one_line(exc)}; check the path and its permissions") from exc
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DatasetError(
-            f"{path} is a damaged or truncated gzip file ({_one_line(exc)}); download it again"
-        ) from exc
+        raise DatasetError(f"{path} is a damaged or truncated gzip file ({_one_line(exc)}); download it again") from exc
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -199,9 +193,7 @@ def load_idx(directory: Path, prefix: str | None = None) -> RawArrays:
         chosen = next(iter(sets))
     else:
         names = ", ".join(str(directory / p.rstrip("-")) for p in sorted(sets))
-        raise DatasetError(
-            f"{directory} holds several IDX data sets; pass one of them as a path prefix: {names}"
-        )
+        raise DatasetError(f"{directory} holds several IDX data sets; pass one of them as a path prefix: {names}")
     files = sets[chosen]
     if ("train", "labels") not in files:
         raise DatasetError(
@@ -214,8 +206,7 @@ def load_idx(directory: Path, prefix: str | None = None) -> RawArrays:
         if ("test", "images") not in files or ("test", "labels") not in files:
             present = files.get(("test", "images")) or files.get(("test", "labels"))
             raise DatasetError(
-                f"{present} has no matching test images/labels file in {directory}; "
-                f"add it or remove {present}"
+                f"{present} has no matching test images/labels file in {directory}; add it or remove {present}"
             )
         x_test, y_test = _idx_pair(files[("test", "images")], files[("test", "labels")])
     where = f"{directory / chosen}*" if chosen else str(directory)
@@ -227,13 +218,9 @@ def _idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndar
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     if images.ndim != 3:
-        raise DatasetError(
-            f"{images_path} holds an array of shape {images.shape}, expected (N, H, W) images (idx3)"
-        )
+        raise DatasetError(f"{images_path} holds an array of shape {images.shape}, expected (N, H, W) images (idx3)")
     if labels.ndim != 1:
-        raise DatasetError(
-            f"{labels_path} holds an array of shape {labels.shape}, expected (N,) labels (idx1)"
-        )
+        raise DatasetError(f"{labels_path} holds an array of shape {labels.shape}, expected (N,) labels (idx1)")
     if images.shape[0] != labels.shape[0]:
         raise DatasetError(
             f"{labels_path.name} has {labels.shape[0]} labels but {images_path.name} has {images.shape[0]} "
@@ -314,9 +301,7 @@ def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
             "3*S*S pixels (3072 for 32x32)"
         )
     if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
-        raise DatasetError(
-            f"{path} has {labels.size} {label_key} for {data.shape[0]} images; the file is corrupt"
-        )
+        raise DatasetError(f"{path} has {labels.size} {label_key} for {data.shape[0]} images; the file is corrupt")
     return data.reshape(-1, 3, side, side), labels
 
 
@@ -442,9 +427,7 @@ def load_image_folders(root: Path) -> RawArrays:
                         converted = converted.resize((width, height), Image.Resampling.BILINEAR)
                     x[i] = np.asarray(converted).reshape(height, width, channels)
             except (OSError, UnidentifiedImageError) as exc:
-                raise DatasetError(
-                    f"cannot read image {path} ({_one_line(exc)}); remove or replace it"
-                ) from exc
+                raise DatasetError(f"cannot read image {path} ({_one_line(exc)}); remove or replace it") from exc
         y = np.array([label for _, label in files], dtype=np.int64)
         return x.transpose(0, 3, 1, 2), y
 
@@ -453,9 +436,7 @@ def load_image_folders(root: Path) -> RawArrays:
     if test_files:
         x_test, y_test = read_all(test_files)
     layout = "train/ and test/ class folders" if split_layout else "class folders"
-    return RawArrays(
-        x_train, y_train, x_test, y_test, source=f"{layout} of images in {root}", num_classes=len(names)
-    )
+    return RawArrays(x_train, y_train, x_test, y_test, source=f"{layout} of images in {root}", num_classes=len(names))
 
 
 # -------------------------------------------------------------------------------------------------- npz
@@ -483,23 +464,16 @@ def load_npz(path: Path) -> RawArrays:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DatasetError(
-            f"cannot read {path} as .npz ({_one_line(exc)}); save it with numpy.savez"
-        ) from exc
+        raise DatasetError(f"cannot read {path} as .npz ({_one_line(exc)}); save it with numpy.savez") from exc
     found = ", ".join(sorted(arrays)) or "nothing"
     for key in ("x", "y"):
         if key not in arrays:
             raise DatasetError(
-                f"{path} has no array {key!r} (found: {found}); "
-                "save it with numpy.savez(path, x=images, y=labels)"
+                f"{path} has no array {key!r} (found: {found}); save it with numpy.savez(path, x=images, y=labels)"
             )
     if ("x_test" in arrays) != ("y_test" in arrays):
-        raise DatasetError(
-            f"{path} has only one of x_test and y_test (found: {found}); store both or neither"
-        )
+        raise DatasetError(f"{path} has only one of x_test and y_test (found: {found}); store both or neither")
     x_test = y_test = None
     if "x_test" in arrays:
         x_test, y_test = _npz_images(arrays["x_test"], path, "x_test"), arrays["y_test"]
-    return RawArrays(
-        _npz_images(arrays["x"], path, "x"), arrays["y"], x_test, y_test, source=f"numpy archive {path}"
-    )
+    return RawArrays(_npz_images(arrays["x"], path, "x"), arrays["y"], x_test, y_test, source=f"numpy archive {path}")

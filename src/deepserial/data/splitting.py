@@ -45,9 +45,7 @@ def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
     return np.lexsort((rng.random(n), position))
 
 
-def split(
-    bundle: DatasetBundle, seed: int, *, test_fraction: float = 0.2, attacker_fraction: float = 0.4
-) -> Splits:
+def split(bundle: DatasetBundle, seed: int, *, test_fraction: float = 0.2, attacker_fraction: float = 0.4) -> Splits:
     """Divide ``bundle`` into disjoint owner, attacker and test parts, stratified by class.
 
     With an official test set, ``test`` is ``bundle.test`` and the training part is divided into

@@ -40,8 +40,8 @@ def cifar_digits(side: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     for i in range(n):
         r, c = offs[i]
         ink = digits[i][None]
-        patch = img[i, :, r: r + 28, c: c + 28]
-        img[i, :, r: r + 28, c: c + 28] = patch * (1 - ink) + fg[i] * ink
+        patch = img[i, :, r : r + 28, c : c + 28]
+        img[i, :, r : r + 28, c : c + 28] = patch * (1 - ink) + fg[i] * ink
     return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8), labels.astype(np.int64)
 
 
@@ -57,10 +57,17 @@ def write_cifar_digits(directory: str | Path, test_fraction: float = 0.2, side: 
     n_test = int(round(test_fraction * len(x)))
     out = Path(directory)
     for name, idx in (("data_batch_1", order[n_test:]), ("test_batch", order[:n_test])):
-        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in y[idx]],
-                 b"data": x[idx].reshape(len(idx), -1), b"filenames": [f"{i}.png".encode() for i in idx]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in y[idx]],
+            b"data": x[idx].reshape(len(idx), -1),
+            b"filenames": [f"{i}.png".encode() for i in idx],
+        }
         atomic_write(out / name, pickle.dumps(batch, protocol=2))
-    meta = {b"label_names": [s.encode() for s in LABEL_NAMES], b"num_cases_per_batch": len(x) - n_test,
-            b"num_vis": 3 * side * side}
+    meta = {
+        b"label_names": [s.encode() for s in LABEL_NAMES],
+        b"num_cases_per_batch": len(x) - n_test,
+        b"num_vis": 3 * side * side,
+    }
     atomic_write(out / "batches.meta", pickle.dumps(meta, protocol=2))
     return out

@@ -85,18 +85,22 @@ PLANS: dict[str, tuple[str, ...]] = {
 # DSN (arXiv:2011.08960), MNIST rows, attacker data 10/20/30/40%.
 PAPER = {
     "source": "Tang, Du, Hu, Deep Serial Number (arXiv:2011.08960), Tables 3-6, MNIST; 2023 version for the "
-              "reverse-engineered serial number",
-    "fine_tuning": [94.7, 95.4, 96.6, 97.0], "from_scratch": [93.2, 94.5, 95.7, 96.7],
-    "pruning_rates": [0.1, 0.2, 0.3, 0.4], "pruning_with_sn": [98.4, 98.4, 98.4, 98.4],
+    "reverse-engineered serial number",
+    "fine_tuning": [94.7, 95.4, 96.6, 97.0],
+    "from_scratch": [93.2, 94.5, 95.7, 96.7],
+    "pruning_rates": [0.1, 0.2, 0.3, 0.4],
+    "pruning_with_sn": [98.4, 98.4, 98.4, 98.4],
     "pruning_without_sn": [8.7, 8.3, 9.7, 9.9],
-    "transfer": [93.6, 94.5, 95.6, 96.9], "overwrite": [93.2, 93.7, 94.3, 95.8],
+    "transfer": [93.6, 94.5, 95.6, 96.9],
+    "overwrite": [93.2, 93.7, 94.3, 95.8],
     "overwrite_cost": "about twice the cost of training from scratch",
     "reverse_engineered": "48.8 +/- 25.1% (best 68.9%)",
 }
 
 
-def cost_ratio(attack_curve: list[float], attack_step: float, scratch_curve: list[float],
-               scratch_step: float, chance: float = 0.0) -> dict[str, Any]:
+def cost_ratio(
+    attack_curve: list[float], attack_step: float, scratch_curve: list[float], scratch_step: float, chance: float = 0.0
+) -> dict[str, Any]:
     """Forward samples the attack needed to reach the accuracy both runs reach (the lower of the two
     best accuracies), over what from-scratch training needed. Curves hold the test accuracy after
     each epoch; ``*_step`` is the forward samples of one epoch of each. An attack that never gets 5
@@ -108,12 +112,17 @@ def cost_ratio(attack_curve: list[float], attack_step: float, scratch_curve: lis
     target = min(max(attack_curve), max(scratch_curve))
     ea = next(i for i, a in enumerate(attack_curve) if a >= target) + 1
     es = next(i for i, a in enumerate(scratch_curve) if a >= target) + 1
-    return {"target": float(target), "attack_epochs": ea, "scratch_epochs": es,
-            "ratio": (ea * attack_step) / (es * scratch_step)}
+    return {
+        "target": float(target),
+        "attack_epochs": ea,
+        "scratch_epochs": es,
+        "ratio": (ea * attack_step) / (es * scratch_step),
+    }
 
 
-def run(scheme: str, dataset: str, out: Path, seed: int = 0, progress: bool = True,
-        overrides: dict[str, Any] | None = None) -> list[Path]:
+def run(
+    scheme: str, dataset: str, out: Path, seed: int = 0, progress: bool = True, overrides: dict[str, Any] | None = None
+) -> list[Path]:
     """Run the robustness reproduction for ``scheme`` on ``dataset``; write its report."""
     if scheme != "dsn" and scheme not in PLANS:
         raise ConfigError(f"no attack reproduction for scheme {scheme!r}; choose one of dsn, {', '.join(PLANS)}")
@@ -144,8 +153,9 @@ def run(scheme: str, dataset: str, out: Path, seed: int = 0, progress: bool = Tr
 HEADLINE = {"fine_tuning": "raw_acc", "from_scratch": "raw_acc", "transfer": "raw_acc", "overwrite": "new_sn_acc"}
 
 
-def run_seeds(dataset: str, seeds: list[int], out: Path, progress: bool = True,
-              overrides: dict[str, Any] | None = None) -> list[Path]:
+def run_seeds(
+    dataset: str, seeds: list[int], out: Path, progress: bool = True, overrides: dict[str, Any] | None = None
+) -> list[Path]:
     """DSN's four-fraction attacks (Tables 3-6) and pruning against one customer model per seed: each
     seed trains its own teacher and student, so the table shows how much the outcome of an attack
     depends on the model attacked. Serial-number search and Neural Cleanse stay in the one-seed report.
@@ -170,18 +180,31 @@ def run_seeds(dataset: str, seeds: list[int], out: Path, progress: bool = True,
         summary[key] = {}
         for f in fr:
             accs = [r["fractions"][f][key][field] for r in runs]
-            cell = {"mean": float(np.mean(accs)), "std": float(np.std(accs, ddof=1)), "min": min(accs),
-                    "max": max(accs)}
+            cell = {
+                "mean": float(np.mean(accs)),
+                "std": float(np.std(accs, ddof=1)),
+                "min": min(accs),
+                "max": max(accs),
+            }
             if key != "from_scratch":
                 costs = [r["fractions"][f][key]["cost"] for r in runs]
                 cell["worked"] = sum(c["ratio"] is not None for c in costs)
                 ratios = [c["ratio"] for c in costs if c["ratio"] is not None]
                 cell["cost_ratio_median"] = float(np.median(ratios)) if ratios else None
             summary[key][f] = cell
-    rep = {"experiment": "attacks-seeds", "scheme": "dsn", "dataset": dataset, "seeds": seeds,
-           "signed_at_epoch": int(epoch),
-           "config": cfg.model_dump(), "runs": runs, "summary": summary, "paper": PAPER,
-           "wall_s": time.perf_counter() - t0, "environment": environment()}
+    rep = {
+        "experiment": "attacks-seeds",
+        "scheme": "dsn",
+        "dataset": dataset,
+        "seeds": seeds,
+        "signed_at_epoch": int(epoch),
+        "config": cfg.model_dump(),
+        "runs": runs,
+        "summary": summary,
+        "paper": PAPER,
+        "wall_s": time.perf_counter() - t0,
+        "environment": environment(),
+    }
     return write_report(out / f"attacks_dsn_{dataset}_seeds", rep, _seeds_markdown(rep), _seeds_figure(rep))
 
 
@@ -190,43 +213,70 @@ def _seeds_markdown(rep: dict[str, Any]) -> str:
     fr = list(runs[0]["fractions"])
     n = len(runs)
     shares = " / ".join(f"{float(f):.0%}" for f in fr)
-    lines = [f"# Attacks on DSN over {n} seeds, `{rep['dataset']}`", "",
-             f"Seeds {', '.join(map(str, rep['seeds']))}. A seed fixes the data split (and so the test set), the "
-             "initial weights and training order, and the owner's key, hence the serial number "
-             f"(`OwnerIdentity.for_experiment(seed, 'owner')`, signed at {rep['signed_at_epoch']}): each seed "
-             f"trains its own teacher and customer model, then the attacks of Tables 3-6 with attacker data {shares} "
-             f"of the training data, {rep['config']['attack_epochs']} epochs at lr {rep['config']['attack_lr']:g}. "
-             "Accuracy (%) on the test set: without the serial number for fine-tuning, from scratch and transfer "
-             "learning; with the adversary's new serial number for overwriting. 'worked': runs that got 5 points "
-             "above chance at some epoch; sd: the sample standard deviation over seeds.", "",
-             "## Customer models", "",
-             markdown_table(["seed", "teacher", "with SN", "without SN", "serial number"],
-                            [[str(r["seed"]), f"{r['teacher_acc']:.1f}", f"{r['student_with_sn']:.1f}",
-                              f"{r['student_raw']:.1f}",
-                              f"{r['geometry']['height']}x{r['geometry']['width']} `{r['product_key']}`"]
-                             for r in runs]), ""]
-    names = {"fine_tuning": "Fine-tuning (FTAL), Table 3", "from_scratch": "From scratch (the * row)",
-             "transfer": "Transfer learning (new dense layers), Table 5",
-             "overwrite": "Overwriting (new serial number), Table 6"}
+    lines = [
+        f"# Attacks on DSN over {n} seeds, `{rep['dataset']}`",
+        "",
+        f"Seeds {', '.join(map(str, rep['seeds']))}. A seed fixes the data split (and so the test set), the "
+        "initial weights and training order, and the owner's key, hence the serial number "
+        f"(`OwnerIdentity.for_experiment(seed, 'owner')`, signed at {rep['signed_at_epoch']}): each seed "
+        f"trains its own teacher and customer model, then the attacks of Tables 3-6 with attacker data {shares} "
+        f"of the training data, {rep['config']['attack_epochs']} epochs at lr {rep['config']['attack_lr']:g}. "
+        "Accuracy (%) on the test set: without the serial number for fine-tuning, from scratch and transfer "
+        "learning; with the adversary's new serial number for overwriting. 'worked': runs that got 5 points "
+        "above chance at some epoch; sd: the sample standard deviation over seeds.",
+        "",
+        "## Customer models",
+        "",
+        markdown_table(
+            ["seed", "teacher", "with SN", "without SN", "serial number"],
+            [
+                [
+                    str(r["seed"]),
+                    f"{r['teacher_acc']:.1f}",
+                    f"{r['student_with_sn']:.1f}",
+                    f"{r['student_raw']:.1f}",
+                    f"{r['geometry']['height']}x{r['geometry']['width']} `{r['product_key']}`",
+                ]
+                for r in runs
+            ],
+        ),
+        "",
+    ]
+    names = {
+        "fine_tuning": "Fine-tuning (FTAL), Table 3",
+        "from_scratch": "From scratch (the * row)",
+        "transfer": "Transfer learning (new dense layers), Table 5",
+        "overwrite": "Overwriting (new serial number), Table 6",
+    }
     for key, field in HEADLINE.items():
         rows = [[str(r["seed"])] + [f"{r['fractions'][f][key][field]:.1f}" for f in fr] for r in runs]
         summ = rep["summary"][key]
         rows.append(["mean +/- sd"] + [f"{summ[f]['mean']:.1f} +/- {summ[f]['std']:.1f}" for f in fr])
         if key != "from_scratch":
             rows.append(["worked"] + [f"{summ[f]['worked']}/{n}" for f in fr])
-            rows.append(["median cost vs scratch"] + [
-                "–" if summ[f]["cost_ratio_median"] is None else f"{summ[f]['cost_ratio_median']:.2f}x" for f in fr])
+            rows.append(
+                ["median cost vs scratch"]
+                + ["–" if summ[f]["cost_ratio_median"] is None else f"{summ[f]['cost_ratio_median']:.2f}x" for f in fr]
+            )
         on_paper = dict(zip(("0.1", "0.2", "0.3", "0.4"), paper[key], strict=True))
         rows.append(["paper (MNIST)"] + [f"{on_paper[f]:.1f}" if f in on_paper else "–" for f in fr])
         lines += [f"## {names[key]}", "", markdown_table(["seed"] + [f"{float(f):.0%}" for f in fr], rows), ""]
     rates = [p["rate"] for p in runs[0]["pruning"]]
     prow = [[str(r["seed"])] + [f"{p['with_sn_acc']:.1f} / {p['raw_acc']:.1f}" for p in r["pruning"]] for r in runs]
-    lines += ["## Pruning (Table 4): global L1, no fine-tuning, with SN / without", "",
-              markdown_table(["seed"] + [f"{x:.0%}" for x in rates], prow), ""]
+    lines += [
+        "## Pruning (Table 4): global L1, no fine-tuning, with SN / without",
+        "",
+        markdown_table(["seed"] + [f"{x:.0%}" for x in rates], prow),
+        "",
+    ]
     env = rep["environment"]
-    lines += [f"Wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores, torch threads: "
-              f"{env['torch_threads']}), torch {env['torch']}.", "",
-              f"Reproduce: `{_reproduce(rep, ' --seeds ' + ','.join(map(str, rep['seeds'])))}`.", ""]
+    lines += [
+        f"Wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores, torch threads: "
+        f"{env['torch_threads']}), torch {env['torch']}.",
+        "",
+        f"Reproduce: `{_reproduce(rep, ' --seeds ' + ','.join(map(str, rep['seeds'])))}`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -263,12 +313,16 @@ def _run_dsn(cfg: AttackExperiment, seed: int, progress: bool) -> dict[str, Any]
 
     t0 = time.perf_counter()
     data = DataSpec(cfg.dataset, seed, limit=cfg.limit)
-    teacher = train_teacher(data, TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed,
-                                              progress=progress))
+    teacher = train_teacher(
+        data, TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed, progress=progress)
+    )
     owner = OwnerIdentity.for_experiment(seed, "owner")
-    issued = issue(loaded(teacher.model, teacher.manifest), owner, "attacked-customer",
-                   train=TrainConfig(epochs=cfg.student_epochs, batch_size=cfg.batch_size, seed=seed,
-                                     progress=progress))
+    issued = issue(
+        loaded(teacher.model, teacher.manifest),
+        owner,
+        "attacked-customer",
+        train=TrainConfig(epochs=cfg.student_epochs, batch_size=cfg.batch_size, seed=seed, progress=progress),
+    )
     student, sn, splits = issued.student, issued.serial, issued.splits
     test = splits.test
     stamped_test = TensorData(stamp(test.x, sn.geometry, sn.as_tensor()), test.y)
@@ -277,31 +331,51 @@ def _run_dsn(cfg: AttackExperiment, seed: int, progress: bool) -> dict[str, Any]
     new_test = TensorData(stamp(test.x, new_sn.geometry, new_sn.as_tensor()), test.y)
 
     def curves(_epoch: int, model: Any) -> dict[str, float]:
-        return {"test_raw": accuracy(model, test), "test_sn": accuracy(model, stamped_test),
-                "test_new_sn": accuracy(model, new_test)}
+        return {
+            "test_raw": accuracy(model, test),
+            "test_sn": accuracy(model, stamped_test),
+            "test_new_sn": accuracy(model, new_test),
+        }
 
     total = len(splits.owner) + len(splits.attacker)
     rep: dict[str, Any] = {
-        "experiment": "attacks", "scheme": "dsn", "dataset": cfg.dataset, "seed": seed, "config": cfg.model_dump(),
-        "sizes": splits.sizes(), "teacher_acc": teacher.manifest["test_acc"], "geometry": sn.geometry.to_dict(),
-        "product_key": sn.to_product_key(), "owner_fingerprint": owner.fingerprint(),
-        "student_with_sn": accuracy(student, stamped_test), "student_raw": accuracy(student, test),
-        "fractions": {}, "paper": PAPER,
+        "experiment": "attacks",
+        "scheme": "dsn",
+        "dataset": cfg.dataset,
+        "seed": seed,
+        "config": cfg.model_dump(),
+        "sizes": splits.sizes(),
+        "teacher_acc": teacher.manifest["test_acc"],
+        "geometry": sn.geometry.to_dict(),
+        "product_key": sn.to_product_key(),
+        "owner_fingerprint": owner.fingerprint(),
+        "student_with_sn": accuracy(student, stamped_test),
+        "student_raw": accuracy(student, test),
+        "fractions": {},
+        "paper": PAPER,
     }
-    budget = AttackBudget(epochs=cfg.attack_epochs, lr=cfg.attack_lr, batch_size=cfg.batch_size, seed=seed,
-                          progress=progress)
-    attacks = {"fine_tuning": get_attack("fine-tuning", {"mode": "FTAL"}),
-               "from_scratch": get_attack("from-scratch"),
-               "transfer": get_attack("transfer-learning", {"replace": "dense", "train": "all"}),
-               "overwrite": overwrite}
+    budget = AttackBudget(
+        epochs=cfg.attack_epochs, lr=cfg.attack_lr, batch_size=cfg.batch_size, seed=seed, progress=progress
+    )
+    attacks = {
+        "fine_tuning": get_attack("fine-tuning", {"mode": "FTAL"}),
+        "from_scratch": get_attack("from-scratch"),
+        "transfer": get_attack("transfer-learning", {"replace": "dense", "train": "all"}),
+        "overwrite": overwrite,
+    }
     for f in cfg.fractions:
         adata = attacker_share(splits.attacker, f, total, seed)
         row: dict[str, Any] = {"samples": len(adata)}
         for name, atk in attacks.items():
             model, log = atk.run(student, adata, budget, on_epoch_end=curves)
-            entry = {"raw_acc": accuracy(model, test), "with_sn_acc": accuracy(model, stamped_test),
-                     "curve_raw": [e["test_raw"] for e in log.curve], "forward_samples": log.forward_samples,
-                     "wall_s": log.wall_s, "epochs": log.epochs}
+            entry = {
+                "raw_acc": accuracy(model, test),
+                "with_sn_acc": accuracy(model, stamped_test),
+                "curve_raw": [e["test_raw"] for e in log.curve],
+                "forward_samples": log.forward_samples,
+                "wall_s": log.wall_s,
+                "epochs": log.epochs,
+            }
             if name == "overwrite":
                 entry["new_sn_acc"] = accuracy(model, new_test)
                 entry["curve_new_sn"] = [e["test_new_sn"] for e in log.curve]
@@ -309,15 +383,25 @@ def _run_dsn(cfg: AttackExperiment, seed: int, progress: bool) -> dict[str, Any]
         scratch = row["from_scratch"]
         for name in ("fine_tuning", "transfer", "overwrite"):
             curve = row[name]["curve_new_sn"] if name == "overwrite" else row[name]["curve_raw"]
-            row[name]["cost"] = cost_ratio(curve, row[name]["forward_samples"] / max(row[name]["epochs"], 1),
-                                           scratch["curve_raw"], scratch["forward_samples"] / max(scratch["epochs"], 1),
-                                           chance=100.0 / int(student.classifier.out_features))
+            row[name]["cost"] = cost_ratio(
+                curve,
+                row[name]["forward_samples"] / max(row[name]["epochs"], 1),
+                scratch["curve_raw"],
+                scratch["forward_samples"] / max(scratch["epochs"], 1),
+                chance=100.0 / int(student.classifier.out_features),
+            )
         rep["fractions"][f"{f:g}"] = row
     rep["pruning"] = []
     for rate in cfg.prune_rates:
         model, log = get_attack("pruning", {"rate": rate}).run(student, splits.attacker, AttackBudget(epochs=0))
-        rep["pruning"].append({"rate": rate, "with_sn_acc": accuracy(model, stamped_test),
-                               "raw_acc": accuracy(model, test), "zero_fraction": log.details["zero_weight_fraction"]})
+        rep["pruning"].append(
+            {
+                "rate": rate,
+                "with_sn_acc": accuracy(model, stamped_test),
+                "raw_acc": accuracy(model, test),
+                "zero_fraction": log.details["zero_weight_fraction"],
+            }
+        )
     if cfg.serial_search:
         rep["serial_search"] = _serial_search(cfg, student, sn, splits, seed)
     if cfg.neural_cleanse:
@@ -332,22 +416,34 @@ def _serial_search(cfg: AttackExperiment, student: Any, sn: Any, splits: Any, se
     out: dict[str, Any] = {}
     geo = sn.geometry.to_dict()
     t = time.perf_counter()
-    _, log = get_attack("serial-search", {"geometry": geo, "tries": cfg.brute_force_tries,
-                                          "images_per_try": 10}).run(student, splits.attacker, AttackBudget(seed=seed))
+    _, log = get_attack("serial-search", {"geometry": geo, "tries": cfg.brute_force_tries, "images_per_try": 10}).run(
+        student, splits.attacker, AttackBudget(seed=seed)
+    )
     out["brute_force"] = {k: v for k, v in log.details.items() if k != "best_bits"} | {
-        "wall_s": time.perf_counter() - t}
+        "wall_s": time.perf_counter() - t
+    }
     for region in ("known", "unknown"):
         t = time.perf_counter()
-        _, log = get_attack("serial-search", {"method": "reverse-engineer", "region": region, "geometry": geo,
-                                              "restarts": cfg.reverse_restarts, "steps": cfg.reverse_steps}).run(
-            student, splits.attacker, AttackBudget(seed=seed))
+        _, log = get_attack(
+            "serial-search",
+            {
+                "method": "reverse-engineer",
+                "region": region,
+                "geometry": geo,
+                "restarts": cfg.reverse_restarts,
+                "steps": cfg.reverse_steps,
+            },
+        ).run(student, splits.attacker, AttackBudget(seed=seed))
         out[f"reverse_{region}"] = {k: v for k, v in log.details.items() if k != "restarts"} | {
-            "per_restart": [r["accuracy"] for r in log.details["restarts"]], "wall_s": time.perf_counter() - t}
+            "per_restart": [r["accuracy"] for r in log.details["restarts"]],
+            "wall_s": time.perf_counter() - t,
+        }
     return out
 
 
-def _neural_cleanse(cfg: AttackExperiment, teacher: Any, student: Any, data: Any, splits: Any, seed: int,
-                    progress: bool) -> dict[str, Any]:
+def _neural_cleanse(
+    cfg: AttackExperiment, teacher: Any, student: Any, data: Any, splits: Any, seed: int, progress: bool
+) -> dict[str, Any]:
     from deepserial.attacks.neural_cleanse import scan
     from deepserial.identity import OwnerIdentity
     from deepserial.schemes.base import get_scheme
@@ -360,8 +456,9 @@ def _neural_cleanse(cfg: AttackExperiment, teacher: Any, student: Any, data: Any
     content = embed_watermark(get_scheme("zhang-content"), owner, data, train, subject="nc-backdoor")
     models["Zhang content backdoor"] = content.model
     null_train = TrainConfig(epochs=cfg.teacher_epochs, batch_size=32, seed=seed, progress=progress)
-    models["null embedding"] = embed_watermark(get_scheme("null-embedding"), owner, data, null_train,
-                                               subject="nc-null").model
+    models["null embedding"] = embed_watermark(
+        get_scheme("null-embedding"), owner, data, null_train, subject="nc-null"
+    ).model
     out: dict[str, Any] = {"zhang_content_target": content.key.meta.get("target")}
     for name, model in models.items():
         t = time.perf_counter()
@@ -378,80 +475,122 @@ def _pct(v: float | None) -> str:
 def _markdown(rep: dict[str, Any]) -> str:
     paper = rep["paper"]
     fr = list(rep["fractions"])
-    lines = [f"# Attacks on DSN, `{rep['dataset']}`", "",
-             f"Teacher {rep['teacher_acc']:.2f}%; customer model (6x6 serial number at "
-             f"({rep['geometry']['top']}, {rep['geometry']['left']})) {rep['student_with_sn']:.2f}% with its serial "
-             f"number, {rep['student_raw']:.2f}% without. Split {rep['sizes']}. Paper: {paper['source']} (MNIST; its "
-             "network and data, not ours).", "",
-             "## Attacker data 10-40% of the training data (Tables 3, 5, 6)", "",
-             f"Accuracy (%) on the test set after {rep['config']['attack_epochs']} epochs at lr "
-             f"{rep['config']['attack_lr']:g}; fine-tuning and transfer learning on raw inputs (no serial number), "
-             "overwriting with the adversary's new serial number. Cost: forward samples the attack needed to reach "
-             "the accuracy both it and from-scratch training reach, over what from-scratch needed ('failed': the "
-             "attack never got 5 points above chance).", ""]
+    lines = [
+        f"# Attacks on DSN, `{rep['dataset']}`",
+        "",
+        f"Teacher {rep['teacher_acc']:.2f}%; customer model (6x6 serial number at "
+        f"({rep['geometry']['top']}, {rep['geometry']['left']})) {rep['student_with_sn']:.2f}% with its serial "
+        f"number, {rep['student_raw']:.2f}% without. Split {rep['sizes']}. Paper: {paper['source']} (MNIST; its "
+        "network and data, not ours).",
+        "",
+        "## Attacker data 10-40% of the training data (Tables 3, 5, 6)",
+        "",
+        f"Accuracy (%) on the test set after {rep['config']['attack_epochs']} epochs at lr "
+        f"{rep['config']['attack_lr']:g}; fine-tuning and transfer learning on raw inputs (no serial number), "
+        "overwriting with the adversary's new serial number. Cost: forward samples the attack needed to reach "
+        "the accuracy both it and from-scratch training reach, over what from-scratch needed ('failed': the "
+        "attack never got 5 points above chance).",
+        "",
+    ]
     rows = []
-    for key, label, pkey in (("fine_tuning", "fine-tuning (FTAL)", "fine_tuning"),
-                             ("from_scratch", "from scratch (the * row)", "from_scratch"),
-                             ("transfer", "transfer learning (new dense layers)", "transfer"),
-                             ("overwrite", "overwriting (new serial number)", "overwrite")):
+    for key, label, pkey in (
+        ("fine_tuning", "fine-tuning (FTAL)", "fine_tuning"),
+        ("from_scratch", "from scratch (the * row)", "from_scratch"),
+        ("transfer", "transfer learning (new dense layers)", "transfer"),
+        ("overwrite", "overwriting (new serial number)", "overwrite"),
+    ):
         ours = []
         for f in fr:
             e = rep["fractions"][f][key]
             ours.append(e["new_sn_acc"] if key == "overwrite" else e["raw_acc"])
         rows.append([label, " / ".join(f"{v:.1f}" for v in ours), " / ".join(f"{v:.1f}" for v in paper[pkey])])
-    lines += [markdown_table(["attack", f"ours ({' / '.join(f'{float(f):.0%}' for f in fr)})", "paper (MNIST)"],
-                             rows), ""]
+    lines += [
+        markdown_table(["attack", f"ours ({' / '.join(f'{float(f):.0%}' for f in fr)})", "paper (MNIST)"], rows),
+        "",
+    ]
     cost_rows = []
     for key in ("fine_tuning", "transfer", "overwrite"):
         cs = [rep["fractions"][f][key]["cost"] for f in fr]
-        cost_rows.append([key.replace("_", "-"), " / ".join(("failed" if c.get("failed") else "–")
-                                                           if c["ratio"] is None else f"{c['ratio']:.2f}x" for c in cs),
-                          " / ".join("–" if c["target"] is None else f"{c['target']:.1f}" for c in cs)])
-    lines += ["Cost relative to from-scratch training (same data, same budget):", "",
-              markdown_table(["attack", "cost ratio", "accuracy both reach (%)"], cost_rows), "",
-              f"Paper: overwriting costs {paper['overwrite_cost']}; fine-tuning's cost is 'close to learning from "
-              "scratch' (Fig. 2).", "",
-              "## Pruning (Table 4): global L1, no fine-tuning", ""]
+        cost_rows.append(
+            [
+                key.replace("_", "-"),
+                " / ".join(
+                    ("failed" if c.get("failed") else "–") if c["ratio"] is None else f"{c['ratio']:.2f}x" for c in cs
+                ),
+                " / ".join("–" if c["target"] is None else f"{c['target']:.1f}" for c in cs),
+            ]
+        )
+    lines += [
+        "Cost relative to from-scratch training (same data, same budget):",
+        "",
+        markdown_table(["attack", "cost ratio", "accuracy both reach (%)"], cost_rows),
+        "",
+        f"Paper: overwriting costs {paper['overwrite_cost']}; fine-tuning's cost is 'close to learning from "
+        "scratch' (Fig. 2).",
+        "",
+        "## Pruning (Table 4): global L1, no fine-tuning",
+        "",
+    ]
     prow = [[f"{p['rate']:.0%}", f"{p['with_sn_acc']:.1f} / {p['raw_acc']:.1f}"] for p in rep["pruning"]]
-    lines += [markdown_table(["weights pruned", "with SN / without (%)"], prow), "",
-              "Paper (10/20/30/40%): " + ", ".join(f"{a} / {b}" for a, b in zip(paper["pruning_with_sn"],
-                                                                              paper["pruning_without_sn"],
-                                                                              strict=True)), ""]
+    lines += [
+        markdown_table(["weights pruned", "with SN / without (%)"], prow),
+        "",
+        "Paper (10/20/30/40%): "
+        + ", ".join(f"{a} / {b}" for a, b in zip(paper["pruning_with_sn"], paper["pruning_without_sn"], strict=True)),
+        "",
+    ]
     if "serial_search" in rep:
         lines += _serial_search_lines(rep["serial_search"], paper)
     if "neural_cleanse" in rep:
         nc = rep["neural_cleanse"]
-        rows = [[name, f"{r['max_anomaly_index']:.2f}", ", ".join(map(str, r["flagged"])) or "none",
-                 f"{r['wall_s']:.0f}"] for name, r in nc.items() if isinstance(r, dict)]
-        lines += ["## Neural Cleanse (anomaly index, flagged above 2)", "",
-                  markdown_table(["model", "max anomaly index", "flagged labels", "scan s"], rows), "",
-                  f"The Zhang content backdoor's target label is {nc.get('zhang_content_target')}.", ""]
+        rows = [
+            [name, f"{r['max_anomaly_index']:.2f}", ", ".join(map(str, r["flagged"])) or "none", f"{r['wall_s']:.0f}"]
+            for name, r in nc.items()
+            if isinstance(r, dict)
+        ]
+        lines += [
+            "## Neural Cleanse (anomaly index, flagged above 2)",
+            "",
+            markdown_table(["model", "max anomaly index", "flagged labels", "scan s"], rows),
+            "",
+            f"The Zhang content backdoor's target label is {nc.get('zhang_content_target')}.",
+            "",
+        ]
     return "\n".join(lines + footer(rep))
 
 
 def _serial_search_lines(ss: dict[str, Any], paper: dict[str, Any]) -> list[str]:
     bf = ss["brute_force"]
-    lines = ["## Serial-number search", "",
-             f"- Brute force: {bf['unlocks']} unlocks in {bf['tries']:,} random serial numbers "
-             f"({bf['queries']:,} black-box queries; a try scoring >= 50% on 10 images is a candidate, "
-             f"confirmed when it scores >= 50% on {bf['confirm_images']} more): {bf['candidates']} candidates, "
-             f"best candidate at confirmation {_pct(bf['candidate_confirm_accuracy_max'])}; mean screening accuracy "
-             f"{100 * bf['mean_accuracy']:.1f}%; {bf['wall_s']:.0f} s."]
+    lines = [
+        "## Serial-number search",
+        "",
+        f"- Brute force: {bf['unlocks']} unlocks in {bf['tries']:,} random serial numbers "
+        f"({bf['queries']:,} black-box queries; a try scoring >= 50% on 10 images is a candidate, "
+        f"confirmed when it scores >= 50% on {bf['confirm_images']} more): {bf['candidates']} candidates, "
+        f"best candidate at confirmation {_pct(bf['candidate_confirm_accuracy_max'])}; mean screening accuracy "
+        f"{100 * bf['mean_accuracy']:.1f}%; {bf['wall_s']:.0f} s.",
+    ]
     for region in ("known", "unknown"):
         r = ss[f"reverse_{region}"]
-        lines.append(f"- Reverse engineering, {region} region: {100 * r['accuracy_mean']:.1f} +/- "
-                     f"{100 * r['accuracy_std']:.1f}% (best {100 * r['accuracy_best']:.1f}%) over "
-                     f"{len(r['per_restart'])} restarts on {r['holdout_images']} held-out attacker images; paper: "
-                     f"{paper['reverse_engineered']}.")
+        lines.append(
+            f"- Reverse engineering, {region} region: {100 * r['accuracy_mean']:.1f} +/- "
+            f"{100 * r['accuracy_std']:.1f}% (best {100 * r['accuracy_best']:.1f}%) over "
+            f"{len(r['per_restart'])} restarts on {r['holdout_images']} held-out attacker images; paper: "
+            f"{paper['reverse_engineered']}."
+        )
     return lines + [""]
 
 
 def footer(rep: dict[str, Any]) -> list[str]:
     """The last lines of every attack report: seed, machine, and the command that reproduces it."""
     env = rep["environment"]
-    return [f"Seed {rep['seed']}; wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores), "
-            f"torch {env['torch']}.", "",
-            f"Reproduce: `{_reproduce(rep)}`.", ""]
+    return [
+        f"Seed {rep['seed']}; wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores), "
+        f"torch {env['torch']}.",
+        "",
+        f"Reproduce: `{_reproduce(rep)}`.",
+        "",
+    ]
 
 
 def _reproduce(rep: dict[str, Any], extra: str = "") -> str:
@@ -482,4 +621,3 @@ def _figure(rep: dict[str, Any]):  # noqa: ANN202
     fig.suptitle(f"Removing the serial number vs training from scratch ({rep['dataset']}, DSN Fig. 2)")
     fig.tight_layout()
     return fig
-

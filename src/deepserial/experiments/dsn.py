@@ -26,9 +26,11 @@ from deepserial.report import environment, markdown_table, write_report
 from deepserial.schemes.dsn import DSNConfig
 from deepserial.training import TrainConfig
 
-PAPER_TABLE2 = {"MNIST": {"teacher": 99.9, "with_sn": 99.8, "without_sn": 9.2},
-                "GTSRB": {"teacher": 97.0, "with_sn": 97.2, "without_sn": 8.2},
-                "PubFig": {"teacher": 87.9, "with_sn": 87.3, "without_sn": 7.3}}
+PAPER_TABLE2 = {
+    "MNIST": {"teacher": 99.9, "with_sn": 99.8, "without_sn": 9.2},
+    "GTSRB": {"teacher": 97.0, "with_sn": 97.2, "without_sn": 8.2},
+    "PubFig": {"teacher": 87.9, "with_sn": 87.3, "without_sn": 7.3},
+}
 PAPER_2023_WRONG_2X2 = {"mean": 13.5, "max": 27.2}
 
 
@@ -58,18 +60,27 @@ class ExperimentConfig(BaseModel):
     runs: list[RunSpec]
 
 
-RUNS = [RunSpec(name="paper-3x3", mode="paper", size=(3, 3)),
-        RunSpec(name="default-3x3", mode="default", size=(3, 3)),
-        RunSpec(name="default-6x6", mode="default", size=(6, 6))]
+RUNS = [
+    RunSpec(name="paper-3x3", mode="paper", size=(3, 3)),
+    RunSpec(name="default-3x3", mode="default", size=(3, 3)),
+    RunSpec(name="default-6x6", mode="default", size=(6, 6)),
+]
 # On full fashion-mnist, 5 student epochs leave the 36-bit model 1.7 points under the teacher and 16.4%
 # on raw inputs (reports/dsn_research.md); it gets more epochs there.
 FASHION_RUNS = [*RUNS[:2], RunSpec(name="default-6x6", mode="default", size=(6, 6), student_epochs=12)]
 
 CONFIGS = {
-    "mnist5k": ExperimentConfig(dataset="mnist5k", teacher_epochs=20, student_epochs=40, wrong_eval_samples=300,
-                                runs=RUNS),
-    "fashion-mnist": ExperimentConfig(dataset="fashion-mnist", teacher_epochs=8, student_epochs=5,
-                                      batch_size=256, wrong_eval_samples=300, runs=FASHION_RUNS),
+    "mnist5k": ExperimentConfig(
+        dataset="mnist5k", teacher_epochs=20, student_epochs=40, wrong_eval_samples=300, runs=RUNS
+    ),
+    "fashion-mnist": ExperimentConfig(
+        dataset="fashion-mnist",
+        teacher_epochs=8,
+        student_epochs=5,
+        batch_size=256,
+        wrong_eval_samples=300,
+        runs=FASHION_RUNS,
+    ),
 }
 
 
@@ -77,8 +88,12 @@ def path_config(dataset: str, scales: list[int | None] | None = None, **override
     """The reproduction on the user's data (a path): the default 36-bit recipe, 10 teacher and 20
     student epochs unless overridden (e.g. ``arch="dsn_gtsrb"`` for 32x32 colour inputs); one run per
     entry of ``scales`` (pixels per bit side, None = :func:`deepserial.serial.scale_for`)."""
-    runs = [RunSpec(name="default-6x6" if sc is None else f"default-6x6-x{sc}", mode="default", size=(6, 6),
-                    pixels_per_bit=sc) for sc in (scales or [None])]
+    runs = [
+        RunSpec(
+            name="default-6x6" if sc is None else f"default-6x6-x{sc}", mode="default", size=(6, 6), pixels_per_bit=sc
+        )
+        for sc in (scales or [None])
+    ]
     base = {"dataset": dataset, "teacher_epochs": 10, "student_epochs": 20, "wrong_eval_samples": 300, "runs": runs}
     return ExperimentConfig(**(base | {k: v for k, v in overrides.items() if v is not None}))
 
@@ -89,8 +104,15 @@ def report_stem(out: Path, dataset: str) -> Path:
     return out / f"dsn_{name}"
 
 
-def run(dataset: str, out: Path, seed: int = 0, progress: bool = True, only: list[str] | None = None,
-        config: ExperimentConfig | None = None, command: str | None = None) -> list[Path]:
+def run(
+    dataset: str,
+    out: Path,
+    seed: int = 0,
+    progress: bool = True,
+    only: list[str] | None = None,
+    config: ExperimentConfig | None = None,
+    command: str | None = None,
+) -> list[Path]:
     """Run the reproduction for ``dataset`` and write ``out/dsn_<dataset>.{md,json,png}``.
 
     ``only`` re-runs some configurations and merges them into the existing report of the same data
@@ -101,8 +123,9 @@ def run(dataset: str, out: Path, seed: int = 0, progress: bool = True, only: lis
     from deepserial.workflow import DataSpec, evaluate_customer, issue, loaded, train_teacher
 
     if config is None and dataset not in CONFIGS:
-        raise ConfigError(f"no DSN reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)} or a path to "
-                          "your data")
+        raise ConfigError(
+            f"no DSN reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)} or a path to your data"
+        )
     cfg = config or CONFIGS[dataset]
     stem = report_stem(out, dataset)
     previous: dict[str, Any] | None = None
@@ -114,29 +137,50 @@ def run(dataset: str, out: Path, seed: int = 0, progress: bool = True, only: lis
         try:
             previous = json.loads(stem.with_suffix(".json").read_text())
         except (OSError, json.JSONDecodeError):
-            raise ConfigError(f"--runs merges into {stem.with_suffix('.json')}, which is missing or unreadable; "
-                              "run the whole reproduction first") from None
+            raise ConfigError(
+                f"--runs merges into {stem.with_suffix('.json')}, which is missing or unreadable; "
+                "run the whole reproduction first"
+            ) from None
         if previous.get("seed") != seed:
             raise ConfigError(f"the existing report used seed {previous.get('seed')}, not {seed}")
         runs = [r for r in cfg.runs if r.name in only]
     t0 = time.perf_counter()
-    tr = train_teacher(DataSpec(dataset, seed),
-                       TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed,
-                                   progress=progress), cfg.arch)
+    tr = train_teacher(
+        DataSpec(dataset, seed),
+        TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed, progress=progress),
+        cfg.arch,
+    )
     teacher = loaded(tr.model, tr.manifest)
     ident = OwnerIdentity.generate()
     results: dict[str, Any] = {}
     if previous is not None and abs(previous["teacher_acc"] - tr.manifest["test_acc"]) > 1e-9:
-        raise ConfigError(f"the retrained teacher ({tr.manifest['test_acc']:.2f}%) differs from the report's "
-                          f"({previous['teacher_acc']:.2f}%); re-run the whole reproduction instead")
+        raise ConfigError(
+            f"the retrained teacher ({tr.manifest['test_acc']:.2f}%) differs from the report's "
+            f"({previous['teacher_acc']:.2f}%); re-run the whole reproduction instead"
+        )
     for spec in runs:
         dsn_cfg = DSNConfig.paper() if spec.mode == "paper" else DSNConfig.default()
         epochs = spec.student_epochs or cfg.student_epochs
         train = TrainConfig(epochs=epochs, batch_size=cfg.batch_size, seed=seed, progress=progress)
-        iss = issue(teacher, ident, f"reproduce-{spec.name}", owner_id="reproduce", size=spec.size,
-                    config=dsn_cfg, train=train, scale=spec.pixels_per_bit or cfg.pixels_per_bit)
-        rep = evaluate_customer(loaded(iss.student, iss.manifest), iss.serial, teacher=teacher, splits=iss.splits,
-                                n_wrong=cfg.n_wrong, wrong_eval_samples=cfg.wrong_eval_samples, seed=seed)
+        iss = issue(
+            teacher,
+            ident,
+            f"reproduce-{spec.name}",
+            owner_id="reproduce",
+            size=spec.size,
+            config=dsn_cfg,
+            train=train,
+            scale=spec.pixels_per_bit or cfg.pixels_per_bit,
+        )
+        rep = evaluate_customer(
+            loaded(iss.student, iss.manifest),
+            iss.serial,
+            teacher=teacher,
+            splits=iss.splits,
+            n_wrong=cfg.n_wrong,
+            wrong_eval_samples=cfg.wrong_eval_samples,
+            seed=seed,
+        )
         rep["dsn_config"] = dsn_cfg.model_dump()
         rep["train_log"] = iss.log.to_dict()
         rep["student_epochs"] = epochs
@@ -146,20 +190,36 @@ def run(dataset: str, out: Path, seed: int = 0, progress: bool = True, only: lis
         merged = dict(previous["runs"]) | results
         results = {r.name: merged[r.name] for r in cfg.runs if r.name in merged}
         wall += float(previous.get("wall_s", 0.0))
-    report = {"experiment": "dsn-table2", "dataset": dataset, "seed": seed, "config": cfg.model_dump(),
-              "teacher_acc": tr.manifest["test_acc"], "runs": results, "paper_table2": PAPER_TABLE2,
-              "paper_2023_wrong_2x2": PAPER_2023_WRONG_2X2, "wall_s": wall,
-              "rerun": sorted(only) if only else None, "environment": environment()}
+    report = {
+        "experiment": "dsn-table2",
+        "dataset": dataset,
+        "seed": seed,
+        "config": cfg.model_dump(),
+        "teacher_acc": tr.manifest["test_acc"],
+        "runs": results,
+        "paper_table2": PAPER_TABLE2,
+        "paper_2023_wrong_2x2": PAPER_2023_WRONG_2X2,
+        "wall_s": wall,
+        "rerun": sorted(only) if only else None,
+        "environment": environment(),
+    }
     if command:
         report["command"] = command
     return write_report(stem, report, _markdown(report), _figure(report))
 
 
-_ROWS = [("teacher (no SN)", "teacher_acc", "teacher"), ("valid SN", "valid_sn_acc", "with_sn"),
-         ("no SN (raw)", "raw_acc", "without_sn"), ("random wrong SN, mean", "wrong_sn_mean", "wrong_mean"),
-         ("random wrong SN, max", "wrong_sn_max", "wrong_max"), ("Hamming-1 SN, mean", "hamming1_mean", None),
-         ("Hamming-1 SN, max", "hamming1_max", None), ("Hamming-2 SN, mean", "hamming2_mean", None),
-         ("Hamming-2 SN, max", "hamming2_max", None), ("linear probe, raw features", "probe_acc", None)]
+_ROWS = [
+    ("teacher (no SN)", "teacher_acc", "teacher"),
+    ("valid SN", "valid_sn_acc", "with_sn"),
+    ("no SN (raw)", "raw_acc", "without_sn"),
+    ("random wrong SN, mean", "wrong_sn_mean", "wrong_mean"),
+    ("random wrong SN, max", "wrong_sn_max", "wrong_max"),
+    ("Hamming-1 SN, mean", "hamming1_mean", None),
+    ("Hamming-1 SN, max", "hamming1_max", None),
+    ("Hamming-2 SN, mean", "hamming2_mean", None),
+    ("Hamming-2 SN, max", "hamming2_max", None),
+    ("linear probe, raw features", "probe_acc", None),
+]
 
 
 def _markdown(rep: dict[str, Any]) -> str:
@@ -169,16 +229,23 @@ def _markdown(rep: dict[str, Any]) -> str:
     if task == "MNIST":
         paper |= {"wrong_mean": PAPER_2023_WRONG_2X2["mean"], "wrong_max": PAPER_2023_WRONG_2X2["max"]}
     names = list(rep["runs"])
-    rows = [[label, paper.get(pkey) if pkey else None, *[rep["runs"][n][key] for n in names]]
-            for label, key, pkey in _ROWS]
+    rows = [
+        [label, paper.get(pkey) if pkey else None, *[rep["runs"][n][key] for n in names]] for label, key, pkey in _ROWS
+    ]
     env = rep["environment"]
     lines = [
         f"# DSN Table 2 on `{rep['dataset']}` (test accuracy, %)",
         "",
-        (f"Paper column: {task}, Table 2 of arXiv:2011.08960 v1" + (
-            " (full MNIST, 60,000 training images); wrong-SN figures from the 2023 version (all wrong 2x2 "
-            "patterns)." if task == "MNIST" else " (GTSRB, 32x32x3, the same network).")
-         + f" Network `{arch}`. Our runs share one teacher and one split; seed {rep['seed']}."),
+        (
+            f"Paper column: {task}, Table 2 of arXiv:2011.08960 v1"
+            + (
+                " (full MNIST, 60,000 training images); wrong-SN figures from the 2023 version (all wrong 2x2 "
+                "patterns)."
+                if task == "MNIST"
+                else " (GTSRB, 32x32x3, the same network)."
+            )
+            + f" Network `{arch}`. Our runs share one teacher and one split; seed {rep['seed']}."
+        ),
         "",
         markdown_table(["figure", f"paper ({task})", *names], rows),
         "",
@@ -190,13 +257,19 @@ def _markdown(rep: dict[str, Any]) -> str:
         r = rep["runs"][n]
         g = r["serial_geometry"]
         px = f", {g['scale']}x{g['scale']} pixels per bit" if g.get("scale", 1) != 1 else ""
-        lines.append(f"| {n} | {g['height']}x{g['width']}{px} at ({g['top']},{g['left']}) | "
-                     f"{r.get('student_epochs', rep['config']['student_epochs'])} | {r['wrong_sn_count']} | "
-                     f"{r['wrong_sn_eval_samples']} | {r['timings']['student_train_s']:.0f} |")
-    lines += ["", f"Sizes: {rep['runs'][names[0]]['sizes']}. Total wall time {rep['wall_s']:.0f} s on "
-              f"{env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}, Python {env['python']}.",
-              "", "Reproduce: `" + rep.get("command", f"deepserial reproduce dsn --dataset {rep['dataset']}") + "`.",
-              ""]
+        lines.append(
+            f"| {n} | {g['height']}x{g['width']}{px} at ({g['top']},{g['left']}) | "
+            f"{r.get('student_epochs', rep['config']['student_epochs'])} | {r['wrong_sn_count']} | "
+            f"{r['wrong_sn_eval_samples']} | {r['timings']['student_train_s']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Sizes: {rep['runs'][names[0]]['sizes']}. Total wall time {rep['wall_s']:.0f} s on "
+        f"{env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}, Python {env['python']}.",
+        "",
+        "Reproduce: `" + rep.get("command", f"deepserial reproduce dsn --dataset {rep['dataset']}") + "`.",
+        "",
+    ]
     return "\n".join(lines)
 
 

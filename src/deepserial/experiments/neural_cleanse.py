@@ -26,12 +26,20 @@ from deepserial.errors import ConfigError
 from deepserial.report import environment, markdown_table, write_report
 
 # Null embedding's Table 5 (Digit): the anomaly index of its watermarked models, all under 2.
-PAPER = {"source": "null embedding (arXiv:1910.05826) Table 5: anomaly index 1.32 on Digit, not flagged; "
-                   "Neural Cleanse (Wang et al., S&P 2019): an index above 2 flags a backdoor label"}
+PAPER = {
+    "source": "null embedding (arXiv:1910.05826) Table 5: anomaly index 1.32 on Digit, not flagged; "
+    "Neural Cleanse (Wang et al., S&P 2019): an index above 2 flags a backdoor label"
+}
 
 
-def run(dataset: str, out: Path, seed: int = 0, progress: bool = True, schemes: list[str] | None = None,
-        overrides: dict[str, Any] | None = None) -> list[Path]:
+def run(
+    dataset: str,
+    out: Path,
+    seed: int = 0,
+    progress: bool = True,
+    schemes: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> list[Path]:
     """Scan the clean model, the DSN customer model and one model per watermark scheme; write the report."""
     from deepserial.experiments.attacks import CONFIGS, PLANS
     from deepserial.experiments.watermarks import signing_time
@@ -46,9 +54,17 @@ def run(dataset: str, out: Path, seed: int = 0, progress: bool = True, schemes: 
     t0 = time.perf_counter()
     with signing_time() as epoch:
         rows = _reference_rows(cfg, seed, progress) + [_scheme_row(cfg, n, seed, progress) for n in names]
-    rep = {"experiment": "neural_cleanse", "dataset": dataset, "seed": seed, "config": cfg.model_dump(),
-           "rows": rows, "paper": PAPER, "signed_at_epoch": int(epoch), "wall_s": time.perf_counter() - t0,
-           "environment": environment()}
+    rep = {
+        "experiment": "neural_cleanse",
+        "dataset": dataset,
+        "seed": seed,
+        "config": cfg.model_dump(),
+        "rows": rows,
+        "paper": PAPER,
+        "signed_at_epoch": int(epoch),
+        "wall_s": time.perf_counter() - t0,
+        "environment": environment(),
+    }
     return write_report(out / f"neural_cleanse_{dataset}", rep, markdown(rep), figure(rep))
 
 
@@ -65,15 +81,22 @@ def _reference_rows(cfg: Any, seed: int, progress: bool) -> list[dict[str, Any]]
     data = DataSpec(cfg.dataset, seed, limit=cfg.limit)
     train = TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed, progress=progress)
     teacher = train_teacher(data, train)
-    issued = issue(loaded(teacher.model, teacher.manifest), OwnerIdentity.for_experiment(seed, "owner"),
-                   "neural-cleanse-customer", train=TrainConfig(epochs=cfg.student_epochs, batch_size=cfg.batch_size,
-                                                                seed=seed, progress=progress))
+    issued = issue(
+        loaded(teacher.model, teacher.manifest),
+        OwnerIdentity.for_experiment(seed, "owner"),
+        "neural-cleanse-customer",
+        train=TrainConfig(epochs=cfg.student_epochs, batch_size=cfg.batch_size, seed=seed, progress=progress),
+    )
     splits, sn = issued.splits, issued.serial
     rows = []
     for name, model, acc in (
-            ("clean (teacher)", teacher.model, accuracy(teacher.model, splits.test)),
-            ("dsn (customer model, with its serial number)", issued.student,
-             accuracy(issued.student, TensorData(stamp(splits.test.x, sn.geometry, sn.as_tensor()), splits.test.y)))):
+        ("clean (teacher)", teacher.model, accuracy(teacher.model, splits.test)),
+        (
+            "dsn (customer model, with its serial number)",
+            issued.student,
+            accuracy(issued.student, TensorData(stamp(splits.test.x, sn.geometry, sn.as_tensor()), splits.test.y)),
+        ),
+    ):
         t = time.perf_counter()
         r = scan(copy.deepcopy(model), splits.attacker, {"steps": cfg.nc_steps}, seed=seed)
         rows.append({"model": name, "test_acc": acc, "scan": r.to_dict(), "wall_s": time.perf_counter() - t})
@@ -86,9 +109,18 @@ def _scheme_row(cfg: Any, name: str, seed: int, progress: bool) -> dict[str, Any
 
     rep = watermark_attacks.run_scheme(cfg, name, seed, progress, plan=("neural_cleanse",))
     nc = rep["neural_cleanse"]
-    return {"model": name, "scheme": name, "test_acc": rep["victim"]["test_acc"], "before": rep["victim"]["verdict"],
-            "target": rep.get("key_target"), "scan": nc["scan"], "unlearned": nc["unlearned"],
-            "after": nc["after"], "embedding_attempts": len(rep["embedding_attempts"]), "wall_s": nc["wall_s"]}
+    return {
+        "model": name,
+        "scheme": name,
+        "test_acc": rep["victim"]["test_acc"],
+        "before": rep["victim"]["verdict"],
+        "target": rep.get("key_target"),
+        "scan": nc["scan"],
+        "unlearned": nc["unlearned"],
+        "after": nc["after"],
+        "embedding_attempts": len(rep["embedding_attempts"]),
+        "wall_s": nc["wall_s"],
+    }
 
 
 def _verdict(v: dict[str, Any] | None) -> str:
@@ -102,23 +134,54 @@ def markdown(rep: dict[str, Any]) -> str:
         s = r["scan"]
         flagged = ", ".join(map(str, s["flagged"])) or "none"
         after = r.get("after")
-        rows.append([r["model"], f"{r['test_acc']:.1f}", _verdict(r.get("before")), f"{s['max_anomaly_index']:.2f}",
-                     flagged, "–" if r.get("target") is None else str(r["target"]),
-                     "–" if after is None else ("nothing flagged" if not r.get("unlearned") else
-                                                f"{after['test_acc']:.1f}%, {_verdict(after['verdict'])}"),
-                     f"{r['wall_s']:.0f}"])
+        rows.append(
+            [
+                r["model"],
+                f"{r['test_acc']:.1f}",
+                _verdict(r.get("before")),
+                f"{s['max_anomaly_index']:.2f}",
+                flagged,
+                "–" if r.get("target") is None else str(r["target"]),
+                "–"
+                if after is None
+                else (
+                    "nothing flagged"
+                    if not r.get("unlearned")
+                    else f"{after['test_acc']:.1f}%, {_verdict(after['verdict'])}"
+                ),
+                f"{r['wall_s']:.0f}",
+            ]
+        )
     env = rep["environment"]
-    lines = [f"# Neural Cleanse on every protection, `{rep['dataset']}`", "",
-             f"Anomaly index (MAD of the reversed triggers' L1 norms, {rep['config']['nc_steps']} joint steps) of "
-             "each model; a label above 2 is flagged. For the watermarked models: the owner's verdict before, and "
-             "after Neural Cleanse's unlearning of the flagged labels (accuracy, verified). 'target': the "
-             "watermark's target label where the scheme has one. Paper: " + rep["paper"]["source"] + ".", "",
-             markdown_table(["model", "test acc (%)", "verified", "max anomaly index", "flagged labels", "target",
-                             "after unlearning: acc, verified", "s"], rows), "",
-             f"Seed {rep['seed']}; wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores, torch "
-             f"threads: {env['torch_threads']}), torch {env['torch']}.", "",
-             f"Reproduce: `SOURCE_DATE_EPOCH={rep['signed_at_epoch']} deepserial reproduce neural-cleanse --dataset "
-             f"{rep['dataset']}" + (f" --seed {rep['seed']}" if rep["seed"] else "") + "`.", ""]
+    lines = [
+        f"# Neural Cleanse on every protection, `{rep['dataset']}`",
+        "",
+        f"Anomaly index (MAD of the reversed triggers' L1 norms, {rep['config']['nc_steps']} joint steps) of "
+        "each model; a label above 2 is flagged. For the watermarked models: the owner's verdict before, and "
+        "after Neural Cleanse's unlearning of the flagged labels (accuracy, verified). 'target': the "
+        "watermark's target label where the scheme has one. Paper: " + rep["paper"]["source"] + ".",
+        "",
+        markdown_table(
+            [
+                "model",
+                "test acc (%)",
+                "verified",
+                "max anomaly index",
+                "flagged labels",
+                "target",
+                "after unlearning: acc, verified",
+                "s",
+            ],
+            rows,
+        ),
+        "",
+        f"Seed {rep['seed']}; wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores, torch "
+        f"threads: {env['torch_threads']}), torch {env['torch']}.",
+        "",
+        f"Reproduce: `SOURCE_DATE_EPOCH={rep['signed_at_epoch']} deepserial reproduce neural-cleanse --dataset "
+        f"{rep['dataset']}" + (f" --seed {rep['seed']}" if rep["seed"] else "") + "`.",
+        "",
+    ]
     return "\n".join(lines)
 
 

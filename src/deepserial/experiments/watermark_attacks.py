@@ -36,11 +36,11 @@ PAPER: dict[str, dict[str, str]] = {
     "null-embedding": {
         "source": "Li, Wenger, Zheng, Zhao, arXiv:1910.01226, §8 (Digit task where reported)",
         "fine_tuning": "watermark and normal accuracy not affected after 100 epochs at the last learning rate "
-                       "(Fig. 5, no figures in the text)",
+        "(Fig. 5, no figures in the text)",
         "pruning": "no pruning level disrupts the watermark while normal accuracy stays acceptable (Fig. 6)",
         "neural_cleanse": "anomaly index 0.88 clean / 1.32 watermarked (Digit, Table 5): not flagged",
         "extraction": "Traffic: 50k-500k ImageNet queries give 91.3-94.4% (victim 96.1%); random queries 5.5% "
-                      "(Table 6)",
+        "(Table 6)",
         "transfer": "Traffic -> LISA, after recovery: normal 96.1-96.3%, watermark 100% (Table 8)",
     },
     "new-label": {
@@ -60,17 +60,24 @@ PAPER: dict[str, dict[str, str]] = {
         "pruning": "tolerates up to 90% parameter pruning on MNIST (Fig. 6)",
         "overwrite": "mismatches 8.3 (K=20) / 15.4 (K=30) against thresholds 13 / 21: detected (Table 4)",
     },
-    "zhang-noise": {"source": "as compared in the new-label paper, Table 1 (MNIST)",
-                    "fine_tuning": "normal / key accuracy after fine-tuning 99.07 / 99.88%"},
+    "zhang-noise": {
+        "source": "as compared in the new-label paper, Table 1 (MNIST)",
+        "fine_tuning": "normal / key accuracy after fine-tuning 99.07 / 99.88%",
+    },
 }
 
-COLUMN = {"FTAL": "FTAL (Adam)", "FTAL_sgd": "FTAL (SGD, Table 14)", "from_scratch": "from scratch",
-          "overwrite": "overwriting"}
+COLUMN = {
+    "FTAL": "FTAL (Adam)",
+    "FTAL_sgd": "FTAL (SGD, Table 14)",
+    "from_scratch": "from scratch",
+    "overwrite": "overwriting",
+}
 OTHER_DATASET = {"mnist5k": "fashion-mnist", "fashion-mnist": "mnist5k"}
 
 
-def run_scheme(cfg: Any, scheme_name: str, seed: int, progress: bool,
-               plan: tuple[str, ...] | None = None) -> dict[str, Any]:
+def run_scheme(
+    cfg: Any, scheme_name: str, seed: int, progress: bool, plan: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     """Embed ``scheme_name`` once and run the attacks its paper evaluates, or those of ``plan`` (``cfg``
     is an :class:`deepserial.experiments.attacks.AttackExperiment`)."""
     from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
@@ -83,8 +90,11 @@ def run_scheme(cfg: Any, scheme_name: str, seed: int, progress: bool,
 
     t0 = time.perf_counter()
     wm = WM_CONFIGS[cfg.dataset]
-    wm = wm.model_copy(update=wm.per_scheme.get(scheme_name, {}) | (
-        {"epochs": cfg.watermark_epochs} if cfg.watermark_epochs else {}) | {"limit": cfg.limit})
+    wm = wm.model_copy(
+        update=wm.per_scheme.get(scheme_name, {})
+        | ({"epochs": cfg.watermark_epochs} if cfg.watermark_epochs else {})
+        | {"limit": cfg.limit}
+    )
     scheme = get_scheme(scheme_name, wm.scheme_settings or None)  # the watermark reproduction's settings
     data = DataSpec(cfg.dataset, seed, limit=cfg.limit)
     train = TrainConfig(epochs=wm.epochs, batch_size=wm.batch_size, seed=seed, progress=progress)
@@ -95,8 +105,9 @@ def run_scheme(cfg: Any, scheme_name: str, seed: int, progress: bool,
     attempts: list[dict[str, Any]] = []
     for attempt in range(cfg.embed_attempts):
         base = loaded(copy.deepcopy(teacher.model), teacher.manifest) if teacher is not None else None
-        marked = embed_watermark(scheme, owner, data, train, arch=wm.arch, subject=f"attacked-{attempt}",
-                                 owner_id="reproduce", base=base)
+        marked = embed_watermark(
+            scheme, owner, data, train, arch=wm.arch, subject=f"attacked-{attempt}", owner_id="reproduce", base=base
+        )
         splits = marked.splits
         classes = int(marked.manifest.get("task_classes", marked.manifest["num_classes"]))
         check = measure_model(marked.model, splits, task_classes=classes, key=marked.key, fpr=wm.fpr)
@@ -109,14 +120,25 @@ def run_scheme(cfg: Any, scheme_name: str, seed: int, progress: bool,
     def measure(model: Any, **kw: Any) -> dict[str, Any]:
         return measure_model(model, splits, task_classes=classes, key=key, fpr=wm.fpr, **kw)
 
-    budget = AttackBudget(epochs=cfg.attack_epochs, lr=cfg.attack_lr, batch_size=cfg.batch_size, seed=seed,
-                          progress=progress)
+    budget = AttackBudget(
+        epochs=cfg.attack_epochs, lr=cfg.attack_lr, batch_size=cfg.batch_size, seed=seed, progress=progress
+    )
     plan = PLANS[scheme_name] if plan is None else plan
-    rep: dict[str, Any] = {"experiment": "attacks", "scheme": scheme_name, "dataset": cfg.dataset, "seed": seed,
-                           "config": cfg.model_dump(), "watermark_config": wm.model_dump(), "plan": list(plan),
-                           "sizes": splits.sizes(), "citation": scheme.citation, "victim": attempts[-1],
-                           "embedding_attempts": attempts, "key_target": key.meta.get("target"),
-                           "paper": PAPER.get(scheme_name, {})}
+    rep: dict[str, Any] = {
+        "experiment": "attacks",
+        "scheme": scheme_name,
+        "dataset": cfg.dataset,
+        "seed": seed,
+        "config": cfg.model_dump(),
+        "watermark_config": wm.model_dump(),
+        "plan": list(plan),
+        "sizes": splits.sizes(),
+        "citation": scheme.citation,
+        "victim": attempts[-1],
+        "embedding_attempts": attempts,
+        "key_target": key.meta.get("target"),
+        "paper": PAPER.get(scheme_name, {}),
+    }
     largest = max(cfg.fractions)
     if "fine_tuning" in plan or "overwrite" in plan:
 
@@ -135,11 +157,14 @@ def run_scheme(cfg: Any, scheme_name: str, seed: int, progress: bool,
                 model, log = atk.run(victim, adata, b)
                 entry = measure(model) | {"wall_s": log.wall_s, "forward_samples": log.forward_samples}
                 if log.key is not None:  # the adversary's own watermark, verified on the overwritten model
-                    entry["adversary_verdict"] = measure_model(model, splits, task_classes=classes, key=log.key,
-                                                               fpr=wm.fpr)["verdict"]
+                    entry["adversary_verdict"] = measure_model(
+                        model, splits, task_classes=classes, key=log.key, fpr=wm.fpr
+                    )["verdict"]
                 elif "adversary_watermark_failed" in log.details:
-                    entry["adversary_verdict"] = {"decision": False,
-                                                  "error": "did not take: " + log.details["adversary_watermark_failed"]}
+                    entry["adversary_verdict"] = {
+                        "decision": False,
+                        "error": "did not take: " + log.details["adversary_watermark_failed"],
+                    }
                 row[name] = entry
             return row
 
@@ -152,8 +177,12 @@ def run_scheme(cfg: Any, scheme_name: str, seed: int, progress: bool,
         rep["neuron_pruning"] = _prune(victim, splits, cfg, measure, "neuron", seed, progress)
     if "neural_cleanse" in plan:
         model, log = get_attack("neural-cleanse", {"steps": cfg.nc_steps}).run(victim, splits.attacker, budget)
-        rep["neural_cleanse"] = {"scan": log.details["scan"], "unlearned": log.details.get("unlearned", []),
-                                 "wall_s": log.wall_s, "after": measure(model)}
+        rep["neural_cleanse"] = {
+            "scan": log.details["scan"],
+            "unlearned": log.details.get("unlearned", []),
+            "wall_s": log.wall_s,
+            "after": measure(model),
+        }
     if "extraction" in plan:
         rep["extraction"] = _extraction(victim, splits, cfg, measure, budget)
     if "transfer" in plan:
@@ -162,8 +191,9 @@ def run_scheme(cfg: Any, scheme_name: str, seed: int, progress: bool,
     return rep
 
 
-def _prune(victim: Any, splits: Any, cfg: Any, measure: Any, method: str, seed: int,
-           progress: bool) -> list[dict[str, Any]]:
+def _prune(
+    victim: Any, splits: Any, cfg: Any, measure: Any, method: str, seed: int, progress: bool
+) -> list[dict[str, Any]]:
     """Each pruning rate without fine-tuning and with ``cfg.prune_finetune_epochs`` of sparse fine-tuning
     on the attacker's whole split."""
     from deepserial.attacks.base import AttackBudget, get_attack
@@ -199,25 +229,40 @@ def _extraction(victim: Any, splits: Any, cfg: Any, measure: Any, budget: Any) -
     n = len(splits.attacker)
     other_name = OTHER_DATASET[cfg.dataset]
     other = DataSpec(other_name, budget.seed, limit=n * 4).load()
-    pool = {"in-distribution": splits.attacker,
-            f"other data set ({other_name})": TensorData(other.owner.x, other.owner.y)}
+    pool = {
+        "in-distribution": splits.attacker,
+        f"other data set ({other_name})": TensorData(other.owner.x, other.owner.y),
+    }
     volumes = sorted({max(1, int(round(v * n))) for v in cfg.extraction_volumes})
     rows: list[dict[str, Any]] = []
     for source, inputs in pool.items():
         for q in query_volumes(volumes, len(inputs)):
             b = budget.model_copy(update={"queries": q})
             model, log = get_attack("extraction", {"source": "data"}).run(victim, inputs, b)
-            rows.append({"source": source, "queries": log.queries, "share_of_training_data": q / max(
-                len(splits.owner) + len(splits.attacker), 1)} | measure(model))
+            rows.append(
+                {
+                    "source": source,
+                    "queries": log.queries,
+                    "share_of_training_data": q / max(len(splits.owner) + len(splits.attacker), 1),
+                }
+                | measure(model)
+            )
     b = budget.model_copy(update={"queries": volumes[-1]})
     model, log = get_attack("extraction", {"source": "noise"}).run(victim, splits.attacker, b)
-    rows.append({"source": "uniform noise", "queries": log.queries, "share_of_training_data": volumes[-1] / max(
-        len(splits.owner) + len(splits.attacker), 1)} | measure(model))
+    rows.append(
+        {
+            "source": "uniform noise",
+            "queries": log.queries,
+            "share_of_training_data": volumes[-1] / max(len(splits.owner) + len(splits.attacker), 1),
+        }
+        | measure(model)
+    )
     return {"rows": rows}
 
 
-def _transfer(victim: Any, splits: Any, cfg: Any, measure: Any, budget: Any, classes: int,
-              seed: int) -> list[dict[str, Any]]:
+def _transfer(
+    victim: Any, splits: Any, cfg: Any, measure: Any, budget: Any, classes: int, seed: int
+) -> list[dict[str, Any]]:
     """Transfer to the other data set's task (new head, three sets of trained layers), then §8.4's
     recovery on the victim's data and the owner's verdict."""
     from deepserial.attacks.base import get_attack
@@ -233,11 +278,19 @@ def _transfer(victim: Any, splits: Any, cfg: Any, measure: Any, budget: Any, cla
         atk = get_attack("transfer-learning", {"replace": "head", "train": train, "num_classes": task_classes})
         student, log = atk.run(victim, task.owner, budget)
         recovery = dataclasses.replace(budget.train_config(), epochs=cfg.recovery_epochs)
-        recovered, _ = recover(student, classes, splits.attacker, recovery,
-                               trainable="head" if train == "head" else "dense")
-        rows.append({"trained": train, "student_task": other_name, "student_samples": len(task.owner),
-                     "student_acc": accuracy(student, task.test), "wall_s": log.wall_s,
-                     "recovered": measure(recovered)})
+        recovered, _ = recover(
+            student, classes, splits.attacker, recovery, trainable="head" if train == "head" else "dense"
+        )
+        rows.append(
+            {
+                "trained": train,
+                "student_task": other_name,
+                "student_samples": len(task.owner),
+                "student_acc": accuracy(student, task.test),
+                "wall_s": log.wall_s,
+                "recovered": measure(recovered),
+            }
+        )
     return rows
 
 
@@ -266,79 +319,140 @@ def markdown(rep: dict[str, Any]) -> str:
     paper = rep["paper"]
     cfg = rep["config"]
     victim = rep["victim"]
-    lines = [f"# Attacks on {rep['scheme']}, `{rep['dataset']}`", "",
-             f"{rep['citation']}. Watermarked model: {_acc(victim)}% test accuracy, owner's key "
-             f"{_verdict(victim)}. Split {rep['sizes']}. Verdicts at false-positive rate "
-             f"{rep['watermark_config']['fpr']:g}. Paper figures: {paper.get('source', 'none reported')} (their "
-             "networks and data, not ours).", ""]
+    lines = [
+        f"# Attacks on {rep['scheme']}, `{rep['dataset']}`",
+        "",
+        f"{rep['citation']}. Watermarked model: {_acc(victim)}% test accuracy, owner's key "
+        f"{_verdict(victim)}. Split {rep['sizes']}. Verdicts at false-positive rate "
+        f"{rep['watermark_config']['fpr']:g}. Paper figures: {paper.get('source', 'none reported')} (their "
+        "networks and data, not ours).",
+        "",
+    ]
     failed = rep.get("embedding_attempts", [])[:-1]
     if failed:
-        lines += [f"The first {len(failed)} key(s) did not take (" + "; ".join(
-            f"{_acc(a)}%, {_verdict(a)}, details {_details(a)}" for a in failed) + "); the owner re-embeds with the "
-            "next key before shipping, as a real owner would check.", ""]
+        lines += [
+            f"The first {len(failed)} key(s) did not take ("
+            + "; ".join(f"{_acc(a)}%, {_verdict(a)}, details {_details(a)}" for a in failed)
+            + "); the owner re-embeds with the "
+            "next key before shipping, as a real owner would check.",
+            "",
+        ]
     if "fine_tuning" in rep:
         fr = list(rep["fine_tuning"])
         cols = [c for c in ("FTAL", "FTAL_sgd", "from_scratch", "overwrite") if c in rep["fine_tuning"][fr[0]]]
-        rows = [[f"{float(f):.0%} ({rep['fine_tuning'][f]['samples']})"] + [
-            f"{_acc(rep['fine_tuning'][f][c])} / {_verdict(rep['fine_tuning'][f][c])}" for c in cols]
-            for f in fr]
-        lines += ["## Fine-tuning beside training from scratch", "",
-                  f"{cfg['attack_epochs']} epochs at lr {cfg['attack_lr']:g} (Adam, the victim's own optimiser and "
-                  "last rate, unless the column says SGD) on the attacker's share of the training data; each cell: "
-                  "test accuracy (%) / the owner's verdict.", "",
-                  markdown_table(["attacker data"] + [COLUMN.get(c, c) for c in cols], rows), ""]
+        rows = [
+            [f"{float(f):.0%} ({rep['fine_tuning'][f]['samples']})"]
+            + [f"{_acc(rep['fine_tuning'][f][c])} / {_verdict(rep['fine_tuning'][f][c])}" for c in cols]
+            for f in fr
+        ]
+        lines += [
+            "## Fine-tuning beside training from scratch",
+            "",
+            f"{cfg['attack_epochs']} epochs at lr {cfg['attack_lr']:g} (Adam, the victim's own optimiser and "
+            "last rate, unless the column says SGD) on the attacker's share of the training data; each cell: "
+            "test accuracy (%) / the owner's verdict.",
+            "",
+            markdown_table(["attacker data"] + [COLUMN.get(c, c) for c in cols], rows),
+            "",
+        ]
         if "overwrite" in cols:
             adv = [_verdict({"verdict": rep["fine_tuning"][f]["overwrite"].get("adversary_verdict")}) for f in fr]
-            lines += ["The adversary's own key on its overwritten model: " + "; ".join(
-                f"{float(f):.0%}: {a}" for f, a in zip(fr, adv, strict=True)) + ".", ""]
+            lines += [
+                "The adversary's own key on its overwritten model: "
+                + "; ".join(f"{float(f):.0%}: {a}" for f, a in zip(fr, adv, strict=True))
+                + ".",
+                "",
+            ]
         big = rep["fine_tuning"][fr[-1]]
         modes = [m for m in ("FTLL", "FTAL", "RTLL", "RTAL") if m in big]
-        lines += [f"Fine-tuning variants of Adi et al. at {float(fr[-1]):.0%}:", "",
-                  markdown_table(["variant", "test accuracy (%)", "owner's verdict"],
-                                 [[m, _acc(big[m]), _verdict(big[m])] for m in modes]), ""]
+        lines += [
+            f"Fine-tuning variants of Adi et al. at {float(fr[-1]):.0%}:",
+            "",
+            markdown_table(
+                ["variant", "test accuracy (%)", "owner's verdict"],
+                [[m, _acc(big[m]), _verdict(big[m])] for m in modes],
+            ),
+            "",
+        ]
         for k in ("fine_tuning", "overwrite"):
             if k in paper:
                 lines += [f"Paper ({k.replace('_', '-')}): {paper[k]}.", ""]
     for section, title in (("pruning", "Global L1 weight pruning"), ("neuron_pruning", "Ascending neuron pruning")):
         if section not in rep:
             continue
-        rows = [[f"{r['rate']:.0%}", _acc(r["pruned"]), _verdict(r["pruned"]),
-                 _acc(r.get("pruned_fine_tuned", {})), _verdict(r.get("pruned_fine_tuned", {}))]
-                for r in rep[section]]
-        lines += [f"## {title}", "",
-                  f"Pruned, then also with {cfg['prune_finetune_epochs']} epoch(s) of sparse fine-tuning on the "
-                  "attacker's split.", "",
-                  markdown_table(["pruned", "accuracy (%)", "verdict", "+ fine-tuning (%)", "verdict"], rows), ""]
+        rows = [
+            [
+                f"{r['rate']:.0%}",
+                _acc(r["pruned"]),
+                _verdict(r["pruned"]),
+                _acc(r.get("pruned_fine_tuned", {})),
+                _verdict(r.get("pruned_fine_tuned", {})),
+            ]
+            for r in rep[section]
+        ]
+        lines += [
+            f"## {title}",
+            "",
+            f"Pruned, then also with {cfg['prune_finetune_epochs']} epoch(s) of sparse fine-tuning on the "
+            "attacker's split.",
+            "",
+            markdown_table(["pruned", "accuracy (%)", "verdict", "+ fine-tuning (%)", "verdict"], rows),
+            "",
+        ]
         if "pruning" in paper:
             lines += [f"Paper: {paper['pruning']}.", ""]
     if "neural_cleanse" in rep:
         nc = rep["neural_cleanse"]
-        lines += ["## Neural Cleanse", "",
-                  f"Max anomaly index {nc['scan']['max_anomaly_index']:.2f} (flagged above 2: "
-                  f"{', '.join(map(str, nc['scan']['flagged'])) or 'none'}); after unlearning "
-                  f"{'the flagged labels' if nc['unlearned'] else '(nothing flagged, nothing unlearned)'}: "
-                  f"{_acc(nc['after'])}%, {_verdict(nc['after'])}; {nc['wall_s']:.0f} s.", "",
-                  f"Paper: {paper.get('neural_cleanse', '–')}.", ""]
+        lines += [
+            "## Neural Cleanse",
+            "",
+            f"Max anomaly index {nc['scan']['max_anomaly_index']:.2f} (flagged above 2: "
+            f"{', '.join(map(str, nc['scan']['flagged'])) or 'none'}); after unlearning "
+            f"{'the flagged labels' if nc['unlearned'] else '(nothing flagged, nothing unlearned)'}: "
+            f"{_acc(nc['after'])}%, {_verdict(nc['after'])}; {nc['wall_s']:.0f} s.",
+            "",
+            f"Paper: {paper.get('neural_cleanse', '–')}.",
+            "",
+        ]
     if "extraction" in rep:
-        rows = [[r["source"], f"{r['queries']:,}", f"{r['share_of_training_data']:.0%}", _acc(r), _verdict(r)]
-                for r in rep["extraction"]["rows"]]
-        lines += ["## Model extraction", "",
-                  f"A fresh network of the victim's architecture trained {cfg['attack_epochs']} epochs on the "
-                  "victim's labels.", "",
-                  markdown_table(["queries from", "queries", "of training data", "substitute accuracy (%)",
-                                  "owner's verdict"], rows), "",
-                  f"Paper: {paper.get('extraction', '–')}.", ""]
+        rows = [
+            [r["source"], f"{r['queries']:,}", f"{r['share_of_training_data']:.0%}", _acc(r), _verdict(r)]
+            for r in rep["extraction"]["rows"]
+        ]
+        lines += [
+            "## Model extraction",
+            "",
+            f"A fresh network of the victim's architecture trained {cfg['attack_epochs']} epochs on the "
+            "victim's labels.",
+            "",
+            markdown_table(
+                ["queries from", "queries", "of training data", "substitute accuracy (%)", "owner's verdict"], rows
+            ),
+            "",
+            f"Paper: {paper.get('extraction', '–')}.",
+            "",
+        ]
     if "transfer" in rep:
-        rows = [[r["trained"], f"{r['student_acc']:.1f}", _acc(r["recovered"]), _verdict(r["recovered"])]
-                for r in rep["transfer"]]
+        rows = [
+            [r["trained"], f"{r['student_acc']:.1f}", _acc(r["recovered"]), _verdict(r["recovered"])]
+            for r in rep["transfer"]
+        ]
         t0 = rep["transfer"][0]
-        lines += ["## Transfer learning and recovery (§8.4)", "",
-                  f"Student task: `{t0['student_task']}` ({t0['student_samples']} samples), a new classification "
-                  f"layer; recovery: a fresh layer of the victim's size trained {cfg['recovery_epochs']} epochs on "
-                  "the victim's attacker split.", "",
-                  markdown_table(["layers trained", "student accuracy (%)", "recovered accuracy (%)",
-                                  "owner's verdict after recovery"], rows), "",
-                  f"Paper: {paper.get('transfer', '–')}.", ""]
+        lines += [
+            "## Transfer learning and recovery (§8.4)",
+            "",
+            f"Student task: `{t0['student_task']}` ({t0['student_samples']} samples), a new classification "
+            f"layer; recovery: a fresh layer of the victim's size trained {cfg['recovery_epochs']} epochs on "
+            "the victim's attacker split.",
+            "",
+            markdown_table(
+                ["layers trained", "student accuracy (%)", "recovered accuracy (%)", "owner's verdict after recovery"],
+                rows,
+            ),
+            "",
+            f"Paper: {paper.get('transfer', '–')}.",
+            "",
+        ]
     from deepserial.experiments.attacks import footer
 
     return "\n".join(lines + footer(rep))

@@ -56,49 +56,71 @@ class WatermarkExperiment(BaseModel):
 
 
 CONFIGS = {
-    "mnist5k": WatermarkExperiment(dataset="mnist5k", epochs=20,
-                                   per_scheme={"null-embedding": {"batch_size": 32}}),
+    "mnist5k": WatermarkExperiment(dataset="mnist5k", epochs=20, per_scheme={"null-embedding": {"batch_size": 32}}),
     # null embedding on fashion-mnist: Table 14's injection ratio of its harder tasks (Traffic, Object), 0.1;
     # Digit's 0.5 cost the small DSN net 1.3-2.6 points here (docs/decisions.md)
-    "fashion-mnist": WatermarkExperiment(dataset="fashion-mnist", epochs=5, batch_size=256, per_scheme={
-        "null-embedding": {"epochs": 10, "batch_size": 128,
-                           "scheme_settings": {"ratio_true": 0.1, "ratio_null": 0.1}}}),
+    "fashion-mnist": WatermarkExperiment(
+        dataset="fashion-mnist",
+        epochs=5,
+        batch_size=256,
+        per_scheme={
+            "null-embedding": {
+                "epochs": 10,
+                "batch_size": 128,
+                "scheme_settings": {"ratio_true": 0.1, "ratio_null": 0.1},
+            }
+        },
+    ),
 }
 
 # The papers' own figures for the same measurements (their data sets and networks, not ours).
 PAPER: dict[str, dict[str, Any]] = {
     "null-embedding": {
         "source": "Li et al. 2019, Digit task (MNIST): Table 4 (10 owner watermarks), Table 3 (piracy, 100 "
-                  "pirates), §7.3 (non-trivial ownership)",
-        "reference_acc": 98.51, "marked_acc": 98.51, "verified": "10 / 10 (WM acc 97.70%)",
+        "pirates), §7.3 (non-trivial ownership)",
+        "reference_acc": 98.51,
+        "marked_acc": 98.51,
+        "verified": "10 / 10 (WM acc 97.70%)",
         "false_positives": "0% on three tasks, 0.1% on one",
-        "piracy_nc_before": 98.72, "piracy_paper_nc_after_mean": 19.02,
+        "piracy_nc_before": 98.72,
+        "piracy_paper_nc_after_mean": 19.02,
         "piracy_paper_pirate_verified": "not verified (pirate WM 9.31%)",
-        "piracy_paper_owner_verified": "owner WM 1.21% after", "piracy_paper_pirate_wm_acc_mean": 9.31,
+        "piracy_paper_owner_verified": "owner WM 1.21% after",
+        "piracy_paper_pirate_wm_acc_mean": 9.31,
     },
     "new-label": {
         "source": "Zhong et al. 2020, MNIST DNN-1 (alpha 0.01, beta 3.5e-3): §4.1 (watermark-free F), Table 1 "
-                  "values before fine-tuning, §3.2 (E[q]); 50 runs averaged",
-        "reference_acc": 98.0, "marked_acc": 97.94, "false_positives": "0 (a C-output model cannot answer Delta)",
-        "queries": "E[q] = 2 at p = 0.8", "expected_queries_at_mean_p": 2.0, "queries_to_first_delta_mean": 2.0,
+        "values before fine-tuning, §3.2 (E[q]); 50 runs averaged",
+        "reference_acc": 98.0,
+        "marked_acc": 97.94,
+        "false_positives": "0 (a C-output model cannot answer Delta)",
+        "queries": "E[q] = 2 at p = 0.8",
+        "expected_queries_at_mean_p": 2.0,
+        "queries_to_first_delta_mean": 2.0,
         "delta_hit_rate_mean": "0.9989 (key samples, Table 1)",
     },
     "zhang-noise": {
         "source": "Zhong et al. 2020, Table 1 row [14] (Zhang et al. noise keys), MNIST DNN-1, before fine-tuning",
-        "reference_acc": 98.0, "marked_acc": 97.88,
+        "reference_acc": 98.0,
+        "marked_acc": 97.88,
         "false_positives": "not false-positive free; 40 queries for 90% Ver accuracy at p 0.8, tau 0.3 (§4.2)",
     },
     "deepsigns-hidden": {
         "source": "Rouhani et al. 2019, MNIST MLP 784-512FC-512FC-10FC, N = 4: Table 2 (accuracy), Table 3 "
-                  "(BER, 10 runs)",
-        "reference_acc": 98.54, "marked_acc": 98.13, "verified": "BER 0, detected (Table 3)",
+        "(BER, 10 runs)",
+        "reference_acc": 98.54,
+        "marked_acc": 98.13,
+        "verified": "BER 0, detected (Table 3)",
     },
     "deepsigns-output": {
         "source": "Rouhani et al. 2019, MNIST MLP, K = 20: Table 2 (accuracy), Table 4 (Eq. 5 thresholds at "
-                  "0.999), Table 6 (10 key sets x 6 unmarked models)",
-        "reference_acc": 98.54, "marked_acc": 98.59, "verified": "detected (Table 3)",
+        "0.999), Table 6 (10 key sets x 6 unmarked models)",
+        "reference_acc": 98.54,
+        "marked_acc": 98.59,
+        "verified": "detected (Table 3)",
         "false_positives": "0.0 on each of 6 unmarked models (prior work [20]: 0 to 1.0)",
-        "eq5_threshold_k20": 13, "eq5_threshold_k30": 21,
+        "eq5_threshold_k20": 13,
+        "eq5_threshold_k30": 21,
     },
 }
 
@@ -112,9 +134,11 @@ EXTRAS: dict[str, Extra] = {}
 
 def extra(name: str) -> Callable[[Extra], Extra]:
     """Register a scheme-specific measurement (called with the run's context, returns report fields)."""
+
     def deco(fn: Extra) -> Extra:
         EXTRAS[name] = fn
         return fn
+
     return deco
 
 
@@ -136,15 +160,22 @@ def signing_time() -> Iterator[str]:
             del os.environ["SOURCE_DATE_EPOCH"]
 
 
-def run(scheme_name: str, dataset: str, out: Path, seed: int = 0, progress: bool = True,
-        overrides: dict[str, Any] | None = None) -> list[Path]:
+def run(
+    scheme_name: str,
+    dataset: str,
+    out: Path,
+    seed: int = 0,
+    progress: bool = True,
+    overrides: dict[str, Any] | None = None,
+) -> list[Path]:
     """Run the reproduction of ``scheme_name`` on ``dataset``; write its report and the comparison."""
     with signing_time() as epoch:
         return _run(scheme_name, dataset, out, seed, progress, overrides, epoch)
 
 
-def _run(scheme_name: str, dataset: str, out: Path, seed: int, progress: bool, overrides: dict[str, Any] | None,
-         epoch: str) -> list[Path]:
+def _run(
+    scheme_name: str, dataset: str, out: Path, seed: int, progress: bool, overrides: dict[str, Any] | None, epoch: str
+) -> list[Path]:
     from deepserial.identity import OwnerIdentity
     from deepserial.schemes.base import Provenance, get_scheme
     from deepserial.suspect import ModuleSuspect
@@ -168,8 +199,9 @@ def _run(scheme_name: str, dataset: str, out: Path, seed: int, progress: bool, o
 
     def keyed_model(i: int, _: object) -> tuple[Any, Any]:
         base = loaded(copy.deepcopy(ref.model), ref.manifest) if scheme.fine_tunes else None  # a fresh copy each
-        m = embed_watermark(scheme, owner, data, train, arch=cfg.arch, subject=f"model-{i}", owner_id="reproduce",
-                            base=base)
+        m = embed_watermark(
+            scheme, owner, data, train, arch=cfg.arch, subject=f"model-{i}", owner_id="reproduce", base=base
+        )
         v = verify_watermark(m.key, ModuleSuspect(m.model, tuple(m.manifest["input_shape"])), fpr=cfg.fpr)
         m.model.cpu()  # gathered from other ranks as CPU tensors (a GPU rank's tensors would land on its GPU)
         return dataclasses.replace(m, splits=None), v  # the splits are the reference's: not sent between ranks
@@ -182,15 +214,15 @@ def _run(scheme_name: str, dataset: str, out: Path, seed: int, progress: bool, o
     # non-trivial ownership: random keys against the unmarked model and a model marked with another key.
     # Keys that depend on a model (DeepSigns' output layer picks them on one) are made on an independently
     # trained unmarked model: made on the suspect itself, they would be biased against it.
-    independent = train_teacher(data, TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed + 1000,
-                                                  progress=progress), cfg.arch)
+    independent = train_teacher(
+        data, TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed + 1000, progress=progress), cfg.arch
+    )
     unmarked = ModuleSuspect(ref.model, tuple(ref.manifest["input_shape"]))
     other = ModuleSuspect(models[0].model, tuple(models[0].manifest["input_shape"]))
     t_fp = time.perf_counter()
 
     def random_key(j: int, _: object) -> list[tuple[bool, float, int]]:
-        prov = Provenance.sign(OwnerIdentity.for_experiment(seed, f"random-{j}"), "random", f"random-{j}",
-                               scheme.name)
+        prov = Provenance.sign(OwnerIdentity.for_experiment(seed, f"random-{j}"), "random", f"random-{j}", scheme.name)
         key = scheme.null_key(prov, splits.owner, num_classes, model=_key_model(scheme, independent, models[0]))
         key.meta.setdefault("config", scheme.config.model_dump())
         out = []
@@ -205,27 +237,51 @@ def _run(scheme_name: str, dataset: str, out: Path, seed: int, progress: bool, o
     p_unmarked, p_other = [t[0][1] for t in tried], [t[1][1] for t in tried]
     q_random = [q for t in tried for _, _, q in t]
     rep: dict[str, Any] = {
-        "experiment": "watermark", "scheme": scheme_name, "citation": scheme.citation, "dataset": dataset,
-        "seed": seed, "config": cfg.model_dump(), "scheme_config": scheme.config.model_dump(),
+        "experiment": "watermark",
+        "scheme": scheme_name,
+        "citation": scheme.citation,
+        "dataset": dataset,
+        "seed": seed,
+        "config": cfg.model_dump(),
+        "scheme_config": scheme.config.model_dump(),
         "reference_acc": ref.manifest["test_acc"],
-        "marked_acc": accs, "marked_acc_mean": float(np.mean(accs)), "marked_acc_min": float(np.min(accs)),
+        "marked_acc": accs,
+        "marked_acc_mean": float(np.mean(accs)),
+        "marked_acc_min": float(np.min(accs)),
         "acc_drop_max": float(ref.manifest["test_acc"] - np.min(accs)),
-        "verified": int(sum(v.decision for v in verdicts)), "n_models": cfg.n_models,
-        "own_p_values": [v.p_value for v in verdicts], "own_queries": [v.queries for v in verdicts],
+        "verified": int(sum(v.decision for v in verdicts)),
+        "n_models": cfg.n_models,
+        "own_p_values": [v.p_value for v in verdicts],
+        "own_queries": [v.queries for v in verdicts],
         "own_verdicts": [v.to_dict() for v in verdicts],
-        "false_positives_unmarked": fp["unmarked"], "false_positives_other_key": fp["other_key"],
-        "n_random_keys": cfg.n_random_keys, "random_p_min_unmarked": float(np.min(p_unmarked)),
-        "random_p_min_other_key": float(np.min(p_other)), "random_queries_mean": float(np.mean(q_random)),
-        "random_p_unmarked": p_unmarked, "random_p_other_key": p_other,
+        "false_positives_unmarked": fp["unmarked"],
+        "false_positives_other_key": fp["other_key"],
+        "n_random_keys": cfg.n_random_keys,
+        "random_p_min_unmarked": float(np.min(p_unmarked)),
+        "random_p_min_other_key": float(np.min(p_other)),
+        "random_queries_mean": float(np.mean(q_random)),
+        "random_p_unmarked": p_unmarked,
+        "random_p_other_key": p_other,
         # indices j of the random keys that were verified: OwnerIdentity.for_experiment(seed, f"random-{j}")
-        "false_positive_keys": {"unmarked": [j for j, t in enumerate(tried) if t[0][0]],
-                                "other_key": [j for j, t in enumerate(tried) if t[1][0]]},
-        "fp_wall_s": time.perf_counter() - t_fp, "sizes": splits.sizes(),
+        "false_positive_keys": {
+            "unmarked": [j for j, t in enumerate(tried) if t[0][0]],
+            "other_key": [j for j, t in enumerate(tried) if t[1][0]],
+        },
+        "fp_wall_s": time.perf_counter() - t_fp,
+        "sizes": splits.sizes(),
         "train_wall_s": {"reference": ref.log.wall_s, "marked_mean": float(np.mean([m.log.wall_s for m in models]))},
     }
     if scheme_name in EXTRAS:
-        ctx = {"scheme": scheme, "models": models, "reference": ref, "splits": splits, "cfg": cfg, "seed": seed,
-               "verdicts": verdicts, "progress": progress}
+        ctx = {
+            "scheme": scheme,
+            "models": models,
+            "reference": ref,
+            "splits": splits,
+            "cfg": cfg,
+            "seed": seed,
+            "verdicts": verdicts,
+            "progress": progress,
+        }
         rep["extra"] = EXTRAS[scheme_name](ctx)
     rep["paper"] = PAPER.get(scheme_name, {})
     rep["wall_s"] = time.perf_counter() - t0
@@ -239,33 +295,56 @@ def _run(scheme_name: str, dataset: str, out: Path, seed: int, progress: bool, o
 def _key_model(scheme: Any, ref: Any, marked: Any) -> Any:
     """The network a random key is made for: the marked architecture (its output count) for schemes
     that change it, else an unmarked model trained independently of every suspect."""
-    return marked.model if scheme.num_outputs(int(ref.manifest["num_classes"])) != int(
-        ref.manifest["num_classes"]) else ref.model
+    return (
+        marked.model
+        if scheme.num_outputs(int(ref.manifest["num_classes"])) != int(ref.manifest["num_classes"])
+        else ref.model
+    )
 
 
 def _rows(rep: dict[str, Any]) -> list[list[Any]]:
     paper = rep.get("paper", {})
     rows = [
         ["test accuracy, unmarked reference (%)", paper.get("reference_acc"), rep["reference_acc"]],
-        ["test accuracy, watermarked, mean / min (%)", paper.get("marked_acc"),
-         f"{rep['marked_acc_mean']:.2f} / {rep['marked_acc_min']:.2f}"],
+        [
+            "test accuracy, watermarked, mean / min (%)",
+            paper.get("marked_acc"),
+            f"{rep['marked_acc_mean']:.2f} / {rep['marked_acc_min']:.2f}",
+        ],
         ["largest accuracy drop (points)", paper.get("acc_drop"), rep["acc_drop_max"]],
-        [f"own key verified at FPR {rep['config']['fpr']:g}", paper.get("verified"),
-         f"{rep['verified']} / {rep['n_models']}"],
+        [
+            f"own key verified at FPR {rep['config']['fpr']:g}",
+            paper.get("verified"),
+            f"{rep['verified']} / {rep['n_models']}",
+        ],
         ["queries per verification (own key, mean)", paper.get("queries"), float(np.mean(rep["own_queries"]))],
-        ["false positives, random keys vs unmarked model", paper.get("false_positives"),
-         f"{rep['false_positives_unmarked']} / {rep['n_random_keys']}"],
-        ["false positives, random keys vs model marked with another key", None,
-         f"{rep['false_positives_other_key']} / {rep['n_random_keys']}"],
-        ["smallest p-value of a random key (unmarked / other key)", None,
-         f"{rep['random_p_min_unmarked']:.3g} / {rep['random_p_min_other_key']:.3g}"],
+        [
+            "false positives, random keys vs unmarked model",
+            paper.get("false_positives"),
+            f"{rep['false_positives_unmarked']} / {rep['n_random_keys']}",
+        ],
+        [
+            "false positives, random keys vs model marked with another key",
+            None,
+            f"{rep['false_positives_other_key']} / {rep['n_random_keys']}",
+        ],
+        [
+            "smallest p-value of a random key (unmarked / other key)",
+            None,
+            f"{rep['random_p_min_unmarked']:.3g} / {rep['random_p_min_other_key']:.3g}",
+        ],
     ]
     if "random_p_unmarked" in rep:
         own = np.array(rep["own_p_values"], dtype=float)
         pu, po = (np.array(rep[k], dtype=float) for k in ("random_p_unmarked", "random_p_other_key"))
         for level in LEVELS:
-            rows.append([f"at p <= {level:g}: own keys verified / false positives (unmarked, other key)", None,
-                         f"{int((own <= level).sum())} / {int((pu <= level).sum())}, {int((po <= level).sum())}"])
+            rows.append(
+                [
+                    f"at p <= {level:g}: own keys verified / false positives (unmarked, other key)",
+                    None,
+                    f"{int((own <= level).sum())} / {int((pu <= level).sum())}, {int((po <= level).sum())}",
+                ]
+            )
     for k, v in (rep.get("extra") or {}).items():
         if isinstance(v, (int, float, str)):
             small = isinstance(v, float) and 0 < abs(v) < 0.1  # e.g. beta = 0.0035: not "0.00"
@@ -310,9 +389,12 @@ def _markdown(rep: dict[str, Any]) -> str:
     fpk = rep.get("false_positive_keys", {})
     if fpk.get("unmarked") or fpk.get("other_key"):
         when = f" with SOURCE_DATE_EPOCH={rep['signed_at_epoch']}" if "signed_at_epoch" in rep else ""
-        lines += [f"Random keys verified (false positives), by index j of "
-                  f"`OwnerIdentity.for_experiment({rep['seed']}, 'random-j')`{when}: against the unmarked model "
-                  f"{fpk.get('unmarked', [])}, against the other key's model {fpk.get('other_key', [])}.", ""]
+        lines += [
+            f"Random keys verified (false positives), by index j of "
+            f"`OwnerIdentity.for_experiment({rep['seed']}, 'random-j')`{when}: against the unmarked model "
+            f"{fpk.get('unmarked', [])}, against the other key's model {fpk.get('other_key', [])}.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -350,20 +432,42 @@ def write_comparison(out: Path, dataset: str) -> Path:
             continue
         if rep.get("experiment") != "watermark" or rep.get("dataset") != dataset:
             continue
-        rows.append([rep["scheme"], rep["reference_acc"], rep["marked_acc_mean"], rep["acc_drop_max"],
-                     f"{rep['verified']}/{rep['n_models']}", float(np.mean(rep["own_queries"])),
-                     f"{rep['false_positives_unmarked']}/{rep['n_random_keys']}",
-                     f"{rep['false_positives_other_key']}/{rep['n_random_keys']}"])
-    text = "\n".join([
-        f"# Ownership watermarks compared on `{dataset}`",
-        "",
-        "Each row: `deepserial reproduce <scheme> --dataset " + dataset + "` (same network, seed and budget; "
-        "details and the papers' figures in `<scheme>_" + dataset + ".md`).",
-        "",
-        markdown_table(["scheme", "unmarked acc", "marked acc (mean)", "max drop", "own keys verified",
-                        "queries", "FP unmarked", "FP other key"], rows, digits=2),
-        "",
-    ])
+        rows.append(
+            [
+                rep["scheme"],
+                rep["reference_acc"],
+                rep["marked_acc_mean"],
+                rep["acc_drop_max"],
+                f"{rep['verified']}/{rep['n_models']}",
+                float(np.mean(rep["own_queries"])),
+                f"{rep['false_positives_unmarked']}/{rep['n_random_keys']}",
+                f"{rep['false_positives_other_key']}/{rep['n_random_keys']}",
+            ]
+        )
+    text = "\n".join(
+        [
+            f"# Ownership watermarks compared on `{dataset}`",
+            "",
+            "Each row: `deepserial reproduce <scheme> --dataset " + dataset + "` (same network, seed and budget; "
+            "details and the papers' figures in `<scheme>_" + dataset + ".md`).",
+            "",
+            markdown_table(
+                [
+                    "scheme",
+                    "unmarked acc",
+                    "marked acc (mean)",
+                    "max drop",
+                    "own keys verified",
+                    "queries",
+                    "FP unmarked",
+                    "FP other key",
+                ],
+                rows,
+                digits=2,
+            ),
+            "",
+        ]
+    )
     path = out / f"schemes_{dataset}.md"
     write_text(path, text)
     return path
@@ -391,33 +495,59 @@ def _null_embedding_piracy(ctx: dict[str, Any]) -> dict[str, Any]:
     reference = ctx["reference"]
     # the control: the paper's attack on the unmarked reference. If it breaks that model too, the
     # breakage comes from the attack's recipe, not from the owner's null embedding.
-    variants = (("paper", owner_model.model, "sgd", 1e-3, 0, cfg.n_pirates),
-                ("paper_on_unmarked", reference.model, "sgd", 1e-3, 0, cfg.n_adaptive_pirates),
-                ("adam", owner_model.model, "adam", None, 0, cfg.n_adaptive_pirates),
-                ("adam_warmup", owner_model.model, "adam", None, own_cfg["lam_warmup_epochs"], cfg.n_adaptive_pirates))
-    out: dict[str, Any] = {"piracy_nc_before": owner_model.manifest["test_acc"],
-                           "piracy_unmarked_nc_before": reference.manifest["test_acc"], "piracy_runs": {}}
+    variants = (
+        ("paper", owner_model.model, "sgd", 1e-3, 0, cfg.n_pirates),
+        ("paper_on_unmarked", reference.model, "sgd", 1e-3, 0, cfg.n_adaptive_pirates),
+        ("adam", owner_model.model, "adam", None, 0, cfg.n_adaptive_pirates),
+        ("adam_warmup", owner_model.model, "adam", None, own_cfg["lam_warmup_epochs"], cfg.n_adaptive_pirates),
+    )
+    out: dict[str, Any] = {
+        "piracy_nc_before": owner_model.manifest["test_acc"],
+        "piracy_unmarked_nc_before": reference.manifest["test_acc"],
+        "piracy_runs": {},
+    }
     for label, target, opt, lr, warmup, n in variants:
         runs = []
         for i in range(n):
-            prov = Provenance.sign(OwnerIdentity.for_experiment(ctx["seed"], f"pirate-{label}-{i}"), "pirate",
-                                   f"pirate-{label}-{i}", scheme.name)
-            pirated, log = pirate_null_embedding(target, splits.attacker, prov.signature, lr=lr,
-                                                 owner_log=owner_model.log, batch_size=cfg.batch_size,
-                                                 config=own_cfg | {"lam_warmup_epochs": warmup},
-                                                 optimizer=opt, seed=ctx["seed"] + i, progress=False)
+            prov = Provenance.sign(
+                OwnerIdentity.for_experiment(ctx["seed"], f"pirate-{label}-{i}"),
+                "pirate",
+                f"pirate-{label}-{i}",
+                scheme.name,
+            )
+            pirated, log = pirate_null_embedding(
+                target,
+                splits.attacker,
+                prov.signature,
+                lr=lr,
+                owner_log=owner_model.log,
+                batch_size=cfg.batch_size,
+                config=own_cfg | {"lam_warmup_epochs": warmup},
+                optimizer=opt,
+                seed=ctx["seed"] + i,
+                progress=False,
+            )
             suspect = ModuleSuspect(pirated, shape)
             own = verify_watermark(owner_model.key, suspect, fpr=cfg.fpr)
             # The pirate drew its pattern on the owner's model before the attack (the visible field is the
             # architecture's); a pirated model whose features died gives no gradient to place it with.
             pkey = scheme.make_signed_key(prov, splits.attacker, num_classes, model=owner_model.model)
             pv = scheme.verify(ModuleSuspect(pirated, shape), pkey, fpr=cfg.fpr)
-            runs.append({"nc_after": accuracy(pirated, splits.test), "owner_verified": own.decision,
-                         "owner_wm_acc": own.details.get("wm_acc"), "pirate_verified": pv.decision,
-                         "pirate_acc_null": pv.details.get("acc_null"), "pirate_acc_true": pv.details.get("acc_true"),
-                         "pirate_wm_acc": pv.details.get("wm_acc"), "lr": log.epochs[-1]["lr"] if log.epochs else lr,
-                         "optimizer": opt, "lam_warmup_epochs": warmup,
-                         "nc_curve": [e.get("acc") for e in log.epochs]})
+            runs.append(
+                {
+                    "nc_after": accuracy(pirated, splits.test),
+                    "owner_verified": own.decision,
+                    "owner_wm_acc": own.details.get("wm_acc"),
+                    "pirate_verified": pv.decision,
+                    "pirate_acc_null": pv.details.get("acc_null"),
+                    "pirate_acc_true": pv.details.get("acc_true"),
+                    "pirate_wm_acc": pv.details.get("wm_acc"),
+                    "lr": log.epochs[-1]["lr"] if log.epochs else lr,
+                    "optimizer": opt,
+                    "lam_warmup_epochs": warmup,
+                    "nc_curve": [e.get("acc") for e in log.epochs],
+                }
+            )
         out["piracy_runs"][label] = runs
         out[f"piracy_{label}_nc_after_mean"] = float(np.mean([r["nc_after"] for r in runs]))
         out[f"piracy_{label}_owner_verified"] = f"{sum(r['owner_verified'] for r in runs)} / {len(runs)}"
@@ -443,21 +573,31 @@ def _new_label_queries(ctx: dict[str, Any]) -> dict[str, Any]:
         hits = int((predict_logits(m.model, x).argmax(1) == delta).sum())
         n = int(x.shape[0])
         p = hits / n
-        per_model.append({"keys": n, "delta_answers": hits, "p": p,
-                          "expected_queries_formula": expected_queries(p, n) if hits else None,
-                          "mean_first_delta_random_order": (n + 1) / (hits + 1) if hits else None,
-                          "first_delta_in_verification": v.details.get("queries_to_first_delta")})
+        per_model.append(
+            {
+                "keys": n,
+                "delta_answers": hits,
+                "p": p,
+                "expected_queries_formula": expected_queries(p, n) if hits else None,
+                "mean_first_delta_random_order": (n + 1) / (hits + 1) if hits else None,
+                "first_delta_in_verification": v.details.get("queries_to_first_delta"),
+            }
+        )
     ps = [r["p"] for r in per_model]
     firsts = [r["mean_first_delta_random_order"] for r in per_model if r["mean_first_delta_random_order"]]
     seen = [r["first_delta_in_verification"] for r in per_model if r["first_delta_in_verification"]]
-    return {"alpha": ctx["scheme"].config.alpha, "beta": ctx["scheme"].config.beta,
-            "delta_hit_rate_mean": float(np.mean(ps)), "delta_hit_rate_min": float(np.min(ps)),
-            "expected_queries_at_mean_p": expected_queries(float(np.mean(ps))) if np.mean(ps) > 0 else None,
-            "queries_to_first_delta_mean": float(np.mean(firsts)) if firsts else None,
-            "queries_to_first_delta_max": float(np.max(firsts)) if firsts else None,
-            "queries_to_first_delta_seen_mean": float(np.mean(seen)) if seen else None,
-            "models_without_delta": sum(1 for r in per_model if not r["delta_answers"]),
-            "per_model": per_model}
+    return {
+        "alpha": ctx["scheme"].config.alpha,
+        "beta": ctx["scheme"].config.beta,
+        "delta_hit_rate_mean": float(np.mean(ps)),
+        "delta_hit_rate_min": float(np.min(ps)),
+        "expected_queries_at_mean_p": expected_queries(float(np.mean(ps))) if np.mean(ps) > 0 else None,
+        "queries_to_first_delta_mean": float(np.mean(firsts)) if firsts else None,
+        "queries_to_first_delta_max": float(np.max(firsts)) if firsts else None,
+        "queries_to_first_delta_seen_mean": float(np.mean(seen)) if seen else None,
+        "models_without_delta": sum(1 for r in per_model if not r["delta_answers"]),
+        "per_model": per_model,
+    }
 
 
 @extra("deepsigns-output")
@@ -467,10 +607,12 @@ def _deepsigns_eq5(ctx: dict[str, Any]) -> dict[str, Any]:
     from deepserial.schemes.deepsigns import eq5_mismatch_threshold
 
     vs = ctx["verdicts"]
-    return {"eq5_threshold_k20": eq5_mismatch_threshold(20, 10, 0.999),
-            "eq5_threshold_k30": eq5_mismatch_threshold(30, 10, 0.999),
-            # with the selection null (chance 1 / (C - 1), module docstring of schemes/deepsigns.py)
-            "eq5_threshold_k20_selection_null": eq5_mismatch_threshold(20, 10, 0.999, chance=1 / 9),
-            "eq5_threshold_k30_selection_null": eq5_mismatch_threshold(30, 10, 0.999, chance=1 / 9),
-            "own_threshold": float(vs[0].threshold),
-            "own_mismatches_max": float(max(v.statistic for v in vs))}
+    return {
+        "eq5_threshold_k20": eq5_mismatch_threshold(20, 10, 0.999),
+        "eq5_threshold_k30": eq5_mismatch_threshold(30, 10, 0.999),
+        # with the selection null (chance 1 / (C - 1), module docstring of schemes/deepsigns.py)
+        "eq5_threshold_k20_selection_null": eq5_mismatch_threshold(20, 10, 0.999, chance=1 / 9),
+        "eq5_threshold_k30_selection_null": eq5_mismatch_threshold(30, 10, 0.999, chance=1 / 9),
+        "own_threshold": float(vs[0].threshold),
+        "own_mismatches_max": float(max(v.statistic for v in vs)),
+    }

@@ -85,8 +85,9 @@ def _conv_stack(in_ch: int, plan: Sequence[int | str], padding: int) -> nn.Seque
     return nn.Sequential(*layers)
 
 
-def _build(input_shape: tuple[int, int, int], num_classes: int, plan: Sequence[int | str],
-           hidden: int, padding: int) -> SplitNet:
+def _build(
+    input_shape: tuple[int, int, int], num_classes: int, plan: Sequence[int | str], hidden: int, padding: int
+) -> SplitNet:
     body = _conv_stack(input_shape[0], plan, padding)
     flat = _flat_dim(body, input_shape)
     features = nn.Sequential(body, nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(inplace=True))
@@ -107,19 +108,34 @@ def dsn_gtsrb(input_shape: tuple[int, int, int], num_classes: int) -> SplitNet:
 
 @register("null_digit", "Null embedding Table 10 (Digit): conv 32 5x5 + pool, conv 64 5x5 + pool, FC 512 + FC classes")
 def null_digit(input_shape: tuple[int, int, int], num_classes: int) -> SplitNet:
-    body = nn.Sequential(nn.Conv2d(input_shape[0], 32, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-                         nn.Conv2d(32, 64, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+    body = nn.Sequential(
+        nn.Conv2d(input_shape[0], 32, 5),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
     features = nn.Sequential(body, nn.Flatten(), nn.Linear(_flat_dim(body, input_shape), 512), nn.ReLU(inplace=True))
     return SplitNet(features, nn.Linear(512, num_classes), 512)
 
 
-@register("null_traffic", "Null embedding Tables 12-13 (Traffic, Object; GTSRB at 48x48, CIFAR-10): 6 conv 3x3 "
-                          "(32-32-64-64-128-128, pool after each pair) + FC 512 + FC 512 + FC classes")
+@register(
+    "null_traffic",
+    "Null embedding Tables 12-13 (Traffic, Object; GTSRB at 48x48, CIFAR-10): 6 conv 3x3 "
+    "(32-32-64-64-128-128, pool after each pair) + FC 512 + FC 512 + FC classes",
+)
 def null_traffic(input_shape: tuple[int, int, int], num_classes: int) -> SplitNet:
     # The tables give no padding; "same" padding keeps every pixel visible to the serial number.
     body = _conv_stack(input_shape[0], [32, 32, "M", 64, 64, "M", 128, 128, "M"], padding=1)
-    features = nn.Sequential(body, nn.Flatten(), nn.Linear(_flat_dim(body, input_shape), 512), nn.ReLU(inplace=True),
-                             nn.Linear(512, 512), nn.ReLU(inplace=True))
+    features = nn.Sequential(
+        body,
+        nn.Flatten(),
+        nn.Linear(_flat_dim(body, input_shape), 512),
+        nn.ReLU(inplace=True),
+        nn.Linear(512, 512),
+        nn.ReLU(inplace=True),
+    )
     return SplitNet(features, nn.Linear(512, num_classes), 512)
 
 
@@ -129,9 +145,17 @@ class _DeepIDFeatures(nn.Module):
 
     def __init__(self, input_shape: tuple[int, int, int]) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(nn.Conv2d(input_shape[0], 20, 4), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-                                   nn.Conv2d(20, 40, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-                                   nn.Conv2d(40, 60, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.trunk = nn.Sequential(
+            nn.Conv2d(input_shape[0], 20, 4),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(20, 40, 3),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(40, 60, 3),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
         self.conv4 = nn.Sequential(nn.Conv2d(60, 80, 2), nn.ReLU(inplace=True))
         with torch.no_grad():
             try:
@@ -147,14 +171,19 @@ class _DeepIDFeatures(nn.Module):
         return torch.relu(self.fc1(p3.flatten(1)) + self.fc2(self.conv4(p3).flatten(1)))
 
 
-@register("deepid", "Null embedding Table 11 (Face): DeepID, 4 conv (20 4x4, 40 3x3, 60 3x3, 80 2x2) + merged FC 160 "
-                    "+ FC classes")
+@register(
+    "deepid",
+    "Null embedding Table 11 (Face): DeepID, 4 conv (20 4x4, 40 3x3, 60 3x3, 80 2x2) + merged FC 160 + FC classes",
+)
 def deepid(input_shape: tuple[int, int, int], num_classes: int) -> SplitNet:
     return SplitNet(_DeepIDFeatures(input_shape), nn.Linear(160, num_classes), 160)
 
 
-@register("vgg16", "VGG-16 style (DSN's Pubfig net: 13 conv + 3 dense): 13 conv 3x3 with batch norm "
-                   "(64-128-256-512-512), FC 512 + FC 512 + FC classes")
+@register(
+    "vgg16",
+    "VGG-16 style (DSN's Pubfig net: 13 conv + 3 dense): 13 conv 3x3 with batch norm "
+    "(64-128-256-512-512), FC 512 + FC 512 + FC classes",
+)
 def vgg16(input_shape: tuple[int, int, int], num_classes: int) -> SplitNet:
     plan: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
     layers: list[nn.Module] = []
@@ -166,17 +195,27 @@ def vgg16(input_shape: tuple[int, int, int], num_classes: int) -> SplitNet:
             layers += [nn.Conv2d(ch, int(item), 3, 1, 1), nn.BatchNorm2d(int(item)), nn.ReLU(inplace=True)]
             ch = int(item)
     body = nn.Sequential(*layers)  # five poolings: at least 32x32 inputs
-    features = nn.Sequential(body, nn.Flatten(), nn.Linear(_flat_dim(body, input_shape), 512), nn.ReLU(inplace=True),
-                             nn.Linear(512, 512), nn.ReLU(inplace=True))
+    features = nn.Sequential(
+        body,
+        nn.Flatten(),
+        nn.Linear(_flat_dim(body, input_shape), 512),
+        nn.ReLU(inplace=True),
+        nn.Linear(512, 512),
+        nn.ReLU(inplace=True),
+    )
     return SplitNet(features, nn.Linear(512, num_classes), 512)
 
 
 class _BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
-                                  nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(cout))
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
         self.skip: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
@@ -185,11 +224,17 @@ class _BasicBlock(nn.Module):
         return torch.relu(self.body(x) + self.skip(x))
 
 
-@register("resnet18", "ResNet-18 for 32x32 inputs (He et al. 2016, CIFAR stem: one 3x3 conv, no max pooling): "
-                      "4 stages x 2 basic blocks (64-128-256-512), global average pooling + FC classes")
+@register(
+    "resnet18",
+    "ResNet-18 for 32x32 inputs (He et al. 2016, CIFAR stem: one 3x3 conv, no max pooling): "
+    "4 stages x 2 basic blocks (64-128-256-512), global average pooling + FC classes",
+)
 def resnet18(input_shape: tuple[int, int, int], num_classes: int) -> SplitNet:
-    layers: list[nn.Module] = [nn.Conv2d(input_shape[0], 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
-                               nn.ReLU(inplace=True)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(input_shape[0], 64, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+    ]
     cin = 64
     for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
         layers += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]

@@ -51,10 +51,19 @@ class AdiConfig(TriggerConfig):
     """Settings of the Adi et al. trigger set."""
 
     trigger_size: int = Field(100, ge=1, le=100_000, description="abstract images in the trigger set (Adi §5: 100)")
-    key_ratio: float = Field(0.1, gt=0, le=10, description="trigger images appended per clean sample in each "
-                             "batch (ours: 10%; the null-embedding paper's Table 9 uses 28.125%, Adi's code 2%)")
-    verify_queries: int = Field(50, ge=1, description="most trigger images asked per verification (50: the "
-                                "exact test's real size at fpr 1e-3 is 2.9e-4, with 100 it is 8.1e-4)")
+    key_ratio: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="trigger images appended per clean sample in each "
+        "batch (ours: 10%; the null-embedding paper's Table 9 uses 28.125%, Adi's code 2%)",
+    )
+    verify_queries: int = Field(
+        50,
+        ge=1,
+        description="most trigger images asked per verification (50: the "
+        "exact test's real size at fpr 1e-3 is 2.9e-4, with 100 it is 8.1e-4)",
+    )
 
 
 def abstract_images(rng: np.random.Generator, n: int, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -114,8 +123,10 @@ class AdiScheme(TriggerScheme):
     """
 
     name = SCHEME
-    citation = ("Adi, Baum, Cisse, Pinkas, Keshet. Turning Your Weakness Into a Strength: Watermarking Deep Neural "
-                "Networks by Backdooring. USENIX Security 2018, arXiv:1802.04633")
+    citation = (
+        "Adi, Baum, Cisse, Pinkas, Keshet. Turning Your Weakness Into a Strength: Watermarking Deep Neural "
+        "Networks by Backdooring. USENIX Security 2018, arXiv:1802.04633"
+    )
     Config = AdiConfig
     exact_null = True
 
@@ -127,5 +138,6 @@ class AdiScheme(TriggerScheme):
         shape = tuple(int(s) for s in data.x.shape[1:])
         images = abstract_images(derive_rng(signature, f"{SCHEME}/images"), n, shape)  # type: ignore[arg-type]
         labels = torch.from_numpy(derive_rng(signature, f"{SCHEME}/labels").integers(0, num_classes, n)).long()
-        return KeySet(train_samples=images, train_labels=labels, samples=images, labels=labels,
-                      meta={"trigger_size": n})
+        return KeySet(
+            train_samples=images, train_labels=labels, samples=images, labels=labels, meta={"trigger_size": n}
+        )

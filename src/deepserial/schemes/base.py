@@ -42,8 +42,9 @@ class OwnershipKey:
         try:
             return self.tensors[name]
         except KeyError:
-            raise ConfigError(f"ownership key for {self.scheme!r} lacks tensor {name!r}; "
-                              "was it made by another version or scheme?") from None
+            raise ConfigError(
+                f"ownership key for {self.scheme!r} lacks tensor {name!r}; was it made by another version or scheme?"
+            ) from None
 
 
 @dataclass
@@ -66,9 +67,11 @@ class Verdict:
 
     def summary(self) -> str:
         word = "CARRIES the key" if self.decision else "does NOT carry the key"
-        return (f"{self.scheme}: suspect {word} ({self.statistic_name} = {self.statistic:.4g}, threshold "
-                f"{self.threshold:.4g}, p-value {self.p_value:.3g} at false-positive rate {self.fpr:g}, "
-                f"{self.queries} queries)")
+        return (
+            f"{self.scheme}: suspect {word} ({self.statistic_name} = {self.statistic:.4g}, threshold "
+            f"{self.threshold:.4g}, p-value {self.p_value:.3g} at false-positive rate {self.fpr:g}, "
+            f"{self.queries} queries)"
+        )
 
 
 @dataclass(frozen=True)
@@ -90,17 +93,25 @@ class Provenance:
         return cls(verifier, identity.sign(verifier), identity.public_pem().decode())
 
     def to_meta(self) -> dict[str, Any]:
-        return {"verifier": self.verifier.to_dict(), "signature": self.signature.hex(),
-                "owner_public_key": self.owner_public_key}
+        return {
+            "verifier": self.verifier.to_dict(),
+            "signature": self.signature.hex(),
+            "owner_public_key": self.owner_public_key,
+        }
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> Provenance:
         try:
-            return cls(VerifierString.from_dict(meta["verifier"]), bytes.fromhex(meta["signature"]),
-                       str(meta["owner_public_key"]))
+            return cls(
+                VerifierString.from_dict(meta["verifier"]),
+                bytes.fromhex(meta["signature"]),
+                str(meta["owner_public_key"]),
+            )
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise IdentityError("ownership key lacks a readable verifier string, signature or owner public key; "
-                                "it was not made with an owner identity") from None
+            raise IdentityError(
+                "ownership key lacks a readable verifier string, signature or owner public key; "
+                "it was not made with an owner identity"
+            ) from None
 
     def check(self) -> bytes:
         """The signature, after checking it is the owner's over the verifier string (IdentityError if not)."""
@@ -132,8 +143,9 @@ class Scheme(ABC):
             except ValidationError as e:
                 raise ConfigError(f"invalid {self.name} settings: {_one_line(e)}") from None
         elif not isinstance(config, self.Config):
-            raise ConfigError(f"{self.name} settings must be a {self.Config.__name__} or a dict, "
-                              f"got {type(config).__name__}")
+            raise ConfigError(
+                f"{self.name} settings must be a {self.Config.__name__} or a dict, got {type(config).__name__}"
+            )
         self.config = config
 
     def num_outputs(self, num_classes: int) -> int:
@@ -141,8 +153,9 @@ class Scheme(ABC):
         return num_classes
 
     @abstractmethod
-    def make_key(self, signature: bytes, data: TensorData, num_classes: int,
-                 model: SplitNet | None = None) -> OwnershipKey:
+    def make_key(
+        self, signature: bytes, data: TensorData, num_classes: int, model: SplitNet | None = None
+    ) -> OwnershipKey:
         """Derive the ownership key from ``signature``; ``data`` is the owner's training data (schemes
         that pick key samples from it), ``model`` a trained model for schemes that need one."""
 
@@ -154,16 +167,18 @@ class Scheme(ABC):
     def verify(self, suspect: Suspect, key: OwnershipKey, fpr: float = 1e-3) -> Verdict:
         """Test whether ``suspect`` carries ``key`` at false-positive rate ``fpr``."""
 
-    def make_signed_key(self, provenance: Provenance, data: TensorData, num_classes: int,
-                        model: SplitNet | None = None) -> OwnershipKey:
+    def make_signed_key(
+        self, provenance: Provenance, data: TensorData, num_classes: int, model: SplitNet | None = None
+    ) -> OwnershipKey:
         """:meth:`make_key` from a checked signature, with the provenance recorded in the key."""
         key = self.make_key(provenance.check(), data, num_classes, model)
         key.meta.update(provenance.to_meta())
         key.meta.setdefault("config", self.config.model_dump())  # verify rebuilds the scheme from it
         return key
 
-    def null_key(self, provenance: Provenance, data: TensorData, num_classes: int,
-                 model: SplitNet | None = None) -> OwnershipKey:
+    def null_key(
+        self, provenance: Provenance, data: TensorData, num_classes: int, model: SplitNet | None = None
+    ) -> OwnershipKey:
         """A complete key that was never embedded anywhere: what a false-positive study verifies against
         models that do not carry it. Schemes whose keys are finalised during embedding override this."""
         return self.make_signed_key(provenance, data, num_classes, model)
@@ -184,8 +199,9 @@ def check_derived(key: OwnershipKey, name: str, expected: Any) -> None:
     stored = key.tensor(name).detach().cpu().numpy()
     want = np.asarray(expected)
     if stored.shape != want.shape or not np.array_equal(stored.astype(want.dtype), want):
-        raise IntegrityError(f"ownership key for {key.scheme!r}: {name} is not what the key's signature derives; "
-                             "the key was altered")
+        raise IntegrityError(
+            f"ownership key for {key.scheme!r}: {name} is not what the key's signature derives; the key was altered"
+        )
 
 
 def key_signature(key: OwnershipKey) -> bytes:

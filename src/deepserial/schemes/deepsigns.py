@@ -108,8 +108,10 @@ from deepserial.training import Batch, LossOut, TrainConfig, TrainLog, fit, mode
 
 HIDDEN = "deepsigns-hidden"
 OUTPUT = "deepsigns-output"
-CITATION = ("Rouhani, Chen, Koushanfar. DeepSigns: An End-to-End Watermarking Framework for Ownership "
-            "Protection of Deep Neural Networks. ASPLOS 2019, arXiv:1804.00750")
+CITATION = (
+    "Rouhani, Chen, Koushanfar. DeepSigns: An End-to-End Watermarking Framework for Ownership "
+    "Protection of Deep Neural Networks. ASPLOS 2019, arXiv:1804.00750"
+)
 
 
 # ----- helpers shared by both schemes -------------------------------------------------------------
@@ -121,14 +123,18 @@ def signature_bits(signature: bytes, purpose: str, n: int) -> np.ndarray:
 
 def _check_inputs(suspect: Suspect, x: torch.Tensor, scheme: str) -> None:
     if tuple(x.shape[1:]) != tuple(suspect.input_shape):
-        raise InputError(f"{scheme} key images have shape {tuple(x.shape[1:])} but the suspect takes "
-                         f"{tuple(suspect.input_shape)}; this key belongs to a model of another input shape")
+        raise InputError(
+            f"{scheme} key images have shape {tuple(x.shape[1:])} but the suspect takes "
+            f"{tuple(suspect.input_shape)}; this key belongs to a model of another input shape"
+        )
 
 
 def _split_net(module: nn.Module, scheme: str) -> SplitNet:
     if not isinstance(getattr(module, "features", None), nn.Module):
-        raise InputError(f"{scheme} reads the penultimate activations (a network with .features, such as "
-                         f"the deepserial nets); this suspect module ({type(module).__name__}) has none")
+        raise InputError(
+            f"{scheme} reads the penultimate activations (a network with .features, such as "
+            f"the deepserial nets); this suspect module ({type(module).__name__}) has none"
+        )
     return module  # type: ignore[return-value]
 
 
@@ -142,8 +148,7 @@ def _state_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def ber_verdict(scheme: str, decoded: np.ndarray, bits: np.ndarray, fpr: float, queries: int,
-                 details: dict) -> Verdict:
+def ber_verdict(scheme: str, decoded: np.ndarray, bits: np.ndarray, fpr: float, queries: int, details: dict) -> Verdict:
     """Bit-error verdict (DeepSigns §3.1.2, Uchida): errors ~ Binomial(N, 1/2) under "this suspect was not
     trained with these bits" (the bits come from the signature, independent of the model); carries the
     key when errors <= :func:`deepserial.stats.ber_threshold`."""
@@ -152,10 +157,22 @@ def ber_verdict(scheme: str, decoded: np.ndarray, bits: np.ndarray, fpr: float, 
     errors = int(np.sum(decoded.astype(bool).ravel() != bits.astype(bool).ravel()))
     max_errors = stats.ber_threshold(nbits, fpr)
     p = stats.ber_p_value(errors, nbits)
-    return Verdict(scheme, float(errors), f"bit errors (of {nbits})", float(max_errors), p, fpr,
-                   bool(errors <= max_errors), queries,
-                   {"ber": errors / nbits if nbits else 0.0, "bits": nbits, "rule": "carries the key when bit "
-                    "errors <= threshold", **details})
+    return Verdict(
+        scheme,
+        float(errors),
+        f"bit errors (of {nbits})",
+        float(max_errors),
+        p,
+        fpr,
+        bool(errors <= max_errors),
+        queries,
+        {
+            "ber": errors / nbits if nbits else 0.0,
+            "bits": nbits,
+            "rule": "carries the key when bit errors <= threshold",
+            **details,
+        },
+    )
 
 
 # ----- hidden layer --------------------------------------------------------------------------------
@@ -185,8 +202,14 @@ class _FeatureHead(nn.Module):
         return self.model.classifier(f), f
 
 
-def hidden_loss(features: torch.Tensor, y: torch.Tensor, classes: torch.Tensor, A: torch.Tensor,
-                bits: torch.Tensor, separation: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, int]:
+def hidden_loss(
+    features: torch.Tensor,
+    y: torch.Tensor,
+    classes: torch.Tensor,
+    A: torch.Tensor,
+    bits: torch.Tensor,
+    separation: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """loss1 (Eq. 2) and loss2 (Eq. 3) of one batch, and how many chosen classes it contained.
 
     ``features`` (B, M) penultimate activations, ``y`` (B,) labels, ``classes`` (s,) the chosen
@@ -198,8 +221,9 @@ def hidden_loss(features: torch.Tensor, y: torch.Tensor, classes: torch.Tensor, 
     zero = features.new_zeros(())
     loss1, loss2, present = zero, zero, 0
     others = [c for c in torch.unique(y).tolist() if c not in set(classes.tolist())]
-    other_centres = (torch.stack([features[y == c].mean(0) for c in others]).detach() if others and separation > 0
-                     else None)
+    other_centres = (
+        torch.stack([features[y == c].mean(0) for c in others]).detach() if others and separation > 0 else None
+    )
     for k, c in enumerate(classes.tolist()):
         mask = y == c
         if not bool(mask.any()):
@@ -216,17 +240,26 @@ def hidden_loss(features: torch.Tensor, y: torch.Tensor, classes: torch.Tensor, 
 
 
 @torch.no_grad()
-def decode_hidden(model: SplitNet, x: torch.Tensor, key_class: torch.Tensor, classes: torch.Tensor,
-                  A: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+def decode_hidden(
+    model: SplitNet,
+    x: torch.Tensor,
+    key_class: torch.Tensor,
+    classes: torch.Tensor,
+    A: torch.Tensor,
+    batch_size: int = 1024,
+) -> np.ndarray:
     """Eq. 1 on a model: mean activation of each chosen class's key images, projected by A and
     thresholded at sigmoid = 0.5 (i.e. at 0 before the sigmoid). Shape (s, N), uint8."""
     dev = model_device(model)
     model.eval()
-    feats = torch.cat([model.features(x[i: i + batch_size].to(dev)).float().cpu()
-                       for i in range(0, len(x), batch_size)])
+    feats = torch.cat(
+        [model.features(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]
+    )
     if feats.dim() != 2 or feats.shape[1] != A.shape[0]:
-        raise InputError(f"the suspect's penultimate activations have shape {tuple(feats.shape[1:])}, the key's "
-                         f"projection expects {A.shape[0]} features; this key belongs to another architecture")
+        raise InputError(
+            f"the suspect's penultimate activations have shape {tuple(feats.shape[1:])}, the key's "
+            f"projection expects {A.shape[0]} features; this key belongs to another architecture"
+        )
     mus = torch.stack([feats[key_class == c].mean(0) for c in classes.tolist()])
     return (mus @ A.float() > 0).to(torch.uint8).numpy()
 
@@ -246,8 +279,9 @@ class DeepSignsHidden(Scheme):
     white_box = True
     Config = DeepSignsHiddenConfig
 
-    def make_key(self, signature: bytes, data: TensorData, num_classes: int,
-                 model: SplitNet | None = None) -> OwnershipKey:
+    def make_key(
+        self, signature: bytes, data: TensorData, num_classes: int, model: SplitNet | None = None
+    ) -> OwnershipKey:
         cfg: DeepSignsHiddenConfig = self.config  # type: ignore[assignment]
         if model is None or not isinstance(getattr(model, "feature_dim", None), int):
             raise ConfigError(f"{self.name} sizes its projection matrix from the network: pass model= (a SplitNet)")
@@ -258,8 +292,9 @@ class DeepSignsHidden(Scheme):
         rng = derive_rng(signature, "deepsigns-hidden/classes")
         present = np.unique(data.y.numpy())
         if len(present) < cfg.classes:
-            raise ConfigError(f"{self.name}: the training data has {len(present)} classes, fewer than classes = "
-                              f"{cfg.classes}")
+            raise ConfigError(
+                f"{self.name}: the training data has {len(present)} classes, fewer than classes = {cfg.classes}"
+            )
         classes = np.sort(rng.choice(present, cfg.classes, replace=False)).astype(np.int64)
         pick = derive_rng(signature, "deepsigns-hidden/keys")
         idx: list[np.ndarray] = []
@@ -271,28 +306,52 @@ class DeepSignsHidden(Scheme):
         M = int(model.feature_dim)
         A = derive_rng(signature, "deepsigns-hidden/projection").standard_normal((M, cfg.bits)).astype(np.float32)
         bits = signature_bits(signature, "deepsigns-hidden/bits", cfg.classes * cfg.bits).reshape(cfg.classes, cfg.bits)
-        meta = {"signature": signature.hex(), "classes": classes.tolist(), "bits": cfg.bits, "feature_dim": M,
-                "num_classes": int(num_classes), "input_shape": list(data.x.shape[1:]), "keys": int(len(sel)),
-                "config": cfg.model_dump()}
-        return OwnershipKey(self.name, meta, {"x": data.x[sel].clone(), "key_class": data.y[sel].clone(),
-                                              "classes": torch.from_numpy(classes), "A": torch.from_numpy(A),
-                                              "bits": torch.from_numpy(bits)})
+        meta = {
+            "signature": signature.hex(),
+            "classes": classes.tolist(),
+            "bits": cfg.bits,
+            "feature_dim": M,
+            "num_classes": int(num_classes),
+            "input_shape": list(data.x.shape[1:]),
+            "keys": int(len(sel)),
+            "config": cfg.model_dump(),
+        }
+        return OwnershipKey(
+            self.name,
+            meta,
+            {
+                "x": data.x[sel].clone(),
+                "key_class": data.y[sel].clone(),
+                "classes": torch.from_numpy(classes),
+                "A": torch.from_numpy(A),
+                "bits": torch.from_numpy(bits),
+            },
+        )
 
     def _parts(self, key: OwnershipKey) -> tuple[torch.Tensor, ...]:
         self.check_key(key)
         x, kc, classes, A, bits = (key.tensor(n) for n in ("x", "key_class", "classes", "A", "bits"))
-        if (A.dim() != 2 or bits.dim() != 2 or bits.shape != (len(classes), A.shape[1]) or len(x) != len(kc)
-                or not all(bool((kc == c).any()) for c in classes.tolist())):
-            raise ConfigError(f"{self.name} key tensors do not fit together (A {tuple(A.shape)}, bits "
-                              f"{tuple(bits.shape)}, classes {len(classes)}); the key is damaged")
+        if (
+            A.dim() != 2
+            or bits.dim() != 2
+            or bits.shape != (len(classes), A.shape[1])
+            or len(x) != len(kc)
+            or not all(bool((kc == c).any()) for c in classes.tolist())
+        ):
+            raise ConfigError(
+                f"{self.name} key tensors do not fit together (A {tuple(A.shape)}, bits "
+                f"{tuple(bits.shape)}, classes {len(classes)}); the key is damaged"
+            )
         return x, kc, classes, A, bits
 
     def embed(self, model: SplitNet, data: TensorData, key: OwnershipKey, train: TrainConfig) -> TrainLog:
         cfg: DeepSignsHiddenConfig = self.config  # type: ignore[assignment]
         x_key, kc, classes, A, bits = self._parts(key)
         if int(getattr(model, "feature_dim", -1)) != A.shape[0]:
-            raise ConfigError(f"{self.name} key expects {A.shape[0]} penultimate features, the model has "
-                              f"{getattr(model, 'feature_dim', None)}; make the key with this model")
+            raise ConfigError(
+                f"{self.name} key expects {A.shape[0]} penultimate features, the model has "
+                f"{getattr(model, 'feature_dim', None)}; make the key with this model"
+            )
         consts: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
         def loss_fn(net: nn.Module, batch: Batch) -> LossOut:
@@ -306,8 +365,13 @@ class DeepSignsHidden(Scheme):
             loss = ce + cfg.lambda1 * loss1 + cfg.lambda2 * loss2
             # the same metric names in every batch (the loop all-reduces them by position under DDP);
             # 0 for a batch without a chosen class
-            metrics = {"ce": float(ce.detach()), "acc": 100.0 * float((logits.argmax(1) == batch.y).float().mean()),
-                       "loss1": float(loss1.detach()), "loss2": float(loss2.detach()), "wm_batches": float(present > 0)}
+            metrics = {
+                "ce": float(ce.detach()),
+                "acc": 100.0 * float((logits.argmax(1) == batch.y).float().mean()),
+                "loss1": float(loss1.detach()),
+                "loss2": float(loss2.detach()),
+                "wm_batches": float(present > 0),
+            }
             return LossOut(loss, len(batch.x), metrics)
 
         def on_epoch_end(epoch: int, wrapper: nn.Module) -> dict[str, float]:
@@ -320,17 +384,25 @@ class DeepSignsHidden(Scheme):
         stats.check_fpr(fpr)
         x, kc, classes, A, bits = self._parts(key)
         sig = key_signature(key)
-        check_derived(key, "A", derive_rng(sig, "deepsigns-hidden/projection").standard_normal(
-            tuple(A.shape)).astype(np.float32))
-        check_derived(key, "bits", signature_bits(sig, "deepsigns-hidden/bits", bits.numel()).reshape(
-            tuple(bits.shape)))
+        check_derived(
+            key, "A", derive_rng(sig, "deepsigns-hidden/projection").standard_normal(tuple(A.shape)).astype(np.float32)
+        )
+        check_derived(
+            key, "bits", signature_bits(sig, "deepsigns-hidden/bits", bits.numel()).reshape(tuple(bits.shape))
+        )
         module = _split_net(suspect.require_module(self.name), self.name)
         _check_inputs(suspect, x, self.name)
         start = suspect.queries
         suspect.charge(len(x))
         decoded = decode_hidden(module, x, kc, classes, A)
-        return ber_verdict(self.name, decoded, bits.numpy(), fpr, suspect.queries - start,
-                            {"classes": classes.tolist(), "key_images": len(x)})
+        return ber_verdict(
+            self.name,
+            decoded,
+            bits.numpy(),
+            fpr,
+            suspect.queries - start,
+            {"classes": classes.tolist(), "key_images": len(x)},
+        )
 
 
 # ----- output layer --------------------------------------------------------------------------------
@@ -341,22 +413,36 @@ class DeepSignsOutputConfig(BaseModel):
 
     key_length: int = Field(20, ge=1, description="K, keys kept (Table 2: 20; Table 4: 20 and 30)")
     candidate_factor: int = Field(20, ge=1, description="K' = factor * K candidate keys (§3.2.1: 20)")
-    lr_factor: float = Field(1.0, gt=0, le=1, description="fine-tuning learning rate / training rate "
-                                                          "(§3.2.1: 0.1; see the module docstring)")
+    lr_factor: float = Field(
+        1.0, gt=0, le=1, description="fine-tuning learning rate / training rate (§3.2.1: 0.1; see the module docstring)"
+    )
     keys_per_batch: int = Field(64, ge=1, description="candidate keys mixed into every fine-tuning batch")
     pca_components: int = Field(8, ge=1, description="dimensions of the PCA of the activations (§3.2.3)")
-    density_k: int = Field(10, ge=1, description="epsilon = median distance of a training activation to its "
-                                                   "density_k-th nearest training activation")
-    max_neighbours: int = Field(1, ge=1, description="a candidate is in a rarely explored region when fewer than "
-                                                     "this many training activations lie within epsilon")
+    density_k: int = Field(
+        10,
+        ge=1,
+        description="epsilon = median distance of a training activation to its "
+        "density_k-th nearest training activation",
+    )
+    max_neighbours: int = Field(
+        1,
+        ge=1,
+        description="a candidate is in a rarely explored region when fewer than "
+        "this many training activations lie within epsilon",
+    )
     null: Literal["selection", "paper"] = Field("selection", description="chance match rate 1/(C-1) or Eq. 4's 1/C")
     noise_block: int = Field(4, ge=1, description="random inputs: uniform noise, constant over blocks of this size")
-    min_train_accuracy: float = Field(0.5, ge=0, le=1, description="refuse to watermark a model less accurate "
-                                                                   "than this on its training data (untrained)")
+    min_train_accuracy: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="refuse to watermark a model less accurate than this on its training data (untrained)",
+    )
 
 
-def eq5_mismatch_threshold(key_length: int, num_classes: int, confidence: float = 0.999,
-                           chance: float | None = None) -> int:
+def eq5_mismatch_threshold(
+    key_length: int, num_classes: int, confidence: float = 0.999, chance: float | None = None
+) -> int:
     """DeepSigns Eq. 5 as a mismatch threshold: the watermark is detected when mismatches < this.
 
     The smallest match count k with P[Binomial(K, chance) >= k] <= 1 - confidence gives threshold
@@ -389,8 +475,9 @@ class ActivationDensity:
     """
 
     @torch.no_grad()
-    def __init__(self, train_features: torch.Tensor, components: int, density_k: int, reference: int = 2000,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, train_features: torch.Tensor, components: int, density_k: int, reference: int = 2000, seed: int = 0
+    ) -> None:
         f = train_features.double()
         self.centre = f.mean(0, keepdim=True)
         _, _, vh = torch.linalg.svd(f - self.centre, full_matrices=False)
@@ -405,8 +492,13 @@ class ActivationDensity:
     def neighbours(self, features: torch.Tensor) -> torch.Tensor:
         """Training activations within epsilon of each row of ``features`` (N, M) -> (N,) int64."""
         cand = (features.double() - self.centre) @ self.basis
-        return torch.cat([(torch.cdist(cand[i: i + 512], self.proj) <= self.eps).sum(1)
-                          for i in range(0, len(cand), 512)]) if len(cand) else torch.zeros(0, dtype=torch.long)
+        return (
+            torch.cat(
+                [(torch.cdist(cand[i : i + 512], self.proj) <= self.eps).sum(1) for i in range(0, len(cand), 512)]
+            )
+            if len(cand)
+            else torch.zeros(0, dtype=torch.long)
+        )
 
 
 @register_scheme
@@ -432,24 +524,30 @@ class DeepSignsOutput(Scheme):
         super().__init__(config)
         self._cache: tuple[tuple, ActivationDensity, float] | None = None
 
-    def make_key(self, signature: bytes, data: TensorData, num_classes: int,
-                 model: SplitNet | None = None) -> OwnershipKey:
+    def make_key(
+        self, signature: bytes, data: TensorData, num_classes: int, model: SplitNet | None = None
+    ) -> OwnershipKey:
         cfg: DeepSignsOutputConfig = self.config  # type: ignore[assignment]
         if model is None or not isinstance(getattr(model, "features", None), nn.Module):
-            raise ConfigError(f"{self.name} places its keys where the trained unmarked model's activations are "
-                              "sparse: pass the trained model (model=)")
+            raise ConfigError(
+                f"{self.name} places its keys where the trained unmarked model's activations are "
+                "sparse: pass the trained model (model=)"
+            )
         if len(data) < 2:
-            raise ConfigError(f"{self.name} profiles the activations of the owner's training data; it has "
-                              f"{len(data)} images")
+            raise ConfigError(
+                f"{self.name} profiles the activations of the owner's training data; it has {len(data)} images"
+            )
         n_cand = cfg.key_length * cfg.candidate_factor
         shape = tuple(data.x.shape[1:])
         dev = model_device(model)
         digest = _state_digest(model)
         density, train_acc = self._profile(model, data, digest)
         if train_acc < cfg.min_train_accuracy:
-            raise ConfigError(f"{self.name} watermarks a trained model (§3.2: a post-processing step once the model "
-                              f"has converged); this one is right on {100 * train_acc:.1f}% of the training data: "
-                              "train it first (or lower min_train_accuracy)")
+            raise ConfigError(
+                f"{self.name} watermarks a trained model (§3.2: a post-processing step once the model "
+                f"has converged); this one is right on {100 * train_acc:.1f}% of the training data: "
+                "train it first (or lower min_train_accuracy)"
+            )
         rng = derive_rng(signature, "deepsigns-output/candidates")
         kept: list[torch.Tensor] = []
         drawn = 0
@@ -464,16 +562,27 @@ class DeepSignsOutput(Scheme):
                 break
         cand = torch.cat(kept)[:n_cand]
         if len(cand) < n_cand:
-            raise ConfigError(f"{self.name}: only {len(cand)} of {drawn} random inputs fell in rarely explored "
-                              f"regions, {n_cand} needed; raise max_neighbours or lower pca_components")
+            raise ConfigError(
+                f"{self.name}: only {len(cand)} of {drawn} random inputs fell in rarely explored "
+                f"regions, {n_cand} needed; raise max_neighbours or lower pca_components"
+            )
         labels = torch.from_numpy(derive_rng(signature, "deepsigns-output/labels").integers(0, num_classes, n_cand))
         unmarked = predict_logits(model, cand).argmax(1)
-        meta = {"signature": signature.hex(), "num_classes": int(num_classes), "input_shape": list(shape),
-                "key_length": cfg.key_length, "candidates": n_cand, "random_drawn": drawn,
-                "unmarked_digest": digest, "unmarked_train_acc": train_acc, "finalised": False,
-                "config": cfg.model_dump()}
-        return OwnershipKey(self.name, meta, {"candidates_x": cand, "candidates_y": labels.long(),
-                                              "unmarked_pred": unmarked.long()})
+        meta = {
+            "signature": signature.hex(),
+            "num_classes": int(num_classes),
+            "input_shape": list(shape),
+            "key_length": cfg.key_length,
+            "candidates": n_cand,
+            "random_drawn": drawn,
+            "unmarked_digest": digest,
+            "unmarked_train_acc": train_acc,
+            "finalised": False,
+            "config": cfg.model_dump(),
+        }
+        return OwnershipKey(
+            self.name, meta, {"candidates_x": cand, "candidates_y": labels.long(), "unmarked_pred": unmarked.long()}
+        )
 
     def _profile(self, model: SplitNet, data: TensorData, digest: str) -> tuple[ActivationDensity, float]:
         """The density model of the training activations and the training accuracy, cached for the last
@@ -487,8 +596,8 @@ class DeepSignsOutput(Scheme):
         feats, right = [], 0
         with torch.no_grad():
             for i in range(0, len(data), 1024):
-                f = model.features(data.x[i: i + 1024].to(dev))
-                right += int((model.classifier(f).argmax(1).cpu() == data.y[i: i + 1024]).sum())
+                f = model.features(data.x[i : i + 1024].to(dev))
+                right += int((model.classifier(f).argmax(1).cpu() == data.y[i : i + 1024]).sum())
                 feats.append(f.float().cpu())
         density = ActivationDensity(torch.cat(feats), cfg.pca_components, cfg.density_k)
         self._cache = (tag, density, right / len(data))
@@ -500,8 +609,10 @@ class DeepSignsOutput(Scheme):
         if key.meta.get("finalised"):
             raise ConfigError(f"this {self.name} key is already embedded and finalised; make a new key")
         if _state_digest(model) != key.meta.get("unmarked_digest"):
-            raise ConfigError(f"{self.name} fine-tunes the trained model the key was made from (Algorithm 2); "
-                              "this model's weights differ: pass that model, or make the key from this one")
+            raise ConfigError(
+                f"{self.name} fine-tunes the trained model the key was made from (Algorithm 2); "
+                "this model's weights differ: pass that model, or make the key from this one"
+            )
         cx, cy = key.tensor("candidates_x"), key.tensor("candidates_y")
         kb = min(cfg.keys_per_batch, len(cx))
         cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -517,14 +628,18 @@ class DeepSignsOutput(Scheme):
             target = torch.cat([batch.y, ky[pick]])
             loss = F.cross_entropy(logits, target)
             hit = logits.argmax(1) == target
-            return LossOut(loss, len(target), {"acc": 100.0 * float(hit[:n].float().mean()),
-                                               "key_acc": 100.0 * float(hit[n:].float().mean())})
+            return LossOut(
+                loss,
+                len(target),
+                {"acc": 100.0 * float(hit[:n].float().mean()), "key_acc": 100.0 * float(hit[n:].float().mean())},
+            )
 
         def on_epoch_end(epoch: int, m: nn.Module) -> dict[str, float]:
             return {"candidate_acc": 100.0 * float((predict_logits(m, cx).argmax(1) == cy).float().mean())}
 
-        log = fit(model, data, loss_fn, replace(train, lr=train.lr * cfg.lr_factor), on_epoch_end=on_epoch_end,
-                  desc=self.name)
+        log = fit(
+            model, data, loss_fn, replace(train, lr=train.lr * cfg.lr_factor), on_epoch_end=on_epoch_end, desc=self.name
+        )
         self.finalise(key, predict_logits(model, cx).argmax(1))
         return log
 
@@ -540,23 +655,32 @@ class DeepSignsOutput(Scheme):
         if stats.binom_tail(right, len(cy), 1.0 / C) > 1e-3:
             # Without this check Algorithm 2 "succeeds" on a model that learnt nothing: about 1/C of the
             # candidates are right by chance, and K' = 20 K leaves enough of them to select K.
-            raise ConfigError(f"{self.name}: the fine-tuned model gets {right} of {len(cy)} candidate keys right, no "
-                              f"more than chance (1/{C}) explains; the watermark did not take: fine-tune for more "
-                              "epochs or at a higher learning rate")
+            raise ConfigError(
+                f"{self.name}: the fine-tuned model gets {right} of {len(cy)} candidate keys right, no "
+                f"more than chance (1/{C}) explains; the watermark did not take: fine-tune for more "
+                "epochs or at a higher learning rate"
+            )
         eligible = np.flatnonzero(((marked_pred == cy) & (unmarked != cy)).numpy())
         K = int(key.meta.get("key_length", cfg.key_length))
         if len(eligible) < K:
-            raise ConfigError(f"{self.name}: only {len(eligible)} of {len(cx)} candidate keys are right on the marked "
-                              f"model and wrong on the unmarked one, {K} needed; fine-tune for more epochs")
+            raise ConfigError(
+                f"{self.name}: only {len(eligible)} of {len(cx)} candidate keys are right on the marked "
+                f"model and wrong on the unmarked one, {K} needed; fine-tune for more epochs"
+            )
         rng = derive_rng(bytes.fromhex(key.meta["signature"]), "deepsigns-output/select")
         chosen = torch.from_numpy(np.sort(rng.choice(eligible, K, replace=False)))
         key.tensors = {"x": cx[chosen].clone(), "y": cy[chosen].clone()}
-        key.meta |= {"finalised": True, "eligible": int(len(eligible)),
-                     "marked_right": right, "unmarked_wrong": int((unmarked != cy).sum())}
+        key.meta |= {
+            "finalised": True,
+            "eligible": int(len(eligible)),
+            "marked_right": right,
+            "unmarked_wrong": int((unmarked != cy).sum()),
+        }
         return key
 
-    def null_key(self, provenance: Provenance, data: TensorData, num_classes: int,
-                 model: SplitNet | None = None) -> OwnershipKey:
+    def null_key(
+        self, provenance: Provenance, data: TensorData, num_classes: int, model: SplitNet | None = None
+    ) -> OwnershipKey:
         """A never-embedded key finalised as if every candidate had been learnt (:meth:`as_if_embedded`)."""
         return self.as_if_embedded(self.make_signed_key(provenance, data, num_classes, model))
 
@@ -591,8 +715,21 @@ class DeepSignsOutput(Scheme):
         matches = K - mismatches
         p0 = self.chance(C)
         theta = eq5_mismatch_threshold(K, C, 1.0 - fpr, chance=p0)
-        return Verdict(self.name, float(mismatches), f"mismatches (of {K} keys)", float(theta),
-                       stats.binom_tail(matches, K, p0), fpr, bool(mismatches < theta), suspect.queries - start,
-                       {"matches": matches, "keys": K, "chance": p0, "null": self.config.null,  # type: ignore[attr-defined]
-                        "rule": "carries the key when mismatches < threshold (Eq. 5)",
-                        "paper_threshold": eq5_mismatch_threshold(K, C, 1.0 - fpr)})
+        return Verdict(
+            self.name,
+            float(mismatches),
+            f"mismatches (of {K} keys)",
+            float(theta),
+            stats.binom_tail(matches, K, p0),
+            fpr,
+            bool(mismatches < theta),
+            suspect.queries - start,
+            {
+                "matches": matches,
+                "keys": K,
+                "chance": p0,
+                "null": self.config.null,  # type: ignore[attr-defined]
+                "rule": "carries the key when mismatches < threshold (Eq. 5)",
+                "paper_threshold": eq5_mismatch_threshold(K, C, 1.0 - fpr),
+            },
+        )

@@ -67,10 +67,20 @@ class DSNConfig(BaseModel):
     mix_hamming1: float = Field(0.6, ge=0)
     mix_hamming2: float = Field(0.2, ge=0)
     # Calibration levers for large serial numbers (reports/dsn_research.md), off unless set:
-    hard_hamming1: float = Field(0.0, ge=0, le=1, description="share of Hamming-1 inputs drawn in proportion to "
-                                 "each neighbour's recent loss on the uniform target (hard negatives)")
-    ring_noise: float = Field(0.0, ge=0, le=1, description="probability that the 2-pixel band around the serial "
-                              "number of a training input is replaced with uniform noise")
+    hard_hamming1: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of Hamming-1 inputs drawn in proportion to "
+        "each neighbour's recent loss on the uniform target (hard negatives)",
+    )
+    ring_noise: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="probability that the 2-pixel band around the serial "
+        "number of a training input is replaced with uniform noise",
+    )
 
     @model_validator(mode="after")
     def _mix(self) -> DSNConfig:
@@ -122,7 +132,7 @@ class DSNTrainNet(nn.Module):
         """Logits of Gy on all of ``x``, and of Gd(GRL(Ge)) on its last ``n_gd`` rows."""
         e = self.student.features(x)
         y = self.student.classifier(e)
-        d = self.gd(grad_reverse(e[len(e) - n_gd:], self.grl_coefficient)) if n_gd else y[:0]
+        d = self.gd(grad_reverse(e[len(e) - n_gd :], self.grl_coefficient)) if n_gd else y[:0]
         return y, d
 
 
@@ -138,16 +148,20 @@ def _counts(n: int, cfg: DSNConfig) -> dict[str, int]:
     total = int(round(n * cfg.invalid_ratio))
     if cfg.mode == "paper":
         return {"raw": total, "random": 0, "hamming1": 0, "hamming2": 0}
-    weights = {"raw": cfg.mix_raw, "random": cfg.mix_random, "hamming1": cfg.mix_hamming1,
-               "hamming2": cfg.mix_hamming2}
+    weights = {"raw": cfg.mix_raw, "random": cfg.mix_random, "hamming1": cfg.mix_hamming1, "hamming2": cfg.mix_hamming2}
     s = sum(weights.values())
     counts = {k: int(math.floor(total * w / s)) for k, w in weights.items()}
     counts[max(weights, key=weights.get)] += total - sum(counts.values())  # type: ignore[arg-type]
     return counts
 
 
-def make_student_loss(serial: SerialNumber, teacher_logits: torch.Tensor, cfg: DSNConfig, num_classes: int,
-                      also_invalid: torch.Tensor | None = None):
+def make_student_loss(
+    serial: SerialNumber,
+    teacher_logits: torch.Tensor,
+    cfg: DSNConfig,
+    num_classes: int,
+    also_invalid: torch.Tensor | None = None,
+):
     """The per-batch DSN loss for the shared training loop.
 
     Each batch of n images becomes n inputs stamped with the valid serial number (distilled towards
@@ -159,8 +173,10 @@ def make_student_loss(serial: SerialNumber, teacher_logits: torch.Tensor, cfg: D
     """
     geometry = serial.geometry
     valid = serial.as_tensor()
-    wrong = WrongKeys(serial.hamming_neighbours(1), serial.hamming_neighbours(2) if geometry.nbits >= 2
-                      else serial.hamming_neighbours(1))
+    wrong = WrongKeys(
+        serial.hamming_neighbours(1),
+        serial.hamming_neighbours(2) if geometry.nbits >= 2 else serial.hamming_neighbours(1),
+    )
     T = cfg.temperature
     log_c = math.log(num_classes)
 
@@ -188,7 +204,7 @@ def make_student_loss(serial: SerialNumber, teacher_logits: torch.Tensor, cfg: D
         for kind, k in counts.items():
             if k == 0:
                 continue
-            xi = x[pick[off: off + k]]
+            xi = x[pick[off : off + k]]
             if kind == "raw":
                 parts.append(xi)
             else:
@@ -205,7 +221,7 @@ def make_student_loss(serial: SerialNumber, teacher_logits: torch.Tensor, cfg: D
                 else:
                     bits = wrong.hamming2[torch.randint(0, len(wrong.hamming2), (k,))].to(dev)
                 parts.append(stamp(xi, geometry, bits))
-            labels.append(y[pick[off: off + k]])
+            labels.append(y[pick[off : off + k]])
             off += k
         inputs = torch.cat(parts)
         if cfg.ring_noise > 0:
@@ -215,15 +231,20 @@ def make_student_loss(serial: SerialNumber, teacher_logits: torch.Tensor, cfg: D
         n_inv = len(inputs) - n
         logits_y, logits_d = net(inputs, n_gd=n_inv if cfg.gd_weight > 0 else 0)
         zt = teacher_logits[batch.idx].to(dev)
-        distill = F.kl_div(F.log_softmax(logits_y[:n] / T, 1), F.log_softmax(zt / T, 1), log_target=True,
-                           reduction="batchmean") * T * T
+        distill = (
+            F.kl_div(
+                F.log_softmax(logits_y[:n] / T, 1), F.log_softmax(zt / T, 1), log_target=True, reduction="batchmean"
+            )
+            * T
+            * T
+        )
         loss = distill
         metrics = {"distill": float(distill.detach())}
         if n_inv and cfg.mode == "default" and cfg.uniform_weight > 0:
             per_sample = -F.log_softmax(logits_y[n:], 1).mean(1) - log_c
             uniform = per_sample.mean()
             if h1_idx is not None and cfg.hard_hamming1 > 0:
-                seen = per_sample[h1_rows - n: h1_rows - n + len(h1_idx)].detach().float().cpu()
+                seen = per_sample[h1_rows - n : h1_rows - n + len(h1_idx)].detach().float().cpu()
                 total = torch.zeros(n_h1).index_add_(0, h1_idx, seen)
                 count = torch.zeros(n_h1).index_add_(0, h1_idx, torch.ones(len(h1_idx)))
                 hit = count > 0
@@ -246,8 +267,9 @@ def ring_mask(geometry: SerialGeometry, height: int, width: int, band: int = 2) 
     m = torch.zeros(height, width, dtype=torch.bool)
     t, left = geometry.top, geometry.left
     band *= geometry.scale  # the frame grows with the pattern (a convolution sees more pixels per bit)
-    m[max(0, t - band): t + geometry.pixel_height + band,
-      max(0, left - band): left + geometry.pixel_width + band] = True
+    m[max(0, t - band) : t + geometry.pixel_height + band, max(0, left - band) : left + geometry.pixel_width + band] = (
+        True
+    )
     m[geometry.region()] = False
     return m
 
@@ -273,8 +295,9 @@ def train_student(
     return fit(net, data, loss_fn, train, desc="student")
 
 
-def default_geometry(model: nn.Module, input_shape: tuple[int, int, int], height: int, width: int,
-                     margin: int = 0, scale: int = 1) -> SerialGeometry:
+def default_geometry(
+    model: nn.Module, input_shape: tuple[int, int, int], height: int, width: int, margin: int = 0, scale: int = 1
+) -> SerialGeometry:
     """A pattern in the bottom-right corner of what the network can see, ``margin`` pixels inside.
 
     The corner disturbs the task least (DSN §2.2: "less important position such as corners"), and
@@ -287,8 +310,10 @@ def default_geometry(model: nn.Module, input_shape: tuple[int, int, int], height
     top = int(rows.max()) - margin - height * scale + 1
     left = int(cols.max()) - margin - width * scale + 1
     if top < int(rows.min()) or left < int(cols.min()):
-        raise GeometryError(f"a {height}x{width} serial number (x{scale} pixels per bit) does not fit the "
-                            "network's visible field; choose a smaller size")
+        raise GeometryError(
+            f"a {height}x{width} serial number (x{scale} pixels per bit) does not fit the "
+            "network's visible field; choose a smaller size"
+        )
     g = SerialGeometry(height, width, top, left, scale=scale)
     check_visible(model, g, input_shape)
     return g
@@ -296,8 +321,14 @@ def default_geometry(model: nn.Module, input_shape: tuple[int, int, int], height
 
 # ----- evaluation ----------------------------------------------------------------------------------
 @torch.no_grad()
-def key_accuracies(model: nn.Module, x: torch.Tensor, y: torch.Tensor, geometry: SerialGeometry,
-                   keys: torch.Tensor, chunk_samples: int = 8192) -> np.ndarray:
+def key_accuracies(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    geometry: SerialGeometry,
+    keys: torch.Tensor,
+    chunk_samples: int = 8192,
+) -> np.ndarray:
     """Accuracy (%) of ``model`` on (x, y) stamped with each of the K keys (K, h, w): shape (K,)."""
     device = next(model.parameters()).device
     model.eval()
@@ -306,7 +337,7 @@ def key_accuracies(model: nn.Module, x: torch.Tensor, y: torch.Tensor, geometry:
     per = max(1, chunk_samples // n)
     accs = []
     for i in range(0, len(keys), per):
-        kb = keys[i: i + per].to(device)
+        kb = keys[i : i + per].to(device)
         pred = model(stamp_many(xd, geometry, kb)).argmax(1).view(len(kb), n)
         accs.append((pred == yd.unsqueeze(0)).float().mean(1).mul(100).cpu())
     return torch.cat(accs).numpy() if accs else np.zeros(0)
@@ -322,8 +353,8 @@ def linear_probe(model: SplitNet, train: TensorData, test: TensorData, seed: int
     from sklearn.preprocessing import StandardScaler
 
     with torch.no_grad():
-        ftr = torch.cat([model.features(train.x[i: i + 2048]) for i in range(0, len(train), 2048)]).numpy()
-        fte = torch.cat([model.features(test.x[i: i + 2048]) for i in range(0, len(test), 2048)]).numpy()
+        ftr = torch.cat([model.features(train.x[i : i + 2048]) for i in range(0, len(train), 2048)]).numpy()
+        fte = torch.cat([model.features(test.x[i : i + 2048]) for i in range(0, len(test), 2048)]).numpy()
     scaler = StandardScaler().fit(ftr)
     clf = LogisticRegression(max_iter=300, random_state=seed)
     clf.fit(scaler.transform(ftr), train.y.numpy())
@@ -363,13 +394,21 @@ def evaluate(
     else:
         xw, yw = x, y
     acc_w = key_accuracies(student, xw, yw, g, wrong)
-    out |= {"wrong_sn_mean": float(acc_w.mean()), "wrong_sn_max": float(acc_w.max()),
-            "wrong_sn_count": len(wrong), "wrong_sn_eval_samples": len(xw), "hamming2_eval_samples": len(xw)}
+    out |= {
+        "wrong_sn_mean": float(acc_w.mean()),
+        "wrong_sn_max": float(acc_w.max()),
+        "wrong_sn_count": len(wrong),
+        "wrong_sn_eval_samples": len(xw),
+        "hamming2_eval_samples": len(xw),
+    }
     for d in (1, 2):  # Hamming-1 on every test image (the figure that matters most); Hamming-2 like random keys
         nb = serial.hamming_neighbours(d)
         acc = key_accuracies(student, x, y, g, nb) if d == 1 else key_accuracies(student, xw, yw, g, nb)
-        out |= {f"hamming{d}_mean": float(acc.mean()), f"hamming{d}_max": float(acc.max()),
-                f"hamming{d}_count": len(nb)}
+        out |= {
+            f"hamming{d}_mean": float(acc.mean()),
+            f"hamming{d}_max": float(acc.max()),
+            f"hamming{d}_count": len(nb),
+        }
         if d == 1:  # which bit flips still unlock the model: the per-bit view that calibration needs
             out["hamming1_each"] = [round(float(a), 2) for a in acc]
     out["probe_acc"] = linear_probe(student, probe_train, test, seed)
@@ -400,13 +439,19 @@ class DSNScheme(Scheme):
     citation = "Tang, Du, Hu. Deep Serial Number. arXiv:2011.08960"
     Config = DSNConfig
 
-    def __init__(self, config: DSNConfig | dict | None = None, teacher: nn.Module | None = None,
-                 size: tuple[int, int] = (6, 6), verify_samples: int = 100) -> None:
+    def __init__(
+        self,
+        config: DSNConfig | dict | None = None,
+        teacher: nn.Module | None = None,
+        size: tuple[int, int] = (6, 6),
+        verify_samples: int = 100,
+    ) -> None:
         super().__init__(config)
         self.teacher, self.size, self.verify_samples = teacher, size, verify_samples
 
-    def make_key(self, signature: bytes, data: TensorData, num_classes: int,
-                 model: SplitNet | None = None) -> OwnershipKey:
+    def make_key(
+        self, signature: bytes, data: TensorData, num_classes: int, model: SplitNet | None = None
+    ) -> OwnershipKey:
         shape = tuple(data.x.shape[1:])
         if model is None:
             raise ConfigError("DSN needs the student network to place the serial number in its visible field")
@@ -414,22 +459,28 @@ class DSNScheme(Scheme):
         geometry = default_geometry(model, shape, self.size[0], self.size[1], margin)
         rng = derive_rng(signature, "dsn/verification-samples")
         sel = torch.from_numpy(rng.choice(len(data), min(self.verify_samples, len(data)), replace=False))
-        return OwnershipKey(self.name, {"geometry": geometry.to_dict(), "signature": signature.hex()},
-                            {"x": data.x[sel].clone(), "y": data.y[sel].clone()})
+        return OwnershipKey(
+            self.name,
+            {"geometry": geometry.to_dict(), "signature": signature.hex()},
+            {"x": data.x[sel].clone(), "y": data.y[sel].clone()},
+        )
 
     def serial(self, key: OwnershipKey) -> SerialNumber:
         self.check_key(key)
         try:
-            return SerialNumber.from_signature(bytes.fromhex(key.meta["signature"]),
-                                               SerialGeometry.from_dict(key.meta["geometry"]))
+            return SerialNumber.from_signature(
+                bytes.fromhex(key.meta["signature"]), SerialGeometry.from_dict(key.meta["geometry"])
+            )
         except (KeyError, ValueError, TypeError) as e:
-            raise ConfigError(f"DSN ownership key is malformed ({type(e).__name__}: {e}); "
-                              "make it with DSNScheme.make_key") from None
+            raise ConfigError(
+                f"DSN ownership key is malformed ({type(e).__name__}: {e}); make it with DSNScheme.make_key"
+            ) from None
 
     def embed(self, model: SplitNet, data: TensorData, key: OwnershipKey, train: TrainConfig) -> TrainLog:
         if self.teacher is None:
-            raise ConfigError("DSN embeds by distillation from a teacher: use `deepserial issue` "
-                              "(or DSNScheme(teacher=...))")
+            raise ConfigError(
+                "DSN embeds by distillation from a teacher: use `deepserial issue` (or DSNScheme(teacher=...))"
+            )
         return train_student(model, self.teacher, data, self.serial(key), self.config, train)  # type: ignore[arg-type]
 
     def verify(self, suspect: Suspect, key: OwnershipKey, fpr: float = 1e-3, seed: int = 0) -> Verdict:
@@ -448,7 +499,20 @@ class DSNScheme(Scheme):
         c = int((~with_key & control).sum())
         p = stats.binom_tail(b, b + c, 0.5)
         thr = stats.binom_threshold(b + c, 0.5, fpr) if b + c else 1
-        return Verdict(self.name, float(b), "right with key, wrong with a random key (of b + c discordant)",
-                       float(thr), p, fpr, bool(p <= fpr), suspect.queries - start,
-                       {"b": b, "c": c, "acc_key": 100.0 * float(with_key.float().mean()),
-                        "acc_random_key": 100.0 * float(control.float().mean()), "images": len(x)})
+        return Verdict(
+            self.name,
+            float(b),
+            "right with key, wrong with a random key (of b + c discordant)",
+            float(thr),
+            p,
+            fpr,
+            bool(p <= fpr),
+            suspect.queries - start,
+            {
+                "b": b,
+                "c": c,
+                "acc_key": 100.0 * float(with_key.float().mean()),
+                "acc_random_key": 100.0 * float(control.float().mean()),
+                "images": len(x),
+            },
+        )

@@ -82,8 +82,10 @@ class NewLabelScheme(TriggerScheme):
     """
 
     name = SCHEME
-    citation = ("Zhong, Zhang, Zhang, Hu, Zhang, Luo. Protecting IP of Deep Neural Networks with Watermarking: "
-                "A New Label Helps. PAKDD 2020")
+    citation = (
+        "Zhong, Zhang, Zhang, Hu, Zhang, Luo. Protecting IP of Deep Neural Networks with Watermarking: "
+        "A New Label Helps. PAKDD 2020"
+    )
     Config = NewLabelConfig
 
     def num_outputs(self, num_classes: int) -> int:
@@ -103,13 +105,28 @@ class NewLabelScheme(TriggerScheme):
         """A suspect with C outputs cannot answer Delta: not verified, p-value 1, no query spent."""
         c = int(key.meta["num_classes"])
         if suspect.num_outputs == c:
-            return self._verdict(0, 0, 1, 1.0, fpr, False, suspect, suspect.queries, {
-                "reason": f"the suspect has {c} outputs and cannot answer the new label {c}",
-                "queries_to_first_delta": None, "queries_to_first_match": None, "budget": 0, "null": "exact",
-            })
+            return self._verdict(
+                0,
+                0,
+                1,
+                1.0,
+                fpr,
+                False,
+                suspect,
+                suspect.queries,
+                {
+                    "reason": f"the suspect has {c} outputs and cannot answer the new label {c}",
+                    "queries_to_first_delta": None,
+                    "queries_to_first_match": None,
+                    "budget": 0,
+                    "null": "exact",
+                },
+            )
         if suspect.num_outputs != c + 1:
-            raise InputError(f"suspect answers {suspect.num_outputs} labels; this new-label key is for a task of "
-                             f"{c} classes (a marked model has {c + 1} outputs, an unmarked one {c})")
+            raise InputError(
+                f"suspect answers {suspect.num_outputs} labels; this new-label key is for a task of "
+                f"{c} classes (a marked model has {c + 1} outputs, an unmarked one {c})"
+            )
         return None
 
     def verify(self, suspect: Suspect, key: OwnershipKey, fpr: float = 1e-3) -> Verdict:

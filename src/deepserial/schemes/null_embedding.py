@@ -72,8 +72,7 @@ from deepserial.suspect import Suspect
 from deepserial.training import Batch, BatchLoss, LossOut, TrainConfig, TrainLog, fit
 
 SCHEME = "null-embedding"
-CITATION = ("Li, Wenger, Zheng, Zhao. Piracy Resistant Watermarks for Deep Neural Networks. "
-            "arXiv:1910.01226")
+CITATION = "Li, Wenger, Zheng, Zhao. Piracy Resistant Watermarks for Deep Neural Networks. arXiv:1910.01226"
 KEY_VERSION = 1
 
 # Domain tags of Transform (Algorithm 2): one per derived quantity, so they are independent.
@@ -95,8 +94,13 @@ class NullEmbeddingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pattern_size: int = Field(6, ge=1, le=255, description="side n of the n x n pattern (§9: 6 x 6)")
-    pixels_per_bit: int = Field(0, ge=0, le=32, description="pixels per pattern bit side; 0: from the input size "
-                                "(§9: 6 x 6 at 32-48 px, 24 x 24 pixels at 224; deepserial.serial.scale_for)")
+    pixels_per_bit: int = Field(
+        0,
+        ge=0,
+        le=32,
+        description="pixels per pattern bit side; 0: from the input size "
+        "(§9: 6 x 6 at 32-48 px, 24 x 24 pixels at 224; deepserial.serial.scale_for)",
+    )
     lam_min: int = Field(2000, ge=1, description="smallest extreme value lambda (§7.1: 2000)")
     lam_max: int = Field(3000, ge=1, description="largest extreme value lambda (Algorithm 2 derives it)")
     ratio_true: float = Field(0.5, ge=0, le=8, description="true-embedding samples per normal sample (Table 14)")
@@ -122,8 +126,9 @@ class NullEmbeddingConfig(BaseModel):
         try:
             r = TABLE14_INJECT_RATIO[task]
         except KeyError:
-            raise ConfigError(f"unknown Table 14 task {task!r}; choose one of "
-                              f"{', '.join(TABLE14_INJECT_RATIO)}") from None
+            raise ConfigError(
+                f"unknown Table 14 task {task!r}; choose one of {', '.join(TABLE14_INJECT_RATIO)}"
+            ) from None
         return cls(ratio_true=r, ratio_null=r, **kw)  # type: ignore[arg-type]
 
 
@@ -146,8 +151,12 @@ class Watermark:
         return stamp(x, self.geometry, 1 - self.bits, values=(-self.lam, self.lam))
 
     def same_as(self, other: Watermark) -> bool:
-        return (self.geometry == other.geometry and np.array_equal(self.bits, other.bits)
-                and self.y_w == other.y_w and self.lam == other.lam)
+        return (
+            self.geometry == other.geometry
+            and np.array_equal(self.bits, other.bits)
+            and self.y_w == other.y_w
+            and self.lam == other.lam
+        )
 
 
 def _uint(signature: bytes, tag: str) -> int:
@@ -155,8 +164,15 @@ def _uint(signature: bytes, tag: str) -> int:
     return int.from_bytes(derive(signature, tag, 16), "big")
 
 
-def transform(signature: bytes, input_shape: Sequence[int], num_classes: int, pattern_size: int = 6,
-              field: Field4 | None = None, lam_range: tuple[int, int] = (2000, 3000), scale: int = 1) -> Watermark:
+def transform(
+    signature: bytes,
+    input_shape: Sequence[int],
+    num_classes: int,
+    pattern_size: int = 6,
+    field: Field4 | None = None,
+    lam_range: tuple[int, int] = (2000, 3000),
+    scale: int = 1,
+) -> Watermark:
     """Algorithm 2: the ownership watermark defined by ``signature``.
 
     ``bits`` (n x n) from the tag ``null_embedding/bits``; the top-left corner from
@@ -181,8 +197,10 @@ def transform(signature: bytes, input_shape: Sequence[int], num_classes: int, pa
         raise GeometryError(f"field rows {r0}-{r1}, columns {c0}-{c1} is not inside a {h}x{w} input")
     n_rows, n_cols = r1 - r0 + 2 - px, c1 - c0 + 2 - px  # possible top rows / left columns
     if n < 1 or n_rows < 1 or n_cols < 1:
-        raise GeometryError(f"a {px}x{px}-pixel pattern does not fit rows {r0}-{r1}, columns {c0}-{c1} of the input; "
-                            "choose a smaller pattern_size")
+        raise GeometryError(
+            f"a {px}x{px}-pixel pattern does not fit rows {r0}-{r1}, columns {c0}-{c1} of the input; "
+            "choose a smaller pattern_size"
+        )
     pos = derive(signature, TAG_POSITION, 32)
     top = r0 + int.from_bytes(pos[:16], "big") % n_rows
     left = c0 + int.from_bytes(pos[16:], "big") % n_cols
@@ -209,8 +227,9 @@ def _count(ratio: float, b: int) -> int:
     return int(math.floor(ratio * b + 0.5))
 
 
-def dual_batch(x: torch.Tensor, y: torch.Tensor, wm: Watermark, ratio_true: float,
-               ratio_null: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+def dual_batch(
+    x: torch.Tensor, y: torch.Tensor, wm: Watermark, ratio_true: float, ratio_null: float
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
     """One training batch of §6.2: the ``B`` normal samples, then ``round(ratio_null * B)`` copies
     with ``p`` labelled with their true label, then ``round(ratio_true * B)`` copies with ``p̄``
     labelled ``y_W``. The copies are taken from the batch in order (cycling when a ratio exceeds 1),
@@ -236,8 +255,14 @@ class DualLoss:
     the module docstring and docs/decisions.md.
     """
 
-    def __init__(self, wm: Watermark, ratio_true: float = 0.5, ratio_null: float = 0.5, warmup_epochs: int = 0,
-                 warmup_start: float = 20.0) -> None:
+    def __init__(
+        self,
+        wm: Watermark,
+        ratio_true: float = 0.5,
+        ratio_null: float = 0.5,
+        warmup_epochs: int = 0,
+        warmup_start: float = 20.0,
+    ) -> None:
         self.wm, self.ratio_true, self.ratio_null = wm, ratio_true, ratio_null
         self.warmup_epochs, self.warmup_start = int(warmup_epochs), float(warmup_start)
         self.current = wm
@@ -297,8 +322,9 @@ class NullEmbeddingScheme(Scheme):
     config: NullEmbeddingConfig
 
     # ----- keys (Algorithms 1 and 2) -----
-    def make_key(self, signature: bytes, data: TensorData, num_classes: int,
-                 model: SplitNet | None = None) -> OwnershipKey:
+    def make_key(
+        self, signature: bytes, data: TensorData, num_classes: int, model: SplitNet | None = None
+    ) -> OwnershipKey:
         """The ownership key of ``signature`` (Algorithm 2). Use :meth:`make_signed_key` with a
         :class:`~deepserial.schemes.base.Provenance`: it checks the signature first and records the
         verifier string and the owner's public key, without which :meth:`verify` refuses the key.
@@ -335,8 +361,11 @@ class NullEmbeddingScheme(Scheme):
             "y_w": wm.y_w,
             "lam": wm.lam,
         }
-        tensors = {"bits": torch.from_numpy(wm.bits.copy()), "verify_x": data.x[sel].clone(),
-                   "verify_y": data.y[sel].clone()}
+        tensors = {
+            "bits": torch.from_numpy(wm.bits.copy()),
+            "verify_x": data.x[sel].clone(),
+            "verify_y": data.y[sel].clone(),
+        }
         return OwnershipKey(self.name, meta, tensors)
 
     def watermark(self, key: OwnershipKey) -> Watermark:
@@ -352,16 +381,31 @@ class NullEmbeddingScheme(Scheme):
             shape = tuple(int(v) for v in m["input_shape"])
             field = tuple(int(v) for v in m["field"])
             lam_range = (int(m["lam_range"][0]), int(m["lam_range"][1]))
-            wm = transform(signature, shape, int(m["num_classes"]), int(m["pattern_size"]),
-                           field, lam_range, int(m.get("pixels_per_bit", 1)))  # type: ignore[arg-type]
-            stored = Watermark(SerialGeometry.from_dict(m["geometry"]),
-                               key.tensor("bits").cpu().numpy().astype(np.uint8), int(m["y_w"]), float(m["lam"]))
+            wm = transform(
+                signature,
+                shape,
+                int(m["num_classes"]),
+                int(m["pattern_size"]),
+                field,
+                lam_range,
+                int(m.get("pixels_per_bit", 1)),
+            )  # type: ignore[arg-type]
+            stored = Watermark(
+                SerialGeometry.from_dict(m["geometry"]),
+                key.tensor("bits").cpu().numpy().astype(np.uint8),
+                int(m["y_w"]),
+                float(m["lam"]),
+            )
         except (KeyError, TypeError, ValueError, IndexError):
-            raise IntegrityError("null-embedding key is malformed (Transform parameters missing or unreadable); "
-                                 "re-create it with make_key") from None
+            raise IntegrityError(
+                "null-embedding key is malformed (Transform parameters missing or unreadable); "
+                "re-create it with make_key"
+            ) from None
         if not wm.same_as(stored):
-            raise IntegrityError("the pattern stored in the key differs from the one derived from its signature: "
-                                 "the key was altered; re-create it from the licence")
+            raise IntegrityError(
+                "the pattern stored in the key differs from the one derived from its signature: "
+                "the key was altered; re-create it from the licence"
+            )
         return wm
 
     # ----- embedding (§6.2) -----
@@ -417,11 +461,15 @@ class NullEmbeddingScheme(Scheme):
         shape = tuple(int(v) for v in key.meta["input_shape"])
         num_classes = int(key.meta["num_classes"])
         if tuple(suspect.input_shape) != shape:
-            raise InputError(f"the suspect takes inputs of shape {tuple(suspect.input_shape)}, the key was made "
-                             f"for {shape}; verify a model of the same task")
+            raise InputError(
+                f"the suspect takes inputs of shape {tuple(suspect.input_shape)}, the key was made "
+                f"for {shape}; verify a model of the same task"
+            )
         if suspect.num_outputs != num_classes:
-            raise InputError(f"the suspect has {suspect.num_outputs} outputs, the key was made for {num_classes} "
-                             "classes; verify a model of the same task")
+            raise InputError(
+                f"the suspect has {suspect.num_outputs} outputs, the key was made for {num_classes} "
+                "classes; verify a model of the same task"
+            )
         x, y = key.tensor("verify_x"), key.tensor("verify_y").long()
         n = len(x)
         if n == 0 or tuple(x.shape[1:]) != shape or len(y) != n:
@@ -434,10 +482,10 @@ class NullEmbeddingScheme(Scheme):
         b_parts: list[torch.Tensor] = []
         seen, stopped = 0, False
         for i in range(0, n, cfg.verify_chunk):
-            xi = x[i: i + cfg.verify_chunk]
+            xi = x[i : i + cfg.verify_chunk]
             ans = suspect.predict(torch.cat([wm.null(xi), wm.true(xi)]))
             a_parts.append(ans[: len(xi)])
-            b_parts.append(ans[len(xi):])
+            b_parts.append(ans[len(xi) :])
             seen += len(xi)
             a, b = torch.cat(a_parts), torch.cat(b_parts)
             miss_null, miss_true = int((a != y[:seen]).sum()), int((b != wm.y_w).sum())
@@ -465,13 +513,31 @@ class NullEmbeddingScheme(Scheme):
             p_value = 1.0
         decision = bool(paper_pass and p_value <= fpr)
         details = {
-            "acc_null": acc_null, "acc_true": acc_true, "wm_acc": min(acc_null, acc_true), "T": T,
-            "paper_pass": bool(paper_pass), "binomial_p": binomial_p, "p0": p0, "eligible_images": n_elig, "images": n,
-            "images_queried": seen, "stopped_early": stopped, "signature_verified": True,
+            "acc_null": acc_null,
+            "acc_true": acc_true,
+            "wm_acc": min(acc_null, acc_true),
+            "T": T,
+            "paper_pass": bool(paper_pass),
+            "binomial_p": binomial_p,
+            "p0": p0,
+            "eligible_images": n_elig,
+            "images": n,
+            "images_queried": seen,
+            "stopped_early": stopped,
+            "signature_verified": True,
             "pattern_size": int(key.meta["pattern_size"]),
         }
-        return Verdict(self.name, float(m), "dual matches (null answers y and true answers y_W)", float(thr),
-                       float(p_value), float(fpr), decision, suspect.queries - start, details)
+        return Verdict(
+            self.name,
+            float(m),
+            "dual matches (null answers y and true answers y_W)",
+            float(thr),
+            float(p_value),
+            float(fpr),
+            decision,
+            suspect.queries - start,
+            details,
+        )
 
 
 def _outputs(model: nn.Module, shape: tuple[int, ...]) -> int:

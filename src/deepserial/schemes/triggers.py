@@ -78,8 +78,12 @@ class TriggerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     verify_queries: int = Field(30, ge=1, description="most key samples asked per verification (the test's budget)")
-    query_batch: int = Field(1, ge=1, description="key samples sent per round; 1 = one query at a time, as a judge "
-                             "would, so that verification stops at the first decisive answer")
+    query_batch: int = Field(
+        1,
+        ge=1,
+        description="key samples sent per round; 1 = one query at a time, as a judge "
+        "would, so that verification stops at the first decisive answer",
+    )
 
 
 class MeasuredConfig(TriggerConfig):
@@ -92,13 +96,27 @@ class MeasuredConfig(TriggerConfig):
 class NoiseConfig(MeasuredConfig):
     """Settings of Gaussian-noise keys ``k = x + beta * eps`` (new label, Zhang noise)."""
 
-    alpha: float = Field(0.01, gt=0, le=1, description="key samples as a share of the training data, |D1|/|D|; "
-                         "also the share of key samples in each batch")
+    alpha: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="key samples as a share of the training data, |D1|/|D|; "
+        "also the share of key samples in each batch",
+    )
     beta: float = Field(3.5e-3, gt=0, le=10, description="perturbation strength")
-    pattern_scale: float = Field(255.0, gt=0, description="standard deviation of eps in units of the [0, 1] pixel "
-                                 "range: 255 draws eps on the 8-bit grey-level scale (docs/decisions.md)")
-    negative_ratio: float = Field(1.0, ge=0, le=10, description="training inputs with a fresh noise pattern and "
-                                  "their true label, per key sample (0 = the paper's recipe)")
+    pattern_scale: float = Field(
+        255.0,
+        gt=0,
+        description="standard deviation of eps in units of the [0, 1] pixel "
+        "range: 255 draws eps on the 8-bit grey-level scale (docs/decisions.md)",
+    )
+    negative_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="training inputs with a fresh noise pattern and "
+        "their true label, per key sample (0 = the paper's recipe)",
+    )
 
 
 @dataclass
@@ -124,13 +142,16 @@ def derive_label(signature: bytes, purpose: str, num_classes: int, exclude: int 
 def pick_indices(rng: np.random.Generator, pool: np.ndarray, n: int, what: str) -> np.ndarray:
     """``n`` distinct indices drawn from ``pool`` (sorted), or a ConfigError saying how much data is missing."""
     if n > len(pool):
-        raise ConfigError(f"{what} needs {n} samples but only {len(pool)} are available; "
-                          "use more data or lower the key sizes (verify_keys, the key ratio)")
+        raise ConfigError(
+            f"{what} needs {n} samples but only {len(pool)} are available; "
+            "use more data or lower the key sizes (verify_keys, the key ratio)"
+        )
     return np.sort(rng.choice(pool, size=n, replace=False))
 
 
-def noise_key_set(signature: bytes, data: TensorData, tag: str, cfg: NoiseConfig, *, label: int,
-                  exclude_class: int | None) -> KeySet:
+def noise_key_set(
+    signature: bytes, data: TensorData, tag: str, cfg: NoiseConfig, *, label: int, exclude_class: int | None
+) -> KeySet:
     """Gaussian-noise key samples ``k = x + beta * eps`` (new-label paper §3.2 KsGen; Zhang's noise keys).
 
     ``eps`` ~ N(0, pattern_scale^2) of the input's shape comes from ``derive_rng(signature, tag + "/pattern")``.
@@ -187,8 +208,13 @@ def _stochastic_round(value: float) -> int:
     return int(base) + int(float(torch.rand(())) < value - base)
 
 
-def make_trigger_loss(key_x: torch.Tensor, key_y: torch.Tensor, share: float,
-                      negatives: NegativeMaker | None = None, negative_ratio: float = 0.0) -> BatchLoss:
+def make_trigger_loss(
+    key_x: torch.Tensor,
+    key_y: torch.Tensor,
+    share: float,
+    negatives: NegativeMaker | None = None,
+    negative_ratio: float = 0.0,
+) -> BatchLoss:
     """Per-batch loss for :func:`~deepserial.training.fit`: cross-entropy over the batch with key samples
     appended, about ``share`` of them per clean sample.
 
@@ -236,8 +262,11 @@ def make_trigger_loss(key_x: torch.Tensor, key_y: torch.Tensor, share: float,
             loss = per.mean()
         else:
             loss = F.cross_entropy(logits, y)
-        metrics = {"acc": 100.0 * float((logits[:n].argmax(1) == batch.y).float().mean()),
-                   "key_share": m / (n + m + k), "negative_share": k / (n + m + k)}
+        metrics = {
+            "acc": 100.0 * float((logits[:n].argmax(1) == batch.y).float().mean()),
+            "key_share": m / (n + m + k),
+            "negative_share": k / (n + m + k),
+        }
         return LossOut(loss, n + m + k, metrics)
 
     return loss_fn
@@ -278,8 +307,9 @@ class TriggerScheme(Scheme):
     def build_keys(self, signature: bytes, data: TensorData, num_classes: int, model: SplitNet | None) -> KeySet:
         """The scheme's recipe: training and verification key samples (and controls) from ``signature``."""
 
-    def make_key(self, signature: bytes, data: TensorData, num_classes: int,
-                 model: SplitNet | None = None) -> OwnershipKey:
+    def make_key(
+        self, signature: bytes, data: TensorData, num_classes: int, model: SplitNet | None = None
+    ) -> OwnershipKey:
         """The ownership key of ``signature`` for a task of ``num_classes`` classes on ``data``.
 
         The key depends on the signature and the data only, never on ``model`` (a key chosen with the
@@ -293,8 +323,10 @@ class TriggerScheme(Scheme):
         if len(data) == 0:
             raise ConfigError("no training data given: trigger-set keys are made from the owner's data")
         if int(data.y.max()) >= num_classes or int(data.y.min()) < 0:
-            raise ConfigError(f"training labels lie in [{int(data.y.min())}, {int(data.y.max())}], outside "
-                              f"the {num_classes} classes given")
+            raise ConfigError(
+                f"training labels lie in [{int(data.y.min())}, {int(data.y.max())}], outside "
+                f"the {num_classes} classes given"
+            )
         signature = bytes(signature)
         meta: dict[str, Any] = {"signature": signature.hex()}
         ks = self.build_keys(signature, data, num_classes, model)
@@ -306,10 +338,14 @@ class TriggerScheme(Scheme):
             tensors["controls"] = ks.controls.float().contiguous()
         tensors |= ks.tensors
         meta |= {
-            "num_classes": int(num_classes), "num_outputs": self.num_outputs(num_classes),
-            "input_shape": list(data.x.shape[1:]), "target": ks.target,
+            "num_classes": int(num_classes),
+            "num_outputs": self.num_outputs(num_classes),
+            "input_shape": list(data.x.shape[1:]),
+            "target": ks.target,
             "null": "exact" if self.exact_null else "measured",
-            "config": self.config.model_dump(), "key_share": self.key_share(), "trains_on_samples": same,
+            "config": self.config.model_dump(),
+            "key_share": self.key_share(),
+            "trains_on_samples": same,
         }
         if self.exact_null:
             meta["p0"] = 1.0 / num_classes
@@ -330,8 +366,10 @@ class TriggerScheme(Scheme):
         shape = tuple(int(v) for v in key.meta["input_shape"])
         for what, a, b in (("verification", x, y), ("training", tx, ty)):
             if a.dim() != 4 or tuple(a.shape[1:]) != shape or len(a) != len(b) or len(a) == 0:
-                raise ConfigError(f"ownership key for {self.name!r} has malformed {what} key samples "
-                                  f"{tuple(a.shape)} / labels {tuple(b.shape)} for inputs {shape}")
+                raise ConfigError(
+                    f"ownership key for {self.name!r} has malformed {what} key samples "
+                    f"{tuple(a.shape)} / labels {tuple(b.shape)} for inputs {shape}"
+                )
         controls = None
         if not self.exact_null:
             controls = key.tensor("controls")
@@ -358,18 +396,29 @@ class TriggerScheme(Scheme):
         want = int(key.meta["num_outputs"])
         got = _outputs(model)
         if got is not None and got != want:
-            raise ConfigError(f"{self.name} needs a network with {want} outputs, this one has {got}; build it with "
-                              f"create_model(..., scheme.num_outputs({key.meta['num_classes']}))")
+            raise ConfigError(
+                f"{self.name} needs a network with {want} outputs, this one has {got}; build it with "
+                f"create_model(..., scheme.num_outputs({key.meta['num_classes']}))"
+            )
         if tuple(data.x.shape[1:]) != tuple(key.meta["input_shape"]):
-            raise ConfigError(f"training data of shape {tuple(data.x.shape[1:])} does not match the key's inputs "
-                              f"{tuple(key.meta['input_shape'])}")
+            raise ConfigError(
+                f"training data of shape {tuple(data.x.shape[1:])} does not match the key's inputs "
+                f"{tuple(key.meta['input_shape'])}"
+            )
         neg = self.negatives(key, data) if self.negative_ratio() > 0 else None
-        loss_fn = make_trigger_loss(ks.train_samples, ks.train_labels, float(key.meta["key_share"]), neg,
-                                    self.negative_ratio() if neg is not None else 0.0)
+        loss_fn = make_trigger_loss(
+            ks.train_samples,
+            ks.train_labels,
+            float(key.meta["key_share"]),
+            neg,
+            self.negative_ratio() if neg is not None else 0.0,
+        )
 
         def on_epoch_end(epoch: int, net: nn.Module) -> dict[str, float]:
-            return {"key_train_acc": 100.0 * _rate(net, ks.train_samples, ks.train_labels),
-                    "key_acc": 100.0 * _rate(net, ks.samples, ks.labels)}
+            return {
+                "key_train_acc": 100.0 * _rate(net, ks.train_samples, ks.train_labels),
+                "key_acc": 100.0 * _rate(net, ks.samples, ks.labels),
+            }
 
         return fit(model, data, loss_fn, train, on_epoch_end=on_epoch_end, desc=self.name)
 
@@ -392,8 +441,10 @@ class TriggerScheme(Scheme):
         otherwise). Subclasses may return a verdict here (new label: a C-output suspect)."""
         want = int(key.meta["num_outputs"])
         if suspect.num_outputs != want:
-            raise InputError(f"suspect answers {suspect.num_outputs} labels but this {self.name} key was made "
-                             f"for a model with {want} outputs; verify with the key made for this task")
+            raise InputError(
+                f"suspect answers {suspect.num_outputs} labels but this {self.name} key was made "
+                f"for a model with {want} outputs; verify with the key made for this task"
+            )
         return None
 
     def verify(self, suspect: Suspect, key: OwnershipKey, fpr: float = 1e-3) -> Verdict:
@@ -403,8 +454,10 @@ class TriggerScheme(Scheme):
         ks = self.parts(key)
         self.check_provenance(key)
         if tuple(suspect.input_shape) != tuple(key.meta["input_shape"]):
-            raise InputError(f"suspect takes inputs {tuple(suspect.input_shape)}, the key's samples are "
-                             f"{tuple(key.meta['input_shape'])}: a key for another task")
+            raise InputError(
+                f"suspect takes inputs {tuple(suspect.input_shape)}, the key's samples are "
+                f"{tuple(key.meta['input_shape'])}: a key for another task"
+            )
         early = self.screen(suspect, key, fpr)
         if early is not None:
             return early
@@ -444,8 +497,17 @@ class TriggerScheme(Scheme):
                 # No match at all: not verified whatever the controls would say, so none is sent. The
                 # threshold reported is the lowest any control outcome could have set (no control hit).
                 best = stats.binom_threshold(budget, stats.binom_upper(0, len(ks.controls), 1.0 - fpr / 2), fpr / 2)
-                return self._verdict(0, len(asked), best, 1.0, fpr, False, suspect, start,
-                                     details | {"queries_to_first_match": None, "control_queries": 0})
+                return self._verdict(
+                    0,
+                    len(asked),
+                    best,
+                    1.0,
+                    fpr,
+                    False,
+                    suspect,
+                    start,
+                    details | {"queries_to_first_match": None, "control_queries": 0},
+                )
             # Phase 2: controls bound the null rate; Phase 3: the sequential test at fpr/2 continues.
             ctrl = suspect.predict(ks.controls)
             h = int((ctrl == int(ks.target)).sum())
@@ -459,17 +521,40 @@ class TriggerScheme(Scheme):
             threshold = seq.threshold
             decision = bool(seq.decided)
             details |= {"control_hits": h, "control_queries": n_c, "control_rate": h / n_c, "p0_bound": p0}
-        details |= {"queries_to_first_match": first, "matches": seq.matches, "asked": seq.asked,
-                    "hit_rate": seq.matches / seq.asked if seq.asked else 0.0}
+        details |= {
+            "queries_to_first_match": first,
+            "matches": seq.matches,
+            "asked": seq.asked,
+            "hit_rate": seq.matches / seq.asked if seq.asked else 0.0,
+        }
         return self._verdict(seq.matches, seq.asked, threshold, p_value, fpr, decision, suspect, start, details)
 
-    def _verdict(self, matches: int, asked: int, threshold: int, p_value: float, fpr: float, decision: bool,
-                 suspect: Suspect, start: int, details: dict[str, Any]) -> Verdict:
+    def _verdict(
+        self,
+        matches: int,
+        asked: int,
+        threshold: int,
+        p_value: float,
+        fpr: float,
+        decision: bool,
+        suspect: Suspect,
+        start: int,
+        details: dict[str, Any],
+    ) -> Verdict:
         details.setdefault("matches", matches)
         details.setdefault("asked", asked)
         details.setdefault("hit_rate", matches / asked if asked else 0.0)
-        return Verdict(self.name, float(matches), f"key matches of {asked} asked", float(threshold), float(p_value),
-                       float(fpr), bool(decision), int(suspect.queries - start), details)
+        return Verdict(
+            self.name,
+            float(matches),
+            f"key matches of {asked} asked",
+            float(threshold),
+            float(p_value),
+            float(fpr),
+            bool(decision),
+            int(suspect.queries - start),
+            details,
+        )
 
 
 # ----- helpers ---------------------------------------------------------------------------------------

@@ -90,30 +90,41 @@ class Uchida(Scheme):
     """
 
     name = SCHEME
-    citation = ("Uchida, Nagai, Sakazawa, Satoh. Embedding Watermarks into Deep Neural Networks. ICMR 2017, "
-                "arXiv:1701.04082")
+    citation = (
+        "Uchida, Nagai, Sakazawa, Satoh. Embedding Watermarks into Deep Neural Networks. ICMR 2017, arXiv:1701.04082"
+    )
     white_box = True
     Config = UchidaConfig
 
-    def make_key(self, signature: bytes, data: TensorData, num_classes: int,
-                 model: SplitNet | None = None) -> OwnershipKey:
+    def make_key(
+        self, signature: bytes, data: TensorData, num_classes: int, model: SplitNet | None = None
+    ) -> OwnershipKey:
         cfg: UchidaConfig = self.config  # type: ignore[assignment]
         if model is None:
             raise ConfigError(f"{self.name} watermarks a convolution of the network: pass model= to size the key")
         convs = conv_layers(model)
         if cfg.conv_index >= len(convs):
-            raise ConfigError(f"{self.name}: conv_index = {cfg.conv_index} but the network has {len(convs)} "
-                              "convolutions; choose 0 to {}".format(max(len(convs) - 1, 0)))
+            raise ConfigError(
+                f"{self.name}: conv_index = {cfg.conv_index} but the network has {len(convs)} "
+                "convolutions; choose 0 to {}".format(max(len(convs) - 1, 0))
+            )
         name, conv = convs[cfg.conv_index]
         M = int(conv.weight[0].numel())
         if cfg.bits > M:
-            raise ConfigError(f"{self.name}: {cfg.bits} bits do not fit the {M} averaged weights of {name}; "
-                              f"use at most {M} bits or a larger layer")
+            raise ConfigError(
+                f"{self.name}: {cfg.bits} bits do not fit the {M} averaged weights of {name}; "
+                f"use at most {M} bits or a larger layer"
+            )
         X = derive_rng(signature, "uchida/projection").standard_normal((cfg.bits, M)).astype(np.float32)
         bits = signature_bits(signature, "uchida/bits", cfg.bits)
-        meta = {"signature": signature.hex(), "layer": f"{name}.weight" if name else "weight",
-                "weight_shape": list(conv.weight.shape), "bits": cfg.bits, "num_classes": int(num_classes),
-                "config": cfg.model_dump()}
+        meta = {
+            "signature": signature.hex(),
+            "layer": f"{name}.weight" if name else "weight",
+            "weight_shape": list(conv.weight.shape),
+            "bits": cfg.bits,
+            "num_classes": int(num_classes),
+            "config": cfg.model_dump(),
+        }
         return OwnershipKey(self.name, meta, {"X": torch.from_numpy(X), "bits": torch.from_numpy(bits)})
 
     def _parts(self, key: OwnershipKey) -> tuple[str, torch.Tensor, torch.Tensor]:
@@ -121,8 +132,9 @@ class Uchida(Scheme):
         X, bits = key.tensor("X"), key.tensor("bits")
         layer = key.meta.get("layer")
         if not isinstance(layer, str) or X.dim() != 2 or bits.shape != (X.shape[0],):
-            raise ConfigError(f"{self.name} key is damaged (layer {layer!r}, X {tuple(X.shape)}, bits "
-                              f"{tuple(bits.shape)})")
+            raise ConfigError(
+                f"{self.name} key is damaged (layer {layer!r}, X {tuple(X.shape)}, bits {tuple(bits.shape)})"
+            )
         return layer, X, bits
 
     @staticmethod
@@ -131,8 +143,10 @@ class Uchida(Scheme):
         w = params.get(layer)
         if w is None or w.dim() != 4 or int(w[0].numel()) != X.shape[1]:
             shape = None if w is None else tuple(w.shape)
-            raise InputError(f"the model has no convolution {layer!r} with {X.shape[1]} weights per output channel "
-                             f"(found {shape}); this key belongs to another architecture")
+            raise InputError(
+                f"the model has no convolution {layer!r} with {X.shape[1]} weights per output channel "
+                f"(found {shape}); this key belongs to another architecture"
+            )
         return w
 
     def embed(self, model: SplitNet, data: TensorData, key: OwnershipKey, train: TrainConfig) -> TrainLog:
@@ -149,9 +163,15 @@ class Uchida(Scheme):
             logits = net(batch.x)
             ce = F.cross_entropy(logits, batch.y)
             reg = embedding_loss(weight, x_mat, b)
-            return LossOut(ce + cfg.lam * reg, len(batch.x),
-                           {"ce": float(ce.detach()), "e_r": float(reg.detach()),
-                            "acc": 100.0 * float((logits.argmax(1) == batch.y).float().mean())})
+            return LossOut(
+                ce + cfg.lam * reg,
+                len(batch.x),
+                {
+                    "ce": float(ce.detach()),
+                    "e_r": float(reg.detach()),
+                    "acc": 100.0 * float((logits.argmax(1) == batch.y).float().mean()),
+                },
+            )
 
         def on_epoch_end(epoch: int, m: nn.Module) -> dict[str, float]:
             return {"ber": stats.bit_error_rate(decode(weight, X), bits.numpy())}

@@ -61,8 +61,10 @@ from deepserial.schemes.triggers import (
     pick_indices,
 )
 
-CITATION = ("Zhang, Gu, Jang, Wu, Stoecklin, Huang, Molloy. Protecting Intellectual Property of Deep Neural "
-            "Networks with Watermarking. AsiaCCS 2018")
+CITATION = (
+    "Zhang, Gu, Jang, Wu, Stoecklin, Huang, Molloy. Protecting Intellectual Property of Deep Neural "
+    "Networks with Watermarking. AsiaCCS 2018"
+)
 
 
 # ----- noise -----------------------------------------------------------------------------------------
@@ -101,19 +103,32 @@ class ZhangNoiseScheme(TriggerScheme):
 # ----- content ---------------------------------------------------------------------------------------
 # A 3x5 pixel font, five rows of three cells per letter ('#' = ink): enough to draw words like "TEST".
 _FONT_ROWS = {
-    "A": (".#.", "#.#", "###", "#.#", "#.#"), "B": ("##.", "#.#", "##.", "#.#", "##."),
-    "C": (".##", "#..", "#..", "#..", ".##"), "D": ("##.", "#.#", "#.#", "#.#", "##."),
-    "E": ("###", "#..", "##.", "#..", "###"), "F": ("###", "#..", "##.", "#..", "#.."),
-    "G": (".##", "#..", "#.#", "#.#", ".##"), "H": ("#.#", "#.#", "###", "#.#", "#.#"),
-    "I": ("###", ".#.", ".#.", ".#.", "###"), "J": ("..#", "..#", "..#", "#.#", ".#."),
-    "K": ("#.#", "#.#", "##.", "#.#", "#.#"), "L": ("#..", "#..", "#..", "#..", "###"),
-    "M": ("#.#", "###", "###", "#.#", "#.#"), "N": ("##.", "#.#", "#.#", "#.#", "#.#"),
-    "O": (".#.", "#.#", "#.#", "#.#", ".#."), "P": ("##.", "#.#", "##.", "#..", "#.."),
-    "Q": (".#.", "#.#", "#.#", "##.", ".##"), "R": ("##.", "#.#", "##.", "#.#", "#.#"),
-    "S": (".##", "#..", ".#.", "..#", "##."), "T": ("###", ".#.", ".#.", ".#.", ".#."),
-    "U": ("#.#", "#.#", "#.#", "#.#", "###"), "V": ("#.#", "#.#", "#.#", "#.#", ".#."),
-    "W": ("#.#", "#.#", "###", "###", "#.#"), "X": ("#.#", "#.#", ".#.", "#.#", "#.#"),
-    "Y": ("#.#", "#.#", ".#.", ".#.", ".#."), "Z": ("###", "..#", ".#.", "#..", "###"),
+    "A": (".#.", "#.#", "###", "#.#", "#.#"),
+    "B": ("##.", "#.#", "##.", "#.#", "##."),
+    "C": (".##", "#..", "#..", "#..", ".##"),
+    "D": ("##.", "#.#", "#.#", "#.#", "##."),
+    "E": ("###", "#..", "##.", "#..", "###"),
+    "F": ("###", "#..", "##.", "#..", "#.."),
+    "G": (".##", "#..", "#.#", "#.#", ".##"),
+    "H": ("#.#", "#.#", "###", "#.#", "#.#"),
+    "I": ("###", ".#.", ".#.", ".#.", "###"),
+    "J": ("..#", "..#", "..#", "#.#", ".#."),
+    "K": ("#.#", "#.#", "##.", "#.#", "#.#"),
+    "L": ("#..", "#..", "#..", "#..", "###"),
+    "M": ("#.#", "###", "###", "#.#", "#.#"),
+    "N": ("##.", "#.#", "#.#", "#.#", "#.#"),
+    "O": (".#.", "#.#", "#.#", "#.#", ".#."),
+    "P": ("##.", "#.#", "##.", "#..", "#.."),
+    "Q": (".#.", "#.#", "#.#", "##.", ".##"),
+    "R": ("##.", "#.#", "##.", "#.#", "#.#"),
+    "S": (".##", "#..", ".#.", "..#", "##."),
+    "T": ("###", ".#.", ".#.", ".#.", ".#."),
+    "U": ("#.#", "#.#", "#.#", "#.#", "###"),
+    "V": ("#.#", "#.#", "#.#", "#.#", ".#."),
+    "W": ("#.#", "#.#", "###", "###", "#.#"),
+    "X": ("#.#", "#.#", ".#.", "#.#", "#.#"),
+    "Y": ("#.#", "#.#", ".#.", ".#.", ".#."),
+    "Z": ("###", "..#", ".#.", "#..", "###"),
 }
 _FONT = {k: "".join(rows) for k, rows in _FONT_ROWS.items()}
 _GLYPH_H, _GLYPH_W = 5, 3
@@ -130,7 +145,7 @@ def glyph_mask(text: str) -> np.ndarray:
     m = np.zeros((_GLYPH_H, w), dtype=bool)
     for i, ch in enumerate(text):
         cells = np.array([c == "#" for c in _FONT[ch]]).reshape(_GLYPH_H, _GLYPH_W)
-        m[:, i * (_GLYPH_W + 1): i * (_GLYPH_W + 1) + _GLYPH_W] = cells
+        m[:, i * (_GLYPH_W + 1) : i * (_GLYPH_W + 1) + _GLYPH_W] = cells
     return m
 
 
@@ -138,23 +153,28 @@ def stamp_mask(text: str, top: int, left: int, height: int, width: int) -> torch
     """(H, W) boolean mask of ``text`` drawn with its top-left corner at (top, left)."""
     g = glyph_mask(text)
     if top < 0 or left < 0 or top + g.shape[0] > height or left + g.shape[1] > width:
-        raise ConfigError(f"stamp {text!r} of {g.shape[0]}x{g.shape[1]} pixels does not fit at ({top}, {left}) in "
-                          f"{height}x{width} images; use a shorter text")
+        raise ConfigError(
+            f"stamp {text!r} of {g.shape[0]}x{g.shape[1]} pixels does not fit at ({top}, {left}) in "
+            f"{height}x{width} images; use a shorter text"
+        )
     m = np.zeros((height, width), dtype=bool)
-    m[top: top + g.shape[0], left: left + g.shape[1]] = g
+    m[top : top + g.shape[0], left : left + g.shape[1]] = g
     return torch.from_numpy(m)
 
 
-def random_stamp(rng: np.random.Generator, height: int, width: int, letters: int = 4,
-                 text: str | None = None, margin: int = 2) -> tuple[str, int, int]:
+def random_stamp(
+    rng: np.random.Generator, height: int, width: int, letters: int = 4, text: str | None = None, margin: int = 2
+) -> tuple[str, int, int]:
     """A word of ``letters`` random letters (or ``text``) at a random position ``margin`` pixels inside the
     image (the margin keeps it inside the field of view of valid-convolution networks, docs/decisions.md)."""
     word = text.upper() if text else "".join(rng.choice(list(LETTERS), size=letters))
     w = len(word) * (_GLYPH_W + 1) - 1
     hi_top, hi_left = height - _GLYPH_H - margin, width - w - margin
     if hi_top < margin or hi_left < margin:
-        raise ConfigError(f"a {len(word)}-letter stamp ({_GLYPH_H}x{w} pixels) does not fit in {height}x{width} "
-                          "images; use fewer letters")
+        raise ConfigError(
+            f"a {len(word)}-letter stamp ({_GLYPH_H}x{w} pixels) does not fit in {height}x{width} "
+            "images; use fewer letters"
+        )
     return word, int(rng.integers(margin, hi_top + 1)), int(rng.integers(margin, hi_left + 1))
 
 
@@ -168,14 +188,25 @@ def apply_stamp(x: torch.Tensor, mask: torch.Tensor, ink: float) -> torch.Tensor
 class ZhangContentConfig(MeasuredConfig):
     """Zhang content keys (defaults: null-embedding paper §A.2, Table 9: injection ratio 10%)."""
 
-    key_ratio: float = Field(0.1, gt=0, le=1, description="key samples as a share of the training data and of each "
-                             "batch (Table 9 of the null-embedding paper: 10%)")
-    text: str | None = Field(None, pattern=r"^[A-Za-z]{1,8}$",
-                             description="the stamped word (A-Z); None = 4 letters from the signature")
+    key_ratio: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="key samples as a share of the training data and of each "
+        "batch (Table 9 of the null-embedding paper: 10%)",
+    )
+    text: str | None = Field(
+        None, pattern=r"^[A-Za-z]{1,8}$", description="the stamped word (A-Z); None = 4 letters from the signature"
+    )
     letters: int = Field(4, ge=1, le=8, description="letters of a derived word")
     ink: float = Field(1.0, description="pixel value of the stamp (1 = white on [0, 1] images)")
-    negative_ratio: float = Field(1.0, ge=0, le=10, description="training inputs with another random stamp and "
-                                  "their true label, per key sample (0 = Zhang's recipe)")
+    negative_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="training inputs with another random stamp and "
+        "their true label, per key sample (0 = Zhang's recipe)",
+    )
 
     @classmethod
     def paper(cls, **kw: Any) -> ZhangContentConfig:
@@ -252,13 +283,22 @@ class ZhangContentScheme(TriggerScheme):
 class ZhangUnrelatedConfig(MeasuredConfig):
     """Zhang unrelated keys (defaults: injection ratio 10% as for the other Zhang keys, Table 9)."""
 
-    key_ratio: float = Field(0.1, gt=0, le=1, description="key samples as a share of the training data and of "
-                             "each batch")
-    unrelated: str | None = Field(None, description="name or path of the unrelated data set; None = fashion-mnist "
-                                  "for digit-like 1x28x28 data, mnist5k for Fashion-MNIST-like data")
-    negative_ratio: float = Field(1.0, ge=0, le=10, description="training images of the unrelated data set's other "
-                                  "classes, labelled by the nearest class mean (never the target), per key sample "
-                                  "(0 = Zhang's recipe)")
+    key_ratio: float = Field(
+        0.1, gt=0, le=1, description="key samples as a share of the training data and of each batch"
+    )
+    unrelated: str | None = Field(
+        None,
+        description="name or path of the unrelated data set; None = fashion-mnist "
+        "for digit-like 1x28x28 data, mnist5k for Fashion-MNIST-like data",
+    )
+    negative_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="training images of the unrelated data set's other "
+        "classes, labelled by the nearest class mean (never the target), per key sample "
+        "(0 = Zhang's recipe)",
+    )
     negative_pool: int = Field(5000, ge=1, description="most images of other unrelated classes to draw negatives from")
 
     @classmethod
@@ -284,8 +324,10 @@ def default_unrelated(data: TensorData) -> str:
     below 0.2: MNIST's is 0.13), mnist5k for brighter ones (Fashion-MNIST's mean is 0.29)."""
     shape = tuple(data.x.shape[1:])
     if shape != (1, 28, 28):
-        raise ConfigError(f"no default unrelated data set for {shape} images; set unrelated= to a data set of "
-                          f"the same shape (a registered name or a path)")
+        raise ConfigError(
+            f"no default unrelated data set for {shape} images; set unrelated= to a data set of "
+            f"the same shape (a registered name or a path)"
+        )
     return "fashion-mnist" if float(data.x[:2000].mean()) < 0.2 else "mnist5k"
 
 
@@ -326,8 +368,10 @@ class ZhangUnrelatedScheme(TriggerScheme):
             raise DatasetError(f"zhang-unrelated needs the unrelated data set {name!r}: {e}") from None
         shape = tuple(data.x.shape[1:])
         if other.input_shape != shape:
-            raise ConfigError(f"unrelated data set {name!r} has {other.input_shape} images, the owner's are {shape}; "
-                              "set unrelated= to a data set of the same shape")
+            raise ConfigError(
+                f"unrelated data set {name!r} has {other.input_shape} images, the owner's are {shape}; "
+                "set unrelated= to a data set of the same shape"
+            )
         pool_x, pool_y = other.train.x, other.train.y
         u = derive_label(signature, f"{self.name}/unrelated-class", other.num_classes)
         in_u = np.nonzero(pool_y.numpy() == u)[0]
@@ -353,8 +397,14 @@ class ZhangUnrelatedScheme(TriggerScheme):
             labels=torch.full((cfg.verify_keys,), t, dtype=torch.long),
             controls=pool_x[torch.from_numpy(ctrl)],
             target=t,
-            meta={"unrelated": name, "unrelated_class": u, "train_keys": n_train, "natural_reference": reference,
-                  "natural_rates": [round(float(r), 4) for r in natural], "control_index": [int(i) for i in ctrl]},
+            meta={
+                "unrelated": name,
+                "unrelated_class": u,
+                "train_keys": n_train,
+                "natural_reference": reference,
+                "natural_rates": [round(float(r), 4) for r in natural],
+                "control_index": [int(i) for i in ctrl],
+            },
         )
 
     def negatives(self, key: OwnershipKey, data: TensorData) -> NegativeMaker | None:
@@ -367,17 +417,19 @@ class ZhangUnrelatedScheme(TriggerScheme):
         try:
             other = _load_unrelated(str(meta["unrelated"]))
         except DatasetError as e:
-            raise DatasetError(f"zhang-unrelated training needs the unrelated data set {meta['unrelated']!r}: {e}") \
-                from None
+            raise DatasetError(
+                f"zhang-unrelated training needs the unrelated data set {meta['unrelated']!r}: {e}"
+            ) from None
         except KeyError:
             raise ConfigError("zhang-unrelated key lacks the unrelated data set's name; make the key again") from None
         y = other.train.y.numpy()
-        keep = (y != int(meta["unrelated_class"]))
+        keep = y != int(meta["unrelated_class"])
         keep[np.asarray(meta.get("control_index", []), dtype=np.int64)] = False
         idx = np.nonzero(keep)[0]
         rng = derive_rng(bytes.fromhex(str(meta["signature"])), f"{self.name}/negatives")
-        pool = other.train.x[torch.from_numpy(np.sort(rng.choice(idx, min(len(idx), self.config.negative_pool),
-                                                                 replace=False)))]
+        pool = other.train.x[
+            torch.from_numpy(np.sort(rng.choice(idx, min(len(idx), self.config.negative_pool), replace=False)))
+        ]
 
         t = int(meta["target"])
         num_classes = int(meta["num_classes"])
