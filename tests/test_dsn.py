@@ -59,7 +59,7 @@ def test_grad_reverse_in_train_net_flips_feature_gradients_only() -> None:
         torch.manual_seed(1)
         net.gd.reset_parameters()
         student.zero_grad(set_to_none=True)
-        _, logits_d = net(x, n_gd=len(x))
+        _, logits_d, _ = net(x, n_gd=len(x))
         nn.functional.cross_entropy(logits_d, y).backward()
         return ([p.grad.clone() for p in student.features.parameters()], [p.grad.clone() for p in net.gd.parameters()])
 
@@ -78,10 +78,11 @@ def test_train_net_heads() -> None:
     student = create_model("dsn_mnist", SHAPE, CLASSES)
     net = dsn.DSNTrainNet(student, 1.0)
     x = torch.rand(5, *SHAPE)
-    logits_y, logits_d = net(x, n_gd=2)
+    logits_y, logits_d, feats = net(x, n_gd=2)
     assert torch.allclose(logits_y, student(x))
     assert logits_d.shape == (2, CLASSES)
     assert torch.allclose(logits_d, net.gd(student.features(x[3:])), atol=1e-6)
+    assert torch.allclose(feats, student.features(x))
     assert net(x)[1].shape == (0, CLASSES)
 
 
@@ -222,11 +223,11 @@ def test_hard_hamming1_draws_more_of_the_hard_neighbours() -> None:
     hard_bit = 4  # the neighbour that flips bit 4 is the only one that stays confident
 
     class Confident(nn.Module):
-        def forward(self, inp: torch.Tensor, n_gd: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        def forward(self, inp: torch.Tensor, n_gd: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             flipped = (region(inp) != SERIAL.as_tensor()).flatten(1)
             logits = torch.zeros(len(inp), CLASSES) + 0.0 * inp.sum()
             logits[:, 0] = 8.0 * flipped[:, hard_bit].float()
-            return logits.requires_grad_(), logits[len(logits) - n_gd :]
+            return logits.requires_grad_(), logits[len(logits) - n_gd :], logits
 
     loss_fn = dsn.make_student_loss(SERIAL, torch.randn(n, CLASSES), cfg, CLASSES)
     rec = Recorder(Confident())

@@ -81,6 +81,30 @@ class DSNConfig(BaseModel):
         description="probability that the 2-pixel band around the serial "
         "number of a training input is replaced with uniform noise",
     )
+    # Lock mechanisms (docs/decisions.md, "The DSN lock"), off unless set:
+    # (1) cover the key space the model still accepts
+    mix_near: float = Field(
+        0.0, ge=0, description="share of invalid inputs stamped with keys 3..near_max_distance bits away"
+    )
+    near_max_distance: int = Field(6, ge=3, description="largest distance of the 'near' keys")
+    mix_relaxed: float = Field(
+        0.0,
+        ge=0,
+        description="share of invalid inputs stamped with relaxed (non-binary) patterns near the key: some "
+        "pixels moved at least 0.3 towards the flipped value (what a gradient attacker's sigmoid pattern sees)",
+    )
+    mix_mined: float = Field(
+        0.0, ge=0, description="share of invalid inputs stamped with keys mined from what the student still accepts"
+    )
+    mine_every: int = Field(20, ge=1, description="steps between two mining rounds")
+    mine_pool: int = Field(64, ge=1, description="mined keys kept (the most accepted ones)")
+    # (2) simulate the thief's fine-tuning on raw inputs and push the fine-tuned model to chance (first-order)
+    sim_ft_weight: float = Field(0.0, ge=0, description="weight of the uniform loss after simulated fine-tuning")
+    sim_ft_every: int = Field(2, ge=1, description="steps between two simulated fine-tunings")
+    sim_ft_steps: int = Field(3, ge=1, description="inner fine-tuning steps")
+    sim_ft_lr: float = Field(0.05, gt=0, description="inner fine-tuning learning rate (SGD)")
+    # (3) dead features: the penultimate activations of invalid inputs pushed to zero
+    dead_weight: float = Field(0.0, ge=0, description="weight of the mean penultimate activation of invalid inputs")
 
     @model_validator(mode="after")
     def _mix(self) -> DSNConfig:
@@ -128,12 +152,12 @@ class DSNTrainNet(nn.Module):
         self.gd = nn.Linear(student.feature_dim, student.classifier.out_features)
         self.grl_coefficient = grl_coefficient
 
-    def forward(self, x: torch.Tensor, n_gd: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of Gy on all of ``x``, and of Gd(GRL(Ge)) on its last ``n_gd`` rows."""
+    def forward(self, x: torch.Tensor, n_gd: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits of Gy on all of ``x``, of Gd(GRL(Ge)) on its last ``n_gd`` rows, and the features Ge(x)."""
         e = self.student.features(x)
         y = self.student.classifier(e)
         d = self.gd(grad_reverse(e[len(e) - n_gd :], self.grl_coefficient)) if n_gd else y[:0]
-        return y, d
+        return y, d, e
 
 
 @dataclass
@@ -148,7 +172,16 @@ def _counts(n: int, cfg: DSNConfig) -> dict[str, int]:
     total = int(round(n * cfg.invalid_ratio))
     if cfg.mode == "paper":
         return {"raw": total, "random": 0, "hamming1": 0, "hamming2": 0}
-    weights = {"raw": cfg.mix_raw, "random": cfg.mix_random, "hamming1": cfg.mix_hamming1, "hamming2": cfg.mix_hamming2}
+    weights = {
+        "raw": cfg.mix_raw,
+        "random": cfg.mix_random,
+        "hamming1": cfg.mix_hamming1,
+        "hamming2": cfg.mix_hamming2,
+        "near": cfg.mix_near,
+        "relaxed": cfg.mix_relaxed,
+        "mined": cfg.mix_mined,
+    }
+    weights = {k: w for k, w in weights.items() if w > 0 or k in ("raw", "random", "hamming1", "hamming2")}
     s = sum(weights.values())
     counts = {k: int(math.floor(total * w / s)) for k, w in weights.items()}
     counts[max(weights, key=weights.get)] += total - sum(counts.values())  # type: ignore[arg-type]
@@ -191,10 +224,72 @@ def make_student_loss(
         hard = torch.multinomial(hardness / hardness.sum(), n_hard, replacement=True)
         return torch.cat([easy, hard])
 
+    nbits = geometry.nbits
+    flat_valid = valid.flatten()
+    state = {"step": 0, "pool": None}  # mined keys: the wrong keys the current student accepts most
+
+    def near_keys(k: int, dev: torch.device) -> torch.Tensor:
+        """Keys 3..near_max_distance bits from the valid one (a uniform distance, then random bits)."""
+        hi = max(3, min(cfg.near_max_distance, nbits))
+        d = torch.randint(min(3, nbits), hi + 1, (k, 1))
+        flip = torch.rand(k, nbits).argsort(1) < d
+        return torch.where(flip, 1 - flat_valid, flat_valid).view(k, geometry.height, geometry.width).to(dev)
+
+    def relaxed_keys(k: int, dev: torch.device) -> torch.Tensor:
+        """Non-binary patterns near the key: a random subset of pixels moved 0.3-1 towards the flipped value."""
+        q = torch.rand(k, 1) * 0.5
+        moved = torch.rand(k, nbits) < q
+        moved[torch.arange(k), torch.randint(0, nbits, (k,))] = True  # at least one pixel leaves the key
+        step = (0.3 + 0.7 * torch.rand(k, nbits)) * moved
+        rel = flat_valid + (1 - 2 * flat_valid) * step
+        return rel.view(k, geometry.height, geometry.width).to(dev)
+
+    @torch.no_grad()
+    def mine(student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Keep the wrong keys (all Hamming-1, sampled Hamming-2..4, the last pool) the student accepts most."""
+        was = student.training
+        student.eval()
+        dev = x.device
+        cands = [wrong.hamming1, wrong.hamming2[torch.randint(0, len(wrong.hamming2), (128,))], near_keys(192, "cpu")]
+        if state["pool"] is not None:
+            cands.append(state["pool"])
+        keys = torch.cat(cands).to(dev)
+        xs, ys = x[:32], y[:32]
+        pred = student(stamp_many(xs, geometry, keys)).argmax(1).view(len(keys), len(xs))
+        acc = (pred == ys.unsqueeze(0)).float().mean(1)
+        top = acc.argsort(descending=True)[: cfg.mine_pool]
+        state["pool"] = keys[top].cpu()
+        student.train(was)
+
+    def simulated_finetune(student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Uniform loss of the student after a few SGD steps of a thief's fine-tuning on raw inputs.
+
+        First-order (as first-order MAML): the inner steps are taken on detached copies, and the outer
+        gradient at the fine-tuned weights is applied to the student's own (SOPHON, Deng et al. 2024,
+        simulates fine-tuning the same way with several inner steps).
+        """
+        params = dict(student.named_parameters())
+        fast = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        half = len(x) // 2
+        for _ in range(cfg.sim_ft_steps):
+            out = torch.func.functional_call(student, fast, (x[:half],))
+            grads = torch.autograd.grad(F.cross_entropy(out, y[:half]), list(fast.values()))
+            fast = {
+                k: (v - cfg.sim_ft_lr * g).detach().requires_grad_(True)
+                for (k, v), g in zip(fast.items(), grads, strict=True)
+            }
+        adapted = {k: params[k] + (fast[k] - params[k]).detach() for k in params}
+        out = torch.func.functional_call(student, adapted, (x[half:],))
+        return (-F.log_softmax(out, 1).mean(1) - log_c).mean()
+
     def loss_fn(net: nn.Module, batch: Batch) -> LossOut:
         x, y = batch.x, batch.y
         n = len(x)
         dev = x.device
+        train_net = net.module if hasattr(net, "module") else net
+        if cfg.mix_mined > 0 and state["step"] % cfg.mine_every == 0:
+            mine(train_net.student, x, y)
+        state["step"] += 1
         counts = _counts(n, cfg)
         parts = [stamp(x, geometry, valid)]
         labels = []
@@ -218,6 +313,13 @@ def make_student_loss(
                     h1_idx = draw_hamming1(k)
                     h1_rows = n + off
                     bits = wrong.hamming1[h1_idx].to(dev)
+                elif kind == "near":
+                    bits = near_keys(k, dev)
+                elif kind == "relaxed":
+                    bits = relaxed_keys(k, dev)
+                elif kind == "mined":
+                    pool = state["pool"] if state["pool"] is not None else wrong.hamming1
+                    bits = pool[torch.randint(0, len(pool), (k,))].to(dev)
                 else:
                     bits = wrong.hamming2[torch.randint(0, len(wrong.hamming2), (k,))].to(dev)
                 parts.append(stamp(xi, geometry, bits))
@@ -229,7 +331,7 @@ def make_student_loss(
             noisy = (torch.rand(len(inputs), 1, 1, 1, device=dev) < cfg.ring_noise) & ring
             inputs = torch.where(noisy, torch.rand_like(inputs), inputs)
         n_inv = len(inputs) - n
-        logits_y, logits_d = net(inputs, n_gd=n_inv if cfg.gd_weight > 0 else 0)
+        logits_y, logits_d, feats = net(inputs, n_gd=n_inv if cfg.gd_weight > 0 else 0)
         zt = teacher_logits[batch.idx].to(dev)
         distill = (
             F.kl_div(
@@ -255,6 +357,14 @@ def make_student_loss(
             gd = F.cross_entropy(logits_d, torch.cat(labels))
             loss = loss + cfg.gd_weight * gd
             metrics["gd_ce"] = float(gd.detach())
+        if n_inv and cfg.dead_weight > 0:
+            dead = feats[n:].mean()
+            loss = loss + cfg.dead_weight * dead
+            metrics["dead"] = float(dead.detach())
+        if cfg.sim_ft_weight > 0 and state["step"] % cfg.sim_ft_every == 0:
+            sim = simulated_finetune(train_net.student, x, y)
+            loss = loss + cfg.sim_ft_weight * sim
+            metrics["sim_ft_uniform"] = float(sim.detach())
         metrics["valid_acc"] = 100.0 * float((logits_y[:n].argmax(1) == y).float().mean())
         return LossOut(loss, len(inputs), metrics)
 

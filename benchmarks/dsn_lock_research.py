@@ -1,0 +1,218 @@
+"""Research harness for the DSN lock: train one customer model with a named recipe and measure it.
+
+Each run: the seed's split and teacher (cached under ``--cache``), one student distilled with the
+recipe's :class:`~deepserial.schemes.dsn.DSNConfig`, then the lock's figures:
+
+- valid / raw accuracy; 2,000 random wrong keys; every Hamming-1 and Hamming-2 neighbour; 1,000
+  sampled Hamming-3 neighbours (keys on 100 test images each, Hamming-1 on the whole test set);
+- reverse engineering knowing the region (sigmoid pattern, Adam lr 0.1, 300 steps on 400 labelled
+  attacker images, 10 restarts, then a greedy bit search on the attacker's own loss; the attacker keeps
+  the restart of lowest own loss);
+- fine-tuning the leaked model on raw attacker images (10% of the training data) under a small sweep,
+  against training the same network from scratch on the same images under the same sweep.
+
+One JSON line per run is appended to ``--out``. This is the measuring stick for choosing the default
+recipe; ``deepserial reproduce dsn-security`` is the product's report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from deepserial.data import TensorData
+from deepserial.nets import create_model
+from deepserial.schemes import dsn
+from deepserial.serial import SerialGeometry, SerialNumber, stamp
+from deepserial.training import TrainConfig, fit, predict_logits, seed_everything, supervised_loss
+
+KEYSPACE = {
+    "mix_raw": 0.1,
+    "mix_random": 0.1,
+    "mix_hamming1": 0.3,
+    "mix_hamming2": 0.1,
+    "mix_near": 0.15,
+    "mix_relaxed": 0.15,
+    "mix_mined": 0.1,
+    "invalid_ratio": 3.0,
+}
+RECIPES: dict[str, dict] = {
+    "default": {},
+    "keyspace": KEYSPACE,
+    "keyspace+simft": KEYSPACE | {"sim_ft_weight": 1.0},
+    "keyspace+dead": KEYSPACE | {"dead_weight": 1.0},
+}
+GEOMETRIES = {"default": (6, 6, 20, 20), "alt": (5, 7, 8, 12)}
+
+
+def teacher_for(splits, seed: int, cache: Path) -> torch.nn.Module:  # noqa: ANN001
+    path = cache / f"teacher_mnist5k_{seed}.pt"
+    model = create_model("dsn_mnist", (1, 28, 28), 10)
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    seed_everything(seed)
+    model = create_model("dsn_mnist", (1, 28, 28), 10)
+    fit(model, splits.owner, supervised_loss, TrainConfig(epochs=20, batch_size=128, seed=seed, progress=False))
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+@torch.no_grad()
+def acc_keys(model, x, y, g, keys, chunk=4096) -> np.ndarray:  # noqa: ANN001
+    return dsn.key_accuracies(model, x, y, g, keys, chunk_samples=chunk)
+
+
+def keyspace(model, serial: SerialNumber, test: TensorData, rng: np.random.Generator) -> dict:  # noqa: ANN001
+    g = serial.geometry
+    n = g.nbits
+    sel = torch.from_numpy(rng.choice(len(test), 100, replace=False))
+    xs, ys = test.x[sel], test.y[sel]
+    out = {}
+    out["valid"] = float(acc_keys(model, test.x, test.y, g, serial.as_tensor()[None])[0])
+    out["raw"] = 100.0 * float((predict_logits(model, test.x).argmax(1) == test.y).float().mean())
+    wrong = serial.random_wrong(2_000, rng)
+    a = acc_keys(model, xs, ys, g, wrong)
+    out["random_mean"], out["random_max"] = float(a.mean()), float(a.max())
+    h1 = acc_keys(model, test.x, test.y, g, serial.hamming_neighbours(1))
+    out["h1_mean"], out["h1_max"], out["h1_over25"] = float(h1.mean()), float(h1.max()), int((h1 > 25).sum())
+    h2 = acc_keys(model, xs, ys, g, serial.hamming_neighbours(2))
+    out["h2_mean"], out["h2_max"], out["h2_over25"] = float(h2.mean()), float(h2.max()), int((h2 > 25).sum())
+    base = serial.as_tensor().flatten()
+    h3 = base.repeat(1000, 1)
+    for i in range(1000):
+        idx = rng.choice(n, 3, replace=False)
+        h3[i, idx] = 1 - h3[i, idx]
+    h3a = acc_keys(model, xs, ys, g, h3.view(1000, g.height, g.width))
+    out["h3_mean"], out["h3_max"], out["h3_over25"] = float(h3a.mean()), float(h3a.max()), int((h3a > 25).sum())
+    return out
+
+
+def reverse_engineer(model, serial: SerialNumber, att: TensorData, test: TensorData, restarts: int = 10) -> dict:  # noqa: ANN001
+    g = serial.geometry
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x, y = att.x[:400], att.y[:400]
+    rows, cols = g.region()
+    results = []
+    for r in range(restarts):
+        gen = torch.Generator().manual_seed(1000 + r)
+        theta = torch.randn(g.height, g.width, generator=gen).requires_grad_(True)
+        opt = torch.optim.Adam([theta], lr=0.1)
+        for _ in range(300):
+            idx = torch.randint(0, len(x), (64,), generator=gen)
+            xb = x[idx].clone()
+            xb[:, :, rows, cols] = torch.sigmoid(theta)
+            loss = F.cross_entropy(model(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        bits = (theta.detach() > 0).float()
+
+        def own_loss(b: torch.Tensor) -> float:
+            with torch.no_grad():
+                return float(F.cross_entropy(model(stamp(x, g, b)), y))
+
+        cur = own_loss(bits)
+        improved = True
+        while improved:  # greedy bit search on the attacker's own loss
+            improved = False
+            cands = bits.flatten().repeat(g.nbits, 1)
+            cands[torch.arange(g.nbits), torch.arange(g.nbits)] = 1 - cands[torch.arange(g.nbits), torch.arange(g.nbits)]
+            losses = [own_loss(c.view(g.height, g.width)) for c in cands]
+            j = int(np.argmin(losses))
+            if losses[j] < cur - 1e-4:
+                bits, cur, improved = cands[j].view(g.height, g.width), losses[j], True
+        dist = int((bits != serial.as_tensor()).sum())
+        acc = float(acc_keys(model, test.x, test.y, g, bits[None])[0])
+        results.append({"own_loss": cur, "test_acc": acc, "hamming": dist})
+    for p in model.parameters():
+        p.requires_grad_(True)
+    best = min(results, key=lambda d: d["own_loss"])
+    return {
+        "chosen_acc": best["test_acc"],
+        "chosen_hamming": best["hamming"],
+        "best_acc": max(d["test_acc"] for d in results),
+        "exact": sum(d["hamming"] == 0 for d in results),
+        "min_hamming": min(d["hamming"] for d in results),
+    }
+
+
+def finetune(model_state, att: TensorData, test: TensorData, n: int, seed: int, scratch: bool) -> dict:  # noqa: ANN001
+    sub = TensorData(att.x[:n], att.y[:n])
+    res = {}
+    for opt, lr in (("adam", 1e-3), ("adam", 1e-4), ("sgd", 1e-2)):
+        seed_everything(seed)
+        m = create_model("dsn_mnist", (1, 28, 28), 10)
+        if not scratch:
+            m.load_state_dict(model_state)
+        cfg = TrainConfig(
+            epochs=10 if not scratch else 30, batch_size=64, lr=lr, optimizer=opt, momentum=0.9, seed=seed, progress=False
+        )
+        fit(m, sub, supervised_loss, cfg)
+        res[f"{opt}_{lr:g}"] = 100.0 * float((predict_logits(m, test.x).argmax(1) == test.y).float().mean())
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--recipe", default="default")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--geometry", default="default", choices=sorted(GEOMETRIES))
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--set", nargs="*", default=[], help="extra DSNConfig settings name=value")
+    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: re, ft")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/dsn_research"))
+    ap.add_argument("--out", type=Path, default=Path("/tmp/dsn_research/results.jsonl"))
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    from deepserial.workflow import DataSpec
+
+    splits = DataSpec("mnist5k", a.seed).load()
+    teacher = teacher_for(splits, a.seed, a.cache)
+    t_acc = 100.0 * float((predict_logits(teacher, splits.test.x).argmax(1) == splits.test.y).float().mean())
+    h, w, top, left = GEOMETRIES[a.geometry]
+    g = SerialGeometry(h, w, top, left)
+    rng = np.random.default_rng(a.seed)
+    serial = SerialNumber(g, rng.integers(0, 2, (h, w)))
+    settings = dict(RECIPES[a.recipe])
+    for item in a.set:
+        k, v = item.split("=", 1)
+        settings[k] = float(v)
+    cfg = dsn.DSNConfig.default(**settings)
+    seed_everything(a.seed)
+    student = create_model("dsn_mnist", (1, 28, 28), 10)
+    t0 = time.perf_counter()
+    dsn.train_student(
+        student, teacher, splits.owner, serial, cfg, TrainConfig(epochs=a.epochs, batch_size=128, seed=a.seed, progress=False)
+    )
+    train_s = time.perf_counter() - t0
+    rec = {"recipe": a.recipe, "set": a.set, "seed": a.seed, "geometry": a.geometry, "epochs": a.epochs}
+    rec |= {"teacher": t_acc, "train_s": round(train_s, 1)}
+    rec |= keyspace(student, serial, splits.test, rng)
+    print(json.dumps(rec), flush=True)
+    state = {k: v.clone() for k, v in student.state_dict().items()}
+    if "re" not in a.skip:
+        t0 = time.perf_counter()
+        rec["re"] = reverse_engineer(student, serial, splits.attacker, splits.test)
+        rec["re"]["wall_s"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps(rec["re"]), flush=True)
+    if "ft" not in a.skip:
+        rec["ft10"] = finetune(state, splits.attacker, splits.test, 400, a.seed, scratch=False)
+        rec["scratch10"] = finetune(state, splits.attacker, splits.test, 400, a.seed, scratch=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    with a.out.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+    print(json.dumps(rec), flush=True)
+
+
+if __name__ == "__main__":
+    main()
