@@ -105,3 +105,31 @@ def test_provenance_section_lists_reports_that_predate_it(gen: ModuleType, tmp_p
     text = gen.provenance_section(tmp_path)
     assert text.startswith("1 of 2 committed reports record every provenance field")
     assert "`old`" in text and "`new`" not in text and "`signed_at_epoch`" in text
+
+
+def _anchors(path: Path) -> set[str]:
+    """The anchors a Markdown file offers: explicit ``<a id>`` and GitHub's slugs of its headings."""
+    text = path.read_text()
+    ids = set(re.findall(r'<a id="([^"]+)"></a>', text))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            ids.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return ids
+
+
+def test_links_between_the_documents_resolve() -> None:
+    """Every relative link of README and docs/ names a file of the repository, and an anchor in it."""
+    broken = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if "://" in target:
+                continue
+            file, _, anchor = target.partition("#")
+            path = (doc.parent / file).resolve() if file else doc
+            if not path.exists():
+                broken.append(f"{doc.name} -> {target}")
+            elif anchor and anchor not in _anchors(path):
+                broken.append(f"{doc.name} -> {target} (no such anchor)")
+    # docs/security.md (the server's threat model) is written alongside this page by its own change
+    assert all("security.md" in b and "anchor" not in b for b in broken), broken
