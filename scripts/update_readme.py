@@ -72,6 +72,14 @@ def _p(p: float) -> str:
     return f"{p:.0e}".replace("e-0", "e-").replace("e+00", "")
 
 
+def _sci(x: float) -> str:
+    """A rate as people write it: 1e-3, 2.5e-4; 0.5 and above as is."""
+    if x == 0 or x >= 0.01:
+        return f"{x:g}"
+    mantissa, exp = f"{x:e}".split("e")
+    return f"{float(mantissa):g}e{int(exp)}"
+
+
 def _span(values: list[float], digits: int = 1) -> str:
     """``a`` when all values round alike, else ``lo-hi``."""
     lo, hi = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
@@ -255,17 +263,34 @@ def dsn_headline(reports: Path) -> str:
 
 
 # ----- ownership watermarks (reproduce <scheme>) ------------------------------------------------------
-WM_HEADER = [
-    "scheme",
-    "unmarked acc",
-    "marked acc (mean)",
-    "largest drop",
-    "own keys verified at 1e-3",
-    "queries (mean)",
-    "FP / 1,000 vs unmarked at 1e-3",
-    "FP / 1,000 vs other key at 1e-3",
-    "at 1e-4: own verified; FP unmarked, other",
-]
+# A stricter level than the reproductions' own, at which the tables also count verdicts: how many
+# false positives are the test's size, and how many would pass any reasonable level.
+STRICT = 1e-4
+
+
+def _one(values: list[Any], fmt: str = "{}") -> str:
+    """The one value every report shares, formatted, or the distinct ones joined by '/'."""
+    return "/".join(fmt.format(v) for v in sorted(set(values)))
+
+
+def _fpr(reps: list[Report]) -> str:
+    """The false-positive rate the reports' verdicts were taken at (an attack report's: its victim's)."""
+    return "/".join(_sci(v) for v in sorted({r["config"].get("fpr") or r["victim"]["verdict"]["fpr"] for r in reps}))
+
+
+def wm_header(reps: list[Report]) -> list[str]:
+    fpr, keys = _fpr(reps), _one([r["n_random_keys"] for r in reps], "{:,}")
+    return [
+        "scheme",
+        "unmarked acc",
+        "marked acc (mean)",
+        "largest drop",
+        f"own keys verified at {fpr}",
+        "queries (mean)",
+        f"FP / {keys} vs unmarked at {fpr}",
+        f"FP / {keys} vs other key at {fpr}",
+        f"at {_sci(STRICT)}: own verified; FP unmarked, other",
+    ]
 
 
 def _fp(rep: Report, suspect: str, level: float) -> str:
@@ -278,7 +303,7 @@ def _fp(rep: Report, suspect: str, level: float) -> str:
 
 
 def _wm_row(rep: Report) -> list[str]:
-    own = sum(p <= 1e-4 for p in rep["own_p_values"])
+    own = sum(p <= STRICT for p in rep["own_p_values"])
     queries = sum(rep["own_queries"]) / len(rep["own_queries"])
     return [
         rep["scheme"],
@@ -289,13 +314,14 @@ def _wm_row(rep: Report) -> list[str]:
         f"{queries:.0f}",
         str(rep["false_positives_unmarked"]),
         str(rep["false_positives_other_key"]),
-        f"{own}/{rep['n_models']}; {_fp(rep, 'unmarked', 1e-4)}, {_fp(rep, 'other_key', 1e-4)}",
+        f"{own}/{rep['n_models']}; {_fp(rep, 'unmarked', STRICT)}, {_fp(rep, 'other_key', STRICT)}",
     ]
 
 
 def wm_table(reports: Path, dataset: str) -> str:
     """The Markdown table of every watermark report of ``dataset``."""
-    return _table(WM_HEADER, [_wm_row(r) for r in _watermark_reports(reports, dataset)])
+    reps = _watermark_reports(reports, dataset)
+    return _table(wm_header(reps), [_wm_row(r) for r in reps])
 
 
 def _training(rep: Report) -> str:
@@ -328,7 +354,7 @@ def _scheme_notes(rep: Report) -> list[str]:
     notes = []
     keys = _verified_random_keys(rep)
     if keys:
-        notes.append(f"random keys verified at {rep['config']['fpr']:g}: " + "; ".join(keys))
+        notes.append(f"random keys verified at {_sci(rep['config']['fpr'])}: " + "; ".join(keys))
     if name == "new-label" and "queries_to_first_delta_mean" in extra:
         paper = rep.get("paper", {})
         notes.append(
@@ -382,12 +408,15 @@ def _piracy(rep: Report) -> str | None:
             "pirate": sum(r["pirate_verified"] for r in rs),
             "lr": rs[0]["lr"],
             "opt": rs[0]["optimizer"],
+            "warmup": "lambda at full strength from the first step"
+            if not rs[0].get("lam_warmup_epochs")
+            else f"lambda warmed up over {rs[0]['lam_warmup_epochs']} epochs",
         }
 
     p = group("paper")
     text = (
-        f"**Piracy (§7.2), `{rep['dataset']}`.** The paper's attacker ({p['opt'].upper()} at {p['lr']:g}, lambda at "
-        f"full strength from the first step) on {p['n']} pirated copies of a marked model "
+        f"**Piracy (§7.2), `{rep['dataset']}`.** The paper's attacker ({p['opt'].upper()} at {_sci(p['lr'])}, "
+        f"{p['warmup']}) on {p['n']} pirated copies of a marked model "
         f"({extra['piracy_nc_before']:.1f}%): "
         f"accuracy after the attack {_span(p['after'])}% (mean {p['mean']:.1f}%; paper "
         f"{paper.get('piracy_paper_nc_after_mean', float('nan')):.1f}%)"
@@ -407,7 +436,7 @@ def _piracy(rep: Report) -> str | None:
         if key in runs:
             a = group(key)
             text += (
-                f" With {label} at {a['lr']:g}: {_span(a['after'])}%, the owner's watermark verified in "
+                f" With {label} at {_sci(a['lr'])}: {_span(a['after'])}%, the owner's watermark verified in "
                 f"{a['owner']} of {a['n']}, the pirate's in {a['pirate']} of {a['n']}."
             )
     return text
@@ -436,15 +465,16 @@ def wm_section(reports: Path, dataset: str) -> str:
         notes = [_training(rep)] + _scheme_notes(rep)
         lines.append(f"- **{rep['scheme']}**: " + "; ".join(notes) + ".")
     lines.append("")
-    at4 = [
-        f"{r['scheme']} {_fp(r, 'other_key', 1e-4)}"
+    strict = [
+        f"{r['scheme']} {_fp(r, 'unmarked', STRICT)}, {_fp(r, 'other_key', STRICT)}"
         for r in reps
-        if _fp(r, "other_key", 1e-4) not in ("0", "?") or _fp(r, "unmarked", 1e-4) not in ("0", "?")
+        if _fp(r, "other_key", STRICT) not in ("0", "?") or _fp(r, "unmarked", STRICT) not in ("0", "?")
     ]
+    fpr, n = cfg["fpr"], cfg["n_random_keys"]
     lines += [
-        "At 1e-4 the random keys that still verify (against the other-key model): "
-        + (", ".join(at4) if at4 else "none")
-        + ". A test at 1e-3 admits about one false positive per 1,000 random keys by construction.",
+        f"At {_sci(STRICT)} the random keys that still verify (against the unmarked model, against the other-key "
+        "model): " + ("; ".join(strict) if strict else "none") + f". A test at {_sci(fpr)} admits about "
+        f"{fpr * n:g} false positive(s) per {n:,} random keys by construction.",
         "",
     ]
     for rep in reps:
@@ -486,7 +516,7 @@ def wm_headline(reports: Path) -> str:
     header = [
         "scheme",
         f"largest accuracy drop, points ({on})",
-        "own keys verified at 1e-3",
+        f"own keys verified at {_fpr(reps)}",
         "queries per verdict (mean)",
         "random keys verified: vs unmarked, vs other key",
     ]
@@ -549,7 +579,8 @@ def dsn_attack_section(reports: Path, dataset: str) -> str:
         f"{min(v):.1f}" if min(v) == max(v) else f"{min(v):.1f}-{max(v):.1f}"
         for v in (paper["pruning_with_sn"], paper["pruning_without_sn"])
     )
-    lines += [f"Pruning (global L1, no fine-tuning), with SN / without: {prune} (paper, 10-40%: {paper_prune}).", ""]
+    rates = _span([100 * r for r in paper["pruning_rates"]], 0)
+    lines += [f"Pruning (global L1, no fine-tuning), with SN / without: {prune} (paper, {rates}%: {paper_prune}).", ""]
     if "serial_search" in rep:
         ss = rep["serial_search"]
         bf = ss["brute_force"]
@@ -562,9 +593,10 @@ def dsn_attack_section(reports: Path, dataset: str) -> str:
                 f"{100 * r['accuracy_best']:.1f}%, {len(r['per_restart'])} restarts)"
             )
         at = "" if best is None else f", best candidate at confirmation {100 * best:.1f}%"
+        screen = (bf["queries"] - bf["candidates"] * bf["confirm_images"]) / bf["tries"]
         lines += [
             f"Serial-number search: brute force **{bf['unlocks']} unlocks in {bf['tries']:,} tries** "
-            f"({bf['queries']:,} queries: {bf['candidates']} tries passed the 10-image screen, "
+            f"({bf['queries']:,} queries: {bf['candidates']} tries passed the {screen:g}-image screen, "
             f"{bf['unlocks']} the {bf['confirm_images']}-image confirmation{at}; {bf['wall_s']:.0f} s); "
             f"reverse engineering, {rev[0]}, {rev[1]}; paper: {paper['reverse_engineered']}.",
             "",
@@ -585,7 +617,7 @@ def dsn_attack_section(reports: Path, dataset: str) -> str:
     lines.append(
         f"Teacher {rep['teacher_acc']:.1f}%, customer model {rep['student_with_sn']:.1f}% with its "
         f"{rep['geometry']['height']}x{rep['geometry']['width']} serial number, {rep['student_raw']:.1f}% "
-        f"without; {rep['config']['attack_epochs']} attack epochs at Adam {rep['config']['attack_lr']:g}; "
+        f"without; {rep['config']['attack_epochs']} attack epochs at Adam {_sci(rep['config']['attack_lr'])}; "
         f"seed {rep['seed']}; wall {rep['wall_s']:.0f} s on {env['cpu_count']} cores, "
         f"{env['torch_threads']} torch thread(s)."
     )
@@ -1011,6 +1043,12 @@ SECTIONS = [
 
 def results_md(reports: Path, benchmarks: Path) -> str:
     """The whole of docs/results.md."""
+    wm = [r for d in DATASETS for r in _watermark_reports(reports, d)]
+    atk = [r for d in DATASETS for r in _attack_reports(reports, d)]
+    dsn = _dsn_reports(reports)
+    chance = sorted({(CLASSES[r["dataset"]], _chance(r["dataset"])) for r in dsn if r["dataset"] in CLASSES})
+    lrs = "/".join(_sci(v) for v in sorted({r["config"]["attack_lr"] for r in atk}))
+    guessing = ", ".join(f"{c:g}% on {n} classes" for n, c in chance) or "100/C % on C classes"
     out = [
         "# Results",
         "",
@@ -1019,7 +1057,7 @@ def results_md(reports: Path, benchmarks: Path) -> str:
         "Every number on this page is read from a committed report's JSON by `scripts/update_readme.py`; "
         "each section names the command that writes its report and the report itself, where the per-key, "
         "per-epoch and per-seed details are. Accuracies are test accuracies in %; SN = serial number; ✓ / ✗ = "
-        "the owner's key verified / not verified at the report's false-positive rate (1e-3).",
+        f"the owner's key verified / not verified at the report's false-positive rate ({_fpr(wm + atk)}).",
         "",
         "Contents:",
         "",
@@ -1028,12 +1066,12 @@ def results_md(reports: Path, benchmarks: Path) -> str:
     out += ["", f'<a id="{SECTIONS[0][1]}"></a>', f"## 1. {SECTIONS[0][0]}", ""]
     out += [
         "A customer model answers correctly only on inputs stamped with its serial number; without it, with a "
-        "random wrong one, or one or two bits off, it should answer like random guessing (10% on ten "
-        "classes). The linear probe trains a linear classifier on the model's features of raw inputs: how "
+        f"random wrong one, or one or two bits off, it should answer like random guessing ({guessing}). "
+        "The linear probe trains a linear classifier on the model's features of raw inputs: how "
         "much of the task a fine-tuning attacker could reuse.",
         "",
     ]
-    for rep in _dsn_reports(reports):
+    for rep in dsn:
         out += [dsn_lock_section(rep)]
     out += [f'<a id="{SECTIONS[1][1]}"></a>', f"## 2. {SECTIONS[1][0]}", ""]
     for d in DATASETS:
@@ -1062,11 +1100,15 @@ def results_md(reports: Path, benchmarks: Path) -> str:
     out += [f'<a id="{SECTIONS[4][1]}"></a>', f"## 5. {SECTIONS[4][0]}", ""]
     out += [
         "One watermarked model per scheme (the network, data and epochs of its watermark reproduction) under "
-        "the attacks its paper evaluates, with the owner's verdict after each. Fine-tuning: 10 epochs at 1e-3 "
-        "on the attacker's share (FTAL: all layers; FTLL: last layer; RTLL / RTAL: last layer re-initialised, "
-        "then last / all layers trained); the from-scratch model, trained on the attacker's data only, is the "
-        "control that must never verify. Pruning: the largest global L1 rate of 10-90% at which the owner's "
-        "key still verified, without and with one epoch of sparse fine-tuning.",
+        "the attacks its paper evaluates, with the owner's verdict after each. Fine-tuning: "
+        f"{_one([r['config']['attack_epochs'] for r in atk])} epochs at {lrs} on the attacker's share (FTAL: "
+        "all layers; "
+        "FTLL: last layer; RTLL / RTAL: last layer re-initialised, then last / all layers trained); the "
+        "from-scratch model, trained on the attacker's data only, is the control that must never verify. "
+        "Pruning: the largest global L1 rate of "
+        f"{_span([100 * x for r in atk for x in r['config']['prune_rates']], 0)}% at which the owner's key still "
+        f"verified, without and with {_one([r['config']['prune_finetune_epochs'] for r in atk])} epoch(s) of "
+        "sparse fine-tuning.",
         "",
     ]
     for d in DATASETS:
