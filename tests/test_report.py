@@ -105,3 +105,21 @@ def test_git_state_sees_commit_and_uncommitted_changes(tmp_path: Path) -> None:
     assert git_state(tmp_path) == (head, False)  # untracked outputs do not make the tree dirty
     (tmp_path / "a.py").write_text("x = 2\n")
     assert git_state(tmp_path) == (head, True)
+
+
+def test_reproduce_dsn_records_its_signing_time_and_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DSN reproduction signs at one recorded time with a seed-derived owner, like the others."""
+    from deepserial.experiments import dsn
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764633600")
+    cfg = dsn.ExperimentConfig(
+        dataset="mnist5k",
+        teacher_epochs=1,
+        student_epochs=1,
+        n_wrong=5,
+        wrong_eval_samples=50,
+        runs=[dsn.RunSpec(name="default-3x3", mode="default", size=(3, 3))],
+    )
+    rep = json.loads(dsn.run("mnist5k", tmp_path, progress=False, config=cfg)[1].read_text())
+    assert missing_provenance(rep) == [] and rep["signed_at_epoch"] == 1764633600
+    assert rep["runs"]["default-3x3"]["signed_at_epoch"] == 1764633600
