@@ -27,7 +27,7 @@ import torch
 from deepserial.experiments.watermarks import CONFIGS
 from deepserial.identity import OwnerIdentity
 from deepserial.nets import create_model
-from deepserial.report import environment, markdown_table, write_json, write_text
+from deepserial.report import environment, markdown_table, with_provenance, write_json, write_text
 from deepserial.schemes.base import SCHEMES, Provenance, get_scheme
 from deepserial.training import TrainConfig, fit, supervised_loss
 from deepserial.workflow import DataSpec
@@ -109,7 +109,7 @@ def main() -> None:
         "environment": environment(),
     }
     OUT.mkdir(exist_ok=True)
-    write_json(OUT / "bench_watermarks.json", res)
+    write_json(OUT / "bench_watermarks.json", with_provenance(res))
     env = res["environment"]
     table = [
         (
