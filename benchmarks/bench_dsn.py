@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from deepserial.nets import create_model
-from deepserial.report import environment, markdown_table, write_json, write_text
+from deepserial.report import environment, markdown_table, with_provenance, write_json, write_text
 from deepserial.schemes.dsn import DSNConfig, default_geometry, train_student
 from deepserial.serial import SerialNumber
 from deepserial.training import TrainConfig, fit, supervised_loss
@@ -124,7 +124,7 @@ def main() -> None:
         res |= demo_time()
     res["environment"] = environment()
     OUT.mkdir(exist_ok=True)
-    write_json(OUT / "bench_dsn.json", res)
+    write_json(OUT / "bench_dsn.json", with_provenance(res))
     env = res["environment"]
     rows = [
         ("plain supervised training", res["plain_samples_per_s"], 1.0),

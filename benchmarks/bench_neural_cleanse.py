@@ -1,5 +1,5 @@
-"""Benchmark: wall time of a Neural Cleanse scan of a 10-class mnist5k model (issue 4: within 2 minutes
-on 2 cores).
+"""Benchmark: wall time of a Neural Cleanse scan of a 10-class mnist5k model (the budget: within 2
+minutes on 2 cores, so that every protection can be scanned in a reproduction).
 
 Run: ``python benchmarks/bench_neural_cleanse.py`` (writes ``benchmarks/results/bench_neural_cleanse.{json,md,png}``).
 
@@ -23,7 +23,7 @@ from deepserial.training import TrainConfig
 from deepserial.workflow import DataSpec, train_teacher
 
 OUT = Path(__file__).resolve().parent / "results"
-LIMIT_S = 120.0  # the issue's budget for one scan on 2 cores
+LIMIT_S = 120.0  # the budget for one scan on 2 cores
 
 
 def main() -> None:

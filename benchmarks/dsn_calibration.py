@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from deepserial.nets import create_model
-from deepserial.report import environment, write_json
+from deepserial.report import environment, with_provenance, write_json
 from deepserial.schemes.dsn import DSNConfig, key_accuracies, train_student
 from deepserial.serial import SerialNumber
 from deepserial.training import TrainConfig, seed_everything
@@ -120,7 +120,7 @@ def main() -> None:
         )
         print("  H1 grid:", json.dumps(rec["h1_grid"]))
         OUT.mkdir(parents=True, exist_ok=True)
-        write_json(OUT / f"dsn_calibration_{args.size}.json", out)
+        write_json(OUT / f"dsn_calibration_{args.size}.json", with_provenance(out))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
-"""Rewrite README's generated result sections (watermarks, attacks) from the committed reports.
+"""Generate README's headline tables and the whole of docs/results.md from the committed reports.
 
-The tables between ``<!-- wm-table -->`` (mnist5k) and ``<!-- wm-fashion-table -->`` (fashion-mnist)
-and their closing markers are generated from ``reports/<scheme>_<dataset>.json``, those between
-``<!-- wm-attack-table -->`` / ``<!-- wm-fashion-attack-table -->`` from
-``reports/attacks_<scheme>_<dataset>.json``, and those between ``<!-- attack-table -->`` /
-``<!-- dsn-fashion-attack-table -->`` from ``reports/attacks_dsn_<dataset>.json``, and Neural
-Cleanse's ``<!-- nc-table -->`` from ``reports/neural_cleanse_mnist5k.json``, and the DSN seeds
-study's ``<!-- dsn-seeds-table -->`` from ``reports/attacks_dsn_mnist5k_seeds.json``, so that README
-shows every scheme that has a report, with the figures the report holds and nothing typed by hand.
+Every number README and docs/results.md show is read here from a JSON report in ``reports/`` (and, for
+the benchmark summary of docs/results.md, ``benchmarks/results/``); nothing is typed by hand, so a
+figure cannot drift from the report it came from. README keeps one headline table per family between
+markers (``<!-- dsn-headline -->``, ``<!-- wm-headline -->``, ``<!-- attack-headline -->`` and their
+closing ``<!-- /... -->``); docs/results.md is written whole.
 
-Usage: ``python scripts/update_readme.py`` (``--check`` exits 1 when README is out of date).
+When an attack "worked" is decided by one rule, :func:`deepserial.experiments.attacks.attack_worked`;
+which provenance fields a report should carry by :data:`deepserial.report.PROVENANCE`.
+
+Usage: ``python scripts/update_readme.py`` (``--check`` exits 1 when README or docs/results.md is out
+of date; tests/test_readme.py runs it).
 """
 
 from __future__ import annotations
@@ -17,40 +18,282 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = [
-    "scheme",
-    "unmarked acc",
-    "marked acc (mean)",
-    "largest drop",
-    "own keys verified at 1e-3",
-    "queries (mean)",
-    "FP / 1,000 vs unmarked at 1e-3",
-    "FP / 1,000 vs other key at 1e-3",
-    "at 1e-4: own verified; FP unmarked, other",
-]
-TABLES = {"wm-table": "mnist5k", "wm-fashion-table": "fashion-mnist"}
-ATTACK_TABLES = {"wm-attack-table": "mnist5k", "wm-fashion-attack-table": "fashion-mnist"}
-DSN_TABLES = {"attack-table": "mnist5k", "dsn-fashion-attack-table": "fashion-mnist"}
-NC_TABLES = {"nc-table": "mnist5k"}
-SEEDS_TABLES = {"dsn-seeds-table": "mnist5k"}
-ATTACK_HEADER = [
-    "scheme",
-    "marked model",
-    "fine-tuning (FTAL, Adam) 10/20/30/40%",
-    "FTAL, SGD",
-    "from scratch (control)",
-    "40%: FTLL RTLL RTAL",
-    "largest global L1 pruning rate still verified (accuracy)",
-    "overwriting: acc, owner / adversary",
-]
+sys.path.insert(0, str(ROOT / "src"))  # the rules of this checkout, not of some installed copy
+
+from deepserial.experiments.attacks import HEADLINE, WORKED_RULE, attack_worked  # noqa: E402
+from deepserial.report import missing_provenance  # noqa: E402
+
+Report = dict[str, Any]
+DATASETS = ("mnist5k", "fashion-mnist")
+# Classes of each data set reproduced (the reports do not record it); chance accuracy is 100 / classes.
+CLASSES = {"mnist5k": 10, "fashion-mnist": 10, "cifar-digits": 10}
+FRACTION_ATTACKS = {"fine_tuning": "fine-tuning (FTAL)", "transfer": "transfer learning", "overwrite": "overwriting"}
 NOT_RUN = "not run"
 
 
-def _count(rep: dict[str, Any], suspect: str, level: float) -> str:
+# ----- reading and formatting -------------------------------------------------------------------------
+def _report(path: Path) -> Report | None:
+    """A committed report, or None when that reproduction has not been run yet."""
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _watermark_reports(reports: Path, dataset: str) -> list[Report]:
+    """Every watermark reproduction of ``dataset``, by scheme name."""
+    out = []
+    for p in sorted(reports.glob(f"*_{dataset}.json")):
+        rep = json.loads(p.read_text())
+        if rep.get("experiment") == "watermark" and rep.get("dataset") == dataset:
+            out.append(rep)
+    return out
+
+
+def _attack_reports(reports: Path, dataset: str) -> list[Report]:
+    """Every watermark-scheme attack reproduction of ``dataset``, by scheme name."""
+    out = []
+    for p in sorted(reports.glob(f"attacks_*_{dataset}.json")):
+        rep = json.loads(p.read_text())
+        if rep.get("dataset") == dataset and rep.get("scheme") != "dsn" and "victim" in rep:
+            out.append(rep)
+    return out
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _p(p: float) -> str:
+    """A p-value in one significant digit (1e-95, 3e-04)."""
+    return f"{p:.0e}".replace("e-0", "e-").replace("e+00", "")
+
+
+def _sci(x: float) -> str:
+    """A rate as people write it: 1e-3, 2.5e-4; 0.5 and above as is."""
+    if x == 0 or x >= 0.01:
+        return f"{x:g}"
+    mantissa, exp = f"{x:e}".split("e")
+    return f"{float(mantissa):g}e{int(exp)}"
+
+
+def _span(values: list[float], digits: int = 1) -> str:
+    """``a`` when all values round alike, else ``lo-hi``."""
+    lo, hi = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _shares(fractions: list[str]) -> str:
+    return " / ".join(f"{100 * float(f):g}" for f in fractions)
+
+
+def _mark(cell: dict[str, Any] | None) -> str:
+    return "✓" if cell and cell.get("decision") else "✗"
+
+
+def _chance(dataset: str) -> float | None:
+    """Chance accuracy (%) on ``dataset``: 100 / classes; None for a data set not in :data:`CLASSES`."""
+    return 100.0 / CLASSES[dataset] if dataset in CLASSES else None
+
+
+# ----- DSN: the serial-number lock (reproduce dsn) ----------------------------------------------------
+DSN_ROWS = [
+    ("teacher (no SN)", "teacher_acc", None, "teacher"),
+    ("valid SN", "valid_sn_acc", None, "with_sn"),
+    ("no SN (raw)", "raw_acc", None, "without_sn"),
+    ("random wrong SN, mean / max", "wrong_sn_mean", "wrong_sn_max", "wrong"),
+    ("one bit off (Hamming-1), mean / max", "hamming1_mean", "hamming1_max", None),
+    ("two bits off (Hamming-2), mean / max", "hamming2_mean", "hamming2_max", None),
+    ("linear probe on raw-input features", "probe_acc", None, None),
+]
+
+
+def _dsn_reports(reports: Path) -> list[Report]:
+    """Every ``reproduce dsn`` report: the registered data sets first, then the others by name."""
+    reps = [json.loads(p.read_text()) for p in sorted(reports.glob("dsn_*.json"))]
+    reps = [r for r in reps if r.get("experiment") == "dsn-table2"]
+    order = {d: i for i, d in enumerate(DATASETS)}
+    return sorted(reps, key=lambda r: (order.get(r["dataset"], len(order)), r["dataset"]))
+
+
+def _paper_column(rep: Report) -> tuple[str, dict[str, float]] | None:
+    """The paper's Table 2 column that matches the report's task: MNIST for mnist5k, GTSRB for DSN's
+    GTSRB network; None where the paper has no counterpart."""
+    if rep["dataset"] == "mnist5k":
+        return "MNIST", rep["paper_table2"]["MNIST"] | {
+            "wrong": rep["paper_2023_wrong_2x2"]["mean"],
+            "wrong_max": rep["paper_2023_wrong_2x2"]["max"],
+        }
+    if rep["config"].get("arch") == "dsn_gtsrb":
+        return "GTSRB", rep["paper_table2"]["GTSRB"]
+    return None
+
+
+def _run_epochs(rep: Report, run: dict[str, Any]) -> int:
+    return int(run.get("student_epochs") or rep["config"]["student_epochs"])
+
+
+def _run_label(rep: Report, name: str) -> str:
+    run = rep["runs"][name]
+    geo = run["serial_geometry"]
+    scale = geo.get("scale", 1)
+    label = f"{name} ({run['serial_bits']} bits"
+    label += f", {scale}x{scale} pixels per bit" if scale != 1 else ""
+    return label + f", {_run_epochs(rep, run)} epochs)"
+
+
+def dsn_lock_table(rep: Report) -> str:
+    """DSN Table 2 beside ours for one ``reproduce dsn`` report: one column per run."""
+    paper = _paper_column(rep)
+    names = list(rep["runs"])
+    header = ["figure"] + ([f"paper ({paper[0]})"] if paper else []) + [_run_label(rep, n) for n in names]
+    rows = []
+    for label, key, key_max, pkey in DSN_ROWS:
+        row = [label]
+        if paper:
+            p = paper[1]
+            if pkey == "wrong" and "wrong" in p:
+                row.append(f"{p['wrong']:.1f} / {p['wrong_max']:.1f}")
+            elif pkey in p:
+                row.append(f"{p[pkey]:.1f}")
+            else:
+                row.append("–")
+        for n in names:
+            run = rep["runs"][n]
+            row.append(f"{run[key]:.1f}" + (f" / {run[key_max]:.1f}" if key_max else ""))
+        rows.append(row)
+    return _table(header, rows)
+
+
+def _border_interior(run: dict[str, Any]) -> tuple[list[float], list[float]] | None:
+    """Hamming-1 accuracies split into the pattern's border bits and its interior bits (row-major)."""
+    geo, each = run["serial_geometry"], run.get("hamming1_each") or []
+    h, w = geo["height"], geo["width"]
+    if len(each) != h * w or h < 3 or w < 3:
+        return None
+    border = [each[i * w + j] for i in range(h) for j in range(w) if i in (0, h - 1) or j in (0, w - 1)]
+    inner = [each[i * w + j] for i in range(1, h - 1) for j in range(1, w - 1)]
+    return border, inner
+
+
+def dsn_lock_section(rep: Report) -> str:
+    """One data set's DSN lock: setup, table, near misses by position, reruns."""
+    d = rep["dataset"]
+    first = next(iter(rep["runs"].values()))
+    sizes = first["sizes"]
+    epochs = sorted({_run_epochs(rep, r) for r in rep["runs"].values()})
+    command = rep.get("command") or f"deepserial reproduce dsn --dataset {d}"
+    counts = sorted({(r["serial_bits"], r["wrong_sn_count"]) for r in rep["runs"].values()})
+    wrong = ", ".join(f"{n:,} keys for {bits} bits" + (" (all)" if n == 2**bits - 1 else "") for bits, n in counts)
+    lines = [
+        f"### `{d}`",
+        "",
+        f"`{command}` → `reports/dsn_{d}.md`. Owner {sizes['owner']:,} / attacker {sizes['attacker']:,} / "
+        f"test {sizes['test']:,} images; network `{rep['config'].get('arch', 'dsn_mnist')}`; teacher "
+        f"{rep['config']['teacher_epochs']} epochs, students {' or '.join(map(str, epochs))}; seed {rep['seed']}. "
+        f"Test accuracy in %. Random wrong keys: {wrong} on {first['wrong_sn_eval_samples']} test images each; "
+        f"two bits off: every neighbour on {first['hamming2_eval_samples']} images; one bit off: every "
+        "neighbour on every test image.",
+        "",
+        dsn_lock_table(rep),
+        "",
+    ]
+    notes = []
+    for name, run in rep["runs"].items():
+        split = _border_interior(run)
+        if split and run["serial_bits"] > 9:
+            border, inner = split
+            notes.append(
+                f"{name}: a key one bit off on the pattern's border unlocks {_span(border)}% of test images "
+                f"(mean {sum(border) / len(border):.1f}), one bit off inside it {_span(inner)}% "
+                f"(mean {sum(inner) / len(inner):.1f})"
+            )
+    if notes:
+        lines += ["Near misses by position: " + "; ".join(notes) + ".", ""]
+    if rep.get("rerun"):
+        lines += [
+            f"Rerun after the first report and merged into it (`--runs`): {', '.join(rep['rerun'])}; the report "
+            "holds only the current runs.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def dsn_headline(reports: Path) -> str:
+    """README: the default 36-bit serial number on every data set reproduced."""
+    rows = []
+    for rep in _dsn_reports(reports):
+        run = rep["runs"].get("default-6x6")
+        if run is None:
+            continue
+        rows.append(
+            [
+                f"`{rep['dataset']}`",
+                f"{run['teacher_acc']:.1f}",
+                f"{run['valid_sn_acc']:.1f}",
+                f"{run['raw_acc']:.1f}",
+                f"{run['wrong_sn_mean']:.1f} / {run['wrong_sn_max']:.1f}",
+                f"{run['hamming1_mean']:.1f} / {run['hamming1_max']:.1f}",
+                f"{run['probe_acc']:.1f}",
+            ]
+        )
+    if not rows:
+        return "No report yet: run `deepserial reproduce dsn --dataset mnist5k`."
+    bits = sorted(
+        {r["runs"]["default-6x6"]["serial_bits"] for r in _dsn_reports(reports) if "default-6x6" in r["runs"]}
+    )
+    caption = f"The default {'/'.join(map(str, bits))}-bit serial number; test accuracy in %.\n\n"
+    header = [
+        "data set",
+        "teacher",
+        "with its SN",
+        "without SN",
+        "random wrong SN, mean / max",
+        "one bit off, mean / max",
+        "linear probe, raw features",
+    ]
+    return caption + _table(header, rows)
+
+
+# ----- ownership watermarks (reproduce <scheme>) ------------------------------------------------------
+# A stricter level than the reproductions' own, at which the tables also count verdicts: how many
+# false positives are the test's size, and how many would pass any reasonable level.
+STRICT = 1e-4
+
+
+def _one(values: list[Any], fmt: str = "{}") -> str:
+    """The one value every report shares, formatted, or the distinct ones joined by '/'."""
+    return "/".join(fmt.format(v) for v in sorted(set(values)))
+
+
+def _fpr(reps: list[Report]) -> str:
+    """The false-positive rate the reports' verdicts were taken at (an attack report's: its victim's)."""
+    return "/".join(_sci(v) for v in sorted({r["config"].get("fpr") or r["victim"]["verdict"]["fpr"] for r in reps}))
+
+
+def wm_header(reps: list[Report]) -> list[str]:
+    fpr, keys = _fpr(reps), _one([r["n_random_keys"] for r in reps], "{:,}")
+    return [
+        "scheme",
+        "unmarked acc",
+        "marked acc (mean)",
+        "largest drop",
+        f"own keys verified at {fpr}",
+        "queries (mean)",
+        f"FP / {keys} vs unmarked at {fpr}",
+        f"FP / {keys} vs other key at {fpr}",
+        f"at {_sci(STRICT)}: own verified; FP unmarked, other",
+    ]
+
+
+def _fp(rep: Report, suspect: str, level: float) -> str:
     """Random keys of ``suspect`` (unmarked / other_key) with p-value <= ``level``; reports older than
     the per-key p-value lists give it only when their smallest p-value says it is 0."""
     ps = rep.get(f"random_p_{suspect}")
@@ -59,9 +302,8 @@ def _count(rep: dict[str, Any], suspect: str, level: float) -> str:
     return "0" if rep[f"random_p_min_{suspect}"] > level else "?"
 
 
-def _row(rep: dict[str, Any]) -> list[str]:
-    own = sum(p <= 1e-4 for p in rep["own_p_values"])
-    fu, fo = _count(rep, "unmarked", 1e-4), _count(rep, "other_key", 1e-4)
+def _wm_row(rep: Report) -> list[str]:
+    own = sum(p <= STRICT for p in rep["own_p_values"])
     queries = sum(rep["own_queries"]) / len(rep["own_queries"])
     return [
         rep["scheme"],
@@ -72,12 +314,430 @@ def _row(rep: dict[str, Any]) -> list[str]:
         f"{queries:.0f}",
         str(rep["false_positives_unmarked"]),
         str(rep["false_positives_other_key"]),
-        f"{own}/{rep['n_models']}; {fu}, {fo}",
+        f"{own}/{rep['n_models']}; {_fp(rep, 'unmarked', STRICT)}, {_fp(rep, 'other_key', STRICT)}",
     ]
 
 
-def _mark(cell: dict[str, Any] | None) -> str:
-    return "✓" if cell and cell.get("decision") else "✗"
+def wm_table(reports: Path, dataset: str) -> str:
+    """The Markdown table of every watermark report of ``dataset``."""
+    reps = _watermark_reports(reports, dataset)
+    return _table(wm_header(reps), [_wm_row(r) for r in reps])
+
+
+def _training(rep: Report) -> str:
+    cfg = rep["config"]
+    own = cfg.get("per_scheme", {}).get(rep["scheme"], {})
+    epochs, batch = own.get("epochs", cfg["epochs"]), own.get("batch_size", cfg["batch_size"])
+    settings = own.get("scheme_settings") or {}
+    extra = ", " + ", ".join(f"{k} {v}" for k, v in settings.items()) if settings else ""
+    return f"{epochs} epochs at batch {batch}{extra}"
+
+
+def _verified_random_keys(rep: Report) -> list[str]:
+    """Each random key verified at the report's false-positive rate, with its p-value."""
+    out = []
+    fpr = rep["config"]["fpr"]
+    for suspect, label in (("unmarked", "unmarked model"), ("other_key", "model marked with another key")):
+        ps = rep.get(f"random_p_{suspect}")
+        if ps is None:
+            continue
+        hits = sorted(p for p in ps if p <= fpr)
+        if hits:
+            shown = ", ".join(_p(p) for p in hits[:4]) + (", ..." if len(hits) > 4 else "")
+            out.append(f"{len(hits)} against the {label} (p = {shown})")
+    return out
+
+
+def _scheme_notes(rep: Report) -> list[str]:
+    """Generated remarks on one scheme's reproduction: what its report measures beyond the table."""
+    name, extra, verdicts = rep["scheme"], rep.get("extra") or {}, rep["own_verdicts"]
+    notes = []
+    keys = _verified_random_keys(rep)
+    if keys:
+        notes.append(f"random keys verified at {_sci(rep['config']['fpr'])}: " + "; ".join(keys))
+    if name == "new-label" and "queries_to_first_delta_mean" in extra:
+        paper = rep.get("paper", {})
+        notes.append(
+            f"first Delta answer after {extra['queries_to_first_delta_mean']:.2f} queries on average over a random "
+            f"query order (Delta hit rate {100 * extra['delta_hit_rate_mean']:.0f}%; "
+            f"paper: {paper.get('queries', '–')})"
+        )
+    if name == "deepsigns-output" and "eq5_threshold_k20" in extra:
+        paper = rep.get("paper", {})
+        notes.append(
+            f"Eq. 5 mismatch thresholds {extra['eq5_threshold_k20']} and {extra['eq5_threshold_k30']} "
+            "for K = 20 and 30 "
+            f"(paper's Table 4: {paper.get('eq5_threshold_k20', '–')} and {paper.get('eq5_threshold_k30', '–')}); "
+            f"largest mismatch count on an own model {extra['own_mismatches_max']:.0f}"
+        )
+    bers = [v["details"]["ber"] for v in verdicts if "ber" in v.get("details", {})]
+    if bers:
+        notes.append(f"bit error rate of the own models at most {max(bers):.3g}")
+    if name == "null-embedding":
+        notes.append(f"own verdicts at p <= {_p(max(rep['own_p_values']))}")
+        fpk = rep.get("false_positive_keys") or {}
+        named = [f"{i}" for s in ("unmarked", "other_key") for i in fpk.get(s, [])]
+        if named:
+            recreate = (
+                f"re-creatable with SOURCE_DATE_EPOCH={rep['signed_at_epoch']}"
+                if rep.get("signed_at_epoch") is not None
+                else "not re-creatable: the report does not record the signing time its keys derive from"
+            )
+            notes.append(f"the report names the verified random keys (index {', '.join(named)}), {recreate}")
+    return notes
+
+
+def _piracy(rep: Report) -> str | None:
+    """Null embedding's piracy experiment (§7.2) of one report, generated from its runs."""
+    extra = rep.get("extra") or {}
+    runs = extra.get("piracy_runs")
+    if not runs or "paper" not in runs:
+        return None
+    chance = _chance(rep["dataset"])
+    paper = rep.get("paper", {})
+
+    def group(key: str) -> dict[str, Any]:
+        rs = runs[key]
+        after = [r["nc_after"] for r in rs]
+        return {
+            "n": len(rs),
+            "after": after,
+            "mean": sum(after) / len(after),
+            "at_chance": None if chance is None else sum(round(a, 1) <= chance for a in after),
+            "owner": sum(r["owner_verified"] for r in rs),
+            "pirate": sum(r["pirate_verified"] for r in rs),
+            "lr": rs[0]["lr"],
+            "opt": rs[0]["optimizer"],
+            "warmup": "lambda at full strength from the first step"
+            if not rs[0].get("lam_warmup_epochs")
+            else f"lambda warmed up over {rs[0]['lam_warmup_epochs']} epochs",
+        }
+
+    p = group("paper")
+    text = (
+        f"**Piracy (§7.2), `{rep['dataset']}`.** The paper's attacker ({p['opt'].upper()} at {_sci(p['lr'])}, "
+        f"{p['warmup']}) on {p['n']} pirated copies of a marked model "
+        f"({extra['piracy_nc_before']:.1f}%): "
+        f"accuracy after the attack {_span(p['after'])}% (mean {p['mean']:.1f}%; paper "
+        f"{paper.get('piracy_paper_nc_after_mean', float('nan')):.1f}%)"
+        + ("" if chance is None else f", {p['at_chance']} of {p['n']} at or below chance ({chance:.0f}%)")
+        + f"; the owner's watermark still verified in {p['owner']} of {p['n']}, the pirate's in "
+        f"{p['pirate']} of {p['n']}."
+    )
+    if "paper_on_unmarked" in runs:
+        u = group("paper_on_unmarked")
+        text += (
+            f" The same attack on the unmarked reference ({extra['piracy_unmarked_nc_before']:.1f}%) leaves "
+            f"{_span(u['after'])}%"
+            + ("" if chance is None else f" ({u['at_chance']} of {u['n']} at or below chance)")
+            + "."
+        )
+    for key, label in (("adam", "Adam"), ("adam_warmup", "Adam with lambda warm-up")):
+        if key in runs:
+            a = group(key)
+            text += (
+                f" With {label} at {_sci(a['lr'])}: {_span(a['after'])}%, the owner's watermark verified in "
+                f"{a['owner']} of {a['n']}, the pirate's in {a['pirate']} of {a['n']}."
+            )
+    return text
+
+
+def wm_section(reports: Path, dataset: str) -> str:
+    reps = _watermark_reports(reports, dataset)
+    if not reps:
+        return f"No report yet: run `deepserial reproduce <scheme> --dataset {dataset}`."
+    cfg = reps[0]["config"]
+    lines = [
+        f"### `{dataset}`",
+        "",
+        f"`deepserial reproduce <scheme> --dataset {dataset}` → `reports/<scheme>_{dataset}.md`, compared in "
+        f"`reports/schemes_{dataset}.md`. Network `{cfg['arch']}`, seed {reps[0]['seed']}; per scheme "
+        f"{cfg['n_models']} independently keyed models and {cfg['n_random_keys']:,} random keys (each from a fresh "
+        "owner identity) against the unmarked reference and against a model marked with another key; the "
+        "reference is trained with the scheme's own budget.",
+        "",
+        wm_table(reports, dataset),
+        "",
+        "Training and what each report adds:",
+        "",
+    ]
+    for rep in reps:
+        notes = [_training(rep)] + _scheme_notes(rep)
+        lines.append(f"- **{rep['scheme']}**: " + "; ".join(notes) + ".")
+    lines.append("")
+    strict = [
+        f"{r['scheme']} {_fp(r, 'unmarked', STRICT)}, {_fp(r, 'other_key', STRICT)}"
+        for r in reps
+        if _fp(r, "other_key", STRICT) not in ("0", "?") or _fp(r, "unmarked", STRICT) not in ("0", "?")
+    ]
+    fpr, n = cfg["fpr"], cfg["n_random_keys"]
+    lines += [
+        f"At {_sci(STRICT)} the random keys that still verify (against the unmarked model, against the other-key "
+        "model): " + ("; ".join(strict) if strict else "none") + f". A test at {_sci(fpr)} admits about "
+        f"{fpr * n:g} false positive(s) per {n:,} random keys by construction.",
+        "",
+    ]
+    for rep in reps:
+        piracy = _piracy(rep)
+        if piracy:
+            lines += [piracy, ""]
+    return "\n".join(lines)
+
+
+def wm_headline(reports: Path) -> str:
+    """README: per scheme, accuracy cost, own keys verified and false positives on both data sets."""
+    per = {d: {r["scheme"]: r for r in _watermark_reports(reports, d)} for d in DATASETS}
+    schemes = sorted(set().union(*per.values()))
+    if not schemes:
+        return "No report yet: run `deepserial reproduce <scheme> --dataset mnist5k`."
+    present = [d for d in DATASETS if per[d]]
+
+    def cells(s: str, make: Callable[[Report], str]) -> str:
+        return " / ".join(make(per[d][s]) if s in per[d] else "–" for d in present)
+
+    rows = [
+        [
+            s,
+            cells(s, lambda r: f"{r['acc_drop_max']:.2f}"),
+            cells(s, lambda r: f"{r['verified']}/{r['n_models']}"),
+            cells(s, lambda r: f"{sum(r['own_queries']) / len(r['own_queries']):.0f}"),
+            cells(s, lambda r: f"{r['false_positives_unmarked']}, {r['false_positives_other_key']}"),
+        ]
+        for s in schemes
+    ]
+    on = " / ".join(f"`{d}`" for d in present)
+    reps = [r for d in present for r in per[d].values()]
+    models, keys = sorted({r["n_models"] for r in reps}), sorted({r["n_random_keys"] for r in reps})
+    caption = (
+        f"Per scheme and data set ({on}): {'/'.join(map(str, models))} independently keyed models, "
+        f"{'/'.join(f'{k:,}' for k in keys)} random keys against the unmarked model and against a model marked "
+        "with another key.\n\n"
+    )
+    header = [
+        "scheme",
+        f"largest accuracy drop, points ({on})",
+        f"own keys verified at {_fpr(reps)}",
+        "queries per verdict (mean)",
+        "random keys verified: vs unmarked, vs other key",
+    ]
+    return caption + _table(header, rows)
+
+
+# ----- attacks on DSN (reproduce attacks --scheme dsn) ------------------------------------------------
+def _costs(costs: list[dict[str, Any]]) -> str:
+    """Cost ratios of one attack across the fractions ('at chance': never 5 points above chance)."""
+    return " / ".join(
+        "at chance" if c.get("failed") else "–" if c["ratio"] is None else f"{c['ratio']:.2f}x" for c in costs
+    )
+
+
+def _dsn_worked(rep: Report, key: str) -> list[bool]:
+    """Per attacker fraction, whether attack ``key`` worked on this customer model (:func:`attack_worked`)."""
+    return [attack_worked(row[key][HEADLINE[key]], row["from_scratch"]["raw_acc"]) for row in rep["fractions"].values()]
+
+
+def dsn_attack_section(reports: Path, dataset: str) -> str:
+    """DSN's robustness (Tables 3-6, serial-number search, Neural Cleanse) of ``dataset``, one customer model."""
+    rep = _report(reports / f"attacks_dsn_{dataset}.json")
+    if rep is None:
+        return f"No report yet: run `deepserial reproduce attacks --scheme dsn --dataset {dataset}`."
+    fr = list(rep["fractions"])
+    paper = rep["paper"]
+
+    def accs(key: str, field: str) -> str:
+        return " / ".join(f"{rep['fractions'][f][key][field]:.1f}" for f in fr)
+
+    def cost(key: str) -> str:
+        return _costs([rep["fractions"][f][key]["cost"] for f in fr])
+
+    def nums(key: str) -> str:
+        on_paper = dict(zip(("0.1", "0.2", "0.3", "0.4"), paper[key], strict=True))
+        return " / ".join(f"{on_paper[f]:.1f}" if f in on_paper else "–" for f in fr)
+
+    def worked(key: str) -> str:
+        return " / ".join("yes" if w else "no" for w in _dsn_worked(rep, key))
+
+    lines = [
+        f"### `{dataset}`, one customer model",
+        "",
+        f"`deepserial reproduce attacks --scheme dsn --dataset {dataset}` → `reports/attacks_dsn_{dataset}.md`.",
+        "",
+        f"| attack (attacker data {_shares(fr)}%) | ours | worked | paper (MNIST) | cost vs from scratch |",
+        "|---|---|---|---|---|",
+        f"| fine-tuning (FTAL), accuracy without the SN | {accs('fine_tuning', 'raw_acc')} | {worked('fine_tuning')} | "
+        f"{nums('fine_tuning')} | {cost('fine_tuning')} |",
+        f"| from scratch on the same data (the * row) | {accs('from_scratch', 'raw_acc')} | – | "
+        f"{nums('from_scratch')} | 1 (reference) |",
+        f"| transfer learning (new dense layers), without the SN | {accs('transfer', 'raw_acc')} | "
+        f"{worked('transfer')} | {nums('transfer')} | {cost('transfer')} |",
+        f"| overwriting, accuracy with the new SN | {accs('overwrite', 'new_sn_acc')} | {worked('overwrite')} | "
+        f"{nums('overwrite')} | {cost('overwrite')} |",
+        "",
+    ]
+    prune = ", ".join(f"{100 * p['rate']:.0f}%: {p['with_sn_acc']:.1f} / {p['raw_acc']:.1f}" for p in rep["pruning"])
+    paper_prune = " / ".join(
+        f"{min(v):.1f}" if min(v) == max(v) else f"{min(v):.1f}-{max(v):.1f}"
+        for v in (paper["pruning_with_sn"], paper["pruning_without_sn"])
+    )
+    rates = _span([100 * r for r in paper["pruning_rates"]], 0)
+    lines += [f"Pruning (global L1, no fine-tuning), with SN / without: {prune} (paper, {rates}%: {paper_prune}).", ""]
+    if "serial_search" in rep:
+        ss = rep["serial_search"]
+        bf = ss["brute_force"]
+        best = bf["candidate_confirm_accuracy_max"]
+        rev = []
+        for region in ("known", "unknown"):
+            r = ss[f"reverse_{region}"]
+            rev.append(
+                f"{region} region {100 * r['accuracy_mean']:.1f} +/- {100 * r['accuracy_std']:.1f}% (best "
+                f"{100 * r['accuracy_best']:.1f}%, {len(r['per_restart'])} restarts)"
+            )
+        at = "" if best is None else f", best candidate at confirmation {100 * best:.1f}%"
+        screen = (bf["queries"] - bf["candidates"] * bf["confirm_images"]) / bf["tries"]
+        lines += [
+            f"Serial-number search: brute force **{bf['unlocks']} unlocks in {bf['tries']:,} tries** "
+            f"({bf['queries']:,} queries: {bf['candidates']} tries passed the {screen:g}-image screen, "
+            f"{bf['unlocks']} the {bf['confirm_images']}-image confirmation{at}; {bf['wall_s']:.0f} s); "
+            f"reverse engineering, {rev[0]}, {rev[1]}; paper: {paper['reverse_engineered']}.",
+            "",
+        ]
+    nc = {k: v for k, v in rep.get("neural_cleanse", {}).items() if isinstance(v, dict)}
+    if nc:
+        scans = ", ".join(
+            f"{name} {r['max_anomaly_index']:.2f} ({', '.join(map(str, r['flagged'])) or 'none'})"
+            for name, r in nc.items()
+        )
+        lines += [
+            f"Neural Cleanse, max anomaly index (flagged labels, above 2): {scans}; the Zhang content backdoor's "
+            f"target is label {rep['neural_cleanse'].get('zhang_content_target')}. These scans do not check that "
+            "the backdoor model's watermark verifies; the Neural Cleanse reproduction below does.",
+            "",
+        ]
+    env = rep["environment"]
+    lines.append(
+        f"Teacher {rep['teacher_acc']:.1f}%, customer model {rep['student_with_sn']:.1f}% with its "
+        f"{rep['geometry']['height']}x{rep['geometry']['width']} serial number, {rep['student_raw']:.1f}% "
+        f"without; {rep['config']['attack_epochs']} attack epochs at Adam {_sci(rep['config']['attack_lr'])}; "
+        f"seed {rep['seed']}; wall {rep['wall_s']:.0f} s on {env['cpu_count']} cores, "
+        f"{env['torch_threads']} torch thread(s)."
+    )
+    return "\n".join(lines)
+
+
+def seeds_section(reports: Path, dataset: str) -> str:
+    """The DSN seeds study: per attack and fraction, mean +/- sd, runs that worked, cost; per seed."""
+    rep = _report(reports / f"attacks_dsn_{dataset}_seeds.json")
+    if rep is None:
+        return f"No report yet: run `deepserial reproduce attacks --scheme dsn --dataset {dataset} --seeds 0,1,2,3,4`."
+    summ, runs = rep["summary"], rep["runs"]
+    n = len(runs)
+    fr = list(summ["fine_tuning"])
+    lines = [
+        f"### `{dataset}`, {n} customer models",
+        "",
+        f"`deepserial reproduce attacks --scheme dsn --dataset {dataset} --seeds {','.join(map(str, rep['seeds']))}` → "
+        f"`reports/attacks_dsn_{dataset}_seeds.md`; each seed its own split, teacher, serial number and customer "
+        "model.",
+        "",
+        f"| attack (attacker data {_shares(fr)}%) | mean +/- sd over {n} seeds | runs that worked | median cost vs "
+        "from scratch |",
+        "|---|---|---|---|",
+    ]
+    labels = {
+        "fine_tuning": "fine-tuning (FTAL), without the SN",
+        "from_scratch": "from scratch (the * row)",
+        "transfer": "transfer learning, without the SN",
+        "overwrite": "overwriting, with the new SN",
+    }
+    for key, label in labels.items():
+        cells = [summ[key][f] for f in fr]
+        acc = " / ".join(f"{c['mean']:.1f} +/- {c['std']:.1f}" for c in cells)
+        if key == "from_scratch":
+            lines.append(f"| {label} | {acc} | – | 1 (reference) |")
+            continue
+        worked = " / ".join(f"{c['worked']}/{n}" for c in cells)
+        cost = " / ".join("–" if c["cost_ratio_median"] is None else f"{c['cost_ratio_median']:.2f}x" for c in cells)
+        lines.append(f"| {label} | {acc} | {worked} | {cost} |")
+    per_seed = []
+    for r in runs:
+        ft = [r["fractions"][f]["fine_tuning"] for f in fr]
+        sc = [r["fractions"][f]["from_scratch"]["raw_acc"] for f in fr]
+        marks = [
+            f"{e['raw_acc']:.1f}{'' if attack_worked(e['raw_acc'], s) else '*'}" for e, s in zip(ft, sc, strict=True)
+        ]
+        per_seed.append(f"seed {r['seed']}: " + " / ".join(marks))
+    held = [str(r["seed"]) for r in runs if not any(_dsn_worked(r, "fine_tuning"))]
+    raw_max = max(p["raw_acc"] for r in runs for p in r["pruning"])
+    lines += [
+        "",
+        "Fine-tuning per seed, final accuracy without the SN (* did not work): " + "; ".join(per_seed) + ".",
+        "",
+        f"Fine-tuning never worked on seed(s) {', '.join(held) or 'none'}; transfer learning worked in "
+        f"{sum(summ['transfer'][f]['worked'] for f in fr)} of {n * len(fr)} runs, overwriting in "
+        f"{sum(summ['overwrite'][f]['worked'] for f in fr)} of {n * len(fr)}, fine-tuning in "
+        f"{sum(summ['fine_tuning'][f]['worked'] for f in fr)} of {n * len(fr)}. Pruning (global L1 at "
+        f"{_span([100 * p['rate'] for p in runs[0]['pruning']], 0)}%, no fine-tuning) left at most {raw_max:.1f}% "
+        f"without the serial number on any seed. Wall {rep['wall_s']:.0f} s, "
+        f"{rep['environment']['torch_threads']} torch thread(s).",
+    ]
+    return "\n".join(lines)
+
+
+# ----- Neural Cleanse (reproduce neural-cleanse) ------------------------------------------------------
+def nc_section(reports: Path, dataset: str) -> str:
+    """Neural Cleanse's row per model scanned (``reproduce neural-cleanse``) of ``dataset``."""
+    rep = _report(reports / f"neural_cleanse_{dataset}.json")
+    if rep is None:
+        return f"No report yet: run `deepserial reproduce neural-cleanse --dataset {dataset}`."
+    rows = []
+    for r in rep["rows"]:
+        sc = r["scan"]
+        flagged = ", ".join(map(str, sc["flagged"])) or "none"
+        if r.get("target") is not None:
+            flagged += f" ({r['target']})"
+        if "before" not in r:
+            verdict = "–"
+        elif not r.get("unlearned"):
+            verdict = f"{_mark(r['before'])} / nothing to unlearn"
+        else:
+            verdict = f"{_mark(r['before'])} / {_mark(r['after']['verdict'])} at {r['after']['test_acc']:.1f}%"
+        rows.append([r["model"], f"{r['test_acc']:.1f}", f"{sc['max_anomaly_index']:.2f}", flagged, verdict])
+    header = [
+        "model",
+        "test acc (%)",
+        "max anomaly index",
+        "flagged labels (watermark target)",
+        "owner's verdict before / after unlearning",
+    ]
+    flagged = [r["model"] for r in rep["rows"] if r["scan"]["flagged"]]
+    others = [r["scan"]["max_anomaly_index"] for r in rep["rows"] if not r["scan"]["flagged"]]
+    env = rep["environment"]
+    return "\n".join(
+        [
+            f"### `{dataset}`",
+            "",
+            f"`deepserial reproduce neural-cleanse --dataset {dataset}` → `reports/neural_cleanse_{dataset}.md`.",
+            "",
+            _table(header, rows),
+            "",
+            f"Flagged (anomaly index above 2): {', '.join(flagged) or 'none'}; the others scored "
+            f"{_span(others, 2)}. {rep['config']['nc_steps']} joint steps per scan; seed {rep['seed']}; wall "
+            f"{rep['wall_s']:.0f} s on {env['cpu_count']} cores, {env['torch_threads']} torch thread(s).",
+        ]
+    )
+
+
+# ----- attacks on the watermarks (reproduce attacks --scheme <watermark>) -----------------------------
+ATTACK_HEADER = [
+    "scheme",
+    "marked model",
+    "fine-tuning (FTAL, Adam) 10/20/30/40%",
+    "FTAL, SGD",
+    "from scratch (control)",
+    "40%: FTLL RTLL RTAL",
+    "largest global L1 pruning rate still verified (accuracy)",
+    "overwriting: acc, owner / adversary",
+]
 
 
 def _acc(cell: dict[str, Any]) -> str:
@@ -92,7 +752,7 @@ def _pruning(rows: list[dict[str, Any]], which: str) -> str:
     return f"{100 * best['rate']:.0f}% ({best[which]['test_acc']:.1f}%)"
 
 
-def _attack_row(rep: dict[str, Any]) -> list[str]:
+def _attack_row(rep: Report) -> list[str]:
     ft = rep.get("fine_tuning") or {}
     fr = sorted(ft, key=float)
 
@@ -113,10 +773,9 @@ def _attack_row(rep: dict[str, Any]) -> list[str]:
         )
     else:
         overwrite = "–"
-    victim = rep["victim"]
     return [
         rep["scheme"],
-        _acc(victim),
+        _acc(rep["victim"]),
         col("FTAL"),
         col("FTAL_sgd"),
         col("from_scratch"),
@@ -126,224 +785,377 @@ def _attack_row(rep: dict[str, Any]) -> list[str]:
     ]
 
 
-def attack_table(reports: Path, dataset: str) -> str:
-    """The Markdown table of every watermark-scheme attack report of ``dataset`` in ``reports``."""
-    rows = []
-    for p in sorted(reports.glob(f"attacks_*_{dataset}.json")):
-        rep = json.loads(p.read_text())
-        if rep.get("dataset") == dataset and rep.get("scheme") != "dsn" and "victim" in rep:
-            rows.append(_attack_row(rep))
-    lines = ["| " + " | ".join(ATTACK_HEADER) + " |", "|" + "---|" * len(ATTACK_HEADER)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    if any(NOT_RUN in r for r in rows):
-        lines += [
-            "",
-            '"not run": that report predates the SGD column (the runs were cut for time); run the command to add it.',
-        ]
-    return "\n".join(lines)
-
-
-def table(reports: Path, dataset: str) -> str:
-    """The Markdown table of every watermark report of ``dataset`` in ``reports``."""
-    rows = []
-    for p in sorted(reports.glob(f"*_{dataset}.json")):
-        rep = json.loads(p.read_text())
-        if rep.get("experiment") == "watermark" and rep.get("dataset") == dataset:
-            rows.append(_row(rep))
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _costs(costs: list[dict[str, Any]]) -> str:
-    """Cost ratios of one attack across the fractions ('failed': never 5 points above chance)."""
-    return " / ".join(
-        "failed" if c.get("failed") else "–" if c["ratio"] is None else f"{c['ratio']:.2f}x" for c in costs
-    )
-
-
-def _report(path: Path) -> dict[str, Any] | None:
-    """A committed report, or None when that reproduction has not been run yet."""
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def dsn_attack_table(reports: Path, dataset: str) -> str:
-    """DSN's robustness section (Tables 3-6, serial-number search, Neural Cleanse) of ``dataset``."""
-    rep = _report(reports / f"attacks_dsn_{dataset}.json")
-    if rep is None:
-        return f"No report yet: run `deepserial reproduce attacks --scheme dsn --dataset {dataset}`."
-    fr = list(rep["fractions"])
-    paper = rep["paper"]
-
-    def accs(key: str, field: str) -> str:
-        return " / ".join(f"{rep['fractions'][f][key][field]:.1f}" for f in fr)
-
-    def cost(key: str) -> str:
-        return _costs([rep["fractions"][f][key]["cost"] for f in fr])
-
-    def nums(key: str) -> str:
-        on_paper = dict(zip(("0.1", "0.2", "0.3", "0.4"), paper[key], strict=True))
-        return " / ".join(f"{on_paper[f]:.1f}" if f in on_paper else "–" for f in fr)
-
-    shares = " / ".join(f"{100 * float(f):g}" for f in fr)
-    lines = [
-        f"| attack (attacker data {shares}%) | ours | paper (MNIST) | cost vs from scratch |",
-        "|---|---|---|---|",
-        f"| fine-tuning (FTAL), accuracy without the SN | {accs('fine_tuning', 'raw_acc')} | "
-        f"{nums('fine_tuning')} | {cost('fine_tuning')} |",
-        f"| from scratch on the same data (the * row) | {accs('from_scratch', 'raw_acc')} | "
-        f"{nums('from_scratch')} | 1 (reference) |",
-        f"| transfer learning (new dense layers), without the SN | {accs('transfer', 'raw_acc')} | "
-        f"{nums('transfer')} | {cost('transfer')} |",
-        f"| overwriting, accuracy with the new SN | {accs('overwrite', 'new_sn_acc')} | {nums('overwrite')} | "
-        f"{cost('overwrite')} |",
-        "",
-    ]
-    prune = ", ".join(f"{100 * p['rate']:.0f}%: {p['with_sn_acc']:.1f} / {p['raw_acc']:.1f}" for p in rep["pruning"])
-    paper_prune = " / ".join(
-        f"{min(v):.1f}" if min(v) == max(v) else f"{min(v):.1f}-{max(v):.1f}"
-        for v in (paper["pruning_with_sn"], paper["pruning_without_sn"])
-    )
-    lines += [f"Pruning (global L1, no fine-tuning), with SN / without: {prune} (paper, 10-40%: {paper_prune}).", ""]
-    if "serial_search" in rep:
-        ss = rep["serial_search"]
-        bf = ss["brute_force"]
-        best = bf["candidate_confirm_accuracy_max"]
-        rev = []
-        for region in ("known", "unknown"):
-            r = ss[f"reverse_{region}"]
-            rev.append(
-                f"{region} region {100 * r['accuracy_mean']:.1f} +/- {100 * r['accuracy_std']:.1f}% (best "
-                f"{100 * r['accuracy_best']:.1f}%, {len(r['per_restart'])} restarts)"
-            )
-        at = "" if best is None else f", best candidate at confirmation {100 * best:.1f}%"
-        lines += [
-            f"Serial-number search: brute force **{bf['unlocks']} unlocks in {bf['tries']:,} tries** "
-            f"({bf['queries']:,} queries: {bf['candidates']} tries passed the 10-image screen, "
-            f"{bf['unlocks']} the {bf['confirm_images']}-image confirmation{at}; {bf['wall_s']:.0f} s); "
-            f"reverse engineering, {rev[0]}, {rev[1]}; paper: {paper['reverse_engineered']}.",
-            "",
-        ]
-    nc = {k: v for k, v in rep.get("neural_cleanse", {}).items() if isinstance(v, dict)}
+def _attack_notes(rep: Report) -> list[str]:
+    """Generated remarks on one watermark's attack report beyond the table."""
+    notes = []
+    ft = rep.get("fine_tuning") or {}
+    fr = sorted(ft, key=float)
+    scratch = [ft[f]["from_scratch"] for f in fr if "from_scratch" in ft[f]]
+    if scratch and any(s["verdict"]["decision"] for s in scratch):
+        notes.append("**the from-scratch control verified**")
+    if fr and all("overwrite" in ft[f] for f in fr):
+        own = sum(bool(ft[f]["overwrite"]["verdict"]["decision"]) for f in fr)
+        adv = sum(bool((ft[f]["overwrite"].get("adversary_verdict") or {}).get("decision")) for f in fr)
+        notes.append(f"overwriting: the owner's key still verified in {own} of {len(fr)}, the adversary's in {adv}")
+    if rep.get("neuron_pruning"):
+        notes.append(
+            f"neuron pruning (last convolution): still verified up to {_pruning(rep['neuron_pruning'], 'pruned')}, "
+            f"with sparse fine-tuning {_pruning(rep['neuron_pruning'], 'pruned_fine_tuned')}"
+        )
+    nc = rep.get("neural_cleanse")
     if nc:
-        scans = ", ".join(
-            f"{name} {r['max_anomaly_index']:.2f} ({', '.join(map(str, r['flagged'])) or 'none'})"
-            for name, r in nc.items()
+        sc = nc["scan"]
+        after = nc.get("after")
+        tail = f", after unlearning {_acc(after)}" if nc.get("unlearned") and after else ""
+        notes.append(
+            f"Neural Cleanse: anomaly index {sc['max_anomaly_index']:.2f}, flagged "
+            f"{', '.join(map(str, sc['flagged'])) or 'nothing'}{tail}"
         )
-        secs = [r["wall_s"] for r in nc.values()]
-        lines += [
-            f"Neural Cleanse, max anomaly index (flagged labels): {scans}; the Zhang content backdoor's target "
-            f"is label {rep['neural_cleanse'].get('zhang_content_target')}; scans took {min(secs):.0f}-"
-            f"{max(secs):.0f} s.",
-            "",
-        ]
-    env = rep["environment"]
-    lines.append(
-        f"Teacher {rep['teacher_acc']:.1f}%, customer model {rep['student_with_sn']:.1f}% with its "
-        f"{rep['geometry']['height']}x{rep['geometry']['width']} serial number, {rep['student_raw']:.1f}% "
-        f"without; {rep['config']['attack_epochs']} attack epochs at Adam {rep['config']['attack_lr']:g}; "
-        f"seed {rep['seed']}; wall {rep['wall_s']:.0f} s on {env['cpu_count']} cores, "
-        f"{env['torch_threads']} torch thread(s)."
-    )
+    ex = (rep.get("extraction") or {}).get("rows")
+    if ex:
+        parts = [f"{r['source']} {r['queries']:,} queries {_acc(r)}" for r in ex]
+        notes.append("extraction substitutes: " + ", ".join(parts))
+    for t in rep.get("transfer") or []:
+        rec = t.get("recovered")
+        if rec:
+            trained = {"head": "the new head only", "dense": "the dense layers", "all": "all layers"}
+            notes.append(
+                f"transfer to {t['student_task']} training {trained.get(t['trained'], t['trained'])} "
+                f"({t['student_acc']:.1f}% there), then recovery: {_acc(rec)}"
+            )
+    failed = [a for a in rep.get("embedding_attempts", []) if not a["verdict"]["decision"]]
+    if failed:
+        notes.append(f"{_count(len(failed), 'key')} did not verify after embedding and was replaced")
+    return notes
+
+
+def wm_attack_section(reports: Path, dataset: str) -> str:
+    reps = _attack_reports(reports, dataset)
+    if not reps:
+        return f"No report yet: run `deepserial reproduce attacks --scheme <watermark> --dataset {dataset}`."
+    lines = [
+        f"### `{dataset}`",
+        "",
+        f"`deepserial reproduce attacks --scheme <watermark> --dataset {dataset}` → "
+        f"`reports/attacks_<scheme>_{dataset}.md`.",
+        "",
+        _table(ATTACK_HEADER, [_attack_row(r) for r in reps]),
+        "",
+    ]
+    if any(NOT_RUN in _attack_row(r) for r in reps):
+        lines += ['"not run": that report predates the SGD column; run the command to add it.', ""]
+    for rep in reps:
+        notes = _attack_notes(rep)
+        if notes:
+            lines.append(f"- **{rep['scheme']}**: " + "; ".join(notes) + ".")
     return "\n".join(lines)
 
 
-def nc_table(reports: Path, dataset: str) -> str:
-    """Neural Cleanse's row per model scanned (``reproduce neural-cleanse``) of ``dataset``."""
-    rep = _report(reports / f"neural_cleanse_{dataset}.json")
-    if rep is None:
-        return f"No report yet: run `deepserial reproduce neural-cleanse --dataset {dataset}`."
-    lines = [
-        "| model | test acc (%) | max anomaly index | flagged labels (watermark target) | owner's verdict "
-        "before / after unlearning |",
-        "|---|---|---|---|---|",
+def attack_headline(reports: Path) -> str:
+    """README: every protection under fine-tuning and pruning, and whether Neural Cleanse flags it."""
+    rows = []
+    present = [d for d in DATASETS if _report(reports / f"attacks_dsn_{d}.json") or _attack_reports(reports, d)]
+    dsn = {d: _report(reports / f"attacks_dsn_{d}.json") for d in present}
+    nc = {d: _report(reports / f"neural_cleanse_{d}.json") for d in present}
+
+    def flagged(d: str, model: str) -> str:
+        rep = nc[d]
+        row = next((r for r in rep["rows"] if r["model"].split(" ")[0] == model), None) if rep else None
+        return "–" if row is None else ("yes" if row["scan"]["flagged"] else "no")
+
+    def per(make: Callable[[str], str]) -> str:
+        return " / ".join(make(d) for d in present)
+
+    def dsn_ft(d: str) -> str:
+        rep = dsn[d]
+        if rep is None:
+            return "–"
+        worked = _dsn_worked(rep, "fine_tuning")
+        return f"{len(worked) - sum(worked)}/{len(worked)}"
+
+    def dsn_prune(d: str) -> str:
+        rep = dsn[d]
+        return "–" if rep is None else f"without SN at most {max(p['raw_acc'] for p in rep['pruning']):.1f}%"
+
+    rows.append(["DSN serial number", per(dsn_ft), "not run", per(dsn_prune), per(lambda d: flagged(d, "dsn"))])
+    seeds = _report(reports / "attacks_dsn_mnist5k_seeds.json")
+    if seeds:
+        summ, n = seeds["summary"]["fine_tuning"], len(seeds["runs"])
+        kept = sum(n - c["worked"] for c in summ.values())
+        rows.append(
+            [
+                f"DSN, {n} customer models (`mnist5k`)",
+                f"{kept}/{n * len(summ)}",
+                "not run",
+                f"without SN at most {max(p['raw_acc'] for r in seeds['runs'] for p in r['pruning']):.1f}%",
+                "–",
+            ]
+        )
+    atk = {d: {r["scheme"]: r for r in _attack_reports(reports, d)} for d in present}
+    for s in sorted(set().union(*atk.values())):
+
+        def kept(d: str, name: str, s: str = s) -> str:
+            rep = atk[d].get(s)
+            ft = (rep or {}).get("fine_tuning") or {}
+            cells = [ft[f][name] for f in sorted(ft, key=float) if name in ft[f]]
+            return "–" if not cells else f"{sum(bool(c['verdict']['decision']) for c in cells)}/{len(cells)}"
+
+        def prune(d: str, s: str = s) -> str:
+            rep = atk[d].get(s)
+            return f"verified up to {_pruning(rep['pruning'], 'pruned')}" if rep and rep.get("pruning") else "–"
+
+        rows.append(
+            [
+                s,
+                per(lambda d: kept(d, "FTAL")),
+                per(lambda d: kept(d, "FTAL_sgd")),
+                per(prune),
+                per(lambda d, s=s: flagged(d, s)),
+            ]
+        )
+    on = " / ".join(f"`{d}`" for d in present)
+    header = [
+        f"protection ({on})",
+        "fine-tuning with Adam: runs survived",
+        "fine-tuning with SGD: runs survived",
+        "global L1 pruning, no fine-tuning",
+        "Neural Cleanse flags it",
     ]
-    for r in rep["rows"]:
-        sc = r["scan"]
-        flagged = ", ".join(map(str, sc["flagged"])) or "none"
-        if r.get("target") is not None:
-            flagged += f" ({r['target']})"
-        if "before" not in r:
-            verdict = "–"
-        elif not r.get("unlearned"):
-            verdict = f"{_mark(r['before'])} / nothing to unlearn"
+    return _table(header, rows)
+
+
+# ----- provenance and benchmarks ----------------------------------------------------------------------
+def provenance_section(reports: Path) -> str:
+    """Which committed reports record their full provenance, and what the older ones lack (grouped)."""
+    complete, lacking = 0, {}
+    for p in sorted(reports.glob("*.json")):
+        missing = tuple(missing_provenance(json.loads(p.read_text())))
+        if missing:
+            lacking.setdefault(missing, []).append(p.stem)
         else:
-            verdict = f"{_mark(r['before'])} / {_mark(r['after']['verdict'])} at {r['after']['test_acc']:.1f}%"
-        lines.append(f"| {r['model']} | {r['test_acc']:.1f} | {sc['max_anomaly_index']:.2f} | {flagged} | {verdict} |")
-    env = rep["environment"]
-    lines += [
-        "",
-        f"{rep['config']['nc_steps']} joint steps per scan; seed {rep['seed']}; wall {rep['wall_s']:.0f} s "
-        f"on {env['cpu_count']} cores, {env['torch_threads']} torch thread(s).",
-    ]
-    return "\n".join(lines)
-
-
-def seeds_table(reports: Path, dataset: str) -> str:
-    """The DSN seeds study's summary: per attack and fraction, mean +/- sd, runs that worked, cost."""
-    rep = _report(reports / f"attacks_dsn_{dataset}_seeds.json")
-    if rep is None:
-        return f"No report yet: run `deepserial reproduce attacks --scheme dsn --dataset {dataset} --seeds 0,1,2,3,4`."
-    summ, n = rep["summary"], len(rep["runs"])
-    fr = list(summ["fine_tuning"])
-    shares = " / ".join(f"{100 * float(f):g}" for f in fr)
+            complete += 1
+    total = complete + sum(map(len, lacking.values()))
     lines = [
-        f"| attack (attacker data {shares}%) | mean +/- sd over {n} seeds | runs that worked | median cost vs "
-        "from scratch |",
-        "|---|---|---|---|",
-    ]
-    labels = {
-        "fine_tuning": "fine-tuning (FTAL), without the SN",
-        "from_scratch": "from scratch (the * row)",
-        "transfer": "transfer learning, without the SN",
-        "overwrite": "overwriting, with the new SN",
-    }
-    for key, label in labels.items():
-        cells = [summ[key][f] for f in fr]
-        acc = " / ".join(f"{c['mean']:.1f} +/- {c['std']:.1f}" for c in cells)
-        if key == "from_scratch":
-            lines.append(f"| {label} | {acc} | – | 1 (reference) |")
-            continue
-        worked = " / ".join(f"{c['worked']}/{n}" for c in cells)
-        cost = " / ".join("–" if c["cost_ratio_median"] is None else f"{c['cost_ratio_median']:.2f}x" for c in cells)
-        lines.append(f"| {label} | {acc} | {worked} | {cost} |")
-    ft = [[r["fractions"][f]["fine_tuning"]["raw_acc"] for f in fr] for r in rep["runs"]]
-    lines += [
+        f"{complete} of {total} committed reports record every provenance field (`deepserial.report.PROVENANCE`: "
+        "command line, git commit and whether the tree was dirty, seed, signing time, versions). The others "
+        "predate those fields; their numbers stand, but what they lack cannot be recovered without rerunning "
+        "them, and a report without `signed_at_epoch` cannot re-create the keys it names.",
         "",
-        "Fine-tuning per seed ("
-        + ", ".join(
-            f"seed {r['seed']}: " + " / ".join(f"{v:.1f}" for v in row) for r, row in zip(rep["runs"], ft, strict=True)
-        )
-        + f"); wall {rep['wall_s']:.0f} s, {rep['environment']['torch_threads']} torch thread(s).",
     ]
+    if lacking:
+        rows = [
+            [", ".join(f"`{m}`" for m in missing), ", ".join(f"`{n}`" for n in names)]
+            for missing, names in sorted(lacking.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        ]
+        lines.append(_table(["fields missing", "reports (`reports/<name>.json`)"], rows))
     return "\n".join(lines)
 
 
-def update(text: str, reports: Path) -> str:
-    """``text`` with each marked table replaced by the one the reports give."""
-    makers = [(m, d, table) for m, d in TABLES.items()] + [(m, d, attack_table) for m, d in ATTACK_TABLES.items()]
-    makers += [(m, d, dsn_attack_table) for m, d in DSN_TABLES.items()]
-    makers += [(m, d, nc_table) for m, d in NC_TABLES.items()]
-    makers += [(m, d, seeds_table) for m, d in SEEDS_TABLES.items()]
-    for marker, dataset, make in makers:
+def _bench_rows(results: Path) -> list[list[str]]:
+    """One headline per committed benchmark in ``benchmarks/results``."""
+    rows = []
+
+    def load(name: str) -> Report | None:
+        return _report(results / f"{name}.json")
+
+    if b := load("bench_dsn"):
+        t = b["demo_timings"]
+        rows.append(
+            [
+                "`bench_dsn`",
+                f"DSN student training {b['dsn_samples_per_s']:,.0f} forward samples/s against "
+                f"{b['plain_samples_per_s']:,.0f} for plain training ({b['ratio']:.2f}x); `deepserial demo` "
+                f"{b['demo_wall_s']:.0f} s end to end "
+                f"(teacher {t['teacher_train_s']:.0f} s, student {t['student_train_s']:.0f} s, evaluation "
+                f"{t['evaluate_s']:.0f} s)",
+            ]
+        )
+    if b := load("bench_serve"):
+        lat = b["latency_ms"]
+        rows.append(
+            [
+                "`bench_serve`",
+                f"{b['clients']} clients x {b['requests_per_client']:,} one-image requests: {b['errors']} errors, "
+                f"{b['throughput_rps']:.0f} requests/s, p50 / p99 {lat['p50']:.0f} / {lat['p99']:.0f} ms; one client "
+                f"alone {b['single_client_ms']['p50']:.1f} ms, in process {b['in_process_ms']['p50']:.1f} ms",
+            ]
+        )
+    if b := load("bench_trace"):
+        rows.append(
+            [
+                "`bench_trace`",
+                f"{b['named_correctly']} of {b['customers']} leaked customer models traced to their licence, "
+                f"{b['named_wrongly']} wrongly, {b['unissued_named']} of {b['unissued']} unissued models named; "
+                f"{b['queries_issued_mean']:.0f} queries on average (at most {b['queries_issued_max']})",
+            ]
+        )
+    if b := load("bench_neural_cleanse"):
+        r0 = b["rows"]
+        rows.append(
+            [
+                "`bench_neural_cleanse`",
+                "one scan of the mnist5k teacher: "
+                + ", ".join(f"{r['wall_s']:.0f} s with {r['threads']} thread(s)" for r in r0)
+                + f" (budget {b['limit_s']:.0f} s)",
+            ]
+        )
+    if b := load("bench_distributed"):
+        parts = [
+            f"{r['world_size']} process(es) x {r['threads']} thread(s): teacher {r['teacher_samples_per_s']:,.0f}, "
+            f"student {r['student_samples_per_s']:,.0f} samples/s"
+            for r in b["rows"]
+        ]
+        rows.append(["`bench_distributed`", "; ".join(parts)])
+    if b := load("bench_precision"):
+        parts = [
+            f"{r['precision']}{' + channels_last' if r['channels_last'] else ''} {r['speedup']:.2f}x" for r in b["rows"]
+        ]
+        rows.append(["`bench_precision`", f"{b['rows'][0]['device']}, one thread: " + ", ".join(parts)])
+    return rows
+
+
+def benchmarks_section(results: Path) -> str:
+    rows = _bench_rows(results)
+    if not rows:
+        return "No benchmark results committed."
+    rows = [[name, text] for name, text in rows]
+    return "\n".join(
+        [
+            "Each `python benchmarks/<name>.py` writes `benchmarks/results/<name>.{md,json}` with its machine and "
+            "load (the reports say what else was running); the headline of each:",
+            "",
+            _table(["benchmark", "headline"], rows),
+        ]
+    )
+
+
+# ----- the two documents ------------------------------------------------------------------------------
+SECTIONS = [
+    ("DSN: the serial-number lock", "dsn-lock"),
+    ("Ownership watermarks", "watermarks"),
+    ("Attacks on DSN", "attacks-on-dsn"),
+    ("Neural Cleanse on every protection", "neural-cleanse"),
+    ("Attacks on the ownership watermarks", "attacks-on-watermarks"),
+    ("Benchmarks", "benchmarks"),
+    ("Provenance of these reports", "provenance"),
+]
+
+
+def results_md(reports: Path, benchmarks: Path) -> str:
+    """The whole of docs/results.md."""
+    wm = [r for d in DATASETS for r in _watermark_reports(reports, d)]
+    atk = [r for d in DATASETS for r in _attack_reports(reports, d)]
+    dsn = _dsn_reports(reports)
+    chance = sorted({(CLASSES[r["dataset"]], _chance(r["dataset"])) for r in dsn if r["dataset"] in CLASSES})
+    lrs = "/".join(_sci(v) for v in sorted({r["config"]["attack_lr"] for r in atk}))
+    guessing = ", ".join(f"{c:g}% on {n} classes" for n, c in chance) or "100/C % on C classes"
+    out = [
+        "# Results",
+        "",
+        "<!-- Generated by `python scripts/update_readme.py` from reports/ and benchmarks/results/: do not edit. -->",
+        "",
+        "Every number on this page is read from a committed report's JSON by `scripts/update_readme.py`; "
+        "each section names the command that writes its report and the report itself, where the per-key, "
+        "per-epoch and per-seed details are. Accuracies are test accuracies in %; SN = serial number; ✓ / ✗ = "
+        f"the owner's key verified / not verified at the report's false-positive rate ({_fpr(wm + atk)}).",
+        "",
+        "Contents:",
+        "",
+    ]
+    out += [f"{i}. [{title}](#{anchor})" for i, (title, anchor) in enumerate(SECTIONS, 1)]
+    out += ["", f'<a id="{SECTIONS[0][1]}"></a>', f"## 1. {SECTIONS[0][0]}", ""]
+    out += [
+        "A customer model answers correctly only on inputs stamped with its serial number; without it, with a "
+        f"random wrong one, or one or two bits off, it should answer like random guessing ({guessing}). "
+        "The linear probe trains a linear classifier on the model's features of raw inputs: how "
+        "much of the task a fine-tuning attacker could reuse.",
+        "",
+    ]
+    for rep in dsn:
+        out += [dsn_lock_section(rep)]
+    out += [f'<a id="{SECTIONS[1][1]}"></a>', f"## 2. {SECTIONS[1][0]}", ""]
+    for d in DATASETS:
+        out += [wm_section(reports, d), ""]
+    out += [f'<a id="{SECTIONS[2][1]}"></a>', f"## 3. {SECTIONS[2][0]}", ""]
+    out += [
+        "Attacker data is a share of the training data (owner + attacker parts), drawn from the attacker's "
+        f"split. **Worked**: {WORKED_RULE}. Cost: forward samples the attack needed to first reach the accuracy "
+        "both it and from-scratch training reach, over what from-scratch training needed ('at chance': the "
+        "attack never got 5 points above chance at any epoch, so there is nothing to compare).",
+        "",
+    ]
+    for d in DATASETS:
+        out += [dsn_attack_section(reports, d), ""]
+    out += [seeds_section(reports, "mnist5k"), ""]
+    out += [f'<a id="{SECTIONS[3][1]}"></a>', f"## 4. {SECTIONS[3][0]}", ""]
+    out += [
+        "Neural Cleanse scans the clean teacher, a DSN customer model and one model per watermark scheme (each "
+        "embedded as the attack reproduction embeds it); where labels are flagged it unlearns them (the "
+        "attack budget, on the attacker's split) and the owner's verdict is taken again. A Zhang content "
+        "model is the classic backdoor that should be flagged.",
+        "",
+    ]
+    for d in DATASETS:
+        out += [nc_section(reports, d), ""]
+    out += [f'<a id="{SECTIONS[4][1]}"></a>', f"## 5. {SECTIONS[4][0]}", ""]
+    out += [
+        "One watermarked model per scheme (the network, data and epochs of its watermark reproduction) under "
+        "the attacks its paper evaluates, with the owner's verdict after each. Fine-tuning: "
+        f"{_one([r['config']['attack_epochs'] for r in atk])} epochs at {lrs} on the attacker's share (FTAL: "
+        "all layers; "
+        "FTLL: last layer; RTLL / RTAL: last layer re-initialised, then last / all layers trained); the "
+        "from-scratch model, trained on the attacker's data only, is the control that must never verify. "
+        "Pruning: the largest global L1 rate of "
+        f"{_span([100 * x for r in atk for x in r['config']['prune_rates']], 0)}% at which the owner's key still "
+        f"verified, without and with {_one([r['config']['prune_finetune_epochs'] for r in atk])} epoch(s) of "
+        "sparse fine-tuning.",
+        "",
+    ]
+    for d in DATASETS:
+        out += [wm_attack_section(reports, d), ""]
+    out += [f'<a id="{SECTIONS[5][1]}"></a>', f"## 6. {SECTIONS[5][0]}", "", benchmarks_section(benchmarks), ""]
+    out += [f'<a id="{SECTIONS[6][1]}"></a>', f"## 7. {SECTIONS[6][0]}", "", provenance_section(reports), ""]
+    return "\n".join(out)
+
+
+README_MAKERS: dict[str, Callable[[Path], str]] = {
+    "dsn-headline": dsn_headline,
+    "wm-headline": wm_headline,
+    "attack-headline": attack_headline,
+}
+
+
+def update_readme(text: str, reports: Path) -> str:
+    """``text`` with each marked README table replaced by the one the reports give."""
+    for marker, make in README_MAKERS.items():
         start, end = f"<!-- {marker} -->\n", f"\n<!-- /{marker} -->"
         i, j = text.find(start), text.find(end)
         if i < 0 or j < i:
             raise SystemExit(f"README has no {start.strip()} ... {end.strip()} section")
-        text = text[: i + len(start)] + make(reports, dataset) + text[j:]
+        text = text[: i + len(start)] + make(reports) + text[j:]
     return text
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if README differs from the reports")
+    ap.add_argument("--check", action="store_true", help="exit 1 if README or docs/results.md differs from the reports")
     args = ap.parse_args()
-    readme = ROOT / "README.md"
-    old = readme.read_text()
-    new = update(old, ROOT / "reports")
-    if args.check:
-        return int(new != old)
-    readme.write_text(new)
+    reports, benchmarks = ROOT / "reports", ROOT / "benchmarks" / "results"
+    targets = {
+        ROOT / "README.md": lambda old: update_readme(old, reports),
+        ROOT / "docs" / "results.md": lambda _old: results_md(reports, benchmarks),
+    }
+    stale = []
+    for path, make in targets.items():
+        old = path.read_text() if path.exists() else ""
+        new = make(old)
+        if new != old:
+            stale.append(path.relative_to(ROOT))
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        print("out of date: " + ", ".join(map(str, stale)) + "; run python scripts/update_readme.py", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -191,3 +191,46 @@ def test_neural_cleanse_reproduction_refuses_unknown_names(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="no Neural Cleanse reproduction"):
         neural_cleanse.run("cifar-100", tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def _seed_run(final: float, scratch: float, best: float) -> dict:
+    """One seed's fraction-0.1 row as run_seeds records it (only what the summary reads)."""
+    attack = {"raw_acc": final, "new_sn_acc": final, "cost": {"ratio": 1.0 if best > 15 else None}}
+    return {
+        "fractions": {
+            "0.1": {
+                "fine_tuning": attack,
+                "transfer": attack,
+                "overwrite": attack,
+                "from_scratch": {"raw_acc": scratch},
+            }
+        }
+    }
+
+
+def test_an_attack_worked_by_its_final_accuracy_against_from_scratch() -> None:
+    # seed 3 of the committed study: 16.5% after one epoch, 10.3% at the end, from scratch 75.7%
+    assert not attacks.attack_worked(10.3, 75.7)
+    assert not attacks.attack_worked(81.5, 91.8)  # well above chance, still worse than training one's own
+    assert attacks.attack_worked(90.6, 80.5) and attacks.attack_worked(80.5, 80.5)
+    summ = attacks.summarise_seeds(
+        [_seed_run(90.6, 80.5, 90.6), _seed_run(19.3, 89.5, 19.3), _seed_run(10.0, 91.0, 10)]
+    )
+    assert summ["fine_tuning"]["0.1"]["worked"] == 1 and summ["overwrite"]["0.1"]["worked"] == 1
+    assert summ["fine_tuning"]["0.1"]["cost_ratio_median"] == 1.0  # over the runs that have a cost
+    assert "worked" not in summ["from_scratch"]["0.1"]
+
+
+def test_the_committed_seeds_summary_is_recomputed_from_its_runs(tmp_path: Path) -> None:
+    committed = Path(__file__).resolve().parents[1] / "reports" / "attacks_dsn_mnist5k_seeds.json"
+    rep = json.loads(committed.read_text())
+    assert rep["summary"] == attacks.summarise_seeds(rep["runs"]) and rep["worked_rule"] == attacks.WORKED_RULE
+    copy = tmp_path / committed.name
+    copy.write_text(json.dumps(rep | {"summary": {}}))
+    md, js = attacks.resummarise_seeds(copy)
+    again = json.loads(js.read_text())
+    assert again["summary"] == rep["summary"] and again["runs"] == rep["runs"]
+    assert again["environment"] == rep["environment"] and "time_utc" in again["summary_recomputed"]
+    assert "recomputed from the per-seed runs" in md.read_text()
+    with pytest.raises(ConfigError, match="not a seeds report"):
+        attacks.resummarise_seeds(Path(__file__).resolve().parents[1] / "reports" / "attacks_dsn_mnist5k.json")

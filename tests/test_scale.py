@@ -1,5 +1,5 @@
 """Larger inputs: CIFAR-format 32x32x3 data, DSN's GTSRB network, serial numbers scaled with the input,
-and the training options of the scale issue (precision, memory format)."""
+and the scale training options (precision, memory format)."""
 
 from __future__ import annotations
 

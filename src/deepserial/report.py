@@ -1,7 +1,10 @@
 """Reports: the JSON + Markdown (+ PNG) that every reproduction, evaluation and benchmark writes.
 
-Every report records the machine, library versions, seed and configuration beside its numbers, so a
-reader can tell what produced them and rerun it.
+Every report records its provenance beside its numbers, so a reader can tell what produced them and
+rerun it: the command line, the git commit of the code and whether the working tree had uncommitted
+changes, the seed, the signing time of its keys, the library versions and the machine
+(:func:`environment`; :func:`write_report` fills in what a report left out). :data:`PROVENANCE`
+names those fields and :func:`missing_provenance` lists the ones an older report lacks.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -21,9 +25,72 @@ import torch
 from deepserial import __version__
 from deepserial.identity import atomic_write
 
+# What every report records about how it was made: a top-level ``seed`` (or ``seeds``) and
+# ``signed_at_epoch`` (None when the run draws nothing from a seed or signs nothing), and these
+# ``environment`` fields.
+PROVENANCE_ENVIRONMENT = ("argv", "git_commit", "git_dirty", "deepserial", "python", "torch", "numpy", "time_utc")
+PROVENANCE = ("seed", "signed_at_epoch", "environment", *(f"environment.{k}" for k in PROVENANCE_ENVIRONMENT))
+
+
+def git_state(where: str | Path | None = None) -> tuple[str | None, bool | None]:
+    """The commit of the checkout the code runs from, and whether tracked files differ from it.
+
+    ``where`` defaults to this package, which counts only when it sits at ``src/deepserial`` of the
+    repository's top level (an editable install or a checkout on ``PYTHONPATH``), so a wheel installed
+    inside some other repository does not report that repository's commit. ``(None, None)`` otherwise,
+    or without git. Untracked files are not counted: reproductions write their outputs into the tree,
+    and counting them would call every such run dirty.
+    """
+    package = Path(__file__).resolve().parent
+    cwd = Path(where) if where is not None else package
+
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r.stdout if r.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or (where is None and Path(top.strip()).resolve() / "src" / "deepserial" != package):
+        return None, None
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None, None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return commit.strip(), None if status is None else bool(status.strip())
+
+
+# Options whose value is a secret: kept out of the command line a report records.
+SECRET_OPTIONS = ("--serial",)
+
+
+def command_line(argv: list[str] | None = None) -> list[str]:
+    """``argv`` (default: this process's) with the values of :data:`SECRET_OPTIONS` replaced by
+    ``<redacted>``: a report is shared, a product key must not be."""
+    args = list(sys.argv if argv is None else argv)
+    out: list[str] = []
+    hide = False
+    for a in args:
+        if hide:
+            out.append("<redacted>")
+            hide = False
+        elif a in SECRET_OPTIONS:
+            out.append(a)
+            hide = True
+        elif any(a.startswith(o + "=") for o in SECRET_OPTIONS):
+            out.append(a.split("=", 1)[0] + "=<redacted>")
+        else:
+            out.append(a)
+    return out
+
 
 def environment() -> dict[str, Any]:
-    """Machine and versions, for the provenance block of every report."""
+    """Library versions, machine and time: the ``environment`` block of reports and model manifests.
+
+    Model manifests travel to customers, so the command line and the git state are not here:
+    :func:`write_report` adds them to a report's block (:func:`with_provenance`).
+    """
     import safetensors
 
     cpu = platform.processor() or platform.machine()
@@ -102,9 +169,47 @@ def save_figure(fig: Any, path: str | Path) -> None:
     atomic_write(path, _png(fig))
 
 
+def with_provenance(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with every :data:`PROVENANCE` field present: an environment when it has none, this
+    process's command line (:func:`command_line`) and git state (:func:`git_state`) in it, and
+    ``seed`` and ``signed_at_epoch`` as None when the run did not record them (it drew nothing from a
+    seed, or signed nothing)."""
+    out = dict(report)
+    env = dict(out.get("environment") or environment())
+    if any(k not in env for k in ("argv", "git_commit", "git_dirty")):
+        commit, dirty = git_state()
+        env.setdefault("argv", command_line())
+        env.setdefault("git_commit", commit)
+        env.setdefault("git_dirty", dirty)
+    out["environment"] = env
+    if "seeds" not in out:
+        out.setdefault("seed", None)
+    out.setdefault("signed_at_epoch", None)
+    return out
+
+
+def missing_provenance(report: dict[str, Any]) -> list[str]:
+    """The :data:`PROVENANCE` fields ``report`` lacks (empty for every report written since they
+    exist); ``seeds`` stands for ``seed`` in a report over several seeds."""
+    env = report.get("environment")
+    missing = []
+    for name in PROVENANCE:
+        if name.startswith("environment."):
+            if isinstance(env, dict) and name.split(".", 1)[1] not in env:
+                missing.append(name)
+        elif name == "seed":
+            if "seed" not in report and "seeds" not in report:
+                missing.append(name)
+        elif name not in report:
+            missing.append(name)
+    return missing
+
+
 def write_report(stem: Path, report: dict[str, Any], markdown: str, figure: Any) -> list[Path]:
     """A reproduction's three files, ``stem.{md,json,png}`` (the folder is created); returns their paths.
-    The figure is rendered before anything is written, so a plotting error leaves no partial report."""
+    The JSON gets every provenance field (:func:`with_provenance`). The figure is rendered before
+    anything is written, so a plotting error leaves no partial report."""
+    report = with_provenance(report)
     png = _png(figure)
     stem.parent.mkdir(parents=True, exist_ok=True)
     write_json(stem.with_suffix(".json"), report)

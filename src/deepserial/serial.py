@@ -1,5 +1,8 @@
 """Serial numbers (SN): a 0/1 bit pattern stamped at a position of the input (DSN, Tang et al., Eq. 7).
 
+The stamp, the scaling rule and the derivation from a signature are written out in
+docs/specification.md, section 2.
+
 A :class:`SerialNumber` is its bits plus a :class:`SerialGeometry` (height, width, position and the
 channels it covers). It can be
 

@@ -6,7 +6,7 @@ under it, each key query is answered "as the key says" with at most a chance pro
 (1/C for a random label among C, 0.5 for a bit). The p-value is the probability of seeing at least
 the observed number of matches under that null; the threshold is the smallest match count whose
 p-value is at most the requested false-positive rate (DeepSigns Eq. 5 is this with confidence
-1 - fpr).
+1 - fpr). Every statistic is written out in docs/specification.md, section 7.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from deepserial import distributed
+from deepserial.console import on_terminal, print_epoch
 from deepserial.data import TensorData
 from deepserial.distributed import world
 from deepserial.errors import ConfigError
@@ -215,6 +216,9 @@ def fit(
     x_all, y_all = data.x, data.y
     per_rank = max(1, cfg.batch_size // world_size)
     t_start = time.perf_counter()
+    # A live bar on a terminal; elsewhere (logs, CI) one plain line per epoch instead.
+    bars = cfg.progress and rank == 0 and on_terminal()
+    lines = cfg.progress and rank == 0 and not bars
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         sampler.set_epoch(epoch)
@@ -226,7 +230,7 @@ def fit(
         bar = tqdm(
             range(nb),
             desc=f"{desc} {epoch + 1}/{cfg.epochs}",
-            disable=not (cfg.progress and rank == 0),
+            disable=not bars,
             leave=False,
             dynamic_ncols=True,
         )
@@ -268,6 +272,8 @@ def fit(
             model.eval()
             epoch_log |= on_epoch_end(epoch + 1, model)
         log.epochs.append(epoch_log)
+        if lines:
+            print_epoch(desc, epoch_log, cfg.epochs)
         log.forward_samples += samples
         if cfg.checkpoint is not None:
             if rank == 0:

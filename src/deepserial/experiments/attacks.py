@@ -104,7 +104,8 @@ def cost_ratio(
     """Forward samples the attack needed to reach the accuracy both runs reach (the lower of the two
     best accuracies), over what from-scratch training needed. Curves hold the test accuracy after
     each epoch; ``*_step`` is the forward samples of one epoch of each. An attack that never gets 5
-    points above ``chance`` (%) has no cost to compare: it did not work."""
+    points above ``chance`` (%) has no accuracy to compare, hence no cost (``failed``). Whether an
+    attack worked is another question, answered by its final accuracy (:func:`attack_worked`)."""
     if not attack_curve or not scratch_curve:
         return {"target": None, "ratio": None}
     if max(attack_curve) <= chance + 5.0:
@@ -152,28 +153,33 @@ def run(
 # serial number for overwriting (what Tables 3, 5 and 6 report).
 HEADLINE = {"fine_tuning": "raw_acc", "from_scratch": "raw_acc", "transfer": "raw_acc", "overwrite": "new_sn_acc"}
 
+# When an attack on DSN "worked", in one place (seeds summary, reports, README and docs/results.md).
+WORKED_RULE = (
+    "an attack worked when its model's final accuracy (after the last epoch: without the serial number for "
+    "removal, with the adversary's new one for overwriting) reaches the final accuracy of training from "
+    "scratch on the same attacker data"
+)
 
-def run_seeds(
-    dataset: str, seeds: list[int], out: Path, progress: bool = True, overrides: dict[str, Any] | None = None
-) -> list[Path]:
-    """DSN's four-fraction attacks (Tables 3-6) and pruning against one customer model per seed: each
-    seed trains its own teacher and student, so the table shows how much the outcome of an attack
-    depends on the model attacked. Serial-number search and Neural Cleanse stay in the one-seed report.
-    Writes ``reports/attacks_dsn_<dataset>_seeds.{md,json,png}``."""
+
+def attack_worked(final_acc: float, scratch_final_acc: float) -> bool:
+    """Whether a removal or overwriting attack worked (:data:`WORKED_RULE`).
+
+    The final accuracy, not the best epoch's: an attacker keeps the model the attack ends with, and a
+    model that passed 15% in its first epoch and ended at chance removed nothing. The bar is the
+    from-scratch control on the same data, not chance: an attack that ends below it gave the attacker
+    less than ignoring the protected model and training their own, which is what the protection
+    promises (DSN §3.5: an attack should cost about as much as training from scratch).
+    """
+    return final_acc >= scratch_final_acc
+
+
+def summarise_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per attack and attacker fraction over the seeds' runs: mean, sample sd, min and max of the
+    headline accuracy (:data:`HEADLINE`); for the attacks, ``worked`` (runs by :func:`attack_worked`)
+    and the median cost ratio of the runs that have one (:func:`cost_ratio`). Reads only what each
+    run records, so a committed report's summary can be recomputed (:func:`resummarise_seeds`)."""
     import numpy as np
 
-    if dataset not in CONFIGS:
-        raise ConfigError(f"no attack reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)}")
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds needs two or more different seeds, got {seeds}")
-    if min(seeds) < 0:
-        raise ConfigError(f"seeds are non-negative integers, got {min(seeds)}")
-    from deepserial.experiments.watermarks import signing_time
-
-    cfg = CONFIGS[dataset].model_copy(update=(overrides or {}) | {"serial_search": False, "neural_cleanse": False})
-    t0 = time.perf_counter()
-    with signing_time() as epoch:
-        runs = [_run_dsn(cfg, s, progress) for s in seeds]
     fr = list(runs[0]["fractions"])
     summary: dict[str, Any] = {}
     for key, field in HEADLINE.items():
@@ -187,11 +193,56 @@ def run_seeds(
                 "max": max(accs),
             }
             if key != "from_scratch":
-                costs = [r["fractions"][f][key]["cost"] for r in runs]
-                cell["worked"] = sum(c["ratio"] is not None for c in costs)
-                ratios = [c["ratio"] for c in costs if c["ratio"] is not None]
+                scratch = [r["fractions"][f]["from_scratch"]["raw_acc"] for r in runs]
+                cell["worked"] = sum(attack_worked(a, s) for a, s in zip(accs, scratch, strict=True))
+                ratios = [r["fractions"][f][key]["cost"]["ratio"] for r in runs]
+                ratios = [c for c in ratios if c is not None]
                 cell["cost_ratio_median"] = float(np.median(ratios)) if ratios else None
             summary[key][f] = cell
+    return summary
+
+
+def resummarise_seeds(path: Path) -> list[Path]:
+    """Recompute the summary of a committed seeds report (``attacks_dsn_<dataset>_seeds.json``) from
+    the runs it records, and rewrite its JSON and Markdown; the runs, the environment of the run and
+    the figure stay as they were. Records when and with which code the summary was recomputed."""
+    import json
+
+    from deepserial.report import git_state, write_json, write_text
+
+    path = Path(path)
+    rep = json.loads(path.read_text())
+    if rep.get("experiment") != "attacks-seeds":
+        raise ConfigError(f"{path} is not a seeds report (experiment {rep.get('experiment')!r})")
+    rep["summary"] = summarise_seeds(rep["runs"])
+    rep["worked_rule"] = WORKED_RULE
+    commit, dirty = git_state()
+    rep["summary_recomputed"] = {"time_utc": environment()["time_utc"], "git_commit": commit, "git_dirty": dirty}
+    write_json(path, rep)
+    md = path.with_suffix(".md")
+    write_text(md, _seeds_markdown(rep))
+    return [md, path]
+
+
+def run_seeds(
+    dataset: str, seeds: list[int], out: Path, progress: bool = True, overrides: dict[str, Any] | None = None
+) -> list[Path]:
+    """DSN's four-fraction attacks (Tables 3-6) and pruning against one customer model per seed: each
+    seed trains its own teacher and student, so the table shows how much the outcome of an attack
+    depends on the model attacked. Serial-number search and Neural Cleanse stay in the one-seed report.
+    Writes ``reports/attacks_dsn_<dataset>_seeds.{md,json,png}``."""
+    if dataset not in CONFIGS:
+        raise ConfigError(f"no attack reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)}")
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds needs two or more different seeds, got {seeds}")
+    if min(seeds) < 0:
+        raise ConfigError(f"seeds are non-negative integers, got {min(seeds)}")
+    from deepserial.experiments.watermarks import signing_time
+
+    cfg = CONFIGS[dataset].model_copy(update=(overrides or {}) | {"serial_search": False, "neural_cleanse": False})
+    t0 = time.perf_counter()
+    with signing_time() as epoch:
+        runs = [_run_dsn(cfg, s, progress) for s in seeds]
     rep = {
         "experiment": "attacks-seeds",
         "scheme": "dsn",
@@ -200,7 +251,8 @@ def run_seeds(
         "signed_at_epoch": int(epoch),
         "config": cfg.model_dump(),
         "runs": runs,
-        "summary": summary,
+        "summary": summarise_seeds(runs),
+        "worked_rule": WORKED_RULE,
         "paper": PAPER,
         "wall_s": time.perf_counter() - t0,
         "environment": environment(),
@@ -222,8 +274,9 @@ def _seeds_markdown(rep: dict[str, Any]) -> str:
         f"trains its own teacher and customer model, then the attacks of Tables 3-6 with attacker data {shares} "
         f"of the training data, {rep['config']['attack_epochs']} epochs at lr {rep['config']['attack_lr']:g}. "
         "Accuracy (%) on the test set: without the serial number for fine-tuning, from scratch and transfer "
-        "learning; with the adversary's new serial number for overwriting. 'worked': runs that got 5 points "
-        "above chance at some epoch; sd: the sample standard deviation over seeds.",
+        f"learning; with the adversary's new serial number for overwriting. 'worked': {WORKED_RULE}; sd: the "
+        "sample standard deviation over seeds; cost: the median over the runs with a cost ratio (see the one-seed "
+        "report).",
         "",
         "## Customer models",
         "",
@@ -274,9 +327,16 @@ def _seeds_markdown(rep: dict[str, Any]) -> str:
         f"Wall time {rep['wall_s']:.0f} s on {env['cpu']} ({env['cpu_count']} cores, torch threads: "
         f"{env['torch_threads']}), torch {env['torch']}.",
         "",
-        f"Reproduce: `{_reproduce(rep, ' --seeds ' + ','.join(map(str, rep['seeds'])))}`.",
-        "",
     ]
+    again = rep.get("summary_recomputed")
+    if again:
+        code = f" with the code of commit {again['git_commit'][:12]}" if again.get("git_commit") else ""
+        lines += [
+            f"The summary rows (mean, worked, cost) were recomputed from the per-seed runs above on "
+            f"{again['time_utc'][:10]}{code}; the runs themselves are those of the original run.",
+            "",
+        ]
+    lines += [f"Reproduce: `{_reproduce(rep, ' --seeds ' + ','.join(map(str, rep['seeds'])))}`.", ""]
     return "\n".join(lines)
 
 
@@ -488,8 +548,8 @@ def _markdown(rep: dict[str, Any]) -> str:
         f"Accuracy (%) on the test set after {rep['config']['attack_epochs']} epochs at lr "
         f"{rep['config']['attack_lr']:g}; fine-tuning and transfer learning on raw inputs (no serial number), "
         "overwriting with the adversary's new serial number. Cost: forward samples the attack needed to reach "
-        "the accuracy both it and from-scratch training reach, over what from-scratch needed ('failed': the "
-        "attack never got 5 points above chance).",
+        "the accuracy both it and from-scratch training reach, over what from-scratch needed ('at chance': the "
+        "attack never got 5 points above chance at any epoch, so there is no accuracy to compare).",
         "",
     ]
     rows = []
@@ -515,7 +575,8 @@ def _markdown(rep: dict[str, Any]) -> str:
             [
                 key.replace("_", "-"),
                 " / ".join(
-                    ("failed" if c.get("failed") else "–") if c["ratio"] is None else f"{c['ratio']:.2f}x" for c in cs
+                    ("at chance" if c.get("failed") else "–") if c["ratio"] is None else f"{c['ratio']:.2f}x"
+                    for c in cs
                 ),
                 " / ".join("–" if c["target"] is None else f"{c['target']:.1f}" for c in cs),
             ]

@@ -119,8 +119,7 @@ def run(
     set and seed; the teacher is retrained with the same seed and must come out identical (same test
     accuracy), or the merge is refused. ``config`` replaces the registered configuration (user data).
     """
-    from deepserial.identity import OwnerIdentity
-    from deepserial.workflow import DataSpec, evaluate_customer, issue, loaded, train_teacher
+    from deepserial.experiments.watermarks import signing_time
 
     if config is None and dataset not in CONFIGS:
         raise ConfigError(
@@ -145,13 +144,56 @@ def run(
             raise ConfigError(f"the existing report used seed {previous.get('seed')}, not {seed}")
         runs = [r for r in cfg.runs if r.name in only]
     t0 = time.perf_counter()
+    # One signing time and an owner derived from the seed: every serial number of the report can be
+    # re-created with SOURCE_DATE_EPOCH set to the recorded time.
+    with signing_time() as epoch:
+        teacher_acc, results = _train_and_evaluate(cfg, dataset, seed, int(epoch), progress, runs, previous)
+    wall = time.perf_counter() - t0
+    if previous is not None:  # keep the other runs, in the configured order
+        merged = dict(previous["runs"]) | results
+        results = {r.name: merged[r.name] for r in cfg.runs if r.name in merged}
+        wall += float(previous.get("wall_s", 0.0))
+    report = {
+        "experiment": "dsn-table2",
+        "dataset": dataset,
+        "seed": seed,
+        "config": cfg.model_dump(),
+        "teacher_acc": teacher_acc,
+        "signed_at_epoch": int(epoch),  # of this invocation's runs; each run records its own
+        "runs": results,
+        "paper_table2": PAPER_TABLE2,
+        "paper_2023_wrong_2x2": PAPER_2023_WRONG_2X2,
+        "wall_s": wall,
+        "rerun": sorted(only) if only else None,
+        "environment": environment(),
+    }
+    if command:
+        report["command"] = command
+    return write_report(stem, report, _markdown(report), _figure(report))
+
+
+def _train_and_evaluate(
+    cfg: ExperimentConfig,
+    dataset: str,
+    seed: int,
+    signed_at: int,
+    progress: bool,
+    runs: list[RunSpec],
+    previous: dict[str, Any] | None,
+) -> tuple[float, dict[str, Any]]:
+    """Train the teacher, then issue and evaluate one customer model per run configuration; returns
+    the teacher's test accuracy and each run's evaluation. The owner is derived from the seed, so with
+    the signing time ``signed_at`` (``SOURCE_DATE_EPOCH``) every serial number can be re-created."""
+    from deepserial.identity import OwnerIdentity
+    from deepserial.workflow import DataSpec, evaluate_customer, issue, loaded, train_teacher
+
     tr = train_teacher(
         DataSpec(dataset, seed),
         TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed, progress=progress),
         cfg.arch,
     )
     teacher = loaded(tr.model, tr.manifest)
-    ident = OwnerIdentity.generate()
+    ident = OwnerIdentity.for_experiment(seed, "owner")
     results: dict[str, Any] = {}
     if previous is not None and abs(previous["teacher_acc"] - tr.manifest["test_acc"]) > 1e-9:
         raise ConfigError(
@@ -184,28 +226,9 @@ def run(
         rep["dsn_config"] = dsn_cfg.model_dump()
         rep["train_log"] = iss.log.to_dict()
         rep["student_epochs"] = epochs
+        rep["signed_at_epoch"] = signed_at
         results[spec.name] = rep
-    wall = time.perf_counter() - t0
-    if previous is not None:  # keep the other runs, in the configured order
-        merged = dict(previous["runs"]) | results
-        results = {r.name: merged[r.name] for r in cfg.runs if r.name in merged}
-        wall += float(previous.get("wall_s", 0.0))
-    report = {
-        "experiment": "dsn-table2",
-        "dataset": dataset,
-        "seed": seed,
-        "config": cfg.model_dump(),
-        "teacher_acc": tr.manifest["test_acc"],
-        "runs": results,
-        "paper_table2": PAPER_TABLE2,
-        "paper_2023_wrong_2x2": PAPER_2023_WRONG_2X2,
-        "wall_s": wall,
-        "rerun": sorted(only) if only else None,
-        "environment": environment(),
-    }
-    if command:
-        report["command"] = command
-    return write_report(stem, report, _markdown(report), _figure(report))
+    return float(tr.manifest["test_acc"]), results
 
 
 _ROWS = [

@@ -3,9 +3,10 @@ backdoor, and does its unlearning remove it?
 
 Neural Cleanse (Wang et al., IEEE S&P 2019) reverse-engineers a trigger per label and flags labels
 whose trigger is abnormally small (MAD anomaly index above 2). Null embedding (Lukas/Li et al.,
-arXiv:1910.05826, §8.3 / Table 5) reports the index for its own models. Issue 4 asks for it on a
-clean model, a classic backdoor (Zhang et al.'s content trigger, which must be flagged) and each
-protected model. ``deepserial reproduce neural-cleanse --dataset mnist5k`` scans:
+arXiv:1910.05826, §8.3 / Table 5) reports the index for its own models. This reproduction measures
+it on a clean model, a classic backdoor (Zhang et al.'s content trigger, which must be flagged) and
+each protected model (the index: docs/specification.md, section 8).
+``deepserial reproduce neural-cleanse --dataset mnist5k`` scans:
 
 - the clean teacher and a DSN customer model (the attack reproduction's networks and epochs);
 - one model per watermark scheme, embedded as ``deepserial reproduce attacks --scheme S`` embeds it

@@ -1,6 +1,7 @@
 """Reproduction of the ownership-watermark papers' headline figures, one runner for every scheme.
 
-For one scheme and data set it measures what issue 3 asks and what the papers report:
+For one scheme and data set it measures what an ownership watermark must show and what the papers
+report:
 
 - functionality: test accuracy of each watermarked model beside the same network trained without a
   watermark (same seed, same budget);

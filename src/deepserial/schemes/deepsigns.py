@@ -1,7 +1,8 @@
 """DeepSigns: watermarks in the activations (white-box) and in the output layer (black-box).
 
 Rouhani, Chen, Koushanfar. "DeepSigns: An End-to-End Watermarking Framework for Ownership Protection
-of Deep Neural Networks." ASPLOS 2019; arXiv:1804.00750.
+of Deep Neural Networks." ASPLOS 2019; arXiv:1804.00750. Eq. 1-5 are written out in
+docs/specification.md, section 5.
 
 Two schemes, one per layer kind (§3):
 

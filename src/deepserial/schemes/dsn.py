@@ -5,15 +5,16 @@ Protection." arXiv:2011.08960 (v1 2020; ECML-PKDD 2023 version v3).
 
 A private teacher is trained first; each customer's student is distilled from it (Eq. 1, 3) on inputs
 stamped with that customer's serial number (Eq. 7), while on inputs without the valid serial number
-it must behave like random guessing (Eq. 2). Two modes:
+it must behave like random guessing (Eq. 2). The equations are written out in
+docs/specification.md, section 2. Two modes:
 
 ``paper``
     §2.2 exactly: a second head Gd sits behind a gradient reversal layer (GRL) on the features Ge(x)
     of raw inputs and is trained with cross-entropy on the true labels (Eq. 5, 6); the GRL multiplies
     the gradient flowing into Ge by ``-grl_coefficient`` (the paper does not give the value).
 ``default`` (this project's)
-    The calibration in DESIGN.md found that the GRL head alone does not make raw accuracy drop, and
-    that serial numbers one bit away are the hard part. The default mode trains the student's own
+    Calibration (reports/dsn_research.md) found that the GRL head alone does not make raw accuracy
+    drop, and that serial numbers one bit away are the hard part. The default mode trains the student's own
     output towards the uniform distribution (KL(U || P_S), i.e. "random guessing") on raw inputs, on
     random wrong serial numbers and on Hamming-1 and Hamming-2 neighbours of the valid one, and keeps
     the GRL head at a small weight, which lowers what a linear probe recovers from the features of
@@ -61,7 +62,7 @@ class DSNConfig(BaseModel):
     uniform_weight: float = Field(1.0, ge=0, description="default mode: weight of KL(U || P_S) on invalid inputs")
     invalid_ratio: float = Field(1.0, gt=0, description="invalid inputs per valid one in a batch (paper: 1)")
     # Share of each kind of invalid input. Near misses get the most: raw inputs and random wrong keys
-    # are easy to reject, keys one bit away are not (DESIGN.md, calibration; reports/dsn_research.md).
+    # are easy to reject, keys one bit away are not (calibration runs: reports/dsn_research.md).
     mix_raw: float = Field(0.1, ge=0)
     mix_random: float = Field(0.1, ge=0)
     mix_hamming1: float = Field(0.6, ge=0)

@@ -1,8 +1,8 @@
 """New-label watermark: key samples of a class the task does not have.
 
 Zhong, Zhang, Zhang, Hu, Zhang, Luo. "Protecting IP of Deep Neural Networks with Watermarking: A New
-Label Helps." PAKDD 2020 (Springer LNCS; no arXiv version that we know of). Text used:
-``../shared/papers/new_label_watermark.txt``.
+Label Helps." PAKDD 2020 (Springer LNCS; no arXiv version that we know of). The formulas below are
+written out in docs/specification.md, section 4.
 
 §3.2. KsGen: for a subset D1 of the training data D, with ``alpha = |D1| / |D|``, the key samples are
 ``k = x + beta * eps`` for ``x`` in D1, ``eps`` a perturbation pattern determined by the secret (§4.1:

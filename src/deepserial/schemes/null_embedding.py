@@ -1,7 +1,8 @@
 """Null / dual embedding: a piracy-resistant ownership watermark trained in from scratch.
 
 Li, Wenger, Zheng, Zhao. "Piracy Resistant Watermarks for Deep Neural Networks." arXiv:1910.01226
-(2019; revised 2020).
+(2019; revised 2020). Transform, the filter, the training batch and the verification statistic are
+written out in docs/specification.md, section 3.
 
 The owner signs a verifier string (Algorithm 1); ``Transform(signature)`` (Algorithm 2) derives a
 watermark from the signature: an ``n x n`` square of 0/1 bits at a position, a true-embedding label

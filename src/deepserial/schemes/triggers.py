@@ -2,7 +2,8 @@
 
 The new-label watermark (:mod:`deepserial.schemes.new_label`), the Zhang et al. 2018 baselines
 (:mod:`deepserial.schemes.zhang`) and Adi et al. 2018 (:mod:`deepserial.schemes.adi`) all work the
-same way and differ only in how the key samples are made:
+same way and differ only in how the key samples are made (formulas: docs/specification.md, sections 4
+and 7):
 
 - **key**: training key samples with the labels the model must learn for them, and *verification*
   key samples made the same way (for the noise and stamp schemes from other base images, as the

@@ -10,9 +10,9 @@ adds lambda * E_R(w) to the task loss, E_R the binary cross-entropy between sigm
 signature bits, summed over the bits. Verification is white-box: read W from the suspect, decode,
 count bit errors.
 
-This paper is not among the project's specification texts; the defaults below come from the paper
-as it is widely described (its §4 and its public reference code), and from the DeepSigns and
-piracy-resistance papers' accounts of it:
+The paper was not among the texts this project was specified from; the defaults below come from
+the paper as it is widely described (its §4 and its public reference code), and from the DeepSigns
+and piracy-resistance papers' accounts of it (the formulas: docs/specification.md, section 6):
 
 - lambda = 0.01 (Uchida's embedding parameter);
 - the paper embeds T = 256 bits into a 3 x 3 x 64 convolution of a wide residual network

@@ -1,8 +1,9 @@
 """Zhang et al. 2018 trigger-set watermarks: noise, content and unrelated key samples.
 
 Zhang, Gu, Jang, Wu, Stoecklin, Huang, Molloy. "Protecting Intellectual Property of Deep Neural
-Networks with Watermarking." AsiaCCS 2018 (no arXiv version). The paper itself is not in
-``../shared/papers``; these baselines follow how the two papers that compare against it describe it:
+Networks with Watermarking." AsiaCCS 2018 (no arXiv version). The paper itself was not available to
+this project; these baselines follow how the two papers that compare against it describe it (the
+key-sample and verification formulas: docs/specification.md, section 4):
 
 - new-label watermark (Zhong et al., PAKDD 2020, §1 and §4.1): key samples "obtained by superimposing
   perturbation to training samples", Gaussian noise from a secret generator, "assigned to a specific
