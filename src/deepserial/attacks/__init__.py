@@ -2,14 +2,23 @@
 
 Every attack registers itself in :data:`deepserial.attacks.base.ATTACKS` under the name the papers use
 and is called the same way: ``get_attack(name, options).run(model, attacker_data, budget)``.
+
+The removal attacks of the Watermark-Robustness-Toolbox (Lukas et al., "SoK: How Robust is Image
+Classification Deep Neural Network Watermarking?", IEEE S&P 2022) follow its defaults, each module
+naming the WRT file it read.
 """
 
 from deepserial.attacks import (  # noqa: F401  (register the attacks)
     extraction,
+    fine_pruning,
     fine_tuning,
+    label_smoothing,
     neural_cleanse,
     overwrite,
     pruning,
+    regularization,
     serial_search,
     transfer,
+    weight_quantization,
+    weight_shifting,
 )

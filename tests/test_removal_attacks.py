@@ -1,0 +1,222 @@
+"""The Watermark-Robustness-Toolbox removal attacks on a tiny model: each test checks the attack's
+stated effect (weights moved by the stated amount, the named channels pruned, outputs preserved,
+inputs transformed as configured, targets reached) and what its log accounts for."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from deepserial.attacks.base import AttackBudget, get_attack
+from deepserial.attacks.fine_pruning import mean_channel_activation
+from deepserial.attacks.pruning import channel_activity
+from deepserial.attacks.regularization import phase_epochs
+from deepserial.attacks.targets import one_hot, smooth
+from deepserial.attacks.weight_quantization import quantize_tensor
+from deepserial.data import TensorData
+from deepserial.nets import SplitNet, create_model
+from deepserial.schemes.uchida import flat_mean_weights
+from deepserial.training import TrainConfig, fit, predict_logits, supervised_loss
+
+SHAPE = (1, 12, 12)
+C = 4
+NEW = [
+    "weight-shifting",
+    "fine-pruning",
+    "regularization",
+    "neural-laundering",
+    "label-smoothing",
+    "feature-permutation",
+    "adversarial-training",
+    "input-preprocessing",
+    "weight-quantization",
+    "distillation",
+    "smooth-retraining",
+    "cross-architecture-retraining",
+    "combined",
+]
+#: Options that keep each attack to a fraction of a second on the toy task.
+FAST = {
+    "neural-laundering": {"scan_steps": 20},
+    "adversarial-training": {"max_iter": 2, "n_max": 20, "eps": [0.1]},
+    "fine-pruning": {"rate": 0.5},
+}
+
+
+def _data(n: int, seed: int) -> TensorData:
+    """A learnable toy task: the class is the quadrant holding a bright square."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, C, (n,), generator=g)
+    x = torch.rand(n, *SHAPE, generator=g) * 0.2
+    for i, c in enumerate(y.tolist()):
+        r, k = divmod(c, 2)
+        x[i, 0, r * 6 + 1 : r * 6 + 5, k * 6 + 1 : k * 6 + 5] = 1.0
+    return TensorData(x, y)
+
+
+@pytest.fixture(scope="module")
+def victim() -> SplitNet:
+    torch.manual_seed(0)
+    m = create_model("dsn_mnist", SHAPE, C)
+    fit(m, _data(400, 0), supervised_loss, TrainConfig(epochs=3, batch_size=32, progress=False))
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def attacker() -> TensorData:
+    return _data(200, 1)
+
+
+def _bn_net() -> SplitNet:
+    """A small network with batch norms, for the code paths plain ReLU nets do not take."""
+    torch.manual_seed(1)
+    features = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 6 * 6, 16),
+        nn.BatchNorm1d(16),
+        nn.ReLU(),
+    )
+    net = SplitNet(features, nn.Linear(16, C), 16)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+# ----- weight shifting ------------------------------------------------------------------------------------
+
+
+def test_weight_shifting_moves_each_kernel_by_the_stated_amount(victim: SplitNet, attacker: TensorData) -> None:
+    exact, _ = get_attack("weight-shifting", {"lmbda": 1.5, "lmbda2": 0.0}).run(
+        victim, attacker, AttackBudget(epochs=0)
+    )
+    convs = [n for n, m in victim.named_modules() if isinstance(m, nn.Conv2d)]
+    old, new = victim.state_dict(), exact.state_dict()
+    for n in convs:
+        w = old[f"{n}.weight"]
+        assert torch.allclose(new[f"{n}.weight"], w - 1.5 * w.mean(0, keepdim=True), atol=1e-7)
+        # the mean filter (Uchida's carrier) is now -0.5 times what it was
+        assert torch.allclose(flat_mean_weights(new[f"{n}.weight"]), -0.5 * flat_mean_weights(w), atol=1e-7)
+    for k in old:  # nothing but the convolution kernels moved
+        if not any(k == f"{n}.weight" for n in convs):
+            assert torch.equal(old[k], new[k])
+    noisy, log = get_attack("weight-shifting", {"lmbda": 0.0, "lmbda2": 1.0}).run(
+        victim, attacker, AttackBudget(epochs=0, seed=3)
+    )
+    w = old["features.0.3.weight"]  # 32 x 32 x 3 x 3: enough entries for the spread to be close
+    residual = noisy.state_dict()["features.0.3.weight"] - w
+    assert abs(float(residual.std() / w.std()) - 1.0) < 0.05 and abs(float(residual.mean())) < 0.05 * float(w.std())
+    assert log.epochs == 0 and log.forward_samples == 0
+
+
+def test_weight_shifting_then_fine_tunes_within_the_budget(victim: SplitNet, attacker: TensorData) -> None:
+    model, log = get_attack("weight-shifting").run(victim, attacker, AttackBudget(epochs=2, batch_size=50))
+    assert log.epochs == 2 and log.forward_samples == 2 * len(attacker) and log.queries == 0
+    assert len(log.details["shifted"]) == 2  # the two convolutions of the Table 7 net
+    _, vlog = get_attack("weight-shifting", {"labels": "victim"}).run(
+        victim, attacker, AttackBudget(epochs=1, batch_size=50, queries=120)
+    )
+    assert vlog.queries == 120 and vlog.samples == 120 and vlog.forward_samples == 120  # WRT's relabelling
+
+
+# ----- fine-pruning ---------------------------------------------------------------------------------------
+
+
+def test_fine_pruning_prunes_exactly_the_dormant_channels_it_names(victim: SplitNet, attacker: TensorData) -> None:
+    conv = victim.features[0][3]
+    activity = channel_activity(victim, conv, attacker)  # ReLU output, measured independently
+    model, log = get_attack("fine-pruning", {"rate": 0.5}).run(victim, attacker, AttackBudget(epochs=1, batch_size=50))
+    dormant = sorted(int(i) for i in torch.argsort(activity, stable=True)[:16])
+    assert log.details["pruned_channels"] == dormant and log.details["layer"] == "features.0.3"
+    pruned = model.features[0][3]
+    assert not any(n.endswith("_orig") or n.endswith("_mask") for n in model.state_dict())  # masks made permanent
+    with torch.no_grad():
+        assert float(pruned.weight[dormant].abs().sum()) == 0 and float(pruned.bias[dormant].abs().sum()) == 0
+        assert float(pruned.weight[[i for i in range(32) if i not in dormant]].abs().sum()) > 0
+    after = mean_channel_activation(model, pruned, attacker)
+    assert float(after[dormant].abs().sum()) == 0  # pruned channels stay silent after fine-tuning
+    assert log.epochs == 1 and log.forward_samples == 2 * len(attacker)  # ranking pass + one epoch
+
+
+def test_fine_pruning_silences_a_channel_behind_batch_norm(attacker: TensorData) -> None:
+    net = _bn_net()
+    model, log = get_attack("fine-pruning", {"rate": 0.5}).run(net, attacker, AttackBudget(epochs=1, batch_size=50))
+    dropped = log.details["pruned_channels"]
+    assert len(dropped) == 3  # floor(0.5 * 6)
+    act = mean_channel_activation(model, model.features[3], attacker)  # read after BN + ReLU
+    assert float(act[dropped].abs().sum()) == 0 and float(act.sum()) > 0
+    with torch.no_grad():
+        assert float(model.features[4].weight[dropped].abs().sum()) == 0
+
+
+# ----- regularization -------------------------------------------------------------------------------------
+
+
+def test_regularization_splits_the_budget_and_shrinks_the_weights(victim: SplitNet, attacker: TensorData) -> None:
+    assert phase_epochs(10, 5) == (5, 5) and phase_epochs(3, 5) == (3, 0)
+    budget = AttackBudget(epochs=2, batch_size=50)
+    reg, log = get_attack("regularization", {"reg_epochs": 2, "l2_decay": 0.1}).run(victim, attacker, budget)
+    plain, _ = get_attack("regularization", {"reg_epochs": 2, "l2_decay": 0.0}).run(victim, attacker, budget)
+
+    def norm(m: nn.Module) -> float:
+        return float(sum(p.detach().norm() ** 2 for p in m.parameters()))
+
+    assert norm(reg) < norm(plain)
+    assert log.details["phases"] == {"regularization_epochs": 2, "fine_tuning_epochs": 0, "l2_decay": 0.1}
+    _, log = get_attack("regularization").run(victim, attacker, AttackBudget(epochs=3, batch_size=50))
+    assert log.epochs == 3 and log.details["phases"]["fine_tuning_epochs"] == 0  # 5 asked, 3 in the budget
+
+
+# ----- label smoothing ------------------------------------------------------------------------------------
+
+
+def test_label_smoothing_trains_towards_the_smoothed_targets(victim: SplitNet, attacker: TensorData) -> None:
+    t = smooth(one_hot(torch.tensor([2, 0]), C), 0.8)
+    assert torch.allclose(t[0], torch.tensor([0.2, 0.2, 0.4, 0.2])) and torch.allclose(t.sum(1), torch.ones(2))
+    target = 1 - 0.8 + 0.8 / C  # 0.4 on the true class
+    p0 = torch.softmax(predict_logits(victim, attacker.x), 1)
+    model, log = get_attack("label-smoothing", {"epsilon": 0.8}).run(
+        victim, attacker, AttackBudget(epochs=4, batch_size=50)
+    )
+    p1 = torch.softmax(predict_logits(model, attacker.x), 1)
+    true0, true1 = p0[torch.arange(200), attacker.y], p1[torch.arange(200), attacker.y]
+    assert float((true1 - target).abs().mean()) < 0.5 * float((true0 - target).abs().mean())
+    assert log.budget["lr"] is None and log.curve[0]["lr"] == pytest.approx(1e-3)  # Adam: the project's rate
+    assert log.details["target_max"] == pytest.approx(target)
+    _, sgd = get_attack("label-smoothing").run(victim, attacker, AttackBudget(epochs=1, optimizer="sgd"))
+    assert sgd.curve[0]["lr"] == pytest.approx(1e-2)  # SGD: WRT's 10 x
+
+
+# ----- weight quantization --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [2, 5])
+def test_weight_quantization_leaves_at_most_2_to_the_bits_values(
+    victim: SplitNet, attacker: TensorData, bits: int
+) -> None:
+    w = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    q = quantize_tensor(w, bits)
+    step = float(w.max() - w.min()) / (2**bits - 1)
+    assert len(q.unique()) <= 2**bits and float((q - w).abs().max()) <= step / 2 + 1e-6
+    for epochs in (0, 1):
+        model, log = get_attack("weight-quantization", {"bits": bits}).run(
+            victim, attacker, AttackBudget(epochs=epochs, batch_size=50)
+        )
+        assert all(len(p.unique()) <= 2**bits for p in model.parameters())
+        assert log.epochs == epochs and log.details["quantized_tensors"] == len(list(victim.parameters()))
+    wrt, _ = get_attack("weight-quantization", {"bits": bits, "requantize": False}).run(
+        victim, attacker, AttackBudget(epochs=1, batch_size=50)
+    )
+    assert any(len(p.unique()) > 2**bits for p in wrt.parameters())  # WRT ships the fine-tuned floats
