@@ -4,18 +4,35 @@ inputs transformed as configured, targets reached) and what its log accounts for
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from deepserial.attacks.adversarial_training import linf_attack
 from deepserial.attacks.base import AttackBudget, get_attack
+from deepserial.attacks.feature_permutation import permutable_pairs
 from deepserial.attacks.fine_pruning import mean_channel_activation
+from deepserial.attacks.input_preprocessing import (
+    GaussianNoise,
+    InputQuantization,
+    JpegCompression,
+    KernelFilter,
+    MedianFilter,
+    PreprocessedNet,
+    gaussian_kernel,
+)
+from deepserial.attacks.neural_laundering import candidate_layers, units_to_reset
 from deepserial.attacks.pruning import channel_activity
 from deepserial.attacks.regularization import phase_epochs
 from deepserial.attacks.targets import one_hot, smooth
 from deepserial.attacks.weight_quantization import quantize_tensor
 from deepserial.data import TensorData
-from deepserial.nets import SplitNet, create_model
+from deepserial.errors import ConfigError
+from deepserial.nets import SplitNet, _BasicBlock, create_model
 from deepserial.schemes.uchida import flat_mean_weights
 from deepserial.training import TrainConfig, fit, predict_logits, supervised_loss
 
@@ -93,6 +110,21 @@ def _bn_net() -> SplitNet:
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.3, 0.3)
     return net.eval()
+
+
+def _residual_net() -> SplitNet:
+    """Two residual blocks of the project's ResNet-18, small: the stream between blocks is not a chain."""
+    torch.manual_seed(2)
+    features = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        _BasicBlock(4, 8, 2),
+        _BasicBlock(8, 8, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    return SplitNet(features, nn.Linear(8, C), 8).eval()
 
 
 # ----- weight shifting ------------------------------------------------------------------------------------
@@ -199,6 +231,121 @@ def test_label_smoothing_trains_towards_the_smoothed_targets(victim: SplitNet, a
     assert sgd.curve[0]["lr"] == pytest.approx(1e-2)  # SGD: WRT's 10 x
 
 
+# ----- feature permutation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("net", ["dsn_mnist", "bn", "residual"])
+def test_feature_permutation_preserves_outputs_and_changes_weights(victim: SplitNet, net: str) -> None:
+    model = {"dsn_mnist": victim, "bn": _bn_net(), "residual": _residual_net()}[net]
+    x = torch.rand(16, *SHAPE, generator=torch.Generator().manual_seed(0))
+    data = TensorData(x, torch.zeros(16, dtype=torch.long))
+    attacked, log = get_attack("feature-permutation").run(model, data, AttackBudget(epochs=0))
+    with torch.no_grad():
+        assert torch.allclose(attacked(x), model(x), atol=1e-5, rtol=1e-5)
+    old, new = model.state_dict(), attacked.state_dict()
+    assert old.keys() == new.keys()
+    changed = [k for k in old if not torch.equal(old[k], new[k])]
+    assert len(changed) >= 2 * len(log.details["permuted_layers"]) > 0
+    for k in changed:  # a permutation: the same values, elsewhere
+        assert torch.equal(old[k].flatten().sort().values, new[k].flatten().sort().values)
+    assert log.epochs == 0 and log.forward_samples == 0 and log.samples == 0
+    if net == "residual":  # the stem feeds the residual stream: only the inside of each branch is permuted
+        assert log.details["permuted_layers"] == ["features.3.body.0", "features.4.body.0"]
+    if net == "dsn_mnist":
+        # Uchida's carrier (the second convolution's mean filter) is scrambled
+        w0, w1 = old["features.0.3.weight"], new["features.0.3.weight"]
+        assert not torch.equal(flat_mean_weights(w0), flat_mean_weights(w1))
+        assert len(permutable_pairs(model)) == 3  # conv -> conv, conv -> dense (across Flatten), dense -> head
+
+
+# ----- adversarial training -------------------------------------------------------------------------------
+
+
+def test_pgd_and_fgsm_stay_in_the_ball_and_fool_the_model(victim: SplitNet, attacker: TensorData) -> None:
+    x = attacker.x[:100]
+    for eps, step, iters in ((0.25, 0.05, 10), (0.25, 0.25, 1)):
+        adv = linf_attack(victim, x, eps, step, iters)
+        assert float((adv - x).abs().max()) <= eps + 1e-6 and float(adv.min()) >= 0 and float(adv.max()) <= 1
+        clean = predict_logits(victim, x)
+        loss = torch.nn.functional.cross_entropy  # against the model's own answers, as ART's untargeted PGD
+        assert float(loss(predict_logits(victim, adv), clean.argmax(1))) > float(loss(clean, clean.argmax(1))) + 0.1
+    assert all(p.requires_grad for p in victim.parameters())  # restored
+
+
+def test_adversarial_training_counts_generation_and_training(victim: SplitNet, attacker: TensorData) -> None:
+    cfg = {"eps": [0.1, 0.25], "max_iter": 3, "n_max": 50}
+    model, log = get_attack("adversarial-training", cfg).run(victim, attacker, AttackBudget(epochs=2, batch_size=50))
+    per_epoch = 2 * 50 * (3 + 1) + (200 + 2 * 50)  # PGD passes, then one epoch on clean + adversarial
+    assert log.epochs == 2 and log.forward_samples == 2 * per_epoch
+    assert [r["epoch"] for r in log.curve] == [1, 2]
+    assert log.details["adversarial_per_epoch"] == 100
+    _, fgsm = get_attack("adversarial-training", cfg | {"method": "fgsm"}).run(
+        victim, attacker, AttackBudget(epochs=1, batch_size=50)
+    )
+    assert fgsm.forward_samples == 2 * 50 * 2 + 300
+
+
+# ----- input preprocessing --------------------------------------------------------------------------------
+
+
+def test_jpeg_is_pillows_round_trip_at_the_stated_quality() -> None:
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = JpegCompression(quality=40)(x)
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.fromarray((x[i, 0] * 255).round().to(torch.uint8).numpy(), mode="L").save(buf, "JPEG", quality=40)
+        ref = torch.from_numpy(np.array(Image.open(io.BytesIO(buf.getvalue())))).float() / 255
+        assert torch.equal(out[i, 0], ref)
+    rgb = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert float((JpegCompression(10)(rgb) - rgb).abs().mean()) > float((JpegCompression(95)(rgb) - rgb).abs().mean())
+    with pytest.raises(ConfigError, match="1- or 3-channel"):
+        JpegCompression()(torch.rand(1, 2, 8, 8))
+
+
+def test_noise_quantization_blur_and_flip_change_inputs_as_stated() -> None:
+    flat = torch.full((4, 1, 64, 64), 0.5)
+    noise = GaussianNoise(sigma=0.05, seed=0)
+    d = noise(flat) - flat
+    assert abs(float(d.std()) - 0.05) < 0.0025 and abs(float(d.mean())) < 0.002
+    assert not torch.equal(noise(flat), noise(flat))  # fresh noise each call
+    assert torch.equal(GaussianNoise(0.05, seed=0)(flat), GaussianNoise(0.05, seed=0)(flat))  # seeded
+    assert float(GaussianNoise(1.0)(flat).min()) >= 0 and float(GaussianNoise(1.0)(flat).max()) <= 1
+
+    x = torch.rand(2, 3, 10, 10, generator=torch.Generator().manual_seed(2))
+    q = InputQuantization(levels=4)(x)
+    assert set(q.unique().tolist()) <= {0.125, 0.375, 0.625, 0.875}
+    assert float((q - x).abs().max()) <= 1 / 8 + 1e-7
+    assert len(InputQuantization(16)(torch.linspace(0, 1, 1000).view(1, 1, 10, 100)).unique()) == 16
+
+    impulse = torch.zeros(1, 1, 11, 11)
+    impulse[0, 0, 5, 5] = 1.0
+    k = gaussian_kernel(0.5)
+    assert k.shape == (5, 5) and float(k.sum()) == pytest.approx(1.0) and torch.equal(k, k.T)
+    blurred = KernelFilter(k, "gaussian")(impulse)
+    assert torch.allclose(blurred[0, 0, 3:8, 3:8], k) and float(blurred.sum()) == pytest.approx(1.0)
+    mean = KernelFilter(torch.full((3, 3), 1 / 9), "mean")(impulse)
+    assert torch.allclose(mean[0, 0, 4:7, 4:7], torch.full((3, 3), 1 / 9)) and float(mean.sum()) == pytest.approx(1)
+    assert float(MedianFilter(3)(impulse).abs().sum()) == 0  # an isolated speck is removed
+    assert torch.equal(MedianFilter(3)(torch.full((1, 2, 6, 6), 0.3)), torch.full((1, 2, 6, 6), 0.3))
+
+
+def test_preprocessing_wraps_the_suspect_model(victim: SplitNet, attacker: TensorData) -> None:
+    attacked, log = get_attack("input-preprocessing", {"method": "quantize", "levels": 8}).run(victim, attacker)
+    assert isinstance(attacked, PreprocessedNet) and attacked.state_dict().keys() == victim.state_dict().keys()
+    x = attacker.x[:8]
+    with torch.no_grad():
+        assert torch.equal(attacked(x), victim(InputQuantization(8)(x)))
+    assert log.epochs == 0 and log.samples == 0 and "levels=8" in log.details["preprocess"]
+    flipped, _ = get_attack("input-preprocessing", {"method": "hflip"}).run(attacked, attacker)
+    with torch.no_grad():  # a wrapper of a wrapper applies both, the earlier first
+        assert torch.equal(flipped(x), victim(InputQuantization(8)(x).flip(-1)))
+    tuned, tlog = get_attack("input-preprocessing", {"method": "mean-blur", "fine_tune": True}).run(
+        victim, attacker, AttackBudget(epochs=1, batch_size=50)
+    )
+    assert tlog.epochs == 1 and tlog.forward_samples == len(attacker)
+    assert not torch.equal(tuned.classifier.weight, victim.classifier.weight)
+
+
 # ----- weight quantization --------------------------------------------------------------------------------
 
 
@@ -220,3 +367,26 @@ def test_weight_quantization_leaves_at_most_2_to_the_bits_values(
         victim, attacker, AttackBudget(epochs=1, batch_size=50)
     )
     assert any(len(p.unique()) > 2**bits for p in wrt.parameters())  # WRT ships the fine-tuned floats
+
+
+# ----- neural laundering ----------------------------------------------------------------------------------
+
+
+def test_neural_laundering_resets_the_units_the_trigger_drives(victim: SplitNet, attacker: TensorData) -> None:
+    conv_diff = torch.zeros(3, 4, 4)
+    conv_diff[1, 2, 2] = 0.6  # one position above ct = 0.5 is enough
+    conv_diff[2] = 0.4
+    assert units_to_reset(conv_diff, 0.5, 0.2).tolist() == [1]
+    assert units_to_reset(torch.tensor([0.1, 0.3, -1.0]), 0.5, 0.2).tolist() == [1]
+    assert [n for n, _ in candidate_layers(victim)] == ["features.0.3", "features.2"]  # 2nd-half conv, hidden dense
+    cfg = {"scan_steps": 20, "ct": 0.0, "dt": 0.0}
+    model, log = get_attack("neural-laundering", cfg).run(victim, attacker, AttackBudget(epochs=0))
+    reset = log.details["reset"]
+    assert log.details["reset_units"] > 0
+    layers = dict(model.named_modules())
+    for name, units in reset.items():
+        assert float(layers[name].weight.detach()[units].abs().sum()) == 0
+    scan_fwd = log.details["scan"]["forward_samples"]
+    assert log.forward_samples == scan_fwd + 2 * len(attacker)
+    _, trained = get_attack("neural-laundering", cfg).run(victim, attacker, AttackBudget(epochs=1, batch_size=50))
+    assert trained.forward_samples == scan_fwd + 4 * len(attacker)  # + one epoch on clean and triggered

@@ -9,11 +9,15 @@ naming the WRT file it read.
 """
 
 from deepserial.attacks import (  # noqa: F401  (register the attacks)
+    adversarial_training,
     extraction,
+    feature_permutation,
     fine_pruning,
     fine_tuning,
+    input_preprocessing,
     label_smoothing,
     neural_cleanse,
+    neural_laundering,
     overwrite,
     pruning,
     regularization,
