@@ -14,6 +14,7 @@ from torch import nn
 
 from deepserial.attacks.adversarial_training import linf_attack
 from deepserial.attacks.base import AttackBudget, get_attack
+from deepserial.attacks.distillation import architecture_signature
 from deepserial.attacks.feature_permutation import permutable_pairs
 from deepserial.attacks.fine_pruning import mean_channel_activation
 from deepserial.attacks.input_preprocessing import (
@@ -28,6 +29,7 @@ from deepserial.attacks.input_preprocessing import (
 from deepserial.attacks.neural_laundering import candidate_layers, units_to_reset
 from deepserial.attacks.pruning import channel_activity
 from deepserial.attacks.regularization import phase_epochs
+from deepserial.attacks.smooth_retraining import augment
 from deepserial.attacks.targets import one_hot, smooth
 from deepserial.attacks.weight_quantization import quantize_tensor
 from deepserial.data import TensorData
@@ -367,6 +369,61 @@ def test_weight_quantization_leaves_at_most_2_to_the_bits_values(
         victim, attacker, AttackBudget(epochs=1, batch_size=50)
     )
     assert any(len(p.unique()) > 2**bits for p in wrt.parameters())  # WRT ships the fine-tuned floats
+
+
+# ----- retraining: distillation, smooth retraining, cross-architecture -----------------------------------
+
+
+def test_distillation_trains_a_fresh_student_towards_the_softened_outputs(
+    victim: SplitNet, attacker: TensorData
+) -> None:
+    T = 3.0
+    teacher = torch.softmax(predict_logits(victim, attacker.x) / T, 1)
+
+    def kl(m: nn.Module) -> float:
+        log_q = torch.log_softmax(predict_logits(m, attacker.x) / T, 1)
+        return float(torch.nn.functional.kl_div(log_q, teacher, reduction="batchmean"))
+
+    fresh, _ = get_attack("distillation").run(victim, attacker, AttackBudget(epochs=0))
+    student, log = get_attack("distillation", {"temperature": T}).run(
+        victim, attacker, AttackBudget(epochs=6, batch_size=50)
+    )
+    assert kl(student) < 0.5 * kl(fresh) and log.curve[-1]["loss"] < log.curve[0]["loss"]
+    assert log.queries == len(attacker) and log.forward_samples == 6 * len(attacker)
+    _, capped = get_attack("distillation").run(victim, attacker, AttackBudget(epochs=1, batch_size=50, queries=60))
+    assert capped.queries == 60 and capped.samples == 60 and capped.forward_samples == 60
+
+
+def test_smooth_retraining_averages_augmented_queries(victim: SplitNet, attacker: TensorData) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = attacker.x[:20]
+    assert torch.equal(augment(x, 0, False, g), x)
+    shifted = augment(x, 2, False, g)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(20):  # every output is one of the 25 crops of its padded image
+        assert any(torch.equal(shifted[i], padded[i, :, a : a + 12, b : b + 12]) for a in range(5) for b in range(5))
+    flips = augment(x, 0, True, torch.Generator().manual_seed(1))
+    mirrored = [bool(torch.equal(flips[i], x[i].flip(-1))) for i in range(20)]
+    assert all(m or torch.equal(flips[i], x[i]) for i, m in enumerate(mirrored)) and 0 < sum(mirrored) < 20
+    attack = get_attack("smooth-retraining", {"padding": 0, "flip": False, "n_queries": 3})
+    _, log = attack.run(victim, attacker, AttackBudget(epochs=1, batch_size=50, queries=90))
+    assert log.queries == 90 and log.samples == 30 and log.forward_samples == 30
+    # without augmentation the three answers agree: the targets are the victim's softmax itself
+    from deepserial.attacks.base import AttackLog
+
+    used, probs = attack.victim_targets(victim, attacker, AttackBudget(), AttackLog("t", {}, 0))
+    assert torch.allclose(probs, torch.softmax(predict_logits(victim, used.x), 1), atol=1e-6)
+
+
+def test_cross_architecture_retraining_distils_into_another_network(victim: SplitNet, attacker: TensorData) -> None:
+    student, log = get_attack("cross-architecture-retraining").run(
+        victim, attacker, AttackBudget(epochs=1, batch_size=50)
+    )
+    assert architecture_signature(student) != architecture_signature(victim)
+    assert log.details["student_arch"] == "null_traffic"  # null_digit cannot take 12 x 12, dsn_mnist is the victim
+    assert predict_logits(student, attacker.x[:2]).shape == (2, C) and log.queries == len(attacker)
+    with pytest.raises(ConfigError, match="victim's own architecture"):
+        get_attack("cross-architecture-retraining", {"arch": "dsn_mnist"}).run(victim, attacker, AttackBudget(epochs=0))
 
 
 # ----- neural laundering ----------------------------------------------------------------------------------

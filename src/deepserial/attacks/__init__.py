@@ -10,6 +10,8 @@ naming the WRT file it read.
 
 from deepserial.attacks import (  # noqa: F401  (register the attacks)
     adversarial_training,
+    cross_architecture,
+    distillation,
     extraction,
     feature_permutation,
     fine_pruning,
@@ -22,6 +24,7 @@ from deepserial.attacks import (  # noqa: F401  (register the attacks)
     pruning,
     regularization,
     serial_search,
+    smooth_retraining,
     transfer,
     weight_quantization,
     weight_shifting,
