@@ -5,6 +5,7 @@ inputs transformed as configured, targets reached) and what its log accounts for
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from PIL import Image
 from torch import nn
 
 from deepserial.attacks.adversarial_training import linf_attack
-from deepserial.attacks.base import AttackBudget, get_attack
+from deepserial.attacks.base import ATTACKS, AttackBudget, attacker_share, get_attack
+from deepserial.attacks.combined import split_epochs
 from deepserial.attacks.distillation import architecture_signature
 from deepserial.attacks.feature_permutation import permutable_pairs
 from deepserial.attacks.fine_pruning import mean_channel_activation
@@ -36,7 +38,7 @@ from deepserial.data import TensorData
 from deepserial.errors import ConfigError
 from deepserial.nets import SplitNet, _BasicBlock, create_model
 from deepserial.schemes.uchida import flat_mean_weights
-from deepserial.training import TrainConfig, fit, predict_logits, supervised_loss
+from deepserial.training import TrainConfig, accuracy, fit, predict_logits, supervised_loss
 
 SHAPE = (1, 12, 12)
 C = 4
@@ -127,6 +129,41 @@ def _residual_net() -> SplitNet:
         nn.Flatten(),
     )
     return SplitNet(features, nn.Linear(8, C), 8).eval()
+
+
+# ----- every attack: registry, budget, cost -----------------------------------------------------------------
+
+
+def test_every_wrt_attack_is_registered_with_its_sources() -> None:
+    import deepserial.attacks  # noqa: F401
+
+    for name in NEW:
+        cls = ATTACKS[name]
+        assert cls.citation and cls.__doc__ and "Examples::" in cls.__doc__
+        assert "WRT" in cls.citation
+    with pytest.raises(ConfigError, match="lmbda2"):
+        get_attack("weight-shifting", {"lmbda2": -1})
+    with pytest.raises(ConfigError, match="method"):
+        get_attack("input-preprocessing", {"method": "sepia"})
+    with pytest.raises(ConfigError, match="unknown attack"):
+        get_attack("combined", {"steps": [{"attack": "nope"}]})
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_every_attack_respects_the_budget_and_reports_its_cost(
+    victim: SplitNet, attacker: TensorData, name: str
+) -> None:
+    before = {k: v.clone() for k, v in victim.state_dict().items()}
+    share = attacker_share(attacker, 0.1, 1000, seed=1)  # the attacker holds 10% of 1,000 samples
+    budget = AttackBudget(epochs=1, batch_size=50)
+    model, log = get_attack(name, FAST.get(name, {})).run(victim, share, budget)
+    assert all(torch.equal(v, before[k]) for k, v in victim.state_dict().items())  # the victim is untouched
+    assert log.epochs <= budget.epochs and len(log.curve) == log.epochs
+    assert log.samples <= len(share) == 100
+    assert log.wall_s > 0 and log.forward_samples >= log.epochs * log.samples
+    assert log.attack == name and log.budget["epochs"] == 1
+    json.dumps(log.to_dict())  # the report is plain data
+    assert predict_logits(model, share.x[:4]).shape == (4, C)
 
 
 # ----- weight shifting ------------------------------------------------------------------------------------
@@ -447,3 +484,26 @@ def test_neural_laundering_resets_the_units_the_trigger_drives(victim: SplitNet,
     assert log.forward_samples == scan_fwd + 2 * len(attacker)
     _, trained = get_attack("neural-laundering", cfg).run(victim, attacker, AttackBudget(epochs=1, batch_size=50))
     assert trained.forward_samples == scan_fwd + 4 * len(attacker)  # + one epoch on clean and triggered
+
+
+# ----- combined -------------------------------------------------------------------------------------------
+
+
+def test_combined_attacks_chain_steps_and_split_the_budget(victim: SplitNet, attacker: TensorData) -> None:
+    assert split_epochs([0.5, 0.5, 0], 10) == [5, 5, 0] and split_epochs([None, None, None], 10) == [4, 3, 3]
+    assert sum(split_epochs([0.5, 0.5], 1)) == 1
+    model, log = get_attack("combined", {"preset": "wrt-combined2"}).run(
+        victim, attacker, AttackBudget(epochs=2, batch_size=50)
+    )
+    steps = log.details["steps"]
+    assert [s["attack"] for s in steps] == ["weight-shifting", "fine-pruning", "input-preprocessing"]
+    assert [s["epochs_budget"] for s in steps] == [1, 1, 0] and log.epochs == 2
+    assert log.forward_samples == sum(s["forward_samples"] for s in steps) == 3 * len(attacker)
+    assert isinstance(model, PreprocessedNet) and [r["step"] for r in log.curve] == [1, 2]
+    assert accuracy(model, attacker) >= 0  # the chain's result answers
+    with pytest.raises(ConfigError, match="more than the whole budget"):
+        get_attack(
+            "combined", {"steps": [{"attack": "fine-tuning", "share": 0.7}, {"attack": "pruning", "share": 0.7}]}
+        )
+    with pytest.raises(ConfigError, match="another combined"):
+        get_attack("combined", {"steps": [{"attack": "combined"}]})

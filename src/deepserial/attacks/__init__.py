@@ -5,11 +5,14 @@ and is called the same way: ``get_attack(name, options).run(model, attacker_data
 
 The removal attacks of the Watermark-Robustness-Toolbox (Lukas et al., "SoK: How Robust is Image
 Classification Deep Neural Network Watermarking?", IEEE S&P 2022) follow its defaults, each module
-naming the WRT file it read.
+naming the WRT file it read: weight shifting, fine-pruning, regularization, neural laundering, label
+smoothing, feature permutation, adversarial training, input preprocessing, weight quantization,
+distillation, smooth retraining, cross-architecture retraining and their combinations.
 """
 
 from deepserial.attacks import (  # noqa: F401  (register the attacks)
     adversarial_training,
+    combined,
     cross_architecture,
     distillation,
     extraction,
