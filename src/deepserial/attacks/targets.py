@@ -118,7 +118,6 @@ def fine_tune(
     default_lr: float = 1e-3,
     weight_decay: float = 0.0,
     constant_lr: bool = True,
-    params: list[nn.Parameter] | None = None,
 ) -> None:
     """Train ``model`` towards ``targets`` (``(N, K)``, aligned with ``data``) through the shared loop
     with the budget's settings (``epochs`` overrides the budget's, e.g. one phase of several), and
@@ -129,6 +128,4 @@ def fine_tune(
     cfg = dataclasses.replace(cfg, epochs=n_epochs, weight_decay=weight_decay, plateau_patience=patience)
     if cfg.epochs == 0 or len(data) == 0:
         return
-    log.add_training(
-        fit(model, data, soft_target_loss(targets), cfg, params=params, on_epoch_end=on_epoch_end, desc=desc)
-    )
+    log.add_training(fit(model, data, soft_target_loss(targets), cfg, on_epoch_end=on_epoch_end, desc=desc))
