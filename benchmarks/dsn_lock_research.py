@@ -4,7 +4,7 @@ Each run: the seed's split and teacher (cached under ``--cache``), one student d
 recipe's :class:`~deepserial.schemes.dsn.DSNConfig`, then the lock's figures:
 
 - valid / raw accuracy; 2,000 random wrong keys; every Hamming-1 and Hamming-2 neighbour; 1,000
-  sampled Hamming-3 neighbours (keys on 100 test images each, Hamming-1 on the whole test set);
+  sampled Hamming-3 neighbours (keys on 50 test images each, Hamming-1 on the whole test set);
 - reverse engineering knowing the region (sigmoid pattern, Adam lr 0.1, 300 steps on 400 labelled
   attacker images, 10 restarts, then a greedy bit search on the attacker's own loss; the attacker keeps
   the restart of lowest own loss);
@@ -73,7 +73,7 @@ def acc_keys(model, x, y, g, keys, chunk=4096) -> np.ndarray:  # noqa: ANN001
 def keyspace(model, serial: SerialNumber, test: TensorData, rng: np.random.Generator) -> dict:  # noqa: ANN001
     g = serial.geometry
     n = g.nbits
-    sel = torch.from_numpy(rng.choice(len(test), 100, replace=False))
+    sel = torch.from_numpy(rng.choice(len(test), 50, replace=False))
     xs, ys = test.x[sel], test.y[sel]
     out = {}
     out["valid"] = float(acc_keys(model, test.x, test.y, g, serial.as_tensor()[None])[0])
