@@ -234,3 +234,83 @@ def test_the_committed_seeds_summary_is_recomputed_from_its_runs(tmp_path: Path)
     assert "recomputed from the per-seed runs" in md.read_text()
     with pytest.raises(ConfigError, match="not a seeds report"):
         attacks.resummarise_seeds(Path(__file__).resolve().parents[1] / "reports" / "attacks_dsn_mnist5k.json")
+
+
+# ----- the WRT suite (--suite wrt) -------------------------------------------------------------------
+WRT_TINY = TINY | {
+    "watermark_epochs": 2,
+    "embed_attempts": 1,
+    "wrt_fractions": (0.1, 0.2),
+    "wrt_attacks": ("weight shifting", "JPEG 95", "cross-architecture retraining"),
+}
+
+
+def test_wrt_suite_on_a_watermark_reports_every_attack_cost_and_both_unmarked_controls(tmp_path: Path) -> None:
+    from deepserial.experiments import wrt_attacks
+
+    paths = attacks.run("uchida", "mnist5k", tmp_path, progress=False, overrides=WRT_TINY, suite="wrt")
+    assert [p.name for p in paths] == [f"wrt_uchida_mnist5k.{s}" for s in ("md", "json", "png")]
+    assert not list(tmp_path.glob("attacks_*"))  # the papers' report is not touched
+    rep = json.loads(paths[1].read_text())
+    assert rep["experiment"] == "wrt-attacks" and rep["removal_margin"] == wrt_attacks.REMOVAL_MARGIN
+    assert set(rep["fractions"]) == {"0.1", "0.2"} and rep["fractions"]["0.1"]["samples"] == 48
+    for row in rep["fractions"].values():
+        assert list(row["attacks"]) == list(WRT_TINY["wrt_attacks"])
+        assert "p_value" in row["from_scratch"]["verdict"]  # the from-scratch control is verified too
+        for e in row["attacks"].values():
+            assert "p_value" in e["verdict"] and e["wall_s"] > 0 and "test_acc" in e
+    row = rep["fractions"]["0.2"]["attacks"]
+    assert row["JPEG 95"]["forward_samples"] == 0 and row["weight shifting"]["forward_samples"] > 0
+    assert row["cross-architecture retraining"]["details"]["student_arch"] != "dsn_mnist"
+    ref = rep["reference_attacks"]
+    assert ref["fraction"] == "0.1" and set(ref["attacks"]) == set(WRT_TINY["wrt_attacks"])
+    assert all("decision" in e["verdict"] for e in ref["attacks"].values())
+    assert "decision" in rep["reference"]["verdict"]
+    o = wrt_attacks.outcome(rep, "0.2", "weight shifting")
+    assert o["cost"] == pytest.approx(rep["victim"]["test_acc"] - row["weight shifting"]["test_acc"])
+    assert o["forward_ratio"] == pytest.approx(
+        row["weight shifting"]["forward_samples"] / rep["fractions"]["0.2"]["from_scratch"]["forward_samples"]
+    )
+    md = paths[0].read_text()
+    assert "unmarked reference attacked" in md and "--suite wrt --scheme uchida" in md
+
+
+def test_wrt_suite_on_dsn_reports_accuracy_without_and_with_the_serial_number(tmp_path: Path) -> None:
+    over = WRT_TINY | {"wrt_fractions": (0.1,), "wrt_attacks": ("fine-pruning 60%", "JPEG 95")}
+    paths = attacks.run("dsn", "mnist5k", tmp_path, progress=False, overrides=over, suite="wrt")
+    rep = json.loads(paths[1].read_text())
+    assert rep["scheme"] == "dsn" and "reference_attacks" not in rep
+    for e in [rep["victim"], *rep["fractions"]["0.1"]["attacks"].values()]:
+        assert {"test_acc", "with_serial_acc", "lock_holds"} <= set(e) and "verdict" not in e
+    assert "with SN (%)" in paths[0].read_text()
+
+
+def test_wrt_suite_refuses_an_unknown_column_before_training(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown WRT suite column"):
+        attacks.run("adi", "mnist5k", tmp_path, overrides={"wrt_attacks": ("nope",)}, suite="wrt")
+    with pytest.raises(ConfigError, match="unknown attack suite"):
+        attacks.run("adi", "mnist5k", tmp_path, suite="nope")
+    assert not list(tmp_path.iterdir())
+
+
+def test_removed_needs_the_protection_gone_and_the_accuracy_kept() -> None:
+    from deepserial.experiments.wrt_attacks import REMOVAL_MARGIN, lock_holds, removed
+
+    kept = {"test_acc": 95.0 - REMOVAL_MARGIN, "verdict": {"decision": False}}
+    assert removed(kept, 95.0)
+    assert not removed(kept | {"test_acc": 94.9 - REMOVAL_MARGIN}, 95.0)  # too costly to count
+    assert not removed(kept | {"verdict": {"decision": True}}, 95.0)  # still verified
+    assert not removed({"test_acc": None, "verdict": {"decision": False}}, 95.0)  # other labels: no model
+    assert lock_holds(19.9, 10) and not lock_holds(20.0, 10)
+    assert removed({"test_acc": 93.0, "lock_holds": False}, 97.0)
+    assert not removed({"test_acc": 93.0, "lock_holds": True}, 97.0)
+
+
+def test_resulting_arch_follows_the_last_student_of_a_sequence() -> None:
+    from deepserial.attacks.base import resulting_arch
+
+    assert resulting_arch("dsn_mnist", {"details": {}}) == "dsn_mnist"
+    assert resulting_arch("dsn_mnist", {"details": {"student_arch": None}}) == "dsn_mnist"  # the victim's, fresh
+    assert resulting_arch("dsn_mnist", {"details": {"student_arch": "null_digit"}}) == "null_digit"
+    steps = [{"details": {"student_arch": "null_digit"}}, {"details": {"shifted": []}}]
+    assert resulting_arch("dsn_mnist", {"details": {"steps": steps}}) == "null_digit"

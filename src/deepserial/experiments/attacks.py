@@ -61,6 +61,10 @@ class AttackExperiment(BaseModel):
     extraction_volumes: tuple[float, ...] = (0.25, 0.5, 1.0)
     transfer_samples: int = 5000
     recovery_epochs: int = 6
+    # the WRT suite (``--suite wrt``, :mod:`deepserial.experiments.wrt_attacks`): attacker shares, and the
+    # suite's columns by label (None: all of them)
+    wrt_fractions: tuple[float, ...] = (0.1, 0.4)
+    wrt_attacks: tuple[str, ...] | None = None
     limit: int | None = None
 
 
@@ -121,15 +125,41 @@ def cost_ratio(
     }
 
 
+SUITES = ("papers", "wrt")
+
+
 def run(
-    scheme: str, dataset: str, out: Path, seed: int = 0, progress: bool = True, overrides: dict[str, Any] | None = None
+    scheme: str,
+    dataset: str,
+    out: Path,
+    seed: int = 0,
+    progress: bool = True,
+    overrides: dict[str, Any] | None = None,
+    suite: str = "papers",
 ) -> list[Path]:
-    """Run the robustness reproduction for ``scheme`` on ``dataset``; write its report."""
+    """Run the robustness reproduction for ``scheme`` on ``dataset``; write its report. ``suite``
+    "papers": the attacks of the protection's papers (``attacks_<scheme>_<dataset>``); "wrt": the WRT
+    removal attacks (:mod:`deepserial.experiments.wrt_attacks`, ``wrt_<scheme>_<dataset>``)."""
     if scheme != "dsn" and scheme not in PLANS:
         raise ConfigError(f"no attack reproduction for scheme {scheme!r}; choose one of dsn, {', '.join(PLANS)}")
     if dataset not in CONFIGS:
         raise ConfigError(f"no attack reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)}")
+    if suite not in SUITES:
+        raise ConfigError(f"unknown attack suite {suite!r}; choose one of {', '.join(SUITES)}")
     cfg = CONFIGS[dataset].model_copy(update=overrides or {})
+    if suite == "wrt":
+        from deepserial.experiments import wrt_attacks
+        from deepserial.experiments.watermarks import signing_time
+
+        wrt_attacks.suite_for(cfg)  # unknown columns refused before any training
+        with signing_time() as epoch:
+            if scheme == "dsn":
+                rep = wrt_attacks.run_dsn(cfg, seed, progress)
+            else:
+                rep = wrt_attacks.run_watermark(cfg, scheme, seed, progress)
+        rep["signed_at_epoch"] = int(epoch)
+        rep["environment"] = environment()
+        return write_report(out / f"wrt_{scheme}_{dataset}", rep, wrt_attacks.markdown(rep), wrt_attacks.figure(rep))
     stem = out / f"attacks_{scheme}_{dataset}"
     if scheme != "dsn":
         from deepserial.experiments import watermark_attacks

@@ -75,20 +75,38 @@ COLUMN = {
 OTHER_DATASET = {"mnist5k": "fashion-mnist", "fashion-mnist": "mnist5k"}
 
 
-def run_scheme(
-    cfg: Any, scheme_name: str, seed: int, progress: bool, plan: tuple[str, ...] | None = None
-) -> dict[str, Any]:
-    """Embed ``scheme_name`` once and run the attacks its paper evaluates, or those of ``plan`` (``cfg``
-    is an :class:`deepserial.experiments.attacks.AttackExperiment`)."""
-    from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
-    from deepserial.experiments.attacks import PLANS
+@dataclasses.dataclass
+class Victim:
+    """A watermarked model to attack, as :func:`embed_victim` made it."""
+
+    model: Any
+    key: Any
+    splits: Any
+    classes: int  # the task's classes (a new-label model answers one more)
+    wm: Any  # the WatermarkExperiment settings it was embedded with
+    scheme: Any
+    teacher: Any  # the unmarked trained model a fine-tuning scheme started from, else None
+    attempts: list[dict[str, Any]]
+
+    def measure(self, model: Any, key: Any = None) -> dict[str, Any]:
+        """Test accuracy and the verdict of ``key`` (default: the owner's) on ``model``."""
+        from deepserial.workflow import measure_model
+
+        return measure_model(
+            model, self.splits, task_classes=self.classes, key=self.key if key is None else key, fpr=self.wm.fpr
+        )
+
+
+def embed_victim(cfg: Any, scheme_name: str, seed: int, progress: bool) -> Victim:
+    """The watermarked model both attack suites attack: the network, data split and budget of
+    ``deepserial reproduce <scheme>``, the owner from the seed, and a key that verifies after embedding
+    (up to ``cfg.embed_attempts`` keys, each attempt reported)."""
     from deepserial.experiments.watermarks import CONFIGS as WM_CONFIGS
     from deepserial.identity import OwnerIdentity
     from deepserial.schemes.base import get_scheme
     from deepserial.training import TrainConfig
     from deepserial.workflow import DataSpec, embed_watermark, loaded, measure_model, train_teacher
 
-    t0 = time.perf_counter()
     wm = WM_CONFIGS[cfg.dataset]
     wm = wm.model_copy(
         update=wm.per_scheme.get(scheme_name, {})
@@ -108,13 +126,34 @@ def run_scheme(
         marked = embed_watermark(
             scheme, owner, data, train, arch=wm.arch, subject=f"attacked-{attempt}", owner_id="reproduce", base=base
         )
-        splits = marked.splits
         classes = int(marked.manifest.get("task_classes", marked.manifest["num_classes"]))
-        check = measure_model(marked.model, splits, task_classes=classes, key=marked.key, fpr=wm.fpr)
+        check = measure_model(marked.model, marked.splits, task_classes=classes, key=marked.key, fpr=wm.fpr)
         attempts.append(check)
         if check["verdict"].get("decision"):
             break
-    victim, key = marked.model, marked.key
+    return Victim(marked.model, marked.key, marked.splits, classes, wm, scheme, teacher, attempts)
+
+
+def run_scheme(
+    cfg: Any, scheme_name: str, seed: int, progress: bool, plan: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """Embed ``scheme_name`` once and run the attacks its paper evaluates, or those of ``plan`` (``cfg``
+    is an :class:`deepserial.experiments.attacks.AttackExperiment`)."""
+    from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
+    from deepserial.experiments.attacks import PLANS
+    from deepserial.workflow import measure_model
+
+    t0 = time.perf_counter()
+    v = embed_victim(cfg, scheme_name, seed, progress)
+    victim, key, splits, classes, wm, scheme, attempts = (
+        v.model,
+        v.key,
+        v.splits,
+        v.classes,
+        v.wm,
+        v.scheme,
+        v.attempts,
+    )
     total = len(splits.owner) + len(splits.attacker)
 
     def measure(model: Any, **kw: Any) -> dict[str, Any]:
