@@ -937,6 +937,39 @@ def test_attack_bad_inputs(capsys, marked: Path, vendor: Vendor, tmp_path: Path)
     assert file_digests(tmp_path) == before  # nothing written by any failure
 
 
+def test_attack_out_after_retraining_another_network_saves_a_file_that_loads(
+    capsys, vendor: Vendor, tmp_path: Path
+) -> None:
+    teacher = load_model(vendor.teacher_path)
+    steps = json.dumps([{"attack": "weight-shifting"}, {"attack": "cross-architecture-retraining"}])
+    for name, extra in (("cross-architecture-retraining", []), ("combined", ["--set", f"steps={steps}"])):
+        out, rep = tmp_path / f"{name}.safetensors", tmp_path / f"{name}.json"
+        common = ["--fraction", "0.1", "--epochs", "2", "--quiet", "--report", str(rep)]
+        run_ok(capsys, ["attack", name, "--model", str(vendor.teacher_path), "--out", str(out), *common, *extra])
+        details = json.loads(rep.read_text())["log"]["details"]
+        student = details["steps"][-1]["details"]["student_arch"] if name == "combined" else details["student_arch"]
+        assert student != teacher.manifest["arch"]
+        loaded = load_model(out)  # built as the student's own network, not the victim's
+        assert loaded.manifest["arch"] == student
+        assert loaded.model.state_dict().keys() != teacher.model.state_dict().keys()
+        x = torch.rand(4, *teacher.manifest["input_shape"])
+        assert predict_logits(loaded.model, x).shape == (4, teacher.manifest["num_classes"])
+
+
+def test_attack_out_refuses_an_input_transformation_and_writes_nothing(capsys, vendor: Vendor, tmp_path: Path) -> None:
+    m, out = str(vendor.teacher_path), str(tmp_path / "x.safetensors")
+    before = file_digests(tmp_path)
+    run_err(capsys, ["attack", "input-preprocessing", "--model", m, "--out", out], "transforms the inputs", "--out")
+    run_err(
+        capsys,
+        ["attack", "combined", "--model", m, "--out", out, "--set", "preset=wrt-combined1"],
+        "transforms the inputs",
+    )
+    assert file_digests(tmp_path) == before
+    text = run_ok(capsys, ["attack", "input-preprocessing", "--model", m, "--fraction", "0.1", "--quiet"])
+    assert "after" in text  # without --out the attack runs and reports
+
+
 def test_watermark_schemes_lists_the_registry(capsys) -> None:
     out = run_ok(capsys, ["watermark", "schemes"])
     assert "null-embedding" in out and "dsn" in out and "arXiv" in out
@@ -951,6 +984,8 @@ def test_reproduce_attacks_seeds_bad_input_writes_nothing(capsys, tmp_path: Path
     run_err(capsys, ["reproduce", "attacks", "--seeds", "0,1", "--seed", "3", *out], "without --seed")
     run_err(capsys, ["reproduce", "attacks", "--seeds", "0,-1", *out], "non-negative")
     run_err(capsys, ["reproduce", "attacks", "--seeds", "0,1", "--dataset", "cifar-100", *out], "cifar-100")
+    run_err(capsys, ["reproduce", "attacks", "--suite", "nope", *out], "unknown attack suite", "wrt")
+    run_err(capsys, ["reproduce", "attacks", "--suite", "wrt", "--seeds", "0,1", *out], "--suite wrt")
     assert not list(tmp_path.iterdir())
 
 

@@ -602,13 +602,18 @@ def attack(
     """Attack a protected model with an explicit budget; report accuracy, serial-number accuracy and the
     ownership verdict before and after, and what the attack spent."""
     from deepserial.artifacts import load_key, load_model, save_model
-    from deepserial.attacks.base import AttackBudget, get_attack
+    from deepserial.attacks.base import AttackBudget, get_attack, resulting_arch
+    from deepserial.attacks.input_preprocessing import transforms_inputs
     from deepserial.report import write_json
     from deepserial.serial import SerialGeometry, SerialNumber
     from deepserial.workflow import attack_model
 
     _refuse_overwrite(*(p for p in (out, report) if p is not None), force=force)
     atk = get_attack(name, _scheme_settings(setting))
+    if out is not None and transforms_inputs(atk):
+        raise ConfigError(
+            f"{name} transforms the inputs, which is not a weight change a model file can hold; leave out --out"
+        )
     budget = AttackBudget.parse(
         epochs=epochs,
         lr=lr,
@@ -630,6 +635,7 @@ def attack(
     if out is not None:
         man = {k_: v for k_, v in target.manifest.items() if k_ not in ("integrity", "format")}
         man |= {
+            "arch": resulting_arch(target.manifest["arch"], rep["log"]),  # a retrained student's own network
             "role": "attacked",
             "num_classes": int(attacked.classifier.out_features),
             "attack": {"name": name, "budget": rep["log"]["budget"], "fraction": fraction, "source": str(model)},
@@ -729,14 +735,24 @@ def reproduce_attacks(
             "writes attacks_dsn_<dataset>_seeds (Tables 3-6 and pruning)."
         ),
     ] = None,
+    suite: Annotated[
+        str,
+        typer.Option(
+            help="papers: the attacks of the protection's papers (attacks_<scheme>_<dataset>); "
+            "wrt: the WRT removal attacks (wrt_<scheme>_<dataset>)."
+        ),
+    ] = "papers",
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
     """The papers' robustness tables beside ours. DSN: Tables 3-6 and Fig. 2 (fine-tuning, from scratch,
     transfer, overwriting, pruning, serial-number search, Neural Cleanse). A watermark scheme: the attacks
-    its paper evaluates, with the owner's verdict after each."""
+    its paper evaluates, with the owner's verdict after each. --suite wrt: the removal attacks of the
+    Watermark-Robustness-Toolbox (Lukas et al., IEEE S&P 2022) against either."""
     from deepserial.experiments.attacks import run, run_seeds
 
+    if suite != "papers" and (seeds is not None or tries is not None):
+        raise ConfigError("--seeds and --tries are for the papers' suite; leave them out with --suite wrt")
     if seeds is not None:
         if scheme != "dsn" or tries is not None or seed != 0:
             raise ConfigError(
@@ -751,7 +767,7 @@ def reproduce_attacks(
         typer.echo("wrote " + ", ".join(str(p) for p in paths))
         return
     over = {"brute_force_tries": tries} if tries is not None else None
-    paths = run(scheme, dataset, out, seed=seed, progress=not quiet, overrides=over)
+    paths = run(scheme, dataset, out, seed=seed, progress=not quiet, overrides=over, suite=suite)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
 

@@ -181,3 +181,15 @@ def get_attack(name: str, config: dict[str, Any] | None = None) -> Attack:
     if name not in ATTACKS:
         raise ConfigError(f"unknown attack {name!r}; choose one of {', '.join(sorted(ATTACKS))}")
     return ATTACKS[name](config)
+
+
+def resulting_arch(victim_arch: str, log: dict[str, Any]) -> str:
+    """The registered network of the model an attack returned, from its log (``AttackLog.to_dict()``):
+    a retraining attack's student names its own (``details["student_arch"]``; None: the victim's,
+    re-initialised), and in a combined attack each step starts from the previous step's model, so the
+    last step that named a student decides. A file of the attacked model must carry this ``arch`` to load."""
+    arch = victim_arch
+    steps = log.get("details", {}).get("steps")
+    for step in steps if steps is not None else [log]:
+        arch = step.get("details", {}).get("student_arch") or arch
+    return arch

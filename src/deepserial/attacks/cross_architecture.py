@@ -17,9 +17,9 @@ to a network with other layers. Defaults from the Watermark-Robustness-Toolbox
   of :data:`PREFERENCE` that builds for the input shape and is not the victim's architecture (the
   victim's is recognised by its parameter names and shapes).
 
-The student is returned; its registered network name is ``log.details["student_arch"]``: a file
-of the student must name that network, not the victim's, as its ``arch`` (``deepserial attack
---out`` copies the victim's manifest, so it cannot load such a file yet). Optimiser and query
+The student is returned; its registered network name is ``log.details["student_arch"]``, which a
+file of the student must name as its ``arch`` (``deepserial attack --out`` writes it there, through
+:func:`deepserial.attacks.base.resulting_arch`, also after a combined attack). Optimiser and query
 accounting as in :mod:`deepserial.attacks.distillation`.
 """
 

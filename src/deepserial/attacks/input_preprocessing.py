@@ -290,3 +290,11 @@ class InputPreprocessing(Attack):
         else:
             log.samples = 0
         return wrapped
+
+
+def transforms_inputs(attack: Attack) -> bool:
+    """Whether ``attack`` returns a model that transforms its inputs (input preprocessing, alone or as a
+    step of a combined attack): the transformation is not in the weights, so a saved file would lose it."""
+    if isinstance(attack, InputPreprocessing):
+        return True
+    return any(transforms_inputs(a) for a in getattr(attack, "attacks", []))
