@@ -3,8 +3,8 @@
 Every number README and docs/results.md show is read here from a JSON report in ``reports/`` (and, for
 the benchmark summary of docs/results.md, ``benchmarks/results/``); nothing is typed by hand, so a
 figure cannot drift from the report it came from. README keeps one headline table per family between
-markers (``<!-- dsn-headline -->``, ``<!-- wm-headline -->``, ``<!-- attack-headline -->`` and their
-closing ``<!-- /... -->``); docs/results.md is written whole.
+markers (``<!-- dsn-headline -->``, ``<!-- wm-headline -->``, ``<!-- attack-headline -->``,
+``<!-- wrt-headline -->`` and their closing ``<!-- /... -->``); docs/results.md is written whole.
 
 When an attack "worked" is decided by one rule, :func:`deepserial.experiments.attacks.attack_worked`;
 which provenance fields a report should carry by :data:`deepserial.report.PROVENANCE`.
@@ -26,6 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # the rules of this checkout, not of some installed copy
 
 from deepserial.experiments.attacks import HEADLINE, WORKED_RULE, attack_worked  # noqa: E402
+from deepserial.experiments.wrt_attacks import (  # noqa: E402
+    LOCK_MARGIN,
+    REMOVAL_MARGIN,
+    SOK,
+    controls_verified,
+    outcome,
+    protected_acc,
+)
 from deepserial.report import missing_provenance  # noqa: E402
 
 Report = dict[str, Any]
@@ -924,6 +932,144 @@ def attack_headline(reports: Path) -> str:
     return _table(header, rows)
 
 
+# ----- the WRT removal attacks (reproduce attacks --suite wrt) -----------------------------------------
+def _wrt_reports(reports: Path, dataset: str) -> list[Report]:
+    """Every ``reproduce attacks --suite wrt`` report of ``dataset``: DSN first, then by scheme."""
+    reps = [json.loads(p.read_text()) for p in sorted(reports.glob(f"wrt_*_{dataset}.json"))]
+    reps = [r for r in reps if r.get("experiment") == "wrt-attacks" and r.get("dataset") == dataset]
+    return sorted(reps, key=lambda r: (r["scheme"] != "dsn", r["scheme"]))
+
+
+def _wrt_cell(rep: Report, fraction: str, label: str) -> str:
+    """``R`` removed, ``k`` kept (verified / locked), ``x`` gone but at more than the margin's accuracy
+    cost; then the cost in points."""
+    if label not in rep["fractions"][fraction]["attacks"]:
+        return "–"
+    o = outcome(rep, fraction, label)
+    gone = (o["lock_holds"] is False) if o["lock_holds"] is not None else not o["verified"]
+    mark = "**R**" if o["removed"] else ("x" if gone else "k")
+    return mark if o["cost"] is None else f"{mark} {o['cost']:+.1f}"
+
+
+def _wrt_removed_by(rep: Report, fraction: str) -> list[str]:
+    return [a for a in rep["fractions"][fraction]["attacks"] if outcome(rep, fraction, a)["removed"]]
+
+
+def wrt_section(reports: Path, dataset: str) -> str:
+    """Scheme x attack: removed at what accuracy cost, per attacker share; the controls; the costs; the
+    SoK's findings beside ours."""
+    reps = _wrt_reports(reports, dataset)
+    if not reps:
+        return f"No report yet: run `deepserial reproduce attacks --suite wrt --scheme <scheme> --dataset {dataset}`."
+    fractions = sorted({f for r in reps for f in r["fractions"]}, key=float)
+    labels = list(dict.fromkeys(a for r in reps for f in r["fractions"] for a in r["fractions"][f]["attacks"]))
+    lines = [
+        f"### `{dataset}`",
+        "",
+        f"`deepserial reproduce attacks --suite wrt --scheme <scheme> --dataset {dataset}` → "
+        f"`reports/wrt_<scheme>_{dataset}.md` (every p-value, both accuracies of DSN, each attack's options).",
+        "",
+    ]
+    for f in fractions:
+        have = [r for r in reps if f in r["fractions"]]
+        header = ["attack"] + [r["scheme"] for r in have]
+        rows = [[a] + [_wrt_cell(r, f, a) for r in have] for a in labels]
+        scratch = []
+        for r in have:
+            e = r["fractions"][f]["from_scratch"]
+            scratch.append(f"{e['test_acc']:.1f}" + ("" if r["scheme"] == "dsn" else _mark(e.get("verdict"))))
+        rows.append(["*from scratch (control), accuracy*"] + scratch)
+        rows.append(["*protected model, accuracy*"] + [f"{protected_acc(r):.1f}" for r in have])
+        lines += [f"Attacker data {100 * float(f):g}% of the training data:", "", _table(header, rows), ""]
+    bad = {r["scheme"]: controls_verified(r) for r in reps}
+    bad = {k: v for k, v in bad.items() if v}
+    n_controls = sum(
+        len(r["fractions"]) + (1 + len(r["reference_attacks"]["attacks"]) if r.get("reference_attacks") else 0)
+        for r in reps
+        if r["scheme"] != "dsn"
+    )
+    lines += [
+        "Unmarked controls (each from-scratch model, each unmarked reference before and after every attack at "
+        "the smallest share), verified with the owner's key: "
+        + ("; ".join(f"**{k}: {', '.join(v)}**" for k, v in bad.items()) if bad else f"none of {n_controls} verified")
+        + ".",
+        "",
+    ]
+    largest = fractions[-1]
+    cost_rows = []
+    for a in labels:
+        outs = [
+            outcome(r, largest, a)
+            for r in reps
+            if largest in r["fractions"] and a in r["fractions"][largest]["attacks"]
+        ]
+        fwd = [o["forward_ratio"] for o in outs if o["forward_ratio"] is not None]
+        wall = [o["wall_ratio"] for o in outs if o["wall_ratio"] is not None]
+        cost_rows.append([a, _span(fwd, 2) if fwd else "–", _span(wall, 2) if wall else "–"])
+    lines += [
+        f"What each attack spent at {100 * float(largest):g}%, as a multiple of training from scratch on the same "
+        "data for the same epochs (range over the protections):",
+        "",
+        _table(["attack", "forward samples", "wall time"], cost_rows),
+        "",
+    ]
+    schemes = [r["scheme"] for r in reps]
+    by_attack = {a: {r["scheme"] for r in reps for f in r["fractions"] if a in _wrt_removed_by(r, f)} for a in labels}
+    everything = [a for a, s in by_attack.items() if set(schemes) <= s]
+    survivors = [r["scheme"] for r in reps if not any(_wrt_removed_by(r, f) for f in r["fractions"])]
+    combined = [a for a in labels if a.startswith("combined")]
+    comb = ", ".join(f"{a}: {len(by_attack[a])} of {len(schemes)}" for a in combined) or "not run"
+    lines += [
+        f"The SoK beside ours ({SOK['source']}; {SOK['per_cell']}):",
+        "",
+        _table(
+            ["SoK (CIFAR-10 / ImageNet)", f"ours (`{dataset}`, any share)"],
+            [
+                [
+                    SOK["no_attack_removes_all"],
+                    "attacks that removed every protection: " + (", ".join(everything) or "none"),
+                ],
+                [
+                    SOK["no_scheme_survives_all"],
+                    "protections no attack removed: " + (", ".join(survivors) or "none"),
+                ],
+                [SOK["combined_removes_all"], "removed by " + comb],
+            ],
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def wrt_headline(reports: Path) -> str:
+    """README: per protection, the WRT attacks that removed it at the largest share."""
+    rows = []
+    for d in DATASETS:
+        for rep in _wrt_reports(reports, d):
+            f = max(rep["fractions"], key=float)
+            gone = _wrt_removed_by(rep, f)
+            total = len(rep["fractions"][f]["attacks"])
+            cheapest = min(gone, key=lambda a: outcome(rep, f, a)["cost"]) if gone else None
+            best = "–" if cheapest is None else f"{cheapest} ({outcome(rep, f, cheapest)['cost']:+.1f} points)"
+            rows.append(
+                [
+                    f"{rep['scheme']} (`{d}`)",
+                    f"{len(gone)} of {total}: " + (", ".join(gone) or "none"),
+                    best,
+                ]
+            )
+    if not rows:
+        return "No report yet: run `deepserial reproduce attacks --suite wrt --scheme <scheme>`."
+    return _table(
+        [
+            "protection (the largest attacker share)",
+            f"WRT attacks that removed it (accuracy within {REMOVAL_MARGIN:g} points)",
+            "cheapest removal (accuracy cost)",
+        ],
+        rows,
+    )
+
+
 # ----- provenance and benchmarks ----------------------------------------------------------------------
 def provenance_section(reports: Path) -> str:
     """Which committed reports record their full provenance, and what the older ones lack (grouped)."""
@@ -1036,6 +1182,7 @@ SECTIONS = [
     ("Attacks on DSN", "attacks-on-dsn"),
     ("Neural Cleanse on every protection", "neural-cleanse"),
     ("Attacks on the ownership watermarks", "attacks-on-watermarks"),
+    ("The WRT removal attacks on every protection", "wrt-removal-attacks"),
     ("Benchmarks", "benchmarks"),
     ("Provenance of these reports", "provenance"),
 ]
@@ -1113,8 +1260,21 @@ def results_md(reports: Path, benchmarks: Path) -> str:
     ]
     for d in DATASETS:
         out += [wm_attack_section(reports, d), ""]
-    out += [f'<a id="{SECTIONS[5][1]}"></a>', f"## 6. {SECTIONS[5][0]}", "", benchmarks_section(benchmarks), ""]
-    out += [f'<a id="{SECTIONS[6][1]}"></a>', f"## 7. {SECTIONS[6][0]}", "", provenance_section(reports), ""]
+    out += [f'<a id="{SECTIONS[5][1]}"></a>', f"## 6. {SECTIONS[5][0]}", ""]
+    out += [
+        "Every protection under the removal attacks of the Watermark-Robustness-Toolbox (Lukas et al., SoK, "
+        "IEEE S&P 2022), each with WRT's defaults as `deepserial.attacks` implements them and the epochs of "
+        "the tables above. **Removed**: the owner's verdict fails at the report's false-positive rate (DSN: "
+        f"the model without its serial number answers more than {LOCK_MARGIN:g} points above chance) while "
+        f"the attacker's accuracy stays within {REMOVAL_MARGIN:g} points of the protected model's (DSN: with its "
+        "serial number). Cells: **R** removed, k kept (verified, or DSN still locked), x the protection gone "
+        "but at a larger accuracy cost; then the cost, accuracy before minus after, in points.",
+        "",
+    ]
+    for d in DATASETS:
+        out += [wrt_section(reports, d), ""]
+    out += [f'<a id="{SECTIONS[6][1]}"></a>', f"## 7. {SECTIONS[6][0]}", "", benchmarks_section(benchmarks), ""]
+    out += [f'<a id="{SECTIONS[7][1]}"></a>', f"## 8. {SECTIONS[7][0]}", "", provenance_section(reports), ""]
     return "\n".join(out)
 
 
@@ -1122,6 +1282,7 @@ README_MAKERS: dict[str, Callable[[Path], str]] = {
     "dsn-headline": dsn_headline,
     "wm-headline": wm_headline,
     "attack-headline": attack_headline,
+    "wrt-headline": wrt_headline,
 }
 
 

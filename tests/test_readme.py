@@ -133,3 +133,62 @@ def test_links_between_the_documents_resolve() -> None:
                 broken.append(f"{doc.name} -> {target} (no such anchor)")
     # docs/security.md (the server's threat model) is written alongside this page by its own change
     assert all("security.md" in b and "anchor" not in b for b in broken), broken
+
+
+def _wrt_report(scheme: str, entries: dict[str, dict], scratch: dict, victim: dict) -> dict:
+    """A minimal ``--suite wrt`` report: one share, the given attack entries."""
+    base = {"epochs": 10, "forward_samples": 1000, "queries": 0, "wall_s": 2.0, "details": {}}
+    rep = {
+        "experiment": "wrt-attacks",
+        "scheme": scheme,
+        "dataset": "mnist5k",
+        "victim": victim,
+        "fractions": {"0.4": {"samples": 1600, "from_scratch": base | scratch, "attacks": {}}},
+    }
+    rep["fractions"]["0.4"]["attacks"] = {k: base | v for k, v in entries.items()}
+    if scheme != "dsn":
+        rep["reference"] = {"test_acc": 95.0, "verdict": {"decision": False}}
+        rep["reference_attacks"] = {
+            "fraction": "0.4",
+            "attacks": {k: {"verdict": {"decision": False}} for k in entries},
+        }
+    return rep
+
+
+def test_wrt_summary_marks_removed_kept_and_too_costly(gen: ModuleType, tmp_path: Path) -> None:
+    not_verified, verified = {"decision": False, "p_value": 0.3}, {"decision": True, "p_value": 1e-9}
+    wm = _wrt_report(
+        "uchida",
+        {
+            "weight shifting": {"test_acc": 95.5, "verdict": not_verified},  # removed at -0.5
+            "regularization": {"test_acc": 95.0, "verdict": verified, "forward_samples": 2000},  # kept
+            "combined (weight shifting + smoothing)": {"test_acc": 80.0, "verdict": not_verified},  # too costly
+        },
+        {"test_acc": 93.0, "verdict": not_verified},
+        {"test_acc": 95.0, "verdict": verified},
+    )
+    dsn = _wrt_report(
+        "dsn",
+        {"weight shifting": {"test_acc": 12.0, "with_serial_acc": 96.0, "lock_holds": True}},
+        {"test_acc": 92.0, "with_serial_acc": 12.0},
+        {"test_acc": 11.0, "with_serial_acc": 97.0, "lock_holds": True},
+    )
+    for rep in (wm, dsn):
+        (tmp_path / f"wrt_{rep['scheme']}_mnist5k.json").write_text(json.dumps(rep))
+    text = gen.wrt_section(tmp_path, "mnist5k")
+    assert "| attack | dsn | uchida |" in text  # DSN first
+    assert "| weight shifting | k +85.0 | **R** -0.5 |" in text
+    assert (
+        "| regularization | – | k +0.0 |" in text and "| combined (weight shifting + smoothing) | – | x +15.0 |" in text
+    )
+    assert "none of 5 verified" in text  # from scratch, the reference and its three attacks
+    assert "| regularization | 2.00 | 1.00 |" in text  # forward samples and wall time over from scratch
+    assert (
+        "protections no attack removed: dsn" in text
+        and "removed by combined (weight shifting + smoothing): 0 of 2" in text
+    )
+    assert "1 of 3: weight shifting" in gen.wrt_headline(tmp_path)
+    wm["reference_attacks"]["attacks"]["regularization"]["verdict"] = verified
+    (tmp_path / "wrt_uchida_mnist5k.json").write_text(json.dumps(wm))
+    assert "**uchida: unmarked reference after regularization**" in gen.wrt_section(tmp_path, "mnist5k")
+    assert gen.wrt_section(tmp_path, "fashion-mnist").startswith("No report yet")
