@@ -351,7 +351,7 @@ def _verdict(e: dict[str, Any]) -> str:
 
 def markdown(rep: dict[str, Any]) -> str:
     """The report of one protection under the WRT suite."""
-    from deepserial.experiments.attacks import footer
+    from deepserial.experiments.attacks import WORKED_RULE, attack_worked, footer
 
     dsn = rep["scheme"] == "dsn"
     v = rep["victim"]
@@ -362,7 +362,8 @@ def markdown(rep: dict[str, Any]) -> str:
             f"Teacher {rep['teacher_acc']:.1f}%; customer model {v['with_serial_acc']:.1f}% with its serial number, "
             f"{v['test_acc']:.1f}% without (chance {chance(rep['classes']):g}%). Locked: accuracy without the serial "
             f"number below chance + {rep['lock_margin']:g} points. Removed: unlocked with accuracy without the serial "
-            f"number within {rep['removal_margin']:g} points of the customer model's with it.",
+            f"number within {rep['removal_margin']:g} points of the customer model's with it. 'Reached from scratch': "
+            f"{WORKED_RULE} (without the serial number).",
             "",
         ]
     else:
@@ -395,6 +396,7 @@ def markdown(rep: dict[str, Any]) -> str:
         head = ["attack", "accuracy (%)", "cost", "verdict" if not dsn else "without SN", "removed", "fwd x", "time x"]
         if dsn:
             head.insert(2, "with SN (%)")
+            head.append("reached from scratch")
         rows = []
         for label, e in row["attacks"].items():
             o = outcome(rep, f, label)
@@ -409,6 +411,7 @@ def markdown(rep: dict[str, Any]) -> str:
             ]
             if dsn:
                 r.insert(2, _num(e.get("with_serial_acc")))
+                r.append("yes" if attack_worked(e["test_acc"], s["test_acc"]) else "no")
             rows.append(r)
         lines += [markdown_table(head, rows), ""]
     ref = rep.get("reference_attacks")
