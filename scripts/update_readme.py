@@ -1008,7 +1008,8 @@ def wrt_section(reports: Path, dataset: str) -> str:
         cost_rows.append([a, _span(fwd, 2) if fwd else "–", _span(wall, 2) if wall else "–"])
     lines += [
         f"What each attack spent at {100 * float(largest):g}%, as a multiple of training from scratch on the same "
-        "data for the same epochs (range over the protections):",
+        "data for the same epochs (range over the protections; wall times come from a CPU shared with other jobs, "
+        "forward samples are the steady measure):",
         "",
         _table(["attack", "forward samples", "wall time"], cost_rows),
         "",
