@@ -981,6 +981,18 @@ def wrt_section(reports: Path, dataset: str) -> str:
         rows.append(["*from scratch (control), accuracy*"] + scratch)
         rows.append(["*protected model, accuracy*"] + [f"{protected_acc(r):.1f}" for r in have])
         lines += [f"Attacker data {100 * float(f):g}% of the training data:", "", _table(header, rows), ""]
+        close = [
+            r["scheme"]
+            for r in have
+            if protected_acc(r) - r["fractions"][f]["from_scratch"]["test_acc"] <= REMOVAL_MARGIN
+        ]
+        if close:
+            lines += [
+                f"At this share a model trained from scratch on the attacker's data alone is already within "
+                f"{REMOVAL_MARGIN:g} points of the protected model ({', '.join(close)}): a removal here gains the "
+                "attacker little over ignoring the protected model.",
+                "",
+            ]
     bad = {r["scheme"]: controls_verified(r) for r in reps}
     bad = {k: v for k, v in bad.items() if v}
     n_controls = sum(
