@@ -187,7 +187,7 @@ def test_wrt_summary_marks_removed_kept_and_too_costly(gen: ModuleType, tmp_path
         "protections no attack removed: dsn" in text
         and "removed by combined (weight shifting + smoothing): 0 of 2" in text
     )
-    assert "1 of 3: weight shifting" in gen.wrt_headline(tmp_path)
+    assert "| uchida (`mnist5k`) | 95.0 | 93.0 (40%) | 1 of 3: weight shifting | 1 of 3 |" in gen.wrt_headline(tmp_path)
     wm["reference_attacks"]["attacks"]["regularization"]["verdict"] = verified
     (tmp_path / "wrt_uchida_mnist5k.json").write_text(json.dumps(wm))
     assert "**uchida: unmarked reference after regularization**" in gen.wrt_section(tmp_path, "mnist5k")
