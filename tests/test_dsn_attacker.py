@@ -7,6 +7,7 @@ by how well a tiny network learned its lock.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch import nn
 from deepserial.attacks.adaptive import fine_tuning_sweep, key_recovery
 from deepserial.attacks.base import AttackBudget, get_attack
 from deepserial.attacks.keyspace import keyspace_measures
-from deepserial.attacks.serial_search import KeyScorer, greedy_bit_search
+from deepserial.attacks.serial_search import KeyScorer, _mask_box, greedy_bit_search
 from deepserial.data import TensorData
 from deepserial.nets import SplitNet, create_model
 from deepserial.serial import SerialGeometry, SerialNumber
@@ -180,6 +181,7 @@ def test_reverse_engineering_bit_search_recovers_the_key_and_the_attacker_picks_
     assert d["holdout_images"] == 36 and all(r["bits"] == r["rounded_bits"] for r in d["restarts"])
     hams = [int((torch.tensor(r["bits"]) != key).sum()) for r in d["restarts"]]
     assert np.argmin(hams) == d["chosen"]  # on this oracle the lowest loss is the nearest key
+    json.dumps(rep), json.dumps(d)
 
 
 # ----- label-only hill climbing ----------------------------------------------------------------------
@@ -194,6 +196,7 @@ def test_label_only_hill_climb_recovers_the_planted_key_within_its_budget() -> N
     assert d["best_bits"] == key.int().tolist() and d["best_confirmed"] and d["best_accuracy"] == 1.0
     assert d["unlocks"] >= 1 and d["queries_to_first_unlock"] <= d["queries"] == log.queries <= 30_000
     assert d["restarts"][-1]["end_accuracy"] == 1.0
+    json.dumps(d)
     # A budget too small to get there: the search stops inside it, with what it has.
     _, log = get_attack("serial-search", cfg | {"unlock_accuracy": 0.9, "queries": 700}).run(
         model, data, AttackBudget()
@@ -229,6 +232,16 @@ def test_unknown_position_search_finds_a_stamp_that_holds_the_key(how: str) -> N
     assert rows.start <= 5 and rows.stop >= 7 and cols.start <= 5 and cols.stop >= 7  # the box holds the key
     assert ev["best"]["true_bit_errors"] == 0 and ev["best"]["exact"] and ev["best"]["test_accuracy"] > 0.95
     assert best["accuracy"] > 0.95 and rep["config"]["geometry"] is None  # the search was not told where
+    json.dumps(rep)
+
+
+def test_mask_box_keeps_the_cluster_around_the_peak() -> None:
+    mask = torch.zeros(1, 1, SIDE, SIDE)
+    mask[0, 0, 5, 5], mask[0, 0, 5, 7], mask[0, 0, 7, 6] = 1.0, 0.8, 0.6  # a scattered key: one cluster
+    mask[0, 0, 1, 10] = 0.9  # a strong pixel far away (on the digit, say)
+    mask[0, 0, 9, 9] = 0.4  # weak
+    assert _mask_box(mask, pad=0) == (5, 5, 3, 3)
+    assert _mask_box(mask, pad=1) == (4, 4, 5, 5)
 
 
 # ----- key space -------------------------------------------------------------------------------------
@@ -248,6 +261,7 @@ def test_keyspace_counts_every_neighbour_and_the_blind_guessing_cost() -> None:
     assert ks["hamming3"]["keys"] == 2000 and not ks["hamming3"]["exhaustive"] and ks["hamming3"]["unlocking"] == 0
     assert ks["random"]["keys"] == 300 and ks["random"]["unlocking"] == 0
     assert 0 < ks["random"]["unlock_fraction_upper95"] < 3.1 / 300
+    json.dumps(ks)
     assert ks["U_exact"] == 4 and ks["U_estimate"] == ks["U"] == 4.0 and ks["U_random_estimate"] == 0
     assert ks["blind_guess_cost"] == 2.0**36 / 4 and ks["blind_guess_cost_log2"] == 34.0
     assert 300 / 3.1 < ks["blind_guess_cost_random_lower95"] < 300 / 2.9
@@ -294,6 +308,7 @@ def test_sweep_reports_every_setting_and_selects_on_the_attackers_held_out_data(
     assert "refit_test_acc" in rep["chosen"] and rep["chosen"]["refit_forward_samples"] == 100
     assert rep["gain_over_scratch"] == rep["chosen"]["refit_test_acc"] - rep["scratch_chosen"]["refit_test_acc"]
     assert all(s["forward_samples"] == 80 and s["epochs"] == 1 for s in rep["settings"] + rep["scratch_settings"])
+    json.dumps(rep)
     assert rep["cost"]["runs"] == 14 and rep["cost"]["forward_samples"] == 12 * 80 + 2 * 100
     # The pick never reads test labels: scrambling them changes the oracle's numbers, not the choice.
     scrambled = TensorData(test.x, (test.y + 1) % C)

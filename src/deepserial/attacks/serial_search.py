@@ -642,30 +642,40 @@ def hill_climb(
 
 
 # ----- unknown position ------------------------------------------------------------------------------
-def _mask_box(mask: torch.Tensor, pad: int) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of the pixels holding at least half the mask's peak, ``pad`` added."""
+def _mask_box(mask: torch.Tensor, pad: int, link: int = 2) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the cluster of strong mask pixels around the mask's peak, ``pad`` added.
+
+    Strong: at least half the peak. The cluster grows from the peak through strong pixels at most
+    ``link`` rows and columns apart (a serial number's mask marks its 1 bits, which a random key
+    scatters over its rectangle), so strong pixels elsewhere, e.g. on the digit, do not stretch the box.
+    """
     m = mask.reshape(mask.shape[-2], mask.shape[-1])
-    on = m >= 0.5 * float(m.max())
-    rows = torch.nonzero(on.any(1)).flatten()
-    cols = torch.nonzero(on.any(0)).flatten()
-    top = max(0, int(rows.min()) - pad)
-    left = max(0, int(cols.min()) - pad)
-    bottom = min(m.shape[0] - 1, int(rows.max()) + pad)
-    right = min(m.shape[1] - 1, int(cols.max()) + pad)
+    strong = [tuple(p) for p in torch.nonzero(m >= 0.5 * float(m.max())).tolist()]
+    peak = divmod(int(m.argmax()), m.shape[1])
+    cluster, todo, rest = {peak}, [peak], set(strong) - {peak}
+    while todo:
+        r, c = todo.pop()
+        near = {p for p in rest if abs(p[0] - r) <= link and abs(p[1] - c) <= link}
+        rest -= near
+        cluster |= near
+        todo += near
+    rows, cols = [p[0] for p in cluster], [p[1] for p in cluster]
+    top, left = max(0, min(rows) - pad), max(0, min(cols) - pad)
+    bottom, right = min(m.shape[0] - 1, max(rows) + pad), min(m.shape[1] - 1, max(cols) + pad)
     return top, left, bottom - top + 1, right - left + 1
 
 
 def locate(model: SplitNet, data: TensorData, cfg: SerialSearchConfig, seed: int = 0) -> dict[str, Any]:
     """Key search without knowing where the serial number is: propose regions, then search the best.
 
-    ``cfg.locate="mask"``: ``cfg.restarts`` Neural-Cleanse mask-and-pattern searches on the true
-    labels (Wang et al., S&P 2019), each proposing the bounding box of its mask (pixels at half the
-    peak or more, ``cfg.pad`` added). ``"grid"``: every rectangle of ``cfg.sizes`` (pixels) at
-    ``cfg.stride`` inside the image, ranked by the held-out loss of a ``cfg.scan_steps``-step relaxed
-    search (a rectangle that contains the key can unlock too). The ``cfg.top_k`` best regions (by
-    held-out loss) get the known-region search (:func:`reverse_engineer`'s restarts, rounding and bit
-    search, ``cfg.locate_restarts`` restarts each); the key found is the region and bits with the
-    lowest held-out loss. The attacker assumes one bit per pixel on all channels.
+    ``cfg.locate="mask"``: ``cfg.locate_restarts`` Neural-Cleanse mask-and-pattern searches on the true
+    labels (Wang et al., S&P 2019), each proposing the bounding box of its mask's strong pixels (half
+    the peak or more) clustered around the peak, ``cfg.pad`` added. ``"grid"``: every rectangle of
+    ``cfg.sizes`` (pixels) at ``cfg.stride`` inside the image. Every region is ranked by the held-out
+    loss of a ``cfg.scan_steps``-step relaxed search (a rectangle that contains the key unlocks too).
+    The ``cfg.top_k`` best regions get the known-region search (:func:`reverse_engineer`'s restarts,
+    rounding and bit search, ``cfg.locate_restarts`` restarts each); the key found is the region and
+    bits with the lowest held-out loss. The attacker assumes one bit per pixel on all channels.
 
     Args:
         model: the customer model.
