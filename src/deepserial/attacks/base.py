@@ -34,6 +34,7 @@ class AttackBudget(BaseModel):
     lr: float | None = Field(None, gt=0, description="learning rate (None: the attack's default)")
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum (ignored by Adam)")
     queries: int | None = Field(None, ge=1, description="most queries to the victim (model extraction)")
     seed: int = 0
     device: str | None = None
@@ -55,6 +56,7 @@ class AttackBudget(BaseModel):
             batch_size=self.batch_size,
             lr=self.lr or default_lr,
             optimizer=self.optimizer,
+            momentum=self.momentum,
             plateau_patience=self.epochs + 1 if constant_lr else 2,
             seed=self.seed,
             device=self.device,
