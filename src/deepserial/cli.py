@@ -936,6 +936,9 @@ def serve(
     port: Annotated[int, typer.Option(help="Port (0: any free port, printed).")] = 8000,
     max_batch: Annotated[int, typer.Option(help="Most inputs per request.")] = 256,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 * 2**20,
+    header_timeout: Annotated[float, typer.Option(help="Seconds a client has to send complete headers.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(help="Seconds a client has to send the body after them.")] = 30.0,
+    max_connections: Annotated[int, typer.Option(help="Open connections before requests get 503.")] = 64,
     log_level: Annotated[str, typer.Option(help="uvicorn log level (info logs each request line).")] = "warning",
 ) -> None:
     """Serve a model over HTTP: /v1/predict, /v1/health, /v1/info. The serial number is never logged."""
@@ -957,14 +960,17 @@ def serve(
     if text and not raw_inputs:
         expect = SerialGeometry.from_dict(m.manifest["serial_geometry"]) if "serial_geometry" in m.manifest else None
         serial = SerialNumber.from_product_key(text, expect=expect)
-    app_ = create_app(m, serial, raw_inputs=raw_inputs, max_batch=max_batch, max_body=max_body_bytes)
+    app_ = create_app(
+        m, serial, raw_inputs=raw_inputs, max_batch=max_batch, max_body=max_body_bytes, body_timeout=body_timeout
+    )
+    srv = server(app_, log_level, header_timeout=header_timeout, max_connections=max_connections)
     sock = bind(host, port)
     typer.echo(
         f"serving {model} on http://{host}:{sock.getsockname()[1]} "
         f"({'stamping the serial number' if serial is not None else 'inputs as sent'}); Ctrl-C stops",
         err=True,
     )
-    server(app_, log_level).run(sockets=[sock])
+    srv.run(sockets=[sock])
 
 
 @app.command()
