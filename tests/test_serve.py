@@ -30,7 +30,7 @@ from deepserial.schemes.base import OwnershipKey
 from deepserial.schemes.dsn import DSNScheme
 from deepserial.serial import SerialGeometry, SerialNumber, stamp
 from deepserial.serve import bind, create_app, server
-from deepserial.suspect import HTTPSuspect, ModuleSuspect, QueryBudgetError, open_suspect
+from deepserial.suspect import HTTPSuspect, ModuleSuspect, QueryBudgetError, RemoteError, open_suspect
 from deepserial.tracing import trace
 from deepserial.training import predict_logits
 from deepserial.workflow import DataSpec
@@ -215,7 +215,7 @@ def test_http_suspect_retries_then_says_what_failed() -> None:
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
     t0 = time.monotonic()
-    with pytest.raises(InputError, match="did not answer after 3 tries"):
+    with pytest.raises(RemoteError, match="did not answer after 3 tries"):
         HTTPSuspect(f"http://127.0.0.1:{port}", retries=2, backoff=0.05, timeout=2)
     assert time.monotonic() - t0 >= 0.05 + 0.1  # backoff 0.05 then 0.1
     with pytest.raises(InputError, match="does not exist"):

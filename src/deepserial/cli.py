@@ -894,6 +894,10 @@ def trace(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     seed: Seed = 0,
+    timeout: Annotated[float, typer.Option(help="URL suspect: seconds one request may take, all told.")] = 30.0,
+    total_timeout: Annotated[
+        float, typer.Option(help="URL suspect: seconds all requests to the server may take together.")
+    ] = 600.0,
 ) -> None:
     """Name the customer whose licence unlocks a leaked model. Exit status 0: one does; 1: none does."""
     from deepserial.suspect import open_suspect
@@ -917,7 +921,7 @@ def trace(
             )
         else:
             raise ConfigError("the licences record several data sets (or none): choose one with --dataset")
-        s = open_suspect(suspect, budget=budget)
+        s = open_suspect(suspect, budget=budget, timeout=timeout, total_timeout=total_timeout)
         res = do_trace(s, candidates, data.load().test, fpr=fpr, seed=seed)
         led.record_trace(suspect, res.licence.id if res.licence else None, res.p_value, fpr, res.queries, res.to_dict())
     typer.echo(json.dumps(res.to_dict(), indent=2) if as_json else res.summary())
