@@ -323,7 +323,9 @@ def create_app(
 
     @app.exception_handler(RequestError)
     async def bad_request(_: Request, e: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, status_code=e.status)
+        # 408 and 413 may leave a body half read: closing is the only way to stop its sender
+        close = {"connection": "close"} if e.status in (408, 413) else None
+        return JSONResponse({"detail": str(e)}, status_code=e.status, headers=close)
 
     @app.get("/v1/health")
     async def health() -> dict[str, str]:
