@@ -395,9 +395,9 @@ def _closed_within(sock: socket.socket, trickle: bytes, every: float, limit: flo
 
 def test_slow_clients_are_cut_within_the_stated_timeouts(strong_teacher: LoadedModel) -> None:
     """Slowloris: a client trickling its headers, or one idle after connecting, is closed at the header
-    timeout; one trickling its body gets 408 at the body timeout; while a hundred such clients hang on,
-    a normal request is still answered."""
-    app = create_app(LoadedModel(strong_teacher.model, strong_teacher.manifest), body_timeout=1.0)
+    timeout; one trickling its body gets 408 at the body timeout; requests past the in-flight limit get
+    503 at once; while a hundred clients hold connections, a normal request is still answered."""
+    app = create_app(LoadedModel(strong_teacher.model, strong_teacher.manifest), body_timeout=1.0, max_inflight=2)
     with serving(app, header_timeout=1.0, max_connections=200) as url:
         host, port = url.removeprefix("http://").split(":")
         addr = (host, int(port))
@@ -414,6 +414,21 @@ def test_slow_clients_are_cut_within_the_stated_timeouts(strong_teacher: LoadedM
             s.sendall(b"Content-Length: 3264\r\n\r\n")
             took, said = _closed_within(s, b"\x93NUMPY", 0.2, 5)
         assert said.startswith(b"HTTP/1.1 408 ") and b"did not arrive within 1 s" in said and took < 2.5, said
+        # two bodies in progress fill max_inflight=2: a third request is 503 at once, not queued
+        senders = [socket.create_connection(addr) for _ in range(2)]
+        for s in senders:
+            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 3264\r\n\r\n\x93NUMPY")
+        time.sleep(0.3)
+        busy = httpx.post(f"{url}/v1/predict", content=b"x", timeout=5)
+        assert busy.status_code == 503 and "server busy" in busy.json()["detail"]
+        for s in senders:
+            s.settimeout(3)
+            assert s.recv(4096).startswith(b"HTTP/1.1 408 ")
+            s.close()
+        one = npy(np.zeros((1, 1, 28, 28), np.float32))
+        ok = httpx.post(f"{url}/v1/predict", content=one, headers={"content-type": "application/x-npy"}, timeout=5)
+        assert ok.status_code == 200  # served again once they are gone
+        # a hundred clients holding connections do not count as predictions: a normal request goes through
         crowd = [socket.create_connection(addr) for _ in range(100)]
         try:
             for s in crowd:

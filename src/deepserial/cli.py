@@ -942,7 +942,7 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 * 2**20,
     header_timeout: Annotated[float, typer.Option(help="Seconds a client has to send complete headers.")] = 10.0,
     body_timeout: Annotated[float, typer.Option(help="Seconds a client has to send the body after them.")] = 30.0,
-    max_connections: Annotated[int, typer.Option(help="Open connections before requests get 503.")] = 64,
+    max_connections: Annotated[int, typer.Option(help="Open connections before requests get 503.")] = 1000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level (info logs each request line).")] = "warning",
 ) -> None:
     """Serve a model over HTTP: /v1/predict, /v1/health, /v1/info. The serial number is never logged."""

@@ -26,7 +26,8 @@ a PNG's width and height before it is decompressed, the JSON nesting depth while
 unexpected becomes a 500 with a generic message and a one-line log naming only the exception type (never
 an input or a secret), and the server keeps serving. Slow clients are cut: request headers must be
 complete within ``header_timeout`` seconds of the connection opening (or of the previous answer), the
-body within ``body_timeout`` seconds of the headers. What belongs in front of the server in production
+body within ``body_timeout`` seconds of the headers; past ``max_inflight`` predictions in progress a
+request is answered 503 at once rather than queued. What belongs in front of the server in production
 (TLS, authentication, rate limits) is in docs/security.md.
 """
 
@@ -54,7 +55,8 @@ DEFAULT_MAX_BODY = 8 * 2**20
 DEFAULT_HEADER_TIMEOUT = 10.0  # s from connection (or previous answer) to complete request headers
 DEFAULT_BODY_TIMEOUT = 30.0  # s from the headers to the end of the body
 DEFAULT_KEEP_ALIVE = 5.0  # s an idle keep-alive connection is kept
-DEFAULT_MAX_CONNECTIONS = 64  # open connections (and requests in flight) before new requests get 503
+DEFAULT_MAX_CONNECTIONS = 1000  # open connections before every new request gets 503 (uvicorn's limit)
+DEFAULT_MAX_INFLIGHT = 64  # predictions in progress (body read to answer) before new ones get 503
 MAX_HEADER_BYTES = 16 * 1024  # request line and headers together
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -236,8 +238,14 @@ def create_app(
     max_batch: int = DEFAULT_MAX_BATCH,
     max_body: int = DEFAULT_MAX_BODY,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    max_inflight: int = DEFAULT_MAX_INFLIGHT,
 ) -> Any:
-    """The FastAPI application serving ``model`` (see the module docstring for the API and limits)."""
+    """The FastAPI application serving ``model`` (see the module docstring for the API and limits).
+
+    At most ``max_inflight`` predictions are in progress at once (each holds up to ``max_body`` bytes
+    of body, so that bounds their memory); past it a request is answered 503 at once. This limit counts
+    requests, not connections, so clients that hold connections open without finishing a request
+    (until the header timeout cuts them) do not crowd out the ones that send requests."""
     from fastapi import FastAPI
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse
@@ -247,8 +255,10 @@ def create_app(
 
     if max_batch < 1 or max_body < 1024:
         raise ConfigError("max batch must be >= 1 and max body >= 1024 bytes")
-    if not body_timeout > 0:
-        raise ConfigError(f"body timeout must be > 0 seconds, got {body_timeout}")
+    if not body_timeout > 0 or max_inflight < 1:
+        raise ConfigError(
+            f"body timeout must be > 0 seconds and max in-flight >= 1, got {body_timeout}, {max_inflight}"
+        )
     man = model.manifest
     shape = model.input_shape
     protected = "serial_geometry" in man
@@ -323,8 +333,8 @@ def create_app(
 
     @app.exception_handler(RequestError)
     async def bad_request(_: Request, e: RequestError) -> JSONResponse:
-        # 408 and 413 may leave a body half read: closing is the only way to stop its sender
-        close = {"connection": "close"} if e.status in (408, 413) else None
+        # 408, 413 and 503 may leave a body unread: closing is the only way to stop its sender
+        close = {"connection": "close"} if e.status in (408, 413, 503) else None
         return JSONResponse({"detail": str(e)}, status_code=e.status, headers=close)
 
     @app.get("/v1/health")
@@ -335,14 +345,23 @@ def create_app(
     async def get_info() -> dict[str, Any]:
         return info
 
+    inflight = 0  # changed on the event loop only: no lock needed
+
     @app.post("/v1/predict")
     async def predict(request: Request) -> dict[str, list]:
-        body = await read_body(request)
-        x = decode_batch(body, request.headers.get("content-type", ""), shape, max_batch)
+        nonlocal inflight
+        if inflight >= max_inflight:
+            raise RequestError(503, f"server busy ({max_inflight} predictions in progress); try again shortly")
+        inflight += 1
         try:
-            return await run_in_threadpool(infer, x)
-        except InputError as e:
-            raise RequestError(422, str(e)) from None
+            body = await read_body(request)
+            x = decode_batch(body, request.headers.get("content-type", ""), shape, max_batch)
+            try:
+                return await run_in_threadpool(infer, x)
+            except InputError as e:
+                raise RequestError(422, str(e)) from None
+        finally:
+            inflight -= 1
 
     return app
 
@@ -421,7 +440,8 @@ def server(
 
     Request headers are bounded to :data:`MAX_HEADER_BYTES` and ``header_timeout`` seconds, idle
     keep-alive connections to ``keep_alive`` seconds; past ``max_connections`` open connections new
-    requests are answered 503 rather than queued."""
+    requests are answered 503 rather than queued (each connection is a file descriptor: keep the
+    process's limit, ``ulimit -n``, above it)."""
     import uvicorn
 
     if not header_timeout > 0 or not keep_alive > 0 or max_connections < 1:
