@@ -455,7 +455,7 @@ def test_predict_refuses_bombs_in_one_line(vendor: Vendor, tmp_path: Path, capsy
         z.writestr("x.npy", npy_header("(100000000000, 1, 28, 28)") + b"\0" * 64)
     base = ["--model", str(vendor.customer_path), "--serial", vendor.product_key]
     for name, msg in [
-        ("bomb.png", "is 9000x9000, the model takes 28x28"),
+        ("bomb.png", "is 9000x9000 pixels, shape (1, 9000, 9000); the model takes (1, 28, 28)"),
         ("giant.png", "declares over"),
         ("lying.npz", "header declares shape (100000000000, 1, 28, 28)"),
     ]:

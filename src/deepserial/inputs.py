@@ -19,12 +19,15 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from deepserial.errors import DatasetError, InputError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff"}
 NPY_MAX_HEADER = 10_000  # numpy's own default bound on the header text
@@ -67,7 +70,7 @@ def read_npy_header(fp: IO[bytes], name: str) -> NpyHeader:
             raise InputError(f"{name}: .npy format version {version} is not supported; write it with numpy.save")
     except InputError:
         raise
-    except Exception:  # noqa: BLE001 (numpy parses the header with ast and tokenize; any failure is the bytes')
+    except Exception:  # numpy parses the header with ast and tokenize: any failure is the bytes'
         raise InputError(f"{name} is not a .npy array (write it with numpy.save, allow_pickle=False)") from None
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "biuf":
         raise InputError(f"{name}: array dtype {dtype} is not supported; store uint8 0-255 or floats in [0, 1]")
@@ -89,14 +92,16 @@ def npy_from_bytes(body: bytes, header: NpyHeader, name: str) -> np.ndarray:
     return flat.reshape(header.shape, order="F" if header.fortran_order else "C")
 
 
-def open_image(source: str | Path | IO[bytes], input_shape: Sequence[int], name: str, formats: list[str] | None = None):  # noqa: ANN201 (PIL.Image.Image, imported lazily)
+def open_image(
+    source: str | Path | IO[bytes], input_shape: Sequence[int], name: str, formats: list[str] | None = None
+) -> Image:
     """An image opened lazily (header only), refused with :class:`ImageSizeError` unless it is exactly
     the model's width and height: nothing is decompressed before that check, so a decompression bomb
     costs its header. Pillow's own bomb guard (``Image.MAX_IMAGE_PIXELS``) is made an error here too
     rather than a warning printed on stderr."""
     from PIL import Image, UnidentifiedImageError
 
-    _, h, w = (int(v) for v in input_shape)
+    c, h, w = (int(v) for v in input_shape)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -109,20 +114,21 @@ def open_image(source: str | Path | IO[bytes], input_shape: Sequence[int], name:
         raise InputError(f"{name} is not a readable image") from None
     if im.size != (w, h):
         im.close()
+        iw, ih = im.size
         raise ImageSizeError(
-            f"{name} is {im.size[0]}x{im.size[1]}, the model takes {w}x{h} (width x height); resize it first "
-            "(deepserial never resizes: a resized serial number is another one)"
+            f"{name} is {iw}x{ih} pixels, shape ({c}, {ih}, {iw}); the model takes ({c}, {h}, {w}): resize it "
+            "first (deepserial never resizes: a resized serial number is another one)"
         )
     return im
 
 
-def image_pixels(im, input_shape: Sequence[int], name: str) -> np.ndarray:  # noqa: ANN001 (PIL.Image.Image)
+def image_pixels(im: Image, input_shape: Sequence[int], name: str) -> np.ndarray:
     """The pixels of an image accepted by :func:`open_image`, as uint8 (1, C, H, W)."""
     c = int(input_shape[0])
     try:
         with im:
             arr = np.asarray(im.convert("L" if c == 1 else "RGB"), dtype=np.uint8)
-    except Exception:  # noqa: BLE001 (Pillow's decoders raise many types on corrupt data; all mean the same)
+    except Exception:  # Pillow's decoders raise many types on corrupt data; all mean the same
         raise InputError(f"{name} is not a readable image (its data is corrupt or truncated)") from None
     return arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None]
 

@@ -34,6 +34,7 @@ request is answered 503 at once rather than queued. What belongs in front of the
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import socket
 import struct
@@ -139,8 +140,6 @@ def _json(body: bytes, input_shape: tuple[int, int, int], max_batch: int) -> np.
 
 
 def _npy(body: bytes, input_shape: tuple[int, int, int], max_batch: int) -> np.ndarray:
-    import io
-
     c, h, w = input_shape
     try:
         header = read_npy_header(io.BytesIO(body), "body")
@@ -157,8 +156,6 @@ def _npy(body: bytes, input_shape: tuple[int, int, int], max_batch: int) -> np.n
 
 
 def _png(body: bytes, input_shape: tuple[int, int, int]) -> np.ndarray:
-    import io
-
     if not body.startswith(PNG_SIGNATURE):
         raise RequestError(415, "body is not a PNG image (it lacks the PNG signature); send PNG")
     if len(body) >= 24 and body[12:16] == b"IHDR":  # the size, straight from the header, before Pillow
@@ -221,7 +218,7 @@ class _Contain:
 
         try:
             await self.app(scope, receive, tracked)
-        except Exception as e:  # noqa: BLE001 (the last resort: nothing may reach the log as a traceback)
+        except Exception as e:  # the last resort: nothing may reach the log as a traceback
             log.error("request failed: %s", type(e).__name__)  # the type only: never an input or a secret
             if not started:
                 from fastapi.responses import JSONResponse

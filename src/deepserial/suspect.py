@@ -275,7 +275,7 @@ class RemoteClient:
         self._stop = weakref.finalize(self, _stop_loop, self._loop, self._thread)
 
     def request(self, method: str, path: str, content: bytes | None = None, content_type: str | None = None) -> bytes:
-        """The body of a 2xx answer to ``method path``, or :class:`RemoteError`."""
+        """The body of a 200 answer to ``method path``, or :class:`RemoteError`."""
         headers = {"content-type": content_type} if content_type else None
         future = asyncio.run_coroutine_threadsafe(self._request(method, path, content, headers), self._loop)
         try:
@@ -304,7 +304,8 @@ class RemoteClient:
                 if limit < self.timeout:
                     raise self._out_of_time(url) from None
                 raise RemoteError(
-                    f"{url} did not answer within {self.timeout:g} s; raise the timeout (--timeout) for a slow server"
+                    f"{url} did not answer within {self.timeout:g} s; for a slow server, raise the request "
+                    "timeout (trace --timeout)"
                 ) from None
             except httpx.TransportError as e:  # refused, reset, not HTTP: perhaps passing, so tried again
                 last = _show(f"{type(e).__name__}: {e}")
@@ -360,7 +361,7 @@ class RemoteClient:
     def _out_of_time(self, url: str) -> RemoteError:
         return RemoteError(
             f"{url}: the server used up the total timeout of {self.total_timeout:g} s over {self.requests} "
-            "requests; raise it (--total-timeout) for a slow server"
+            "requests; for a slow server, raise it (trace --total-timeout)"
         )
 
     def _too_large(self, url: str) -> RemoteError:
