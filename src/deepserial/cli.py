@@ -894,6 +894,10 @@ def trace(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     seed: Seed = 0,
+    timeout: Annotated[float, typer.Option(help="URL suspect: seconds one request may take, all told.")] = 30.0,
+    total_timeout: Annotated[
+        float, typer.Option(help="URL suspect: seconds all requests to the server may take together.")
+    ] = 600.0,
 ) -> None:
     """Name the customer whose licence unlocks a leaked model. Exit status 0: one does; 1: none does."""
     from deepserial.suspect import open_suspect
@@ -917,7 +921,7 @@ def trace(
             )
         else:
             raise ConfigError("the licences record several data sets (or none): choose one with --dataset")
-        s = open_suspect(suspect, budget=budget)
+        s = open_suspect(suspect, budget=budget, timeout=timeout, total_timeout=total_timeout)
         res = do_trace(s, candidates, data.load().test, fpr=fpr, seed=seed)
         led.record_trace(suspect, res.licence.id if res.licence else None, res.p_value, fpr, res.queries, res.to_dict())
     typer.echo(json.dumps(res.to_dict(), indent=2) if as_json else res.summary())
@@ -936,6 +940,9 @@ def serve(
     port: Annotated[int, typer.Option(help="Port (0: any free port, printed).")] = 8000,
     max_batch: Annotated[int, typer.Option(help="Most inputs per request.")] = 256,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 * 2**20,
+    header_timeout: Annotated[float, typer.Option(help="Seconds a client has to send complete headers.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(help="Seconds a client has to send the body after them.")] = 30.0,
+    max_connections: Annotated[int, typer.Option(help="Open connections before requests get 503.")] = 1000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level (info logs each request line).")] = "warning",
 ) -> None:
     """Serve a model over HTTP: /v1/predict, /v1/health, /v1/info. The serial number is never logged."""
@@ -957,14 +964,17 @@ def serve(
     if text and not raw_inputs:
         expect = SerialGeometry.from_dict(m.manifest["serial_geometry"]) if "serial_geometry" in m.manifest else None
         serial = SerialNumber.from_product_key(text, expect=expect)
-    app_ = create_app(m, serial, raw_inputs=raw_inputs, max_batch=max_batch, max_body=max_body_bytes)
+    app_ = create_app(
+        m, serial, raw_inputs=raw_inputs, max_batch=max_batch, max_body=max_body_bytes, body_timeout=body_timeout
+    )
+    srv = server(app_, log_level, header_timeout=header_timeout, max_connections=max_connections)
     sock = bind(host, port)
     typer.echo(
         f"serving {model} on http://{host}:{sock.getsockname()[1]} "
         f"({'stamping the serial number' if serial is not None else 'inputs as sent'}); Ctrl-C stops",
         err=True,
     )
-    server(app_, log_level).run(sockets=[sock])
+    srv.run(sockets=[sock])
 
 
 @app.command()
