@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deepserial.attacks.base import attacker_share
 from deepserial.data import TensorData
 from deepserial.nets import create_model
 from deepserial.schemes import dsn
@@ -47,6 +48,9 @@ RECIPES: dict[str, dict] = {
     "keyspace": KEYSPACE,
     "keyspace+simft": KEYSPACE | {"sim_ft_weight": 1.0},
     "keyspace+dead": KEYSPACE | {"dead_weight": 1.0},
+    "keyspace+aug": KEYSPACE | {"invalid_augment": 0.5},
+    "keyspace+aug+simft": KEYSPACE | {"invalid_augment": 0.5, "sim_ft_weight": 1.0},
+    "keyspace+aug+dead": KEYSPACE | {"invalid_augment": 0.5, "dead_weight": 1.0},
 }
 GEOMETRIES = {"default": (6, 6, 20, 20), "alt": (5, 7, 8, 12)}
 
@@ -83,6 +87,8 @@ def keyspace(model, serial: SerialNumber, test: TensorData, rng: np.random.Gener
     out["random_mean"], out["random_max"] = float(a.mean()), float(a.max())
     h1 = acc_keys(model, test.x, test.y, g, serial.hamming_neighbours(1))
     out["h1_mean"], out["h1_max"], out["h1_over25"] = float(h1.mean()), float(h1.max()), int((h1 > 25).sum())
+    out["h1_each"] = [round(float(v), 1) for v in h1]
+    out["bits"] = serial.bits.astype(int).tolist()
     h2 = acc_keys(model, xs, ys, g, serial.hamming_neighbours(2))
     out["h2_mean"], out["h2_max"], out["h2_over25"] = float(h2.mean()), float(h2.max()), int((h2 > 25).sum())
     base = serial.as_tensor().flatten()
@@ -100,7 +106,7 @@ def reverse_engineer(model, serial: SerialNumber, att: TensorData, test: TensorD
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    x, y = att.x[:400], att.y[:400]
+    x, y = att.x, att.y
     rows, cols = g.region()
     results = []
     for r in range(restarts):
@@ -126,7 +132,9 @@ def reverse_engineer(model, serial: SerialNumber, att: TensorData, test: TensorD
         while improved:  # greedy bit search on the attacker's own loss
             improved = False
             cands = bits.flatten().repeat(g.nbits, 1)
-            cands[torch.arange(g.nbits), torch.arange(g.nbits)] = 1 - cands[torch.arange(g.nbits), torch.arange(g.nbits)]
+            cands[torch.arange(g.nbits), torch.arange(g.nbits)] = (
+                1 - cands[torch.arange(g.nbits), torch.arange(g.nbits)]
+            )
             losses = [own_loss(c.view(g.height, g.width)) for c in cands]
             j = int(np.argmin(losses))
             if losses[j] < cur - 1e-4:
@@ -147,7 +155,7 @@ def reverse_engineer(model, serial: SerialNumber, att: TensorData, test: TensorD
 
 
 def finetune(model_state, att: TensorData, test: TensorData, n: int, seed: int, scratch: bool) -> dict:  # noqa: ANN001
-    sub = TensorData(att.x[:n], att.y[:n])
+    sub = att  # already the attacker's share (stratified draw)
     res = {}
     for opt, lr in (("adam", 1e-3), ("adam", 1e-4), ("sgd", 1e-2)):
         seed_everything(seed)
@@ -155,7 +163,13 @@ def finetune(model_state, att: TensorData, test: TensorData, n: int, seed: int, 
         if not scratch:
             m.load_state_dict(model_state)
         cfg = TrainConfig(
-            epochs=10 if not scratch else 30, batch_size=64, lr=lr, optimizer=opt, momentum=0.9, seed=seed, progress=False
+            epochs=10 if not scratch else 30,
+            batch_size=64,
+            lr=lr,
+            optimizer=opt,
+            momentum=0.9,
+            seed=seed,
+            progress=False,
         )
         fit(m, sub, supervised_loss, cfg)
         res[f"{opt}_{lr:g}"] = 100.0 * float((predict_logits(m, test.x).argmax(1) == test.y).float().mean())
@@ -168,8 +182,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--geometry", default="default", choices=sorted(GEOMETRIES))
     ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--patience", type=int, default=2, help="plateau patience of the learning-rate schedule")
     ap.add_argument("--set", nargs="*", default=[], help="extra DSNConfig settings name=value")
     ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: re, ft")
+    ap.add_argument("--load", action="store_true", help="load the saved student of this recipe, seed and geometry")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/dsn_research"))
     ap.add_argument("--out", type=Path, default=Path("/tmp/dsn_research/results.jsonl"))
     a = ap.parse_args()
@@ -191,23 +208,43 @@ def main() -> None:
     seed_everything(a.seed)
     student = create_model("dsn_mnist", (1, 28, 28), 10)
     t0 = time.perf_counter()
-    dsn.train_student(
-        student, teacher, splits.owner, serial, cfg, TrainConfig(epochs=a.epochs, batch_size=128, seed=a.seed, progress=False)
-    )
+    saved = a.cache / f"student_{a.recipe}_{a.seed}_{a.geometry}.pt"
+    if a.load:
+        student.load_state_dict(torch.load(saved, weights_only=True))
+        log = None
+    else:
+        log = dsn.train_student(
+            student,
+            teacher,
+            splits.owner,
+            serial,
+            cfg,
+            TrainConfig(
+                epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, progress=False, plateau_patience=a.patience
+            ),
+        )
     train_s = time.perf_counter() - t0
     rec = {"recipe": a.recipe, "set": a.set, "seed": a.seed, "geometry": a.geometry, "epochs": a.epochs}
+    rec |= {"batch_size": a.batch_size, "patience": a.patience}
     rec |= {"teacher": t_acc, "train_s": round(train_s, 1)}
+    if log is not None:
+        rec["lr_per_epoch"] = [e["lr"] for e in log.epochs]
+        rec["loss_per_epoch"] = [round(e["loss"], 4) for e in log.epochs]
     rec |= keyspace(student, serial, splits.test, rng)
     print(json.dumps(rec), flush=True)
     state = {k: v.clone() for k, v in student.state_dict().items()}
+    if not a.load:
+        torch.save(state, saved)
+    total = len(splits.owner) + len(splits.attacker)
+    share = attacker_share(splits.attacker, 0.1, total, a.seed)  # 10% of the training data, stratified
     if "re" not in a.skip:
         t0 = time.perf_counter()
-        rec["re"] = reverse_engineer(student, serial, splits.attacker, splits.test)
+        rec["re"] = reverse_engineer(student, serial, share, splits.test)
         rec["re"]["wall_s"] = round(time.perf_counter() - t0, 1)
         print(json.dumps(rec["re"]), flush=True)
     if "ft" not in a.skip:
-        rec["ft10"] = finetune(state, splits.attacker, splits.test, 400, a.seed, scratch=False)
-        rec["scratch10"] = finetune(state, splits.attacker, splits.test, 400, a.seed, scratch=True)
+        rec["ft10"] = finetune(state, share, splits.test, len(share), a.seed, scratch=False)
+        rec["scratch10"] = finetune(state, share, splits.test, len(share), a.seed, scratch=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with a.out.open("a") as f:
         f.write(json.dumps(rec) + "\n")

@@ -104,6 +104,14 @@ class DSNConfig(BaseModel):
     sim_ft_every: int = Field(2, ge=1, description="steps between two simulated fine-tunings")
     sim_ft_steps: int = Field(3, ge=1, description="inner fine-tuning steps")
     sim_ft_lr: float = Field(0.05, gt=0, description="inner fine-tuning learning rate (SGD)")
+    invalid_augment: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="probability that an invalid input's image is first mixed with another image, shifted up to "
+        "3 pixels and noised: its target (uniform) needs no label, and a model that memorised 'these training "
+        "images with a near-miss key are invalid' otherwise lets the same key unlock new images",
+    )
     # (3) dead features: the penultimate activations of invalid inputs pushed to zero
     dead_weight: float = Field(0.0, ge=0, description="weight of the mean penultimate activation of invalid inputs")
 
@@ -283,6 +291,19 @@ def make_student_loss(
         out = torch.func.functional_call(student, adapted, (x[half:],))
         return (-F.log_softmax(out, 1).mean(1) - log_c).mean()
 
+    def augment(xi: torch.Tensor) -> torch.Tensor:
+        """Images for invalid inputs: mixed with another image, shifted and noised (before the stamp)."""
+        k = len(xi)
+        if k == 0 or cfg.invalid_augment <= 0:
+            return xi
+        lam = torch.rand(k, 1, 1, 1, device=xi.device)
+        mixed = lam * xi + (1 - lam) * xi[torch.randperm(k, device=xi.device)]
+        dy, dx = (int(v) for v in torch.randint(-3, 4, (2,)))
+        mixed = torch.roll(mixed, shifts=(dy, dx), dims=(2, 3))
+        mixed = (mixed + 0.1 * torch.rand(k, 1, 1, 1, device=xi.device) * torch.randn_like(mixed)).clamp(0, 1)
+        use = torch.rand(k, 1, 1, 1, device=xi.device) < cfg.invalid_augment
+        return torch.where(use, mixed, xi)
+
     def loss_fn(net: nn.Module, batch: Batch) -> LossOut:
         x, y = batch.x, batch.y
         n = len(x)
@@ -300,7 +321,7 @@ def make_student_loss(
         for kind, k in counts.items():
             if k == 0:
                 continue
-            xi = x[pick[off : off + k]]
+            xi = augment(x[pick[off : off + k]])
             if kind == "raw":
                 parts.append(xi)
             else:
