@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from deepserial import __version__
-from deepserial.identity import atomic_write
+from deepserial.files import atomic_write, atomic_write_all
 
 
 def environment() -> dict[str, Any]:
@@ -77,11 +77,18 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def json_bytes(data: dict[str, Any]) -> bytes:
+    """A report as the bytes :func:`write_json` writes (indented JSON, numpy scalars and paths made plain)."""
+    return (json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n").encode()
+
+
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    atomic_write(path, (json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n").encode())
+    """Write a report as JSON, atomically."""
+    atomic_write(path, json_bytes(data))
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """Write text (UTF-8), atomically."""
     atomic_write(path, text.encode())
 
 
@@ -103,11 +110,9 @@ def save_figure(fig: Any, path: str | Path) -> None:
 
 
 def write_report(stem: Path, report: dict[str, Any], markdown: str, figure: Any) -> list[Path]:
-    """A reproduction's three files, ``stem.{md,json,png}`` (the folder is created); returns their paths.
-    The figure is rendered before anything is written, so a plotting error leaves no partial report."""
+    """A reproduction's three files, ``stem.{md,json,png}`` (the folder is created), all or none;
+    returns their paths. The figure is rendered before anything is written."""
     png = _png(figure)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    write_json(stem.with_suffix(".json"), report)
-    write_text(stem.with_suffix(".md"), markdown)
-    atomic_write(stem.with_suffix(".png"), png)
-    return [stem.with_suffix(s) for s in (".md", ".json", ".png")]
+    paths = [stem.with_suffix(s) for s in (".md", ".json", ".png")]
+    atomic_write_all([(paths[0], markdown.encode(), None), (paths[1], json_bytes(report), None), (paths[2], png, None)])
+    return paths
