@@ -12,8 +12,8 @@ scheme, serial-number geometry, provenance (dataset, seed, versions) and an inte
   public key checks the signature too (``load_model(..., owner=identity)``).
 
 Because a rewritten file can carry any manifest, every manifest (model, ownership key, ONNX export)
-is also validated field by field against :mod:`deepserial.schema` when it is read, and a network is
-sized on PyTorch's ``meta`` device and compared with the stored weights before any memory is
+is also validated field by field against :mod:`deepserial.schema` when it is read, and the network it
+names is sized on PyTorch's ``meta`` device and compared with the stored weights before any memory is
 allocated for it. Files are written atomically (:mod:`deepserial.files`): a reader sees the previous
 file or the complete new one.
 """
@@ -144,29 +144,37 @@ def _read(raw: bytes, where: object) -> tuple[dict[str, Any], dict[str, torch.Te
             f"{where} failed its integrity check (weights or manifest were modified); do not use this file"
         )
     validate(ModelManifest, man, where, "model manifest", _FRESH_COPY)
+    _check_network(where, man, tensors)
     return man, tensors
 
 
-def _build(path: object, man: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SplitNet:
-    """The network a validated manifest names, holding ``tensors``.
+def _check_network(where: object, man: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a manifest whose network does not hold exactly the stored tensors.
 
-    The network is first built on the ``meta`` device (no memory, no random numbers drawn) and its
-    parameter shapes compared with the stored ones, so a manifest that names a huge input or class
-    count refuses to load instead of allocating for it."""
+    The network is built on the ``meta`` device (no memory, no random numbers drawn) and its shapes
+    compared with the stored ones, so a manifest naming a huge input or class count is refused without
+    allocating for it, and :func:`read_manifest` (``deepserial info``) refuses what :func:`load_model`
+    would."""
     arch, shape, classes = man["arch"], man["input_shape"], int(man["num_classes"])
     try:
         with torch.device("meta"):
             skeleton = create_model(arch, shape, classes)
     except ConfigError as e:  # unknown network, input too small for it
-        raise IntegrityError(f"{path}: {e}") from None
+        raise IntegrityError(f"{where}: {e}") from None
     want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     if want != {k: tuple(v.shape) for k, v in tensors.items()}:
-        raise IntegrityError(f"{path}: weights do not match network {arch!r} for input {tuple(shape)}")
-    model = create_model(arch, shape, classes)
+        raise IntegrityError(
+            f"{where}: weights do not match network {arch!r} for input {tuple(shape)} and {classes} classes"
+        )
+
+
+def _build(where: object, man: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SplitNet:
+    """The network of a verified manifest (:func:`_read`), holding ``tensors``."""
+    model = create_model(man["arch"], man["input_shape"], int(man["num_classes"]))
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError:
-        raise IntegrityError(f"{path}: weights do not match network {arch!r}") from None
+        raise IntegrityError(f"{where}: weights do not match network {man['arch']!r}") from None
     return model
 
 

@@ -93,27 +93,33 @@ class DataSetDoc(_Doc):
 
 
 class _ManifestBase(_Doc):
-    """The fields of a model manifest that readers use; optional ones may be absent, and only those a
-    writer may set to null accept ``None``."""
+    """The fields of a model manifest that readers use.
+
+    Optional fields come in two kinds. Those a writer may set to null are typed ``X | None``. The
+    others (``task_classes``, ``serial_geometry``, ``dsn_config``, ``environment``) may be absent but
+    never null, because readers test ``"serial_geometry" in manifest`` (or ``.get`` with a default) and
+    then use the value: their default is ``None`` typed as ``X``, which pydantic does not validate, so
+    absence passes and an explicit null does not.
+    """
 
     format: str
     arch: Name
     input_shape: Annotated[list[Side], Field(min_length=3, max_length=3)]  # (C, H, W)
     num_classes: Classes
-    task_classes: Classes = 2
+    task_classes: Classes = None  # type: ignore[assignment]
     normalisation: str | dict[str, Any] | None = None
     role: str | None = None
     scheme: str | None = None
-    serial_geometry: GeometryDoc | None = None
+    serial_geometry: GeometryDoc = None  # type: ignore[assignment]
     licence: VerifierDoc | None = None
     owner_fingerprint: str | None = None
     dataset: DataSetDoc | None = None
-    dsn_config: dict[str, Any] = {}
+    dsn_config: dict[str, Any] = None  # type: ignore[assignment]
     train_seed: int | None = None
     train_epochs: Annotated[int, Field(ge=0)] | None = None
     train_wall_s: Annotated[float, Field(ge=0.0)] | None = None
     test_acc: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
-    environment: dict[str, Any] = {}
+    environment: dict[str, Any] = None  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _shape_and_serial(self) -> _ManifestBase:
