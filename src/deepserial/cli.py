@@ -63,7 +63,8 @@ def _passphrase(env: str | None) -> str | None:
     if env and value is None:
         raise IdentityError(f"environment variable {env} is not set; export it with the key's passphrase")
     if value is not None and not value:
-        raise IdentityError(f"environment variable {name} is empty; export it with the key's passphrase or unset it")
+        fix = "" if env else " or unset it"
+        raise IdentityError(f"environment variable {name} is empty; export it with the key's passphrase{fix}")
     return value
 
 
@@ -1106,6 +1107,13 @@ def _option(argv: list[str], name: str) -> str | None:
     return None
 
 
+def _one_line(message: str) -> str:
+    """``message`` with every line break and other unprintable character escaped (``\\n``, ``\\x1b``):
+    an error that quotes user input (a ``--set`` name, a file name) stays one line and cannot move the
+    terminal's cursor."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the command, turning user errors into one line and exit status 2.
 
@@ -1127,7 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
         distributed.shutdown()
     except DeepSerialError as e:
         if distributed.is_main_process():  # under torchrun every rank fails alike: one line, from rank 0
-            typer.echo(f"deepserial: error: {e}", err=True)
+            typer.echo(f"deepserial: error: {_one_line(str(e))}", err=True)
         return e.exit_code
     except Exception as e:
         # Usage errors and exits come from click or from the copy of click that typer bundles;
