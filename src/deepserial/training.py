@@ -298,7 +298,7 @@ def _save_checkpoint(
         "format": CHECKPOINT_FORMAT,
         "epoch": epoch,
         "log": log.to_dict(),
-        "optimizer": {"param_groups": optim["param_groups"], "state": state},
+        "optimizer": {"type": type(opt).__name__, "param_groups": optim["param_groups"], "state": state},
         "scheduler": sched.state_dict(),  # type: ignore[attr-defined]
     }
     write_files_here([(path, st_save(tensors, metadata={"deepserial": json.dumps(doc)}), None)])
@@ -319,6 +319,8 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, s
         if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("not a deepserial checkpoint")
         doc = validate(CheckpointDoc, raw, path, "checkpoint")
+        if doc.optimizer.get("type") != type(opt).__name__:
+            raise ValueError(f"state of another optimiser ({doc.optimizer.get('type')!r})")
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
         state: dict[int, dict] = {int(pid): dict(entries) for pid, entries in doc.optimizer.get("state", {}).items()}
         for key, value in tensors.items():
