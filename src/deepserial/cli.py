@@ -1,7 +1,9 @@
 """The ``deepserial`` command.
 
 Every user mistake ends as one line on stderr (``deepserial: error: ...``) and exit status 2, and
-no command leaves a partial output file behind (outputs are written atomically, after the work).
+no command leaves a partial output file behind: every output path is checked for writability before
+the work starts, and outputs are written atomically after it, the files of one command all or none
+(:mod:`deepserial.files`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Annotated
 import torch
 import typer
 
-from deepserial.errors import ConfigError, DeepSerialError, IdentityError
+from deepserial.errors import ConfigError, DeepSerialError, IdentityError, InputError
+from deepserial.files import check_writable
 from deepserial.identity import OwnerIdentity, public_key_path
 
 app = typer.Typer(
@@ -52,17 +55,27 @@ Checkpoint = Annotated[
 
 
 def _passphrase(env: str | None) -> str | None:
+    """The key passphrase from ``--passphrase-env VAR`` (which must be set and non-empty) or else from
+    DEEPSERIAL_PASSPHRASE when that is set (non-empty too). An empty value is refused, never read as
+    "no passphrase": keygen would otherwise write in the clear a key its owner meant to encrypt."""
     name = env or "DEEPSERIAL_PASSPHRASE"
     value = os.environ.get(name)
     if env and value is None:
         raise IdentityError(f"environment variable {env} is not set; export it with the key's passphrase")
+    if value is not None and not value:
+        fix = "" if env else " or unset it"
+        raise IdentityError(f"environment variable {name} is empty; export it with the key's passphrase{fix}")
     return value
 
 
 def _refuse_overwrite(*paths: Path, force: bool) -> None:
+    """Check a command's output files before its work: each must not exist (unless ``force``) and must
+    be writable (:func:`deepserial.files.check_writable`), so a bad path fails in a second, not after
+    an hour of training."""
     for p in paths:
         if p.exists() and not force:
             raise ConfigError(f"{p} exists; pass --force to overwrite it")
+    check_writable(*paths)
 
 
 def _dsn_config(mode: str, epochs: int, batch_size: int, seed: int, quiet: bool):
@@ -122,6 +135,7 @@ def teacher(
     from deepserial.workflow import DataSpec, train_teacher
 
     _refuse_overwrite(out, force=force)
+    check_writable(checkpoint)
     t = train_teacher(
         DataSpec(dataset, split_seed, limit=limit),
         TrainConfig(
@@ -318,6 +332,8 @@ def predict(
         raise ConfigError(f"{model} is not a serial-number protected model (no serial geometry in its manifest)")
     sn = SerialNumber.from_product_key(key, expect=SerialGeometry.from_dict(m.manifest["serial_geometry"]))
     x = load_inputs(inputs, m.input_shape)
+    if not len(x):
+        raise InputError(f"no images in {', '.join(map(str, inputs))}; give at least one input")
     probs = torch.softmax(predict_logits(m.model, stamp(x, sn.geometry, sn.as_tensor())), 1)
     conf, pred = probs.max(1)
     for i, (p, c) in enumerate(zip(pred.tolist(), conf.tolist(), strict=True)):
@@ -346,6 +362,7 @@ def evaluate(
     from deepserial.serial import SerialGeometry, SerialNumber
     from deepserial.workflow import evaluate_customer, serial_from_licence
 
+    check_writable(out)
     m = load_model(model)
     if "serial_geometry" not in m.manifest:
         raise ConfigError(f"{model} is not a serial-number protected model")
@@ -394,32 +411,40 @@ def demo(
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
-    """The whole vendor pipeline on the embedded mnist5k data: key, teacher, customer model, report."""
-    from deepserial.artifacts import load_model, save_model
-    from deepserial.report import write_json, write_text
+    """The whole vendor pipeline on the embedded mnist5k data: key, teacher, customer model, report.
+
+    Every file is written at the end, all or none; the report holds no secret (the product key is
+    printed once, like `issue` does)."""
+    from deepserial.artifacts import decode_model, encode_model
+    from deepserial.files import atomic_write_all
+    from deepserial.report import json_bytes
     from deepserial.training import TrainConfig
-    from deepserial.workflow import DataSpec, evaluate_customer, parse_size, save_issued, train_teacher
+    from deepserial.workflow import DataSpec, evaluate_customer, licence_bytes, parse_size, train_teacher
     from deepserial.workflow import issue as do_issue
 
+    sn_size = parse_size(size)
+    cfg, train = _dsn_config("default", epochs, 128, seed, quiet)
+    teacher_train = TrainConfig(epochs=teacher_epochs, batch_size=128, seed=seed, progress=not quiet)
+    check_writable(out, directory=True)
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     say = (lambda s: None) if quiet else (lambda s: typer.echo(s, err=True))
     ident = OwnerIdentity.generate()
-    ident.save(out / "owner.pem")
-    say("[1/4] owner key: written")
-    t = train_teacher(
-        DataSpec("mnist5k", seed), TrainConfig(epochs=teacher_epochs, batch_size=128, seed=seed, progress=not quiet)
-    )
-    save_model(out / "teacher.safetensors", t.model, t.manifest)
+    files = [
+        (out / "owner.pem", ident.private_pem(), 0o600),
+        (public_key_path(out / "owner.pem"), ident.public_pem(), None),
+    ]
+    say("[1/4] owner key generated")
+    t = train_teacher(DataSpec("mnist5k", seed), teacher_train)
+    teacher_bytes, _ = encode_model(t.model, t.manifest)
+    files.append((out / "teacher.safetensors", teacher_bytes, None))
     say(f"[2/4] teacher: {t.manifest['test_acc']:.2f}% test accuracy ({t.log.wall_s:.0f} s)")
-    cfg, train = _dsn_config("default", epochs, 128, seed, quiet)
-    teacher_m = load_model(out / "teacher.safetensors")
-    issued = do_issue(
-        teacher_m, ident, "demo-customer", owner_id="demo-owner", size=parse_size(size), config=cfg, train=train
-    )
-    save_issued(issued, out / "customer.safetensors", out / "customer.licence.json", ident)
-    say(f"[3/4] customer model issued ({issued.log.wall_s:.0f} s); product key {issued.product_key}")
-    customer = load_model(out / "customer.safetensors", owner=ident)
+    teacher_m = decode_model(teacher_bytes, out / "teacher.safetensors")
+    issued = do_issue(teacher_m, ident, "demo-customer", owner_id="demo-owner", size=sn_size, config=cfg, train=train)
+    customer_bytes, man = encode_model(issued.student, issued.manifest, owner=ident)
+    files.append((out / "customer.safetensors", customer_bytes, None))
+    files.append((out / "customer.licence.json", licence_bytes(issued, man["integrity"]["sha256"]), 0o600))
+    say(f"[3/4] customer model issued ({issued.log.wall_s:.0f} s)")
+    customer = decode_model(customer_bytes, out / "customer.safetensors", owner=ident)
     rep = evaluate_customer(
         customer,
         issued.serial,
@@ -430,16 +455,16 @@ def demo(
         seed=seed,
     )
     rep["timings"]["demo_total_s"] = time.perf_counter() - t0
-    rep["product_key"] = issued.product_key
-    write_json(out / "dsn_report.json", rep)
     md = (
         f"# DSN demo on mnist5k\n\nSerial number {issued.serial.geometry.describe()} "
         f"({issued.serial.geometry.nbits} bits), seed {seed}, "
         f"total {rep['timings']['demo_total_s']:.0f} s.\n\n{dsn_markdown(rep)}\n"
     )
-    write_text(out / "dsn_report.md", md)
-    say(f"[4/4] evaluated; wrote {out / 'dsn_report.json'} and {out / 'dsn_report.md'}")
+    files += [(out / "dsn_report.json", json_bytes(rep), None), (out / "dsn_report.md", md.encode(), None)]
+    atomic_write_all(files)
+    say(f"[4/4] evaluated; wrote {len(files)} files to {out} (owner.pem and customer.licence.json are secret)")
     typer.echo(md)
+    typer.echo(f"product key for demo-customer (shown once): {issued.product_key}")
 
 
 def _scheme_settings(items: list[str] | None) -> dict:
@@ -451,7 +476,7 @@ def _scheme_settings(items: list[str] | None) -> dict:
             raise ConfigError(f"--set {item!r} must look like name=value, e.g. --set alpha=0.01")
         try:
             out[name] = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON (JSONDecodeError), or nested beyond the parser
             out[name] = value
     return out
 
@@ -489,7 +514,8 @@ def watermark_embed(
     force: bool = False,
 ) -> None:
     """Train (or fine-tune) a model carrying an ownership watermark; write the model and its key."""
-    from deepserial.artifacts import load_model, save_key, save_model
+    from deepserial.artifacts import encode_key, encode_model, load_model
+    from deepserial.files import atomic_write_all
     from deepserial.schemes.base import get_scheme
     from deepserial.training import TrainConfig
     from deepserial.workflow import DataSpec, embed_watermark
@@ -506,8 +532,8 @@ def watermark_embed(
     )
     train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=not quiet)
     m = embed_watermark(sch, ident, data, train, arch=arch, subject=subject, owner_id=owner_id, base=base_model)
-    save_key(key_out, m.key, owner=ident)
-    save_model(out, m.model, m.manifest, owner=ident)
+    key_bytes, _ = encode_key(m.key, owner=ident)
+    atomic_write_all([(key_out, key_bytes, 0o600), (out, encode_model(m.model, m.manifest, owner=ident)[0], None)])
     typer.echo(
         f"{scheme}: test accuracy {m.manifest['test_acc']:.2f}%, {m.log.wall_s:.1f} s; wrote {out} and "
         f"ownership key {key_out} (keep it secret)"
@@ -601,9 +627,10 @@ def attack(
 ) -> None:
     """Attack a protected model with an explicit budget; report accuracy, serial-number accuracy and the
     ownership verdict before and after, and what the attack spent."""
-    from deepserial.artifacts import load_key, load_model, save_model
+    from deepserial.artifacts import encode_model, load_key, load_model
     from deepserial.attacks.base import AttackBudget, get_attack
-    from deepserial.report import write_json
+    from deepserial.files import atomic_write_all
+    from deepserial.report import json_bytes
     from deepserial.serial import SerialGeometry, SerialNumber
     from deepserial.workflow import attack_model
 
@@ -627,6 +654,7 @@ def attack(
             raise ConfigError(f"{model} is not a serial-number protected model; leave out --serial")
         sn = SerialNumber.from_product_key(serial, expect=SerialGeometry.from_dict(target.manifest["serial_geometry"]))
     attacked, rep = attack_model(target, atk, budget, fraction=fraction, key=k, serial=sn, fpr=fpr)
+    outputs = []
     if out is not None:
         man = {k_: v for k_, v in target.manifest.items() if k_ not in ("integrity", "format")}
         man |= {
@@ -635,9 +663,10 @@ def attack(
             "attack": {"name": name, "budget": rep["log"]["budget"], "fraction": fraction, "source": str(model)},
             "test_acc": rep["after"]["test_acc"],
         }
-        save_model(out, attacked, man)
+        outputs.append((out, encode_model(attacked, man)[0], None))
     if report is not None:
-        write_json(report, rep)
+        outputs.append((report, json_bytes(rep), None))
+    atomic_write_all(outputs)
     if as_json:
         typer.echo(json.dumps(rep, indent=2, default=str))
         return
@@ -712,6 +741,7 @@ def reproduce_dsn(
         + "".join(f" --{k.replace('_', '-')} {v}" for k, v in custom.items() if v is not None)
         + (f" --pixels-per-bit {pixels_per_bit}" if scales != [None] else "")
     )
+    check_writable(out, directory=True)  # before hours of work
     paths = run(dataset, out, seed=seed, progress=not quiet, only=only, config=config, command=command)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
@@ -747,10 +777,12 @@ def reproduce_attacks(
             values = [int(v) for v in seeds.split(",")]
         except ValueError:
             raise ConfigError(f"--seeds takes comma-separated integers such as 0,1,2; got {seeds!r}") from None
+        check_writable(out, directory=True)  # before hours of work
         paths = run_seeds(dataset, values, out, progress=not quiet)
         typer.echo("wrote " + ", ".join(str(p) for p in paths))
         return
     over = {"brute_force_tries": tries} if tries is not None else None
+    check_writable(out, directory=True)  # before hours of work
     paths = run(scheme, dataset, out, seed=seed, progress=not quiet, overrides=over)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
@@ -768,6 +800,7 @@ def reproduce_neural_cleanse(
     from deepserial.experiments.neural_cleanse import run
 
     names = None if schemes is None else [v.strip() for v in schemes.split(",") if v.strip()]
+    check_writable(out, directory=True)  # before hours of work
     paths = run(dataset, out, seed=seed, progress=not quiet, schemes=names)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
@@ -791,6 +824,7 @@ def _reproduce_command(name: str):  # noqa: ANN202
             for k, v in {"n_models": n_models, "n_random_keys": n_random_keys, "epochs": epochs}.items()
             if v is not None
         }
+        check_writable(out, directory=True)  # before hours of work
         paths = run(name, dataset, out, seed=seed, progress=not quiet, overrides=over)
         typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
@@ -1045,7 +1079,7 @@ def data_cifar_digits(
     (a stand-in for 32x32x3 data where CIFAR-10 / GTSRB cannot be fetched)."""
     from deepserial.data.synthetic import write_cifar_digits
 
-    _refuse_overwrite(out / "data_batch_1", out / "test_batch", force=force)
+    _refuse_overwrite(out / "data_batch_1", out / "test_batch", out / "batches.meta", force=force)
     write_cifar_digits(out, seed=seed)
     typer.echo(f"wrote {out}/data_batch_1 (4,000 images), {out}/test_batch (1,000), {out}/batches.meta")
 
@@ -1083,6 +1117,13 @@ def _option(argv: list[str], name: str) -> str | None:
     return None
 
 
+def _one_line(message: str) -> str:
+    """``message`` with every line break and other unprintable character escaped (``\\n``, ``\\x1b``):
+    an error that quotes user input (a ``--set`` name, a file name) stays one line and cannot move the
+    terminal's cursor."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the command, turning user errors into one line and exit status 2.
 
@@ -1104,7 +1145,7 @@ def main(argv: list[str] | None = None) -> int:
         distributed.shutdown()
     except DeepSerialError as e:
         if distributed.is_main_process():  # under torchrun every rank fails alike: one line, from rank 0
-            typer.echo(f"deepserial: error: {e}", err=True)
+            typer.echo(f"deepserial: error: {_one_line(str(e))}", err=True)
         return e.exit_code
     except Exception as e:
         # Usage errors and exits come from click or from the copy of click that typer bundles;
