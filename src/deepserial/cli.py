@@ -555,6 +555,10 @@ def watermark_verify(
         str | None, typer.Option(help="Refuse a key of any other scheme (default: the key's own scheme).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="URL suspect: seconds one request may take, all told.")] = 30.0,
+    total_timeout: Annotated[
+        float, typer.Option(help="URL suspect: seconds all requests to the server may take together.")
+    ] = 600.0,
 ) -> None:
     """Test whether SUSPECT carries the watermark of KEY. Exit status 0: it does; 1: it does not."""
     from deepserial.artifacts import load_key
@@ -570,7 +574,7 @@ def watermark_verify(
             f"{key} is a {k.scheme} key, not a {scheme} key: give the key written by "
             f"`watermark embed --scheme {scheme}` (or leave out --scheme)"
         )
-    s = open_suspect(suspect, budget=budget)
+    s = open_suspect(suspect, budget=budget, timeout=timeout, total_timeout=total_timeout)
     v = verify_watermark(k, s, fpr=fpr)
     typer.echo(json.dumps(v.to_dict(), indent=2) if as_json else v.summary())
     if not v.decision:
@@ -802,6 +806,29 @@ def reproduce_neural_cleanse(
     names = None if schemes is None else [v.strip() for v in schemes.split(",") if v.strip()]
     check_writable(out, directory=True)  # before hours of work
     paths = run(dataset, out, seed=seed, progress=not quiet, schemes=names)
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@reproduce_app.command("dsn-security")
+def reproduce_dsn_security(
+    dataset: Annotated[
+        str, typer.Option(help="mnist5k, mnist5k-alt (a 5x7 serial number at rows 8, columns 12) or fashion-mnist.")
+    ] = "mnist5k",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds, one customer model each.")] = "0,1,2,3,4",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Reports folder.")] = Path("reports"),
+    quiet: Quiet = False,
+) -> None:
+    """The DSN lock against an adaptive thief, per customer model: every near key, reverse engineering
+    with bit search, label-only hill climbing, and a fine-tuning / transfer sweep against from scratch
+    at 10-40% of the data: reports/dsn_security_<dataset>."""
+    from deepserial.experiments.dsn_security import run
+
+    try:
+        values = [int(v) for v in seeds.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated integers such as 0,1,2; got {seeds!r}") from None
+    check_writable(out, directory=True)  # before hours of work
+    paths = run(dataset, out, values, progress=not quiet, command=" ".join(["deepserial", *sys.argv[1:]]))
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
