@@ -50,6 +50,7 @@ class GeometryDoc(_Doc):
     left: int
     channels: list[int] = []
     scale: int = 1
+    guard: int = 0
 
     @model_validator(mode="after")
     def _in_range(self) -> GeometryDoc:
@@ -60,7 +61,9 @@ class GeometryDoc(_Doc):
         from deepserial.serial import SerialGeometry
 
         try:
-            return SerialGeometry(self.height, self.width, self.top, self.left, tuple(self.channels), self.scale)
+            return SerialGeometry(
+                self.height, self.width, self.top, self.left, tuple(self.channels), self.scale, self.guard
+            )
         except DeepSerialError as e:
             raise ValueError(str(e)) from None
 

@@ -49,7 +49,7 @@ from deepserial.attacks.base import Attack, AttackBudget, AttackLog, register_at
 from deepserial.data import TensorData
 from deepserial.errors import ConfigError
 from deepserial.nets import SplitNet
-from deepserial.serial import SerialGeometry, SerialNumber, stamp, stamp_many
+from deepserial.serial import SerialGeometry, SerialNumber, stamp, stamp_many, write_frame
 from deepserial.suspect import ModuleSuspect, QueryBudgetError, Suspect
 from deepserial.training import EpochCallback, model_device
 
@@ -505,8 +505,9 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _stamp_soft(x: torch.Tensor, g: SerialGeometry, proxy: torch.Tensor) -> torch.Tensor:
-    """Write a continuous pattern in [0, 1] into the serial number's region (differentiable)."""
-    out = x.clone()
+    """Write a continuous pattern in [0, 1] into the serial number's region (differentiable), inside
+    the geometry's public guard frame if it has one."""
+    out = write_frame(x.clone(), g)
     rows, cols = g.region()
     chans = list(g.channels) or list(range(x.shape[1]))
     for ch in chans:
