@@ -25,6 +25,7 @@ from deepserial.ledger import (
     SCHEMA_VERSION,
     STALE_AFTER_S,
     Ledger,
+    LedgerBusyError,
     LedgerError,
     issue_temp_path,
     sn_fingerprint,
@@ -186,6 +187,50 @@ def test_a_second_connection_in_one_process_keeps_the_first_ones_locks(tmp_path:
     second.close()
     with Ledger(path) as led:
         assert sorted(lic.customer for lic in led.licences()) == ["a", "a2", "child"]
+
+
+def test_the_write_lock_is_held_only_for_the_insert_and_a_busy_lock_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import deepserial.ledger as ledger_mod
+
+    ident = OwnerIdentity.generate()
+    path = tmp_path / "l.db"
+    led = Ledger(path, timeout=0.5)
+    real = ledger_mod.sn_fingerprint
+
+    def fingerprint_outside_the_lock(*args: object, **kw: object) -> str:
+        assert not led._db.in_transaction, "the slow fingerprint ran while holding the write lock"
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ledger_mod, "sn_fingerprint", fingerprint_outside_the_lock)
+    record(led, ident, "a", 1)
+    model = tmp_path / "m.safetensors"
+    v = VerifierString(ident.fingerprint(), "b", "2026-01-01T00:00:02+00:00", "dsn")
+    sig = ident.sign(v)
+    lid = led.begin_issue(
+        ident,
+        v,
+        SerialNumber.from_signature(sig, GEOMETRY),
+        model_path=model,
+        licence_path=tmp_path / "m.licence.json",
+        temp_paths=[issue_temp_path(model)],
+        signature=sig,
+        fingerprint_cost=FAST,
+    )
+    led.complete_issue(lid, "ab" * 32)
+    # another process holds the write lock for longer than the timeout: one line, after the timeout
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    t0 = time.monotonic()
+    with pytest.raises(LedgerBusyError, match="stayed locked by another process for over 0.5 s") as e:
+        record(led, ident, "c", 3)
+    assert 0.5 <= time.monotonic() - t0 < 5 and "\n" not in str(e.value)
+    other.execute("ROLLBACK")
+    record(led, ident, "c", 3)  # and once the lock is free, the same record goes in
+    assert [lic.customer for lic in led.licences()] == ["a", "b", "c"]
+    led.close()
+    other.close()
 
 
 def _damage(path: Path, kind: str) -> None:

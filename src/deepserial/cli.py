@@ -302,14 +302,14 @@ def _check_issue_outputs(*paths: Path | None) -> None:
             raise ConfigError(f"cannot write {p}: {e.strerror} in {d}") from None
 
 
-def _place_issued(  # noqa: ANN202
+def _place_issued(
     issued,  # noqa: ANN001
     out: Path,
     licence: Path,
     ident: OwnerIdentity,
     temps: list[Path],
     placed: list[Path],
-):
+) -> dict:
     """Write the customer model and licence record under ``temps`` (hidden names in the final
     directories, each written atomically), then rename both into place, appending each final path to
     ``placed`` as it lands; returns the model's manifest. Under torchrun every rank calls this (the
