@@ -199,51 +199,64 @@ def issue(
 ) -> None:
     """Issue a customer model that works only with that customer's serial number.
 
-    Prints the product key once: hand it to the customer with the model file. With --ledger, the
-    licence row and the files are committed together: the key is printed only after both are final.
+    Prints the product key once: hand it to the customer with the model file. Every output (model,
+    licence record, ledger) is checked writable before training; the files are written under temporary
+    names and renamed into place, so a failure leaves nothing partial. With --ledger, a pending row
+    comes first and the licence is final only after the files are: the key is printed after that, and
+    an issuer killed midway leaves a pending row that `deepserial ledger check --repair` removes with
+    its files.
     """
     from deepserial.artifacts import load_model
+    from deepserial.distributed import is_main_process
     from deepserial.workflow import issue as do_issue
-    from deepserial.workflow import parse_position, parse_size, save_issued
+    from deepserial.workflow import parse_position, parse_size
 
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in customer)
     out = out or Path(f"customer-{safe}.safetensors")
     licence = licence or out.with_name(out.name.removesuffix(".safetensors") + ".licence.json")
     _refuse_overwrite(out, licence, force=force)
+    _check_issue_outputs(out, licence, ledger)
     ident = OwnerIdentity.load(key, _passphrase(passphrase_env))
     seal = _secret_env(seal_passphrase_env, "ledger passphrase") if seal_passphrase_env else None
     if ledger is None and seal is not None:
         raise ConfigError("--seal-passphrase-env needs --ledger: the sealed signature is kept in the ledger")
-    from deepserial.distributed import is_main_process
-
-    scale = _pixels_per_bit(pixels_per_bit)
-    # a bad ledger is refused before training; under torchrun only rank 0 opens it (one row per licence)
-    led = _open_ledger(ledger) if ledger is not None and is_main_process() else None
-    if led is not None and ident.algorithm != "ed25519" and seal is None:
+    if ledger is not None and ident.algorithm != "ed25519" and seal is None:
         raise ConfigError(
             "an RSA owner key signs non-deterministically: give --seal-passphrase-env so the ledger "
             "can re-derive this serial number for tracing"
         )
-    t = load_model(teacher_path)
-    cfg, train = _dsn_config(mode, epochs, batch_size, seed, quiet)
-    train = dataclasses.replace(
-        train, device=device, precision=precision, channels_last=channels_last, checkpoint=checkpoint
-    )
-    issued = do_issue(
-        t,
-        ident,
-        customer,
-        owner_id=owner_id,
-        size=parse_size(size),
-        position=parse_position(position),
-        config=cfg,
-        train=train,
-        scale=scale,
-    )
-    if led is None:
-        save_issued(issued, out, licence, ident)
-    else:
-        _issue_into_ledger(led, issued, out, licence, ident, seal)
+    scale = _pixels_per_bit(pixels_per_bit)
+    # An existing ledger is opened and its write lock tried before training; a missing one is created
+    # only when the licence is recorded. Under torchrun only rank 0 opens it (one row per licence).
+    records = ledger is not None and is_main_process()
+    led = _open_ledger(ledger, create=False) if records and (ledger.exists() or ledger.is_symlink()) else None
+    try:
+        if led is not None:
+            led.check_writable()
+        t = load_model(teacher_path)
+        cfg, train = _dsn_config(mode, epochs, batch_size, seed, quiet)
+        train = dataclasses.replace(
+            train, device=device, precision=precision, channels_last=channels_last, checkpoint=checkpoint
+        )
+        issued = do_issue(
+            t,
+            ident,
+            customer,
+            owner_id=owner_id,
+            size=parse_size(size),
+            position=parse_position(position),
+            config=cfg,
+            train=train,
+            scale=scale,
+        )
+        if records:
+            led = led or _open_ledger(ledger)
+            _issue_into_ledger(led, issued, out, licence, ident, seal)
+        else:
+            _write_issued_files(issued, out, licence, ident)
+    finally:
+        if led is not None:
+            led.close()
     typer.echo(
         f"customer model: {out}\nlicence record (owner only, secret): {licence}\n"
         f"serial number: {issued.serial.geometry.describe()}"
@@ -271,9 +284,89 @@ def _secret_env(name: str, what: str) -> str:
 
 
 def _open_ledger(path: Path, create: bool = True):  # noqa: ANN202
+    """The ledger at ``path``; only ``issue`` creates one (``create``), and only where no file is."""
     from deepserial.ledger import Ledger
 
     return Ledger(path, create=create)
+
+
+def _check_issue_outputs(*paths: Path | None) -> None:
+    """Refuse, before any training, outputs of ``issue`` that could not be written: the same path given
+    twice, a directory, a parent that is a file, a directory where no file can be created (probed by
+    creating and removing a file there, which permissions, read-only mounts and quotas all answer)."""
+    import tempfile
+
+    given = [p for p in paths if p is not None]
+    resolved = [p.resolve() for p in given]
+    if len(set(resolved)) != len(resolved):
+        raise ConfigError("the customer model, licence record and ledger must be three different files")
+    for p in given:
+        if p.is_dir():
+            raise ConfigError(f"{p} is a directory; give a file name")
+        d = p.parent
+        while not d.exists() and d != d.parent:  # directories still missing are created when writing
+            d = d.parent
+        if not d.is_dir():
+            raise ConfigError(f"cannot write {p}: {d} is not a directory")
+        try:
+            fd, probe = tempfile.mkstemp(dir=d, prefix=".deepserial-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise ConfigError(f"cannot write {p}: {e.strerror} in {d}") from None
+
+
+def _place_issued(
+    issued,  # noqa: ANN001
+    out: Path,
+    licence: Path,
+    ident: OwnerIdentity,
+    temps: list[Path],
+    placed: list[Path],
+) -> dict:
+    """Write the customer model and licence record under ``temps`` (hidden names in the final
+    directories, each written atomically), then rename both into place, appending each final path to
+    ``placed`` as it lands; returns the model's manifest. Under torchrun every rank calls this (the
+    writes are collective) and rank 0 writes and renames."""
+    from deepserial.distributed import writes_here
+    from deepserial.workflow import save_issued
+
+    try:
+        manifest = save_issued(issued, temps[0], temps[1], ident)
+        if writes_here():
+            for tmp, final in zip(temps, (out, licence), strict=True):
+                os.replace(tmp, final)
+                placed.append(final)
+            for d in {out.parent, licence.parent}:
+                fd = os.open(d, os.O_RDONLY)  # the renames survive a power cut before the ledger says final
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    except OSError as e:  # a full disk, a directory made read-only since the check before training
+        raise ConfigError(f"cannot write the issued files: {e.strerror or e} ({e.filename or out.parent})") from None
+    return manifest
+
+
+def _discard(paths: list[Path]) -> None:
+    """Remove what a failed issuance wrote (best effort: the error being raised is the one to show)."""
+    from contextlib import suppress
+
+    for p in paths:
+        with suppress(OSError):
+            p.unlink(missing_ok=True)
+
+
+def _write_issued_files(issued, out: Path, licence: Path, ident: OwnerIdentity) -> None:  # noqa: ANN001
+    """``issue`` without a ledger: both files or neither (a failure removes what was written)."""
+    from deepserial.ledger import issue_temp_path
+
+    temps, placed = [issue_temp_path(out), issue_temp_path(licence)], []
+    try:
+        _place_issued(issued, out, licence, ident, temps, placed)
+    except BaseException:
+        _discard([*temps, *placed])
+        raise
 
 
 def _issue_into_ledger(
@@ -284,30 +377,37 @@ def _issue_into_ledger(
     ident: OwnerIdentity,  # noqa: ANN001
     seal: str | None,
 ) -> None:
-    """Write the customer files and the ledger row in one transaction: if anything fails before the commit,
-    the row is rolled back and the files just written are removed."""
+    """Record the licence and write its files so that a row and its files exist together or not at
+    all (the protocol of :mod:`deepserial.ledger`): a pending row naming the files (its fingerprint and
+    sealed signature computed before the write lock), the files under temporary names, renamed into
+    place, the row made final. The write lock is held only for the two short updates. On a failure
+    the pending row is deleted and the files removed; if even that fails (or the process is killed),
+    the pending row remains for `deepserial ledger check --repair`."""
     from deepserial.identity import VerifierString
-    from deepserial.workflow import save_issued
+    from deepserial.ledger import issue_temp_path
 
-    existed = {p: p.exists() for p in (out, licence)}
+    temps, placed = [issue_temp_path(out), issue_temp_path(licence)], []
+    lid = led.begin_issue(
+        ident,
+        VerifierString.from_dict(issued.licence["verifier"]),
+        issued.serial,
+        model_path=out,
+        licence_path=licence,
+        temp_paths=temps,
+        dataset=issued.manifest.get("dataset"),
+        signature=bytes.fromhex(issued.licence["signature"]),
+        seal_passphrase=seal,
+    )
     try:
-        with led.transaction() as tx:
-            manifest = save_issued(issued, out, licence, ident)
-            led.record(
-                ident,
-                VerifierString.from_dict(issued.licence["verifier"]),
-                issued.serial,
-                model_sha256=manifest["integrity"]["sha256"],
-                model_path=str(out.resolve()),
-                dataset=issued.manifest.get("dataset"),
-                signature=bytes.fromhex(issued.licence["signature"]),
-                seal_passphrase=seal,
-                db=tx,
-            )
+        manifest = _place_issued(issued, out, licence, ident, temps, placed)
+        led.complete_issue(lid, manifest["integrity"]["sha256"])
     except BaseException:
-        for p, was in existed.items():
-            if not was and p.exists():
-                p.unlink()
+        try:
+            gone = led.abandon_issue(lid)
+        except Exception:  # the pending row names every file: `ledger check --repair` finishes the job
+            gone = False
+        if gone:
+            _discard([*temps, *placed])
         raise
 
 
@@ -881,13 +981,15 @@ def ledger_list(
     """One line per issued licence: id, customer, scheme, time, model digest, serial-number fingerprint."""
     with _open_ledger(ledger, create=False) as led:
         rows = led.licences(customer=customer)
+        unfinished = led.unfinished()
         for lic in rows:
             typer.echo(
                 f"{lic.id}\t{lic.customer}\t{lic.scheme}\t{lic.issued_at}\t"
                 f"model {(lic.model_sha256 or '-')[:16]}\tsn {lic.sn_fingerprint[:16]}"
                 + ("\tsealed" if lic.sealed else "")
             )
-        typer.echo(f"{len(rows)} licence(s) in {ledger}", err=True)
+        note = f" ({len(unfinished)} unfinished issuance(s): see `deepserial ledger check`)" if unfinished else ""
+        typer.echo(f"{len(rows)} licence(s) in {ledger}{note}", err=True)
 
 
 @ledger_app.command("show")
@@ -922,12 +1024,36 @@ def ledger_export(
 
 
 @ledger_app.command("check")
-def ledger_check(ledger: Annotated[Path, typer.Option(help="Ledger file.")] = Path("ledger.db")) -> None:
-    """SQLite's integrity check and the schema version. Exit status 1 when the file is damaged."""
-    with _open_ledger(ledger, create=False) as led:
-        res = led.integrity_check()
-        typer.echo(f"{ledger}: schema {led.version}, {len(led.licences())} licence(s), integrity {res}")
-    if res != "ok":
+def ledger_check(
+    ledger: Annotated[Path, typer.Option(help="Ledger file.")] = Path("ledger.db"),
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Remove abandoned issuances (an issuer killed while writing its files): their pending "
+            "rows, temporary files and the files they wrote.",
+        ),
+    ] = False,
+) -> None:
+    """SQLite's integrity check, foreign keys, every row parsed, and unfinished issuances.
+
+    Exit status 1 when the file is damaged or an abandoned issuance is left (see --repair); an issuance
+    still running in another process is listed but is not damage.
+    """
+    from deepserial.ledger import LedgerBusyError, LedgerError
+
+    try:
+        led = _open_ledger(ledger, create=False)
+    except LedgerBusyError:
+        raise
+    except LedgerError as e:
+        typer.echo(f"{ledger}: damaged: {e}")
+        raise typer.Exit(1) from None
+    with led:
+        report = led.check(repair=repair)
+    for line in report.lines():
+        typer.echo(line)
+    if not report.sound:
         raise typer.Exit(1)
 
 
