@@ -97,6 +97,7 @@ class Registry(Generic[T]):
             return deco
         if not isinstance(name, str) or not name.strip():
             raise self._error(f"a {self.kind} needs a non-empty name, got {name!r}")
+        self._load()  # the built-in entries first: a clash is then reported here, not when they import
         key = self._normalise(name)
         old = self._entries.get(key)
         if old is not None and not replace and old is not obj and not _same_definition(old, obj):
