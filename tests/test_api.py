@@ -84,6 +84,13 @@ def test_split_at_a_named_child_computes_what_the_model_computes() -> None:
     assert ds.as_split_net(net) is net
 
 
+def test_a_split_can_be_sized_on_the_meta_device() -> None:
+    """Model files are checked against a network built on the meta device: the split must build there."""
+    with torch.device("meta"):
+        net = ds.as_split_net(UserNet(), input_shape=(3, 8, 8))
+    assert next(net.parameters()).is_meta and net.feature_dim == 10
+
+
 def test_split_from_two_modules() -> None:
     features = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU())
     net = ds.as_split_net(features=features, classifier=nn.Linear(16, 4), input_shape=(3, 8, 8))
