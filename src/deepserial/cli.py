@@ -54,6 +54,14 @@ Checkpoint = Annotated[
 ]
 
 
+def _registered(kind: str) -> str:
+    """What a registry holds (``attacks``, ``schemes``, ``models``, ``datasets``), for a help text: generated,
+    so a new network, data set, scheme or attack shows in ``--help`` without editing this file."""
+    import deepserial
+
+    return ", ".join(getattr(deepserial, f"list_{kind}")())
+
+
 def _passphrase(env: str | None) -> str | None:
     """The key passphrase from ``--passphrase-env VAR`` (which must be set and non-empty) or else from
     DEEPSERIAL_PASSPHRASE when that is set (non-empty too). An empty value is refused, never read as
@@ -114,8 +122,10 @@ def teacher(
     out: Annotated[Path, typer.Option("--out", "-o", help="Teacher model file (.safetensors).")] = Path(
         "teacher.safetensors"
     ),
-    dataset: Annotated[str, typer.Option(help="mnist5k, fashion-mnist, or a path to your data.")] = "mnist5k",
-    arch: Annotated[str, typer.Option(help="Network name (see `deepserial models`).")] = "dsn_mnist",
+    dataset: Annotated[str, typer.Option(help=f"{_registered('datasets')}, or a path to your data.")] = "mnist5k",
+    arch: Annotated[
+        str, typer.Option(help=f"Network: {_registered('models')} (see `deepserial models`).")
+    ] = "dsn_mnist",
     epochs: int = 20,
     batch_size: int = 128,
     lr: float = 1e-3,
@@ -583,14 +593,18 @@ def _scheme_settings(items: list[str] | None) -> dict:
 
 @watermark_app.command("embed")
 def watermark_embed(
-    scheme: Annotated[str, typer.Option(help="Scheme name (see `deepserial watermark schemes`).")],
+    scheme: Annotated[
+        str, typer.Option(help=f"Scheme: {_registered('schemes')} (see `deepserial watermark schemes`).")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Watermarked model file (.safetensors).")],
     key_out: Annotated[
         Path | None, typer.Option("--key-out", help="Ownership key file (secret; default OUT with .key).")
     ] = None,
     key: Annotated[Path, typer.Option(help="Owner private key file.")] = Path("owner.pem"),
-    dataset: Annotated[str, typer.Option(help="mnist5k, fashion-mnist, or a path to your data.")] = "mnist5k",
-    arch: Annotated[str, typer.Option(help="Network name (see `deepserial models`).")] = "dsn_mnist",
+    dataset: Annotated[str, typer.Option(help=f"{_registered('datasets')}, or a path to your data.")] = "mnist5k",
+    arch: Annotated[
+        str, typer.Option(help=f"Network: {_registered('models')} (see `deepserial models`).")
+    ] = "dsn_mnist",
     base: Annotated[
         Path | None,
         typer.Option(
@@ -652,7 +666,8 @@ def watermark_verify(
     fpr: Annotated[float, typer.Option(help="False-positive rate the decision is taken at.")] = 1e-3,
     budget: Annotated[int | None, typer.Option(help="Most queries the verification may spend.")] = None,
     scheme: Annotated[
-        str | None, typer.Option(help="Refuse a key of any other scheme (default: the key's own scheme).")
+        str | None,
+        typer.Option(help=f"Refuse a key of any other scheme ({_registered('schemes')}; default: the key's own)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
     timeout: Annotated[float, typer.Option(help="URL suspect: seconds one request may take, all told.")] = 30.0,
@@ -696,10 +711,7 @@ def watermark_schemes() -> None:
 def attack(
     name: Annotated[
         str,
-        typer.Argument(
-            help="Attack name (fine-tuning, from-scratch, pruning, transfer-learning, "
-            "extraction, neural-cleanse, serial-search)."
-        ),
+        typer.Argument(help=f"Attack: {_registered('attacks')}."),
     ],
     model: Annotated[Path, typer.Option(help="The model to attack (.safetensors).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the attacked model here.")] = None,
@@ -798,7 +810,7 @@ def attack(
 
 @reproduce_app.command("dsn")
 def reproduce_dsn(
-    dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",
+    dataset: Annotated[str, typer.Option(help=f"{_registered('datasets')}, or a path to your data.")] = "mnist5k",
     out: Annotated[Path, typer.Option("--out", "-o", help="Reports folder.")] = Path("reports"),
     runs: Annotated[
         str | None,
@@ -808,7 +820,8 @@ def reproduce_dsn(
         ),
     ] = None,
     arch: Annotated[
-        str | None, typer.Option(help="Network, for a path to your data (e.g. dsn_gtsrb for 32x32 colour).")
+        str | None,
+        typer.Option(help=f"Network, for a path to your data: {_registered('models')} (dsn_gtsrb for 32x32 colour)."),
     ] = None,
     teacher_epochs: Annotated[int | None, typer.Option(help="For a path to your data (default 10).")] = None,
     student_epochs: Annotated[int | None, typer.Option(help="For a path to your data (default 20).")] = None,

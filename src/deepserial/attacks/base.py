@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from deepserial.data import TensorData
 from deepserial.errors import ConfigError
 from deepserial.nets import SplitNet
+from deepserial.registry import Registry
 from deepserial.training import EpochCallback, TrainConfig, TrainLog
 
 
@@ -167,19 +168,14 @@ class Attack(ABC):
         """Attack ``model`` (already a private copy) in place or return a new one."""
 
 
-ATTACKS: dict[str, type[Attack]] = {}
+ATTACKS: Registry[type[Attack]] = Registry("attack", populate="deepserial.attacks")
 
 
 def register_attack(cls: type[Attack]) -> type[Attack]:
-    """Class decorator: make an attack available by name (CLI, reproduce)."""
-    ATTACKS[cls.name] = cls
-    return cls
+    """Class decorator: make an attack available by name (CLI, reproduce), described by its paper."""
+    return ATTACKS.register(cls.name, cls, doc=cls.citation)
 
 
 def get_attack(name: str, config: dict[str, Any] | None = None) -> Attack:
     """An attack instance by name, with validated options."""
-    import deepserial.attacks  # noqa: F401  (registers every attack)
-
-    if name not in ATTACKS:
-        raise ConfigError(f"unknown attack {name!r}; choose one of {', '.join(sorted(ATTACKS))}")
-    return ATTACKS[name](config)
+    return ATTACKS.get(name)(config)
