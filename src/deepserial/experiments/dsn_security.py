@@ -123,7 +123,8 @@ def run(
 
 def _one_seed(cfg: SecurityConfig, seed: int, progress: bool) -> dict[str, Any]:
     tr = train_teacher(
-        DataSpec(cfg.dataset, seed, limit=cfg.limit), TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed)
+        DataSpec(cfg.dataset, seed, limit=cfg.limit),
+        TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed),
     )
     teacher = loaded(tr.model, tr.manifest)
     ident = OwnerIdentity.for_experiment(seed, "owner")

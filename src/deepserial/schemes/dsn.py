@@ -128,8 +128,33 @@ class DSNConfig(BaseModel):
 
     @classmethod
     def default(cls, **kw: float) -> DSNConfig:
+        """The shipped recipe (docs/decisions.md, "The DSN lock against an adaptive thief"): near misses
+        at every distance, relaxed patterns and keys mined from what the student still accepts on the
+        invalid side, and the thief's fine-tuning simulated inside distillation."""
+        return cls(mode="default", **(RECIPE | kw))
+
+    @classmethod
+    def previous_default(cls, **kw: float) -> DSNConfig:
+        """The recipe before the adaptive-thief study (uniform loss on raw, random and Hamming-1/2 keys)."""
         kw = {"grl_coefficient": 1.0, "gd_weight": 0.1, "uniform_weight": 2.0, "invalid_ratio": 2.0} | kw
         return cls(mode="default", **kw)
+
+
+#: The shipped default recipe's settings (see :meth:`DSNConfig.default`).
+RECIPE: dict[str, float] = {
+    "grl_coefficient": 1.0,
+    "gd_weight": 0.1,
+    "uniform_weight": 2.0,
+    "invalid_ratio": 3.0,
+    "mix_raw": 0.1,
+    "mix_random": 0.1,
+    "mix_hamming1": 0.3,
+    "mix_hamming2": 0.1,
+    "mix_near": 0.15,
+    "mix_relaxed": 0.15,
+    "mix_mined": 0.1,
+    "sim_ft_weight": 1.0,
+}
 
 
 class _GradReverse(torch.autograd.Function):
