@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deepserial.attacks.base import attacker_share
 from deepserial.data import TensorData
 from deepserial.nets import create_model
 from deepserial.schemes import dsn
@@ -46,9 +47,18 @@ RECIPES: dict[str, dict] = {
     "default": {},
     "keyspace": KEYSPACE,
     "keyspace+simft": KEYSPACE | {"sim_ft_weight": 1.0},
+    "keyspace-mined+simft": KEYSPACE | {"mix_hamming1": 0.2, "mix_mined": 0.2, "mine_every": 5, "sim_ft_weight": 1.0},
     "keyspace+dead": KEYSPACE | {"dead_weight": 1.0},
+    "keyspace+aug": KEYSPACE | {"invalid_augment": 0.5},
+    "keyspace+aug+simft": KEYSPACE | {"invalid_augment": 0.5, "sim_ft_weight": 1.0},
+    "keyspace+aug+dead": KEYSPACE | {"invalid_augment": 0.5, "dead_weight": 1.0},
 }
-GEOMETRIES = {"default": (6, 6, 20, 20), "alt": (5, 7, 8, 12)}
+GEOMETRIES = {
+    "default": (6, 6, 20, 20, 0),
+    "alt": (5, 7, 8, 12, 0),
+    "guard": (6, 6, 19, 19, 1),
+    "alt-guard": (5, 7, 8, 12, 1),
+}
 
 
 def teacher_for(splits, seed: int, cache: Path) -> torch.nn.Module:  # noqa: ANN001
@@ -83,6 +93,8 @@ def keyspace(model, serial: SerialNumber, test: TensorData, rng: np.random.Gener
     out["random_mean"], out["random_max"] = float(a.mean()), float(a.max())
     h1 = acc_keys(model, test.x, test.y, g, serial.hamming_neighbours(1))
     out["h1_mean"], out["h1_max"], out["h1_over25"] = float(h1.mean()), float(h1.max()), int((h1 > 25).sum())
+    out["h1_each"] = [round(float(v), 1) for v in h1]
+    out["bits"] = serial.bits.astype(int).tolist()
     h2 = acc_keys(model, xs, ys, g, serial.hamming_neighbours(2))
     out["h2_mean"], out["h2_max"], out["h2_over25"] = float(h2.mean()), float(h2.max()), int((h2 > 25).sum())
     base = serial.as_tensor().flatten()
@@ -100,7 +112,7 @@ def reverse_engineer(model, serial: SerialNumber, att: TensorData, test: TensorD
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    x, y = att.x[:400], att.y[:400]
+    x, y = att.x, att.y
     rows, cols = g.region()
     results = []
     for r in range(restarts):
@@ -126,7 +138,9 @@ def reverse_engineer(model, serial: SerialNumber, att: TensorData, test: TensorD
         while improved:  # greedy bit search on the attacker's own loss
             improved = False
             cands = bits.flatten().repeat(g.nbits, 1)
-            cands[torch.arange(g.nbits), torch.arange(g.nbits)] = 1 - cands[torch.arange(g.nbits), torch.arange(g.nbits)]
+            cands[torch.arange(g.nbits), torch.arange(g.nbits)] = (
+                1 - cands[torch.arange(g.nbits), torch.arange(g.nbits)]
+            )
             losses = [own_loss(c.view(g.height, g.width)) for c in cands]
             j = int(np.argmin(losses))
             if losses[j] < cur - 1e-4:
@@ -147,7 +161,7 @@ def reverse_engineer(model, serial: SerialNumber, att: TensorData, test: TensorD
 
 
 def finetune(model_state, att: TensorData, test: TensorData, n: int, seed: int, scratch: bool) -> dict:  # noqa: ANN001
-    sub = TensorData(att.x[:n], att.y[:n])
+    sub = att  # already the attacker's share (stratified draw)
     res = {}
     for opt, lr in (("adam", 1e-3), ("adam", 1e-4), ("sgd", 1e-2)):
         seed_everything(seed)
@@ -155,11 +169,72 @@ def finetune(model_state, att: TensorData, test: TensorData, n: int, seed: int, 
         if not scratch:
             m.load_state_dict(model_state)
         cfg = TrainConfig(
-            epochs=10 if not scratch else 30, batch_size=64, lr=lr, optimizer=opt, momentum=0.9, seed=seed, progress=False
+            epochs=10 if not scratch else 30,
+            batch_size=64,
+            lr=lr,
+            optimizer=opt,
+            momentum=0.9,
+            seed=seed,
+            progress=False,
         )
         fit(m, sub, supervised_loss, cfg)
         res[f"{opt}_{lr:g}"] = 100.0 * float((predict_logits(m, test.x).argmax(1) == test.y).float().mean())
     return res
+
+
+def render(results: Path, out: Path) -> None:
+    """The research table (Markdown) from the JSON lines the runs appended: one row per run."""
+    from deepserial.report import markdown_table
+
+    rows = []
+    for line in results.read_text().splitlines():
+        r = json.loads(line)
+        re_ = r.get("re", {})
+        ft, sc = r.get("ft10", {}), r.get("scratch10", {})
+        rows.append(
+            [
+                r["recipe"],
+                r["seed"],
+                r["geometry"],
+                r["teacher"],
+                r["valid"],
+                r["raw"],
+                f"{r['random_mean']:.1f} / {r['random_max']:.1f}",
+                f"{r['h1_mean']:.1f} / {r['h1_max']:.1f} ({r['h1_over25']})",
+                f"{r['h2_max']:.1f} ({r['h2_over25']})",
+                f"{r['h3_max']:.1f} ({r['h3_over25']})",
+                f"{re_['best_acc']:.1f}, exact {re_['exact']}" if re_ else "-",
+                f"{max(ft.values()):.1f}" if ft else "-",
+                f"{max(sc.values()):.1f}" if sc else "-",
+                r["train_s"],
+                r.get("note", ""),
+            ]
+        )
+    header = [
+        "recipe",
+        "seed",
+        "geometry",
+        "teacher",
+        "valid SN",
+        "raw",
+        "random mean / max",
+        "H1 mean / max (>25)",
+        "H2 max (>25)",
+        "H3 max (>25)",
+        "reverse eng. best",
+        "fine-tune 10% best",
+        "scratch 10% best",
+        "train s",
+        "note",
+    ]
+    text = (
+        "# DSN lock research: recipes tried (mnist5k)\n\n"
+        f"Generated by `python benchmarks/dsn_lock_research.py --render` from `{results.name}`; each row is one "
+        "run of the harness (see its docstring for what each column measures). Accuracies in %; H1/H2/H3 (>25): how "
+        "many neighbours stay above 25%; training wall times were measured on two cores shared with up to eight other "
+        "jobs and compare only roughly.\n\n" + markdown_table(header, rows) + "\n"
+    )
+    out.write_text(text)
 
 
 def main() -> None:
@@ -168,19 +243,26 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--geometry", default="default", choices=sorted(GEOMETRIES))
     ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--patience", type=int, default=2, help="plateau patience of the learning-rate schedule")
     ap.add_argument("--set", nargs="*", default=[], help="extra DSNConfig settings name=value")
     ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: re, ft")
+    ap.add_argument("--load", action="store_true", help="load the saved student of this recipe, seed and geometry")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/dsn_research"))
     ap.add_argument("--out", type=Path, default=Path("/tmp/dsn_research/results.jsonl"))
+    ap.add_argument("--render", type=Path, default=None, help="only write the Markdown table of --out to this file")
     a = ap.parse_args()
+    if a.render is not None:
+        render(a.out, a.render)
+        return
     torch.set_num_threads(1)
     from deepserial.workflow import DataSpec
 
     splits = DataSpec("mnist5k", a.seed).load()
     teacher = teacher_for(splits, a.seed, a.cache)
     t_acc = 100.0 * float((predict_logits(teacher, splits.test.x).argmax(1) == splits.test.y).float().mean())
-    h, w, top, left = GEOMETRIES[a.geometry]
-    g = SerialGeometry(h, w, top, left)
+    h, w, top, left, guard = GEOMETRIES[a.geometry]
+    g = SerialGeometry(h, w, top, left, guard=guard)
     rng = np.random.default_rng(a.seed)
     serial = SerialNumber(g, rng.integers(0, 2, (h, w)))
     settings = dict(RECIPES[a.recipe])
@@ -191,23 +273,43 @@ def main() -> None:
     seed_everything(a.seed)
     student = create_model("dsn_mnist", (1, 28, 28), 10)
     t0 = time.perf_counter()
-    dsn.train_student(
-        student, teacher, splits.owner, serial, cfg, TrainConfig(epochs=a.epochs, batch_size=128, seed=a.seed, progress=False)
-    )
+    saved = a.cache / f"student_{a.recipe}_{a.seed}_{a.geometry}.pt"
+    if a.load:
+        student.load_state_dict(torch.load(saved, weights_only=True))
+        log = None
+    else:
+        log = dsn.train_student(
+            student,
+            teacher,
+            splits.owner,
+            serial,
+            cfg,
+            TrainConfig(
+                epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, progress=False, plateau_patience=a.patience
+            ),
+        )
     train_s = time.perf_counter() - t0
     rec = {"recipe": a.recipe, "set": a.set, "seed": a.seed, "geometry": a.geometry, "epochs": a.epochs}
+    rec |= {"batch_size": a.batch_size, "patience": a.patience}
     rec |= {"teacher": t_acc, "train_s": round(train_s, 1)}
+    if log is not None:
+        rec["lr_per_epoch"] = [e["lr"] for e in log.epochs]
+        rec["loss_per_epoch"] = [round(e["loss"], 4) for e in log.epochs]
     rec |= keyspace(student, serial, splits.test, rng)
     print(json.dumps(rec), flush=True)
     state = {k: v.clone() for k, v in student.state_dict().items()}
+    if not a.load:
+        torch.save(state, saved)
+    total = len(splits.owner) + len(splits.attacker)
+    share = attacker_share(splits.attacker, 0.1, total, a.seed)  # 10% of the training data, stratified
     if "re" not in a.skip:
         t0 = time.perf_counter()
-        rec["re"] = reverse_engineer(student, serial, splits.attacker, splits.test)
+        rec["re"] = reverse_engineer(student, serial, share, splits.test)
         rec["re"]["wall_s"] = round(time.perf_counter() - t0, 1)
         print(json.dumps(rec["re"]), flush=True)
     if "ft" not in a.skip:
-        rec["ft10"] = finetune(state, splits.attacker, splits.test, 400, a.seed, scratch=False)
-        rec["scratch10"] = finetune(state, splits.attacker, splits.test, 400, a.seed, scratch=True)
+        rec["ft10"] = finetune(state, share, splits.test, len(share), a.seed, scratch=False)
+        rec["scratch10"] = finetune(state, share, splits.test, len(share), a.seed, scratch=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with a.out.open("a") as f:
         f.write(json.dumps(rec) + "\n")

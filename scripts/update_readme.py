@@ -270,6 +270,45 @@ def dsn_headline(reports: Path) -> str:
     return caption + _table(header, rows)
 
 
+def dsn_thief(reports: Path) -> str:
+    """README: what the adaptive thief gets from a leaked customer model (research runs, one seed)."""
+    research = reports / "dsn_lock_research.jsonl"
+    sweeps = reports.parent / "benchmarks" / "results" / "dsn_lock_sweeps.jsonl"
+    if not research.exists() or not sweeps.exists():
+        return "No adaptive-thief study yet: run `python benchmarks/dsn_lock_research.py`."
+    runs = [json.loads(line) for line in research.read_text().splitlines() if line.strip()]
+    shipped = [r for r in runs if r["recipe"] == "keyspace+simft" and r["geometry"] == "default"]
+    attacked = [r for r in runs if "re" in r and "simft" in r["recipe"]]
+    sweep = [json.loads(line) for line in sweeps.read_text().splitlines() if line.strip()][-1]
+    ftal = max(s["test_acc"] for s in sweep["settings"] if s["mode"] in ("FTAL", "RTAL"))
+    chosen, scratch = sweep["chosen"], sweep["scratch_chosen"]
+    parts = []
+    if shipped:
+        r = shipped[-1]
+        parts.append(
+            f"The shipped recipe (one seed, `reports/dsn_lock_research.md`): {r['valid']:.1f}% with its serial "
+            f"number (teacher {r['teacher']:.1f}%), {r['raw']:.1f}% without; keys one bit off at most "
+            f"{r['h1_max']:.1f}% ({r['h1_over25']} of 36 above 25%), two and three bits off at most "
+            f"{max(r['h2_max'], r['h3_max']):.1f}%."
+        )
+    if attacked:
+        best = max(r["re"]["best_acc"] for r in attacked)
+        exact = sum(r["re"]["exact"] for r in attacked)
+        parts.append(
+            f"Reverse engineering with bit search recovered no key above {best:.1f}% (exact key {exact} times "
+            f"in {len(attacked)} runs of the same mechanisms)."
+        )
+    parts.append(
+        f"A thief with {sweep['fraction']:.0%} of the data who fine-tunes all layers or retrains the last one "
+        f"gets at most {ftal:.1f}%; with fresh dense layers on the model's features ({chosen['mode']}, "
+        f"{chosen['optimizer']} {chosen['lr']:g}, picked on its own data) it gets {chosen['refit_test_acc']:.1f}% "
+        f"against {scratch['refit_test_acc']:.1f}% from scratch: **the leaked model is worth "
+        f"{sweep['gain_over_scratch']:.1f} points to a thief** (`benchmarks/results/dsn_lock_sweeps.jsonl`). "
+        "The table above was measured with the previous recipe."
+    )
+    return " ".join(parts)
+
+
 # ----- ownership watermarks (reproduce <scheme>) ------------------------------------------------------
 # A stricter level than the reproductions' own, at which the tables also count verdicts: how many
 # false positives are the test's size, and how many would pass any reasonable level.
@@ -1298,6 +1337,7 @@ def results_md(reports: Path, benchmarks: Path) -> str:
 
 README_MAKERS: dict[str, Callable[[Path], str]] = {
     "dsn-headline": dsn_headline,
+    "dsn-thief": dsn_thief,
     "wm-headline": wm_headline,
     "attack-headline": attack_headline,
     "wrt-headline": wrt_headline,

@@ -297,18 +297,18 @@ def test_dsn_loss_counts_the_original_serial_number_as_invalid_when_overwriting(
     new = SerialNumber.from_signature(b"mallory", old.geometry)
     seen: list[torch.Tensor] = []
 
-    def net(x: torch.Tensor, n_gd: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def net(x: torch.Tensor, n_gd: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         seen.append(x.detach())
-        return torch.zeros(len(x), 10, requires_grad=True), torch.zeros(n_gd, 10, requires_grad=True)
+        return torch.zeros(len(x), 10, requires_grad=True), torch.zeros(n_gd, 10, requires_grad=True), x
 
     x, y = vendor.splits.attacker.x[:64], vendor.splits.attacker.y[:64]
-    loss = make_student_loss(new, torch.zeros(64, 10), DSNConfig.default(), 10, also_invalid=old.as_tensor())
+    loss = make_student_loss(new, torch.zeros(64, 10), DSNConfig.previous_default(), 10, also_invalid=old.as_tensor())
     loss(net, Batch(x, y, torch.arange(64)))
     g = old.geometry
     region = seen[0][:, 0, g.top : g.top + g.height, g.left : g.left + g.width]
     is_old = (region == old.as_tensor()).flatten(1).all(1)
     is_new = (region == new.as_tensor()).flatten(1).all(1)
-    k = _counts(64, DSNConfig.default())["random"]
+    k = _counts(64, DSNConfig.previous_default())["random"]
     assert is_new[:64].all() and k > 0 and is_old[64:].sum() >= (k + 1) // 2  # half the random wrong keys
 
 

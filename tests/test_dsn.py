@@ -143,7 +143,7 @@ def assert_rows_come_from(rows: torch.Tensor, x: torch.Tensor, stamped: bool) ->
 @pytest.mark.parametrize("ratio", [None, 1.0])
 def test_default_mode_batch_composition(ratio: float | None) -> None:
     n = 20
-    cfg = dsn.DSNConfig.default() if ratio is None else dsn.DSNConfig.default(invalid_ratio=ratio)
+    cfg = dsn.DSNConfig.previous_default() if ratio is None else dsn.DSNConfig.previous_default(invalid_ratio=ratio)
     n_inv = round(n * cfg.invalid_ratio)
     if ratio == 1.0:
         assert n_inv == n
@@ -187,7 +187,7 @@ def test_paper_mode_batch_composition() -> None:
 )
 def test_single_kind_mix(mix: dict[str, float], kind_distance: int) -> None:
     n = 6
-    x, out, inputs, _ = run_loss(dsn.DSNConfig.default(invalid_ratio=1.0, **mix), n)
+    x, out, inputs, _ = run_loss(dsn.DSNConfig.previous_default(invalid_ratio=1.0, **mix), n)
     assert out.forward_samples == 2 * n
     assert hamming_to_valid(inputs[n:]) == [kind_distance] * n
     assert_rows_come_from(inputs[n:], x, stamped=True)
@@ -203,7 +203,7 @@ def test_ring_mask_is_the_frame_around_the_pattern() -> None:
 
 def test_ring_noise_changes_only_the_frame() -> None:
     n = 10
-    x, out, inputs, _ = run_loss(dsn.DSNConfig.default(ring_noise=1.0), n)
+    x, out, inputs, _ = run_loss(dsn.DSNConfig.previous_default(ring_noise=1.0), n)
     ring = dsn.ring_mask(GEOMETRY, 28, 28)
     clean = stamp(x, GEOMETRY, SERIAL.as_tensor())
     assert torch.equal(inputs[:n][..., ~ring], clean[..., ~ring])  # pattern and the rest untouched
@@ -213,7 +213,7 @@ def test_ring_noise_changes_only_the_frame() -> None:
 
 def test_hard_hamming1_draws_more_of_the_hard_neighbours() -> None:
     """Neighbours whose inputs the model fails to push to uniform are drawn more often later."""
-    cfg = dsn.DSNConfig.default(
+    cfg = dsn.DSNConfig.previous_default(
         hard_hamming1=1.0, mix_raw=0.0, mix_random=0.0, mix_hamming1=1.0, mix_hamming2=0.0, invalid_ratio=4.0
     )
     torch.manual_seed(0)
@@ -240,14 +240,16 @@ def test_hard_hamming1_draws_more_of_the_hard_neighbours() -> None:
 
 def test_raw_only_mix_and_invalid_ratio() -> None:
     n = 8
-    cfg = dsn.DSNConfig.default(mix_raw=1.0, mix_random=0.0, mix_hamming1=0.0, mix_hamming2=0.0, invalid_ratio=0.5)
+    cfg = dsn.DSNConfig.previous_default(
+        mix_raw=1.0, mix_random=0.0, mix_hamming1=0.0, mix_hamming2=0.0, invalid_ratio=0.5
+    )
     x, out, inputs, n_gd = run_loss(cfg, n)
     assert out.forward_samples == n + 4 == len(inputs) and n_gd == 4
     assert_rows_come_from(inputs[n:], x, stamped=False)
 
 
 def test_no_gd_head_when_its_weight_is_zero() -> None:
-    _, out, inputs, n_gd = run_loss(dsn.DSNConfig.default(gd_weight=0.0, invalid_ratio=1.0), 6)
+    _, out, inputs, n_gd = run_loss(dsn.DSNConfig.previous_default(gd_weight=0.0, invalid_ratio=1.0), 6)
     assert n_gd == 0 and len(inputs) == 12
     assert "gd_ce" not in out.metrics and "uniform" in out.metrics
 
@@ -255,7 +257,7 @@ def test_no_gd_head_when_its_weight_is_zero() -> None:
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 10, 33, 128])
 @pytest.mark.parametrize("ratio", [0.5, 1.0, 2.0])
 def test_counts_sum_and_mix(n: int, ratio: float) -> None:
-    cfg = dsn.DSNConfig.default(invalid_ratio=ratio)
+    cfg = dsn.DSNConfig.previous_default(invalid_ratio=ratio)
     counts = dsn._counts(n, cfg)
     total = round(n * ratio)
     assert sum(counts.values()) == total
@@ -270,7 +272,9 @@ def test_counts_sum_and_mix(n: int, ratio: float) -> None:
 
 
 def test_counts_example() -> None:
-    cfg = dsn.DSNConfig.default(mix_raw=0.2, mix_random=0.2, mix_hamming1=0.4, mix_hamming2=0.2, invalid_ratio=1.0)
+    cfg = dsn.DSNConfig.previous_default(
+        mix_raw=0.2, mix_random=0.2, mix_hamming1=0.4, mix_hamming2=0.2, invalid_ratio=1.0
+    )
     # 7 invalid inputs: floors 1, 1, 2, 1 (sum 5); the 2 left over go to the largest weight (Hamming-1).
     assert dsn._counts(7, cfg) == {"raw": 1, "random": 1, "hamming1": 4, "hamming2": 1}
     # Weights need not sum to 1: only their proportions count.
@@ -338,10 +342,10 @@ def test_default_geometry_too_large() -> None:
 def test_config_modes() -> None:
     p = dsn.DSNConfig.paper()
     assert p.mode == "paper" and p.invalid_ratio == 1.0  # the paper: one raw input per valid one
-    d = dsn.DSNConfig.default()
+    d = dsn.DSNConfig.previous_default()
     assert d.mode == "default" and 0 < d.gd_weight < p.gd_weight  # the GRL head is kept, at a small weight
-    assert dsn.DSNConfig.default(invalid_ratio=0.5, gd_weight=0.3).invalid_ratio == 0.5  # overrides win
-    assert dsn.DSNConfig.default(gd_weight=0.3).gd_weight == 0.3
+    assert dsn.DSNConfig.previous_default(invalid_ratio=0.5, gd_weight=0.3).invalid_ratio == 0.5  # overrides win
+    assert dsn.DSNConfig.previous_default(gd_weight=0.3).gd_weight == 0.3
     assert dsn.DSNConfig.model_validate(d.model_dump()) == d  # what a manifest records loads back
 
 
@@ -349,13 +353,13 @@ def test_config_refuses_unknown_keys() -> None:
     with pytest.raises(pydantic.ValidationError, match="temprature"):
         dsn.DSNConfig(temprature=3.0)
     with pytest.raises(pydantic.ValidationError):
-        dsn.DSNConfig.default(no_such_setting=1.0)
+        dsn.DSNConfig.previous_default(no_such_setting=1.0)
 
 
 def test_config_refuses_all_zero_mix() -> None:
     zero = {"mix_raw": 0.0, "mix_random": 0.0, "mix_hamming1": 0.0, "mix_hamming2": 0.0}
     with pytest.raises(pydantic.ValidationError, match="mix_raw"):
-        dsn.DSNConfig.default(**zero)
+        dsn.DSNConfig.previous_default(**zero)
     assert dsn.DSNConfig.paper(**zero).mode == "paper"  # the paper's mode uses raw inputs only, no mix
 
 
@@ -400,7 +404,7 @@ def learned() -> Learned:
         t.model,
         t.splits.owner,
         serial,
-        dsn.DSNConfig.default(),
+        dsn.DSNConfig.previous_default(),
         TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, progress=False),
     )
     return Learned(t.model, student, serial, t.splits, log, epochs)
@@ -409,7 +413,7 @@ def learned() -> Learned:
 def test_student_learns_the_serial_number(learned: Learned) -> None:
     """On real digits, the customer model answers well only with its serial number (valid >> raw), with
     the shipped default recipe."""
-    cfg = dsn.DSNConfig.default()
+    cfg = dsn.DSNConfig.previous_default()
     student, geometry, serial = learned.student, learned.serial.geometry, learned.serial
     assert len(learned.log.epochs) == learned.epochs
     batches = [len(c) for c in torch.arange(len(learned.splits.owner)).split(32)]
@@ -481,3 +485,24 @@ def test_dsn_scheme_refuses_bad_fpr_and_malformed_keys(learned: Learned) -> None
     with pytest.raises(ConfigError, match="no verification images"):
         dsn.DSNScheme().verify(suspect, empty)
     assert suspect.queries == 0  # nothing was spent on a refused key
+
+
+def test_shipped_recipe_draws_every_kind_of_invalid_input() -> None:
+    counts = dsn._counts(128, dsn.DSNConfig.default())
+    assert sum(counts.values()) == 3 * 128
+    assert set(counts) == {"raw", "random", "hamming1", "hamming2", "near", "relaxed", "mined"}
+    assert all(v > 0 for v in counts.values())
+
+
+def test_shipped_recipe_mines_keys_and_simulates_fine_tuning_on_a_real_network() -> None:
+    torch.manual_seed(0)
+    student = create_model("dsn_mnist", SHAPE, CLASSES)
+    net = dsn.DSNTrainNet(student, 1.0)
+    cfg = dsn.DSNConfig.default(mine_every=1, sim_ft_every=1)
+    n = 16
+    loss_fn = dsn.make_student_loss(SERIAL, torch.randn(n, CLASSES), cfg, CLASSES)
+    x = torch.rand(n, *SHAPE)
+    out = loss_fn(net, Batch(x, torch.randint(0, CLASSES, (n,)), torch.arange(n)))
+    assert "sim_ft_uniform" in out.metrics and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is not None for p in student.parameters())

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from deepserial import identity as identity_module
-from deepserial.errors import DeepSerialError, IdentityError
+from deepserial.errors import ConfigError, DeepSerialError, IdentityError
 from deepserial.identity import (
     OwnerIdentity,
     VerifierString,
@@ -299,7 +299,7 @@ def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path: Path, monkeyp
         raise OSError("disk on fire")
 
     monkeypatch.setattr(identity_module.os, "replace", boom)
-    with pytest.raises(OSError, match="disk on fire"):
+    with pytest.raises(ConfigError, match="cannot write .*file.bin: disk on fire"):
         atomic_write(target, b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]

@@ -511,3 +511,40 @@ def test_scaled_product_key_roundtrips_and_unscaled_keys_stay_version_1() -> Non
     typo = key[:-3] + ("0" if key[-3] != "0" else "1") + key[-2:]
     with raises(SerialNumberError, match="checksum"):
         SerialNumber.from_product_key(typo)
+
+
+# ----- guard frame ---------------------------------------------------------------------------------
+def test_guard_frame_is_stamped_around_the_key_and_travels_in_the_product_key() -> None:
+    import numpy as np
+    import torch
+
+    from deepserial.serial import SerialGeometry, SerialNumber, stamp
+
+    g = SerialGeometry(3, 4, 5, 6, guard=1)
+    sn = SerialNumber(g, np.random.default_rng(1).integers(0, 2, (3, 4)))
+    x = torch.full((2, 1, 16, 16), 0.5)
+    out = stamp(x, g, sn.as_tensor())
+    rows, cols = g.region()
+    assert torch.equal(out[0, 0, rows, cols], sn.as_tensor())
+    frame, mask = g.frame()
+    fr, fc = g.framed_region()
+    assert torch.equal(out[0, 0, fr, fc][mask], frame[mask])  # the fixed checkerboard
+    assert set(out[0, 0, fr, fc][mask].tolist()) == {0.0, 1.0}
+    outside = torch.ones(16, 16, dtype=torch.bool)
+    outside[fr, fc] = False
+    assert bool((out[0, 0][outside] == 0.5).all())  # nothing else touched
+    key = sn.to_product_key()
+    assert SerialNumber.from_product_key(key) == sn and SerialNumber.from_product_key(key).geometry.guard == 1
+    assert SerialGeometry.from_dict(g.to_dict()) == g and "guard" not in SerialGeometry(3, 4, 5, 6).to_dict()
+
+
+def test_guard_frame_must_fit() -> None:
+    import pytest
+
+    from deepserial.errors import GeometryError
+    from deepserial.serial import SerialGeometry
+
+    with pytest.raises(GeometryError, match="guard frame"):
+        SerialGeometry(3, 3, 0, 5, guard=1)
+    with pytest.raises(GeometryError, match="does not fit"):
+        SerialGeometry(3, 3, 13, 5, guard=1).check_fits((1, 16, 16))

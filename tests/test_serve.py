@@ -4,12 +4,17 @@ HTTP suspect: verification and tracing through a URL give what they give on the 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,8 +34,8 @@ from deepserial.ledger import Ledger
 from deepserial.schemes.base import OwnershipKey
 from deepserial.schemes.dsn import DSNScheme
 from deepserial.serial import SerialGeometry, SerialNumber, stamp
-from deepserial.serve import bind, create_app, server
-from deepserial.suspect import HTTPSuspect, ModuleSuspect, QueryBudgetError, open_suspect
+from deepserial.serve import DEFAULT_MAX_BODY, bind, create_app, server
+from deepserial.suspect import HTTPSuspect, ModuleSuspect, QueryBudgetError, RemoteError, open_suspect
 from deepserial.tracing import trace
 from deepserial.training import predict_logits
 from deepserial.workflow import DataSpec
@@ -40,10 +45,11 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 at a free port in a thread; yield its base URL."""
+def serving(app: Any, **limits: Any) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 at a free port in a thread (``limits``: :func:`server`'s); yield its
+    base URL."""
     sock = bind("127.0.0.1", 0)
-    srv = server(app)
+    srv = server(app, **limits)
     th = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     th.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -122,12 +128,12 @@ def test_customer_server_predicts_like_the_cli_and_refuses_bad_requests(vendor: 
             ),
             ({"content": b"\x93NUMPY garbage", "headers": {"content-type": "application/x-npy"}}, 400, ".npy"),
             ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported content type"),
-            ({"content": b"not an image", "headers": {"content-type": "image/png"}}, 400, "PNG"),
+            ({"content": b"not an image", "headers": {"content-type": "image/png"}}, 415, "PNG signature"),
             ({"content": png(np.zeros((20, 20), np.uint8)), "headers": {"content-type": "image/png"}}, 422, "resize"),
             (
                 {"content": png(np.zeros((28, 28), np.uint8), "BMP"), "headers": {"content-type": "image/png"}},
                 415,
-                "BMP",
+                "PNG signature",
             ),
             (
                 {
@@ -215,7 +221,7 @@ def test_http_suspect_retries_then_says_what_failed() -> None:
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
     t0 = time.monotonic()
-    with pytest.raises(InputError, match="did not answer after 3 tries"):
+    with pytest.raises(RemoteError, match="did not answer after 3 tries"):
         HTTPSuspect(f"http://127.0.0.1:{port}", retries=2, backoff=0.05, timeout=2)
     assert time.monotonic() - t0 >= 0.05 + 0.1  # backoff 0.05 then 0.1
     with pytest.raises(InputError, match="does not exist"):
@@ -274,3 +280,186 @@ def test_serve_command_never_logs_the_serial_number(vendor: Vendor, tmp_path: Pa
         out, _ = p.communicate(timeout=30)
     assert "POST /v1/predict" in out  # the access log ran
     assert vendor.product_key not in out and vendor.product_key.replace("-", "") not in out
+
+
+def npy_header(shape: str, descr: str = "'<f4'") -> bytes:
+    """A hand-written .npy v1.0 header (its data is up to the caller): a header may declare anything."""
+    d = f"{{'descr': {descr}, 'fortran_order': False, 'shape': {shape}, }}".ljust(118) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(d)) + d.encode()
+
+
+def png_bomb(w: int, h: int, rows: int | None = None) -> bytes:
+    """A greyscale PNG of w x h black pixels: a few hundred KB that decode to w * h bytes (with
+    ``rows``, only that many rows of data follow the header: enough for anything that reads headers)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(b"\x00" * (w + 1)) for _ in range(h if rows is None else rows)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_hostile_requests_get_one_line_4xx_and_no_traceback(
+    strong_teacher: LoadedModel, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Each input that answered 500 with a traceback (or was decoded before its size was checked) gets
+    a 4xx with a one-line detail, quickly, and the server's log stays free of tracebacks."""
+    npz = io.BytesIO()
+    np.savez(npz, x=np.zeros((1, 1, 28, 28), np.float32))
+    ok = npy(np.zeros((1, 1, 28, 28), np.float32))
+    js, xnpy, ipng = "application/json", "application/x-npy", "image/png"
+    cases: list[tuple[bytes, str, int, str]] = [
+        (b'{"inputs": [[[' + b"9" * 400 + b"]]]}", js, 422, "finite numbers"),
+        (b'{"inputs": [' + b"9" * 400 + b"]}", js, 422, "finite numbers"),
+        (b'{"inputs": [[[' + b"9" * 5000 + b"]]]}", js, 400, "not valid JSON"),
+        (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", js, 400, "recursion limit"),
+        (b'{"inputs": [[[NaN]]]}', js, 422, "finite numbers"),
+        (b'{"inputs": [[[true, "0.5", null]]]}', js, 422, "finite numbers"),
+        (b"[1, 2]", js, 422, 'key "inputs"'),
+        (npz.getvalue(), xnpy, 400, "not a .npy"),
+        (npy_header("(10000000000, 1, 28, 28)") + b"\0" * 64, xnpy, 413, "over the limit of 256"),
+        (npy_header("(1, 1, 280000, 280000)") + b"\0" * 64, xnpy, 422, "the model takes (N, 1, 28, 28)"),
+        (npy_header("(1, 1, 28, 28)", "'|O'") + b"\0" * 64, xnpy, 400, "dtype object"),
+        (npy_header("(1, 1, 28, 28)", "[('a', '<f4')]") + b"\0" * 64, xnpy, 400, "not supported"),
+        (npy_header("(-1, 1, 28, 28)") + b"\0" * 64, xnpy, 400, "negative"),
+        (npy_header("(" * 5000) + b"\0" * 64, xnpy, 400, "not a .npy"),
+        (ok[:-10], xnpy, 400, "declares shape (1, 1, 28, 28)"),
+        (ok + b"\0" * 8, xnpy, 400, "the body holds 3144"),
+        (png_bomb(9000, 9000), ipng, 422, "image is 9000x9000"),
+        (png_bomb(28, 28)[:40], ipng, 400, "not a readable PNG"),
+    ]
+    app = create_app(LoadedModel(strong_teacher.model, strong_teacher.manifest))
+    with serving(app) as url, httpx.Client(timeout=30) as c:
+        for body, ctype, status, msg in cases:
+            t0 = time.monotonic()
+            r = c.post(f"{url}/v1/predict", content=body, headers={"content-type": ctype})
+            took = time.monotonic() - t0
+            detail = r.json()["detail"]
+            assert r.status_code == status and msg in detail and "\n" not in detail, (body[:60], r.text)
+            assert took < 2.0, (body[:60], took)  # refused from headers, not after decoding
+        # a body over the limit, declared or streamed (chunked: no length given), is refused while read
+        big = b"0" * (DEFAULT_MAX_BODY + 1)
+        assert c.post(f"{url}/v1/predict", content=big, headers={"content-type": xnpy}).status_code == 413
+        r = c.post(f"{url}/v1/predict", content=iter([big[:65536]] * 200), headers={"content-type": xnpy})
+        assert r.status_code == 413 and "over the limit" in r.json()["detail"]
+        assert c.get(f"{url}/v1/health").json() == {"status": "ok"}
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception in ASGI" not in err, err[-2000:]
+
+
+def test_an_unexpected_failure_is_a_clean_500(
+    strong_teacher: LoadedModel, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last resort: a failure inside the model is a generic 500 and one log line, then service goes on."""
+
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("secret internals /etc/passwd")
+
+    app = create_app(LoadedModel(Broken(), strong_teacher.manifest))
+    with serving(app) as url, httpx.Client() as c:
+        r = c.post(
+            f"{url}/v1/predict",
+            content=npy(np.zeros((1, 1, 28, 28), np.float32)),
+            headers={"content-type": "application/x-npy"},
+        )
+        assert r.status_code == 500 and "secret" not in r.text and r.json()["detail"].startswith("internal error")
+        assert c.get(f"{url}/v1/health").status_code == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "secret" not in err, err
+    logged = [r for r in caplog.records if r.name.startswith(("deepserial", "uvicorn"))]
+    assert [r.getMessage() for r in logged] == ["request failed: RuntimeError"] and not logged[0].exc_info
+
+
+def _closed_within(sock: socket.socket, trickle: bytes, every: float, limit: float) -> tuple[float, bytes]:
+    """Send ``trickle`` a byte every ``every`` s until the server closes; (seconds taken, what it said)."""
+    t0, said = time.monotonic(), b""
+    sock.settimeout(every)
+    for i in itertools.count():
+        if time.monotonic() - t0 > limit:
+            raise AssertionError(f"still connected after {limit} s")
+        try:
+            sock.sendall(trickle[i % len(trickle) : i % len(trickle) + 1])
+            got = sock.recv(4096)
+            said += got
+            if not got:
+                break
+        except TimeoutError:
+            continue
+        except OSError:  # reset: closed too
+            break
+    return time.monotonic() - t0, said
+
+
+def test_slow_clients_are_cut_within_the_stated_timeouts(strong_teacher: LoadedModel) -> None:
+    """Slowloris: a client trickling its headers, or one idle after connecting, is closed at the header
+    timeout; one trickling its body gets 408 at the body timeout; requests past the in-flight limit get
+    503 at once; while a hundred clients hold connections, a normal request is still answered."""
+    app = create_app(LoadedModel(strong_teacher.model, strong_teacher.manifest), body_timeout=1.0, max_inflight=2)
+    with serving(app, header_timeout=1.0, max_connections=200) as url:
+        host, port = url.removeprefix("http://").split(":")
+        addr = (host, int(port))
+        with socket.create_connection(addr) as s:
+            took, said = _closed_within(s, b"GET /v1/health HTTP/1.1\r\nX-Slow: " + b"a" * 1000, 0.2, 5)
+        assert 0.8 < took < 2.5 and said == b"", (took, said)
+        with socket.create_connection(addr) as s:  # connects, says nothing
+            s.settimeout(5)
+            t0 = time.monotonic()
+            assert s.recv(10) == b""
+            assert 0.8 < time.monotonic() - t0 < 2.5
+        with socket.create_connection(addr) as s:
+            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n")
+            s.sendall(b"Content-Length: 3264\r\n\r\n")
+            took, said = _closed_within(s, b"\x93NUMPY", 0.2, 5)
+        assert said.startswith(b"HTTP/1.1 408 ") and b"did not arrive within 1 s" in said and took < 2.5, said
+        # two bodies in progress fill max_inflight=2: a third request is 503 at once, not queued
+        senders = [socket.create_connection(addr) for _ in range(2)]
+        for s in senders:
+            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 3264\r\n\r\n\x93NUMPY")
+        time.sleep(0.3)
+        busy = httpx.post(f"{url}/v1/predict", content=b"x", timeout=5)
+        assert busy.status_code == 503 and "server busy" in busy.json()["detail"]
+        for s in senders:
+            s.settimeout(3)
+            assert s.recv(4096).startswith(b"HTTP/1.1 408 ")
+            s.close()
+        one = npy(np.zeros((1, 1, 28, 28), np.float32))
+        ok = httpx.post(f"{url}/v1/predict", content=one, headers={"content-type": "application/x-npy"}, timeout=5)
+        assert ok.status_code == 200  # served again once they are gone
+        # a hundred clients holding connections do not count as predictions: a normal request goes through
+        crowd = [socket.create_connection(addr) for _ in range(100)]
+        try:
+            for s in crowd:
+                s.sendall(b"GET /v1/health HTTP/1.1\r\n")
+            t0 = time.monotonic()
+            assert httpx.get(f"{url}/v1/health", timeout=5).status_code == 200
+            for s in crowd:
+                s.settimeout(max(0.1, 3.0 - (time.monotonic() - t0)))
+                assert s.recv(10) == b""  # closed by the server, not by this timeout (which would raise)
+            assert time.monotonic() - t0 < 3.0
+        finally:
+            for s in crowd:
+                s.close()
+
+
+def test_predict_refuses_bombs_in_one_line(vendor: Vendor, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The loader ``deepserial predict`` shares with the server checks sizes from headers too: a
+    decompression-bomb PNG and an .npz whose header declares a huge array are one-line errors."""
+    from deepserial.cli import main
+
+    (tmp_path / "bomb.png").write_bytes(png_bomb(9000, 9000))
+    (tmp_path / "giant.png").write_bytes(png_bomb(20000, 20000, rows=1))  # over Pillow's own bomb limit
+    with zipfile.ZipFile(tmp_path / "lying.npz", "w") as z:
+        z.writestr("x.npy", npy_header("(100000000000, 1, 28, 28)") + b"\0" * 64)
+    base = ["--model", str(vendor.customer_path), "--serial", vendor.product_key]
+    for name, msg in [
+        ("bomb.png", "is 9000x9000 pixels, shape (1, 9000, 9000); the model takes (1, 28, 28)"),
+        ("giant.png", "declares over"),
+        ("lying.npz", "header declares shape (100000000000, 1, 28, 28)"),
+    ]:
+        capsys.readouterr()
+        assert main(["predict", str(tmp_path / name), *base]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and msg in err, err

@@ -1,7 +1,9 @@
 """The ``deepserial`` command.
 
 Every user mistake ends as one line on stderr (``deepserial: error: ...``) and exit status 2, and
-no command leaves a partial output file behind (outputs are written atomically, after the work).
+no command leaves a partial output file behind: every output path is checked for writability before
+the work starts, and outputs are written atomically after it, the files of one command all or none
+(:mod:`deepserial.files`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Annotated
 import torch
 import typer
 
-from deepserial.errors import ConfigError, DeepSerialError, IdentityError
+from deepserial.errors import ConfigError, DeepSerialError, IdentityError, InputError
+from deepserial.files import check_writable
 from deepserial.identity import OwnerIdentity, public_key_path
 
 app = typer.Typer(
@@ -51,18 +54,36 @@ Checkpoint = Annotated[
 ]
 
 
+def _registered(kind: str) -> str:
+    """What a registry holds (``attacks``, ``schemes``, ``models``, ``datasets``), for a help text: generated,
+    so a new network, data set, scheme or attack shows in ``--help`` without editing this file."""
+    import deepserial
+
+    return ", ".join(getattr(deepserial, f"list_{kind}")())
+
+
 def _passphrase(env: str | None) -> str | None:
+    """The key passphrase from ``--passphrase-env VAR`` (which must be set and non-empty) or else from
+    DEEPSERIAL_PASSPHRASE when that is set (non-empty too). An empty value is refused, never read as
+    "no passphrase": keygen would otherwise write in the clear a key its owner meant to encrypt."""
     name = env or "DEEPSERIAL_PASSPHRASE"
     value = os.environ.get(name)
     if env and value is None:
         raise IdentityError(f"environment variable {env} is not set; export it with the key's passphrase")
+    if value is not None and not value:
+        fix = "" if env else " or unset it"
+        raise IdentityError(f"environment variable {name} is empty; export it with the key's passphrase{fix}")
     return value
 
 
 def _refuse_overwrite(*paths: Path, force: bool) -> None:
+    """Check a command's output files before its work: each must not exist (unless ``force``) and must
+    be writable (:func:`deepserial.files.check_writable`), so a bad path fails in a second, not after
+    an hour of training."""
     for p in paths:
         if p.exists() and not force:
             raise ConfigError(f"{p} exists; pass --force to overwrite it")
+    check_writable(*paths)
 
 
 def _dsn_config(mode: str, epochs: int, batch_size: int, seed: int, quiet: bool):
@@ -101,8 +122,10 @@ def teacher(
     out: Annotated[Path, typer.Option("--out", "-o", help="Teacher model file (.safetensors).")] = Path(
         "teacher.safetensors"
     ),
-    dataset: Annotated[str, typer.Option(help="mnist5k, fashion-mnist, or a path to your data.")] = "mnist5k",
-    arch: Annotated[str, typer.Option(help="Network name (see `deepserial models`).")] = "dsn_mnist",
+    dataset: Annotated[str, typer.Option(help=f"{_registered('datasets')}, or a path to your data.")] = "mnist5k",
+    arch: Annotated[
+        str, typer.Option(help=f"Network: {_registered('models')} (see `deepserial models`).")
+    ] = "dsn_mnist",
     epochs: int = 20,
     batch_size: int = 128,
     lr: float = 1e-3,
@@ -122,6 +145,7 @@ def teacher(
     from deepserial.workflow import DataSpec, train_teacher
 
     _refuse_overwrite(out, force=force)
+    check_writable(checkpoint)
     t = train_teacher(
         DataSpec(dataset, split_seed, limit=limit),
         TrainConfig(
@@ -185,51 +209,64 @@ def issue(
 ) -> None:
     """Issue a customer model that works only with that customer's serial number.
 
-    Prints the product key once: hand it to the customer with the model file. With --ledger, the
-    licence row and the files are committed together: the key is printed only after both are final.
+    Prints the product key once: hand it to the customer with the model file. Every output (model,
+    licence record, ledger) is checked writable before training; the files are written under temporary
+    names and renamed into place, so a failure leaves nothing partial. With --ledger, a pending row
+    comes first and the licence is final only after the files are: the key is printed after that, and
+    an issuer killed midway leaves a pending row that `deepserial ledger check --repair` removes with
+    its files.
     """
     from deepserial.artifacts import load_model
+    from deepserial.distributed import is_main_process
     from deepserial.workflow import issue as do_issue
-    from deepserial.workflow import parse_position, parse_size, save_issued
+    from deepserial.workflow import parse_position, parse_size
 
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in customer)
     out = out or Path(f"customer-{safe}.safetensors")
     licence = licence or out.with_name(out.name.removesuffix(".safetensors") + ".licence.json")
     _refuse_overwrite(out, licence, force=force)
+    _check_issue_outputs(out, licence, ledger)
     ident = OwnerIdentity.load(key, _passphrase(passphrase_env))
     seal = _secret_env(seal_passphrase_env, "ledger passphrase") if seal_passphrase_env else None
     if ledger is None and seal is not None:
         raise ConfigError("--seal-passphrase-env needs --ledger: the sealed signature is kept in the ledger")
-    from deepserial.distributed import is_main_process
-
-    scale = _pixels_per_bit(pixels_per_bit)
-    # a bad ledger is refused before training; under torchrun only rank 0 opens it (one row per licence)
-    led = _open_ledger(ledger) if ledger is not None and is_main_process() else None
-    if led is not None and ident.algorithm != "ed25519" and seal is None:
+    if ledger is not None and ident.algorithm != "ed25519" and seal is None:
         raise ConfigError(
             "an RSA owner key signs non-deterministically: give --seal-passphrase-env so the ledger "
             "can re-derive this serial number for tracing"
         )
-    t = load_model(teacher_path)
-    cfg, train = _dsn_config(mode, epochs, batch_size, seed, quiet)
-    train = dataclasses.replace(
-        train, device=device, precision=precision, channels_last=channels_last, checkpoint=checkpoint
-    )
-    issued = do_issue(
-        t,
-        ident,
-        customer,
-        owner_id=owner_id,
-        size=parse_size(size),
-        position=parse_position(position),
-        config=cfg,
-        train=train,
-        scale=scale,
-    )
-    if led is None:
-        save_issued(issued, out, licence, ident)
-    else:
-        _issue_into_ledger(led, issued, out, licence, ident, seal)
+    scale = _pixels_per_bit(pixels_per_bit)
+    # An existing ledger is opened and its write lock tried before training; a missing one is created
+    # only when the licence is recorded. Under torchrun only rank 0 opens it (one row per licence).
+    records = ledger is not None and is_main_process()
+    led = _open_ledger(ledger, create=False) if records and (ledger.exists() or ledger.is_symlink()) else None
+    try:
+        if led is not None:
+            led.check_writable()
+        t = load_model(teacher_path)
+        cfg, train = _dsn_config(mode, epochs, batch_size, seed, quiet)
+        train = dataclasses.replace(
+            train, device=device, precision=precision, channels_last=channels_last, checkpoint=checkpoint
+        )
+        issued = do_issue(
+            t,
+            ident,
+            customer,
+            owner_id=owner_id,
+            size=parse_size(size),
+            position=parse_position(position),
+            config=cfg,
+            train=train,
+            scale=scale,
+        )
+        if records:
+            led = led or _open_ledger(ledger)
+            _issue_into_ledger(led, issued, out, licence, ident, seal)
+        else:
+            _write_issued_files(issued, out, licence, ident)
+    finally:
+        if led is not None:
+            led.close()
     typer.echo(
         f"customer model: {out}\nlicence record (owner only, secret): {licence}\n"
         f"serial number: {issued.serial.geometry.describe()}"
@@ -257,9 +294,89 @@ def _secret_env(name: str, what: str) -> str:
 
 
 def _open_ledger(path: Path, create: bool = True):  # noqa: ANN202
+    """The ledger at ``path``; only ``issue`` creates one (``create``), and only where no file is."""
     from deepserial.ledger import Ledger
 
     return Ledger(path, create=create)
+
+
+def _check_issue_outputs(*paths: Path | None) -> None:
+    """Refuse, before any training, outputs of ``issue`` that could not be written: the same path given
+    twice, a directory, a parent that is a file, a directory where no file can be created (probed by
+    creating and removing a file there, which permissions, read-only mounts and quotas all answer)."""
+    import tempfile
+
+    given = [p for p in paths if p is not None]
+    resolved = [p.resolve() for p in given]
+    if len(set(resolved)) != len(resolved):
+        raise ConfigError("the customer model, licence record and ledger must be three different files")
+    for p in given:
+        if p.is_dir():
+            raise ConfigError(f"{p} is a directory; give a file name")
+        d = p.parent
+        while not d.exists() and d != d.parent:  # directories still missing are created when writing
+            d = d.parent
+        if not d.is_dir():
+            raise ConfigError(f"cannot write {p}: {d} is not a directory")
+        try:
+            fd, probe = tempfile.mkstemp(dir=d, prefix=".deepserial-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise ConfigError(f"cannot write {p}: {e.strerror} in {d}") from None
+
+
+def _place_issued(
+    issued,  # noqa: ANN001
+    out: Path,
+    licence: Path,
+    ident: OwnerIdentity,
+    temps: list[Path],
+    placed: list[Path],
+) -> dict:
+    """Write the customer model and licence record under ``temps`` (hidden names in the final
+    directories, each written atomically), then rename both into place, appending each final path to
+    ``placed`` as it lands; returns the model's manifest. Under torchrun every rank calls this (the
+    writes are collective) and rank 0 writes and renames."""
+    from deepserial.distributed import writes_here
+    from deepserial.workflow import save_issued
+
+    try:
+        manifest = save_issued(issued, temps[0], temps[1], ident)
+        if writes_here():
+            for tmp, final in zip(temps, (out, licence), strict=True):
+                os.replace(tmp, final)
+                placed.append(final)
+            for d in {out.parent, licence.parent}:
+                fd = os.open(d, os.O_RDONLY)  # the renames survive a power cut before the ledger says final
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    except OSError as e:  # a full disk, a directory made read-only since the check before training
+        raise ConfigError(f"cannot write the issued files: {e.strerror or e} ({e.filename or out.parent})") from None
+    return manifest
+
+
+def _discard(paths: list[Path]) -> None:
+    """Remove what a failed issuance wrote (best effort: the error being raised is the one to show)."""
+    from contextlib import suppress
+
+    for p in paths:
+        with suppress(OSError):
+            p.unlink(missing_ok=True)
+
+
+def _write_issued_files(issued, out: Path, licence: Path, ident: OwnerIdentity) -> None:  # noqa: ANN001
+    """``issue`` without a ledger: both files or neither (a failure removes what was written)."""
+    from deepserial.ledger import issue_temp_path
+
+    temps, placed = [issue_temp_path(out), issue_temp_path(licence)], []
+    try:
+        _place_issued(issued, out, licence, ident, temps, placed)
+    except BaseException:
+        _discard([*temps, *placed])
+        raise
 
 
 def _issue_into_ledger(
@@ -270,30 +387,37 @@ def _issue_into_ledger(
     ident: OwnerIdentity,  # noqa: ANN001
     seal: str | None,
 ) -> None:
-    """Write the customer files and the ledger row in one transaction: if anything fails before the commit,
-    the row is rolled back and the files just written are removed."""
+    """Record the licence and write its files so that a row and its files exist together or not at
+    all (the protocol of :mod:`deepserial.ledger`): a pending row naming the files (its fingerprint and
+    sealed signature computed before the write lock), the files under temporary names, renamed into
+    place, the row made final. The write lock is held only for the two short updates. On a failure
+    the pending row is deleted and the files removed; if even that fails (or the process is killed),
+    the pending row remains for `deepserial ledger check --repair`."""
     from deepserial.identity import VerifierString
-    from deepserial.workflow import save_issued
+    from deepserial.ledger import issue_temp_path
 
-    existed = {p: p.exists() for p in (out, licence)}
+    temps, placed = [issue_temp_path(out), issue_temp_path(licence)], []
+    lid = led.begin_issue(
+        ident,
+        VerifierString.from_dict(issued.licence["verifier"]),
+        issued.serial,
+        model_path=out,
+        licence_path=licence,
+        temp_paths=temps,
+        dataset=issued.manifest.get("dataset"),
+        signature=bytes.fromhex(issued.licence["signature"]),
+        seal_passphrase=seal,
+    )
     try:
-        with led.transaction() as tx:
-            manifest = save_issued(issued, out, licence, ident)
-            led.record(
-                ident,
-                VerifierString.from_dict(issued.licence["verifier"]),
-                issued.serial,
-                model_sha256=manifest["integrity"]["sha256"],
-                model_path=str(out.resolve()),
-                dataset=issued.manifest.get("dataset"),
-                signature=bytes.fromhex(issued.licence["signature"]),
-                seal_passphrase=seal,
-                db=tx,
-            )
+        manifest = _place_issued(issued, out, licence, ident, temps, placed)
+        led.complete_issue(lid, manifest["integrity"]["sha256"])
     except BaseException:
-        for p, was in existed.items():
-            if not was and p.exists():
-                p.unlink()
+        try:
+            gone = led.abandon_issue(lid)
+        except Exception:  # the pending row names every file: `ledger check --repair` finishes the job
+            gone = False
+        if gone:
+            _discard([*temps, *placed])
         raise
 
 
@@ -318,6 +442,8 @@ def predict(
         raise ConfigError(f"{model} is not a serial-number protected model (no serial geometry in its manifest)")
     sn = SerialNumber.from_product_key(key, expect=SerialGeometry.from_dict(m.manifest["serial_geometry"]))
     x = load_inputs(inputs, m.input_shape)
+    if not len(x):
+        raise InputError(f"no images in {', '.join(map(str, inputs))}; give at least one input")
     probs = torch.softmax(predict_logits(m.model, stamp(x, sn.geometry, sn.as_tensor())), 1)
     conf, pred = probs.max(1)
     for i, (p, c) in enumerate(zip(pred.tolist(), conf.tolist(), strict=True)):
@@ -346,6 +472,7 @@ def evaluate(
     from deepserial.serial import SerialGeometry, SerialNumber
     from deepserial.workflow import evaluate_customer, serial_from_licence
 
+    check_writable(out)
     m = load_model(model)
     if "serial_geometry" not in m.manifest:
         raise ConfigError(f"{model} is not a serial-number protected model")
@@ -388,38 +515,48 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo"),
     size: Annotated[str, typer.Option(help="Serial-number size HxW.")] = "6x6",
     teacher_epochs: int = 20,
-    epochs: Annotated[int, typer.Option(help="Student epochs.")] = 30,
+    epochs: Annotated[
+        int, typer.Option(help="Student epochs (a short schedule: `reproduce dsn` trains 40 on the same data).")
+    ] = 12,
     n_wrong: int = 1000,
     wrong_samples: Annotated[int, typer.Option(help="Test images per random/Hamming-2 wrong key.")] = 300,
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
-    """The whole vendor pipeline on the embedded mnist5k data: key, teacher, customer model, report."""
-    from deepserial.artifacts import load_model, save_model
-    from deepserial.report import write_json, write_text
+    """The whole vendor pipeline on the embedded mnist5k data: key, teacher, customer model, report.
+
+    Every file is written at the end, all or none; the report holds no secret (the product key is
+    printed once, like `issue` does)."""
+    from deepserial.artifacts import decode_model, encode_model
+    from deepserial.files import atomic_write_all
+    from deepserial.report import json_bytes
     from deepserial.training import TrainConfig
-    from deepserial.workflow import DataSpec, evaluate_customer, parse_size, save_issued, train_teacher
+    from deepserial.workflow import DataSpec, evaluate_customer, licence_bytes, parse_size, train_teacher
     from deepserial.workflow import issue as do_issue
 
+    sn_size = parse_size(size)
+    cfg, train = _dsn_config("default", epochs, 128, seed, quiet)
+    teacher_train = TrainConfig(epochs=teacher_epochs, batch_size=128, seed=seed, progress=not quiet)
+    check_writable(out, directory=True)
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     say = (lambda s: None) if quiet else (lambda s: typer.echo(s, err=True))
     ident = OwnerIdentity.generate()
-    ident.save(out / "owner.pem")
-    say("[1/4] owner key: written")
-    t = train_teacher(
-        DataSpec("mnist5k", seed), TrainConfig(epochs=teacher_epochs, batch_size=128, seed=seed, progress=not quiet)
-    )
-    save_model(out / "teacher.safetensors", t.model, t.manifest)
+    files = [
+        (out / "owner.pem", ident.private_pem(), 0o600),
+        (public_key_path(out / "owner.pem"), ident.public_pem(), None),
+    ]
+    say("[1/4] owner key generated")
+    t = train_teacher(DataSpec("mnist5k", seed), teacher_train)
+    teacher_bytes, _ = encode_model(t.model, t.manifest)
+    files.append((out / "teacher.safetensors", teacher_bytes, None))
     say(f"[2/4] teacher: {t.manifest['test_acc']:.2f}% test accuracy ({t.log.wall_s:.0f} s)")
-    cfg, train = _dsn_config("default", epochs, 128, seed, quiet)
-    teacher_m = load_model(out / "teacher.safetensors")
-    issued = do_issue(
-        teacher_m, ident, "demo-customer", owner_id="demo-owner", size=parse_size(size), config=cfg, train=train
-    )
-    save_issued(issued, out / "customer.safetensors", out / "customer.licence.json", ident)
-    say(f"[3/4] customer model issued ({issued.log.wall_s:.0f} s); product key {issued.product_key}")
-    customer = load_model(out / "customer.safetensors", owner=ident)
+    teacher_m = decode_model(teacher_bytes, out / "teacher.safetensors")
+    issued = do_issue(teacher_m, ident, "demo-customer", owner_id="demo-owner", size=sn_size, config=cfg, train=train)
+    customer_bytes, man = encode_model(issued.student, issued.manifest, owner=ident)
+    files.append((out / "customer.safetensors", customer_bytes, None))
+    files.append((out / "customer.licence.json", licence_bytes(issued, man["integrity"]["sha256"]), 0o600))
+    say(f"[3/4] customer model issued ({issued.log.wall_s:.0f} s)")
+    customer = decode_model(customer_bytes, out / "customer.safetensors", owner=ident)
     rep = evaluate_customer(
         customer,
         issued.serial,
@@ -430,16 +567,18 @@ def demo(
         seed=seed,
     )
     rep["timings"]["demo_total_s"] = time.perf_counter() - t0
-    rep["product_key"] = issued.product_key
-    write_json(out / "dsn_report.json", rep)
+    rep["schedule"] = {"teacher_epochs": teacher_epochs, "student_epochs": epochs, "reproduce_dsn_student_epochs": 40}
     md = (
         f"# DSN demo on mnist5k\n\nSerial number {issued.serial.geometry.describe()} "
-        f"({issued.serial.geometry.nbits} bits), seed {seed}, "
+        f"({issued.serial.geometry.nbits} bits), seed {seed}, teacher {teacher_epochs} and student {epochs} "
+        f"epochs (a short schedule: `reproduce dsn` trains the student 40), "
         f"total {rep['timings']['demo_total_s']:.0f} s.\n\n{dsn_markdown(rep)}\n"
     )
-    write_text(out / "dsn_report.md", md)
-    say(f"[4/4] evaluated; wrote {out / 'dsn_report.json'} and {out / 'dsn_report.md'}")
+    files += [(out / "dsn_report.json", json_bytes(rep), None), (out / "dsn_report.md", md.encode(), None)]
+    atomic_write_all(files)
+    say(f"[4/4] evaluated; wrote {len(files)} files to {out} (owner.pem and customer.licence.json are secret)")
     typer.echo(md)
+    typer.echo(f"product key for demo-customer (shown once): {issued.product_key}")
 
 
 def _scheme_settings(items: list[str] | None) -> dict:
@@ -451,21 +590,25 @@ def _scheme_settings(items: list[str] | None) -> dict:
             raise ConfigError(f"--set {item!r} must look like name=value, e.g. --set alpha=0.01")
         try:
             out[name] = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON (JSONDecodeError), or nested beyond the parser
             out[name] = value
     return out
 
 
 @watermark_app.command("embed")
 def watermark_embed(
-    scheme: Annotated[str, typer.Option(help="Scheme name (see `deepserial watermark schemes`).")],
+    scheme: Annotated[
+        str, typer.Option(help=f"Scheme: {_registered('schemes')} (see `deepserial watermark schemes`).")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Watermarked model file (.safetensors).")],
     key_out: Annotated[
         Path | None, typer.Option("--key-out", help="Ownership key file (secret; default OUT with .key).")
     ] = None,
     key: Annotated[Path, typer.Option(help="Owner private key file.")] = Path("owner.pem"),
-    dataset: Annotated[str, typer.Option(help="mnist5k, fashion-mnist, or a path to your data.")] = "mnist5k",
-    arch: Annotated[str, typer.Option(help="Network name (see `deepserial models`).")] = "dsn_mnist",
+    dataset: Annotated[str, typer.Option(help=f"{_registered('datasets')}, or a path to your data.")] = "mnist5k",
+    arch: Annotated[
+        str, typer.Option(help=f"Network: {_registered('models')} (see `deepserial models`).")
+    ] = "dsn_mnist",
     base: Annotated[
         Path | None,
         typer.Option(
@@ -489,7 +632,8 @@ def watermark_embed(
     force: bool = False,
 ) -> None:
     """Train (or fine-tune) a model carrying an ownership watermark; write the model and its key."""
-    from deepserial.artifacts import load_model, save_key, save_model
+    from deepserial.artifacts import encode_key, encode_model, load_model
+    from deepserial.files import atomic_write_all
     from deepserial.schemes.base import get_scheme
     from deepserial.training import TrainConfig
     from deepserial.workflow import DataSpec, embed_watermark
@@ -506,8 +650,8 @@ def watermark_embed(
     )
     train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=not quiet)
     m = embed_watermark(sch, ident, data, train, arch=arch, subject=subject, owner_id=owner_id, base=base_model)
-    save_key(key_out, m.key, owner=ident)
-    save_model(out, m.model, m.manifest, owner=ident)
+    key_bytes, _ = encode_key(m.key, owner=ident)
+    atomic_write_all([(key_out, key_bytes, 0o600), (out, encode_model(m.model, m.manifest, owner=ident)[0], None)])
     typer.echo(
         f"{scheme}: test accuracy {m.manifest['test_acc']:.2f}%, {m.log.wall_s:.1f} s; wrote {out} and "
         f"ownership key {key_out} (keep it secret)"
@@ -526,9 +670,14 @@ def watermark_verify(
     fpr: Annotated[float, typer.Option(help="False-positive rate the decision is taken at.")] = 1e-3,
     budget: Annotated[int | None, typer.Option(help="Most queries the verification may spend.")] = None,
     scheme: Annotated[
-        str | None, typer.Option(help="Refuse a key of any other scheme (default: the key's own scheme).")
+        str | None,
+        typer.Option(help=f"Refuse a key of any other scheme ({_registered('schemes')}; default: the key's own)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="URL suspect: seconds one request may take, all told.")] = 30.0,
+    total_timeout: Annotated[
+        float, typer.Option(help="URL suspect: seconds all requests to the server may take together.")
+    ] = 600.0,
 ) -> None:
     """Test whether SUSPECT carries the watermark of KEY. Exit status 0: it does; 1: it does not."""
     from deepserial.artifacts import load_key
@@ -544,7 +693,7 @@ def watermark_verify(
             f"{key} is a {k.scheme} key, not a {scheme} key: give the key written by "
             f"`watermark embed --scheme {scheme}` (or leave out --scheme)"
         )
-    s = open_suspect(suspect, budget=budget)
+    s = open_suspect(suspect, budget=budget, timeout=timeout, total_timeout=total_timeout)
     v = verify_watermark(k, s, fpr=fpr)
     typer.echo(json.dumps(v.to_dict(), indent=2) if as_json else v.summary())
     if not v.decision:
@@ -566,10 +715,7 @@ def watermark_schemes() -> None:
 def attack(
     name: Annotated[
         str,
-        typer.Argument(
-            help="Attack name (fine-tuning, from-scratch, pruning, transfer-learning, "
-            "extraction, neural-cleanse, serial-search)."
-        ),
+        typer.Argument(help=f"Attack: {_registered('attacks')}."),
     ],
     model: Annotated[Path, typer.Option(help="The model to attack (.safetensors).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the attacked model here.")] = None,
@@ -601,10 +747,11 @@ def attack(
 ) -> None:
     """Attack a protected model with an explicit budget; report accuracy, serial-number accuracy and the
     ownership verdict before and after, and what the attack spent."""
-    from deepserial.artifacts import load_key, load_model, save_model
+    from deepserial.artifacts import encode_model, load_key, load_model
     from deepserial.attacks.base import AttackBudget, get_attack, resulting_arch
     from deepserial.attacks.input_preprocessing import transforms_inputs
-    from deepserial.report import write_json
+    from deepserial.files import atomic_write_all
+    from deepserial.report import json_bytes
     from deepserial.serial import SerialGeometry, SerialNumber
     from deepserial.workflow import attack_model
 
@@ -632,6 +779,7 @@ def attack(
             raise ConfigError(f"{model} is not a serial-number protected model; leave out --serial")
         sn = SerialNumber.from_product_key(serial, expect=SerialGeometry.from_dict(target.manifest["serial_geometry"]))
     attacked, rep = attack_model(target, atk, budget, fraction=fraction, key=k, serial=sn, fpr=fpr)
+    outputs = []
     if out is not None:
         man = {k_: v for k_, v in target.manifest.items() if k_ not in ("integrity", "format")}
         man |= {
@@ -641,9 +789,10 @@ def attack(
             "attack": {"name": name, "budget": rep["log"]["budget"], "fraction": fraction, "source": str(model)},
             "test_acc": rep["after"]["test_acc"],
         }
-        save_model(out, attacked, man)
+        outputs.append((out, encode_model(attacked, man)[0], None))
     if report is not None:
-        write_json(report, rep)
+        outputs.append((report, json_bytes(rep), None))
+    atomic_write_all(outputs)
     if as_json:
         typer.echo(json.dumps(rep, indent=2, default=str))
         return
@@ -671,7 +820,7 @@ def attack(
 
 @reproduce_app.command("dsn")
 def reproduce_dsn(
-    dataset: Annotated[str, typer.Option(help="mnist5k or fashion-mnist.")] = "mnist5k",
+    dataset: Annotated[str, typer.Option(help=f"{_registered('datasets')}, or a path to your data.")] = "mnist5k",
     out: Annotated[Path, typer.Option("--out", "-o", help="Reports folder.")] = Path("reports"),
     runs: Annotated[
         str | None,
@@ -681,7 +830,8 @@ def reproduce_dsn(
         ),
     ] = None,
     arch: Annotated[
-        str | None, typer.Option(help="Network, for a path to your data (e.g. dsn_gtsrb for 32x32 colour).")
+        str | None,
+        typer.Option(help=f"Network, for a path to your data: {_registered('models')} (dsn_gtsrb for 32x32 colour)."),
     ] = None,
     teacher_epochs: Annotated[int | None, typer.Option(help="For a path to your data (default 10).")] = None,
     student_epochs: Annotated[int | None, typer.Option(help="For a path to your data (default 20).")] = None,
@@ -718,6 +868,7 @@ def reproduce_dsn(
         + "".join(f" --{k.replace('_', '-')} {v}" for k, v in custom.items() if v is not None)
         + (f" --pixels-per-bit {pixels_per_bit}" if scales != [None] else "")
     )
+    check_writable(out, directory=True)  # before hours of work
     paths = run(dataset, out, seed=seed, progress=not quiet, only=only, config=config, command=command)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
@@ -763,10 +914,12 @@ def reproduce_attacks(
             values = [int(v) for v in seeds.split(",")]
         except ValueError:
             raise ConfigError(f"--seeds takes comma-separated integers such as 0,1,2; got {seeds!r}") from None
+        check_writable(out, directory=True)  # before hours of work
         paths = run_seeds(dataset, values, out, progress=not quiet)
         typer.echo("wrote " + ", ".join(str(p) for p in paths))
         return
     over = {"brute_force_tries": tries} if tries is not None else None
+    check_writable(out, directory=True)  # before hours of work
     paths = run(scheme, dataset, out, seed=seed, progress=not quiet, overrides=over, suite=suite)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
@@ -784,7 +937,31 @@ def reproduce_neural_cleanse(
     from deepserial.experiments.neural_cleanse import run
 
     names = None if schemes is None else [v.strip() for v in schemes.split(",") if v.strip()]
+    check_writable(out, directory=True)  # before hours of work
     paths = run(dataset, out, seed=seed, progress=not quiet, schemes=names)
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@reproduce_app.command("dsn-security")
+def reproduce_dsn_security(
+    dataset: Annotated[
+        str, typer.Option(help="mnist5k, mnist5k-alt (a 5x7 serial number at rows 8, columns 12) or fashion-mnist.")
+    ] = "mnist5k",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds, one customer model each.")] = "0,1,2,3,4",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Reports folder.")] = Path("reports"),
+    quiet: Quiet = False,
+) -> None:
+    """The DSN lock against an adaptive thief, per customer model: every near key, reverse engineering
+    with bit search, label-only hill climbing, and a fine-tuning / transfer sweep against from scratch
+    at 10-40% of the data: reports/dsn_security_<dataset>."""
+    from deepserial.experiments.dsn_security import run
+
+    try:
+        values = [int(v) for v in seeds.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated integers such as 0,1,2; got {seeds!r}") from None
+    check_writable(out, directory=True)  # before hours of work
+    paths = run(dataset, out, values, progress=not quiet, command=" ".join(["deepserial", *sys.argv[1:]]))
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
@@ -807,6 +984,7 @@ def _reproduce_command(name: str):  # noqa: ANN202
             for k, v in {"n_models": n_models, "n_random_keys": n_random_keys, "epochs": epochs}.items()
             if v is not None
         }
+        check_writable(out, directory=True)  # before hours of work
         paths = run(name, dataset, out, seed=seed, progress=not quiet, overrides=over)
         typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
@@ -836,13 +1014,15 @@ def ledger_list(
     """One line per issued licence: id, customer, scheme, time, model digest, serial-number fingerprint."""
     with _open_ledger(ledger, create=False) as led:
         rows = led.licences(customer=customer)
+        unfinished = led.unfinished()
         for lic in rows:
             typer.echo(
                 f"{lic.id}\t{lic.customer}\t{lic.scheme}\t{lic.issued_at}\t"
                 f"model {(lic.model_sha256 or '-')[:16]}\tsn {lic.sn_fingerprint[:16]}"
                 + ("\tsealed" if lic.sealed else "")
             )
-        typer.echo(f"{len(rows)} licence(s) in {ledger}", err=True)
+        note = f" ({len(unfinished)} unfinished issuance(s): see `deepserial ledger check`)" if unfinished else ""
+        typer.echo(f"{len(rows)} licence(s) in {ledger}{note}", err=True)
 
 
 @ledger_app.command("show")
@@ -877,12 +1057,36 @@ def ledger_export(
 
 
 @ledger_app.command("check")
-def ledger_check(ledger: Annotated[Path, typer.Option(help="Ledger file.")] = Path("ledger.db")) -> None:
-    """SQLite's integrity check and the schema version. Exit status 1 when the file is damaged."""
-    with _open_ledger(ledger, create=False) as led:
-        res = led.integrity_check()
-        typer.echo(f"{ledger}: schema {led.version}, {len(led.licences())} licence(s), integrity {res}")
-    if res != "ok":
+def ledger_check(
+    ledger: Annotated[Path, typer.Option(help="Ledger file.")] = Path("ledger.db"),
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Remove abandoned issuances (an issuer killed while writing its files): their pending "
+            "rows, temporary files and the files they wrote.",
+        ),
+    ] = False,
+) -> None:
+    """SQLite's integrity check, foreign keys, every row parsed, and unfinished issuances.
+
+    Exit status 1 when the file is damaged or an abandoned issuance is left (see --repair); an issuance
+    still running in another process is listed but is not damage.
+    """
+    from deepserial.ledger import LedgerBusyError, LedgerError
+
+    try:
+        led = _open_ledger(ledger, create=False)
+    except LedgerBusyError:
+        raise
+    except LedgerError as e:
+        typer.echo(f"{ledger}: damaged: {e}")
+        raise typer.Exit(1) from None
+    with led:
+        report = led.check(repair=repair)
+    for line in report.lines():
+        typer.echo(line)
+    if not report.sound:
         raise typer.Exit(1)
 
 
@@ -910,6 +1114,10 @@ def trace(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     seed: Seed = 0,
+    timeout: Annotated[float, typer.Option(help="URL suspect: seconds one request may take, all told.")] = 30.0,
+    total_timeout: Annotated[
+        float, typer.Option(help="URL suspect: seconds all requests to the server may take together.")
+    ] = 600.0,
 ) -> None:
     """Name the customer whose licence unlocks a leaked model. Exit status 0: one does; 1: none does."""
     from deepserial.suspect import open_suspect
@@ -933,7 +1141,7 @@ def trace(
             )
         else:
             raise ConfigError("the licences record several data sets (or none): choose one with --dataset")
-        s = open_suspect(suspect, budget=budget)
+        s = open_suspect(suspect, budget=budget, timeout=timeout, total_timeout=total_timeout)
         res = do_trace(s, candidates, data.load().test, fpr=fpr, seed=seed)
         led.record_trace(suspect, res.licence.id if res.licence else None, res.p_value, fpr, res.queries, res.to_dict())
     typer.echo(json.dumps(res.to_dict(), indent=2) if as_json else res.summary())
@@ -952,6 +1160,9 @@ def serve(
     port: Annotated[int, typer.Option(help="Port (0: any free port, printed).")] = 8000,
     max_batch: Annotated[int, typer.Option(help="Most inputs per request.")] = 256,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 * 2**20,
+    header_timeout: Annotated[float, typer.Option(help="Seconds a client has to send complete headers.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(help="Seconds a client has to send the body after them.")] = 30.0,
+    max_connections: Annotated[int, typer.Option(help="Open connections before requests get 503.")] = 1000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level (info logs each request line).")] = "warning",
 ) -> None:
     """Serve a model over HTTP: /v1/predict, /v1/health, /v1/info. The serial number is never logged."""
@@ -973,14 +1184,17 @@ def serve(
     if text and not raw_inputs:
         expect = SerialGeometry.from_dict(m.manifest["serial_geometry"]) if "serial_geometry" in m.manifest else None
         serial = SerialNumber.from_product_key(text, expect=expect)
-    app_ = create_app(m, serial, raw_inputs=raw_inputs, max_batch=max_batch, max_body=max_body_bytes)
+    app_ = create_app(
+        m, serial, raw_inputs=raw_inputs, max_batch=max_batch, max_body=max_body_bytes, body_timeout=body_timeout
+    )
+    srv = server(app_, log_level, header_timeout=header_timeout, max_connections=max_connections)
     sock = bind(host, port)
     typer.echo(
         f"serving {model} on http://{host}:{sock.getsockname()[1]} "
         f"({'stamping the serial number' if serial is not None else 'inputs as sent'}); Ctrl-C stops",
         err=True,
     )
-    server(app_, log_level).run(sockets=[sock])
+    srv.run(sockets=[sock])
 
 
 @app.command()
@@ -1051,7 +1265,7 @@ def data_cifar_digits(
     (a stand-in for 32x32x3 data where CIFAR-10 / GTSRB cannot be fetched)."""
     from deepserial.data.synthetic import write_cifar_digits
 
-    _refuse_overwrite(out / "data_batch_1", out / "test_batch", force=force)
+    _refuse_overwrite(out / "data_batch_1", out / "test_batch", out / "batches.meta", force=force)
     write_cifar_digits(out, seed=seed)
     typer.echo(f"wrote {out}/data_batch_1 (4,000 images), {out}/test_batch (1,000), {out}/batches.meta")
 
@@ -1089,6 +1303,13 @@ def _option(argv: list[str], name: str) -> str | None:
     return None
 
 
+def _one_line(message: str) -> str:
+    """``message`` with every line break and other unprintable character escaped (``\\n``, ``\\x1b``):
+    an error that quotes user input (a ``--set`` name, a file name) stays one line and cannot move the
+    terminal's cursor."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the command, turning user errors into one line and exit status 2.
 
@@ -1110,7 +1331,7 @@ def main(argv: list[str] | None = None) -> int:
         distributed.shutdown()
     except DeepSerialError as e:
         if distributed.is_main_process():  # under torchrun every rank fails alike: one line, from rank 0
-            typer.echo(f"deepserial: error: {e}", err=True)
+            typer.echo(f"deepserial: error: {_one_line(str(e))}", err=True)
         return e.exit_code
     except Exception as e:
         # Usage errors and exits come from click or from the copy of click that typer bundles;

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InternalError, InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from deepserial import distributed
 from deepserial.errors import IdentityError
+from deepserial.files import atomic_write as atomic_write  # re-exported: the writer many modules import from here
+from deepserial.files import atomic_write_all
 
 Algorithm = Literal["ed25519", "rsa"]
 PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
@@ -33,6 +35,9 @@ PublicKey = ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 
 _RSA_BITS = 3072
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+# What cryptography's PEM readers raise on a damaged file: bad base64 or DER, a flipped byte in the
+# algorithm identifier (UnsupportedAlgorithm), or key material OpenSSL itself rejects (InternalError).
+CORRUPT_KEY = (ValueError, UnsupportedAlgorithm, InternalError)
 
 
 @dataclass(frozen=True)
@@ -154,23 +159,45 @@ class OwnerIdentity:
         return hashlib.sha256(der).hexdigest()[:16]
 
     # ----- files -----------------------------------------------------------------------------------
-    def save(self, path: str | Path, passphrase: str | None = None) -> tuple[Path, Path]:
-        """Write the private key (PEM, PKCS8, encrypted when a passphrase is given, mode 0600) and
-        the public key beside it as ``<stem>.pub.pem``. Both files appear whole or not at all."""
+    def private_pem(self, passphrase: str | None = None) -> bytes:
+        """The private key as PEM (PKCS8), encrypted with ``passphrase`` when one is given.
+
+        An empty passphrase is refused rather than taken as "no passphrase": a key its owner meant to
+        encrypt must never be written in the clear because a variable turned out empty.
+        """
         if self._private is None:
             raise IdentityError("cannot save a private key: this identity holds only the public key")
-        path = Path(path)
+        if passphrase is not None and not passphrase:
+            raise IdentityError("the passphrase is empty; give a non-empty passphrase or none")
         enc: serialization.KeySerializationEncryption = (
             serialization.BestAvailableEncryption(passphrase.encode()) if passphrase else serialization.NoEncryption()
         )
-        priv_pem = self._private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+        return self._private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+
+    def save(self, path: str | Path, passphrase: str | None = None) -> tuple[Path, Path]:
+        """Write the private key (PEM, PKCS8, encrypted when a passphrase is given, mode 0600) and
+        the public key beside it as ``<stem>.pub.pem``. Both files appear whole, or neither does."""
+        path = Path(path)
         pub_path = public_key_path(path)
-        atomic_write(path, priv_pem, mode=0o600)
-        atomic_write(pub_path, self.public_pem())
+        atomic_write_all([(path, self.private_pem(passphrase), 0o600), (pub_path, self.public_pem(), None)])
         return path, pub_path
 
     def public_pem(self) -> bytes:
         return self.public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    @classmethod
+    def from_public_pem(cls, pem: bytes | str, where: str = "public key") -> OwnerIdentity:
+        """A verify-only identity from a PEM public key (a key file, a licence record, an ownership key);
+        :class:`IdentityError` naming ``where`` if the PEM is damaged or not an Ed25519/RSA key."""
+        if isinstance(pem, str):  # from JSON: anything outside ASCII cannot be PEM and fails to parse below
+            pem = pem.encode("ascii", "replace")
+        try:
+            pub = serialization.load_pem_public_key(pem)
+        except CORRUPT_KEY:
+            raise IdentityError(f"{where} is not a valid PEM public key (corrupt or unsupported key data)") from None
+        if not isinstance(pub, ed25519.Ed25519PublicKey | rsa.RSAPublicKey):
+            raise IdentityError(f"{where}: only Ed25519 and RSA keys are supported")
+        return cls(None, pub)
 
     @classmethod
     def load(cls, path: str | Path, passphrase: str | None = None) -> OwnerIdentity:
@@ -181,13 +208,7 @@ class OwnerIdentity:
         except OSError as e:
             raise IdentityError(f"cannot read key file {path}: {e.strerror}; run 'deepserial keygen'") from None
         if b"PUBLIC KEY" in data:
-            try:
-                pub = serialization.load_pem_public_key(data)
-            except ValueError:
-                raise IdentityError(f"{path} is not a valid PEM public key") from None
-            if not isinstance(pub, ed25519.Ed25519PublicKey | rsa.RSAPublicKey):
-                raise IdentityError(f"{path}: only Ed25519 and RSA keys are supported")
-            return cls(None, pub)
+            return cls.from_public_pem(data, str(path))
         try:
             priv = serialization.load_pem_private_key(data, passphrase.encode() if passphrase else None)
         except TypeError:
@@ -196,10 +217,10 @@ class OwnerIdentity:
             raise IdentityError(
                 f"{path} is encrypted; give its passphrase (--passphrase-env VAR or DEEPSERIAL_PASSPHRASE)"
             ) from None
-        except ValueError:
+        except CORRUPT_KEY:
             if passphrase:
                 raise IdentityError(f"wrong passphrase for {path} (or the file is corrupt)") from None
-            raise IdentityError(f"{path} is not a valid PEM private key") from None
+            raise IdentityError(f"{path} is not a valid PEM private key (corrupt or unsupported key data)") from None
         if not isinstance(priv, ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey):
             raise IdentityError(f"{path}: only Ed25519 and RSA keys are supported")
         return cls(priv, priv.public_key())
@@ -209,38 +230,6 @@ def public_key_path(private_path: str | Path) -> Path:
     """Where the public half of a private key file lives: ``owner.pem`` -> ``owner.pub.pem``."""
     p = Path(private_path)
     return p.with_name(p.name[: -len(".pem")] + ".pub.pem" if p.name.endswith(".pem") else p.name + ".pub.pem")
-
-
-def atomic_write(path: str | Path, data: bytes, mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part.
-
-    Under torchrun this is collective: rank 0 writes (or, inside :func:`deepserial.distributed.solo`,
-    the rank running the job) and every rank waits until the file is there.
-    """
-    if not distributed.writes_here():
-        distributed.barrier()
-        return
-    _write(Path(path), data, mode)
-    distributed.barrier()
-
-
-def _write(path: Path, data: bytes, mode: int | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        # Create the file with its final mode before any byte is written: a private key must never
-        # sit on disk world-readable, not even until a later chmod.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if mode is not None else 0o666)
-        with os.fdopen(fd, "wb") as f:
-            if mode is not None:
-                os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def derive(signature: bytes, purpose: str, nbytes: int = 32) -> bytes:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from deepserial import __version__
-from deepserial.identity import atomic_write
+from deepserial.files import atomic_write, atomic_write_all
 
 # What every report records about how it was made: a top-level ``seed`` (or ``seeds``) and
 # ``signed_at_epoch`` (None when the run draws nothing from a seed or signs nothing), and these
@@ -144,11 +144,18 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def json_bytes(data: dict[str, Any]) -> bytes:
+    """A report as the bytes :func:`write_json` writes (indented JSON, numpy scalars and paths made plain)."""
+    return (json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n").encode()
+
+
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    atomic_write(path, (json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n").encode())
+    """Write a report as JSON, atomically."""
+    atomic_write(path, json_bytes(data))
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """Write text (UTF-8), atomically."""
     atomic_write(path, text.encode())
 
 
@@ -206,13 +213,11 @@ def missing_provenance(report: dict[str, Any]) -> list[str]:
 
 
 def write_report(stem: Path, report: dict[str, Any], markdown: str, figure: Any) -> list[Path]:
-    """A reproduction's three files, ``stem.{md,json,png}`` (the folder is created); returns their paths.
-    The JSON gets every provenance field (:func:`with_provenance`). The figure is rendered before
-    anything is written, so a plotting error leaves no partial report."""
+    """A reproduction's three files, ``stem.{md,json,png}`` (the folder is created), all or none;
+    returns their paths. The JSON gets every provenance field (:func:`with_provenance`). The figure is
+    rendered before anything is written, so a plotting error leaves no partial report."""
     report = with_provenance(report)
     png = _png(figure)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    write_json(stem.with_suffix(".json"), report)
-    write_text(stem.with_suffix(".md"), markdown)
-    atomic_write(stem.with_suffix(".png"), png)
-    return [stem.with_suffix(s) for s in (".md", ".json", ".png")]
+    paths = [stem.with_suffix(s) for s in (".md", ".json", ".png")]
+    atomic_write_all([(paths[0], markdown.encode(), None), (paths[1], json_bytes(report), None), (paths[2], png, None)])
+    return paths

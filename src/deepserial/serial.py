@@ -43,8 +43,9 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
 _DECODE = {c: i for i, c in enumerate(_ALPHABET)} | {"O": 0, "I": 1, "L": 1}
 _VERSION = 1
 _VERSION_SCALED = 2
+_VERSION_GUARDED = 3  # scale and guard bytes
 _HEADER = 6
-_HEADERS = {_VERSION: _HEADER, _VERSION_SCALED: _HEADER + 1}
+_HEADERS = {_VERSION: _HEADER, _VERSION_SCALED: _HEADER + 1, _VERSION_GUARDED: _HEADER + 2}
 _CHECK = 2
 _GROUP = 5
 
@@ -58,6 +59,12 @@ class SerialGeometry:
     patterns would up-scale proportionally when deploying DNN systems to target high-resolution
     images"; a scaled pattern keeps its bits (and so its product key and every false-positive
     analysis) and grows in pixels (:func:`scale_for`).
+
+    ``guard`` is the width, in bits, of a fixed public frame stamped around the pattern (a checkerboard
+    of 0 and 1; default 0, no frame). Without it the pattern's border bits share a convolution's
+    receptive field with image content, and a key one border bit away from the true one still half
+    unlocks a small model; with it every key bit has stamped neighbours only. The frame is public: it
+    adds no secret, and ``(top, left)`` stays the position of the key bits themselves.
     """
 
     height: int
@@ -66,6 +73,7 @@ class SerialGeometry:
     left: int
     channels: tuple[int, ...] = ()
     scale: int = 1
+    guard: int = 0
 
     def __post_init__(self) -> None:
         if not (1 <= self.height <= 255 and 1 <= self.width <= 255):
@@ -76,6 +84,13 @@ class SerialGeometry:
             raise GeometryError(f"channels {self.channels} must be distinct indices 0..7 (empty = all)")
         if not 1 <= self.scale <= 32:
             raise GeometryError(f"serial number scale {self.scale} must be 1..32 pixels per bit side")
+        if not 0 <= self.guard <= 4:
+            raise GeometryError(f"serial number guard frame {self.guard} must be 0..4 bits wide")
+        if self.guard and (self.top < self.guard * self.scale or self.left < self.guard * self.scale):
+            raise GeometryError(
+                f"a {self.guard}-bit guard frame does not fit above or left of a serial number at "
+                f"({self.top},{self.left}); move it inside"
+            )
 
     @property
     def nbits(self) -> int:
@@ -93,6 +108,24 @@ class SerialGeometry:
         """The (rows, columns) of the input the pattern covers, in pixels."""
         return slice(self.top, self.top + self.pixel_height), slice(self.left, self.left + self.pixel_width)
 
+    def framed_region(self) -> tuple[slice, slice]:
+        """The (rows, columns) the pattern and its guard frame cover, in pixels."""
+        pad = self.guard * self.scale
+        return (
+            slice(self.top - pad, self.top + self.pixel_height + pad),
+            slice(self.left - pad, self.left + self.pixel_width + pad),
+        )
+
+    def frame(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guard frame as pixels over :meth:`framed_region`: (values in {0, 1}, mask of frame pixels)."""
+        gh, gw = self.height + 2 * self.guard, self.width + 2 * self.guard
+        rows = torch.arange(gh).unsqueeze(1)
+        cols = torch.arange(gw).unsqueeze(0)
+        values = ((rows + cols) % 2).float()
+        mask = torch.ones(gh, gw, dtype=torch.bool)
+        mask[self.guard : self.guard + self.height, self.guard : self.guard + self.width] = False
+        return self.upsample(values), self.upsample(mask)
+
     def upsample(self, bits: torch.Tensor) -> torch.Tensor:
         """Bits (..., h, w) as the pixels they cover (..., h * scale, w * scale)."""
         if self.scale == 1:
@@ -102,7 +135,8 @@ class SerialGeometry:
     def check_fits(self, input_shape: Sequence[int]) -> None:
         """Raise unless the pattern lies inside an input of shape (C, H, W)."""
         c, h, w = input_shape
-        if self.top + self.pixel_height > h or self.left + self.pixel_width > w:
+        pad = self.guard * self.scale
+        if self.top + self.pixel_height + pad > h or self.left + self.pixel_width + pad > w:
             raise GeometryError(
                 f"a {self.pixel_height}x{self.pixel_width}-pixel serial number at ({self.top},{self.left}) does "
                 f"not fit a {h}x{w} input; choose a smaller size or another position"
@@ -120,6 +154,8 @@ class SerialGeometry:
         }
         if self.scale != 1:  # scale-1 geometries read and hash exactly as before scaling existed
             d["scale"] = self.scale
+        if self.guard:  # likewise for geometries without a guard frame
+            d["guard"] = self.guard
         return d
 
     @classmethod
@@ -131,12 +167,14 @@ class SerialGeometry:
             int(d["left"]),
             tuple(int(c) for c in d.get("channels", ())),
             int(d.get("scale", 1)),
+            int(d.get("guard", 0)),
         )
 
     def describe(self) -> str:
         ch = "all channels" if not self.channels else f"channels {list(self.channels)}"
         px = f" (each bit {self.scale}x{self.scale} pixels)" if self.scale != 1 else ""
-        return f"{self.height}x{self.width}{px} at ({self.top},{self.left}), {ch}"
+        frame = f" in a {self.guard}-bit guard frame" if self.guard else ""
+        return f"{self.height}x{self.width}{px}{frame} at ({self.top},{self.left}), {ch}"
 
 
 def scale_for(input_shape: Sequence[int]) -> int:
@@ -204,7 +242,9 @@ class SerialNumber:
         g = self.geometry
         mask = sum(1 << c for c in g.channels)
         payload = bytes([_VERSION, g.height, g.width, g.top, g.left, mask])
-        if g.scale != 1:
+        if g.guard:
+            payload = bytes([_VERSION_GUARDED]) + payload[1:] + bytes([g.scale, g.guard])
+        elif g.scale != 1:
             payload = bytes([_VERSION_SCALED]) + payload[1:] + bytes([g.scale])
         payload += np.packbits(self.bits.reshape(-1)).tobytes()
         payload += hashlib.sha256(payload).digest()[:_CHECK]
@@ -230,11 +270,12 @@ class SerialNumber:
             )
         version = _b32decode(chars[:2])[0]
         if version not in _HEADERS:
-            raise SerialNumberError(f"product key version {version} is not supported (this is v1-v{_VERSION_SCALED})")
+            raise SerialNumberError(f"product key version {version} is not supported (this is v1-v{_VERSION_GUARDED})")
         header = _HEADERS[version]
         head = _b32decode(chars[: math.ceil(header * 8 / 5)])[:header]
         _, h, w, top, left, mask = head[:6]
-        scale = head[6] if version == _VERSION_SCALED else 1
+        scale = head[6] if version in (_VERSION_SCALED, _VERSION_GUARDED) else 1
+        guard = head[7] if version == _VERSION_GUARDED else 0
         if h == 0 or w == 0:
             raise SerialNumberError("product key is corrupt (zero-sized serial number); check for a typo")
         nbytes = header + (h * w + 7) // 8 + _CHECK
@@ -252,7 +293,7 @@ class SerialNumber:
             raise SerialNumberError("product key checksum does not match; check for a typo")
         channels = tuple(c for c in range(8) if mask >> c & 1)
         try:
-            geometry = SerialGeometry(h, w, top, left, channels, scale)
+            geometry = SerialGeometry(h, w, top, left, channels, scale, guard)
         except Exception as e:
             raise SerialNumberError(f"product key encodes an invalid geometry: {e}") from None
         bits = np.unpackbits(np.frombuffer(payload[header:], dtype=np.uint8))[: h * w].reshape(h, w)
@@ -323,7 +364,7 @@ def stamp(
     lo, hi = values
     g = geometry
     patch = g.upsample(lo + (hi - lo) * b).unsqueeze(1)  # (N|1, 1, h * scale, w * scale)
-    out = x.clone()
+    out = write_frame(x.clone(), g, values)
     rows, cols = g.region()
     if g.channels:
         for c in g.channels:
@@ -331,6 +372,21 @@ def stamp(
     else:
         out[:, :, rows, cols] = patch.expand(-1, x.shape[1], -1, -1)
     return out
+
+
+def write_frame(x: torch.Tensor, geometry: SerialGeometry, values: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """Write the geometry's guard frame (if any) into ``x`` (N, C, H, W) in place; returns ``x``."""
+    g = geometry
+    if not g.guard:
+        return x
+    frame, mask = g.frame()
+    lo, hi = values
+    pixels = (lo + (hi - lo) * frame).to(x.dtype).to(x.device)
+    mask = mask.to(x.device)
+    rows, cols = g.framed_region()
+    for c in g.channels or range(x.shape[1]):
+        x[:, c, rows, cols] = torch.where(mask, pixels, x[:, c, rows, cols])
+    return x
 
 
 def stamp_many(x: torch.Tensor, geometry: SerialGeometry, bits: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,10 @@ placement, shuffling (through ``DistributedSampler``, so the same code shards da
 schedule, a progress bar that scripts can silence, per-epoch logs, callbacks for learning curves and
 resumable checkpoints.
 
+A checkpoint is a safetensors file (model and optimiser tensors) whose header holds the rest of the
+state as JSON, validated by :mod:`deepserial.schema` on resume: reading one never unpickles, so a
+checkpoint file from anywhere cannot run code.
+
 Under DDP a loss function must call the module it is given (the DDP wrapper), not submodules of the
 underlying network, or gradients are not synchronised; schemes that need several heads therefore
 wrap them in one module whose ``forward`` returns all outputs.
@@ -15,8 +19,8 @@ wrap them in one module whose ``forward`` returns all outputs.
 
 from __future__ import annotations
 
+import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -34,7 +38,8 @@ from deepserial import distributed
 from deepserial.console import on_terminal, print_epoch
 from deepserial.data import TensorData
 from deepserial.distributed import world
-from deepserial.errors import ConfigError
+from deepserial.errors import ConfigError, DeepSerialError
+from deepserial.files import check_writable, write_files_here
 
 
 @dataclass
@@ -198,21 +203,12 @@ def fit(
     sampler = DistributedSampler(range(len(data)), num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.seed)
     log = TrainLog()
     start_epoch = 0
-    if cfg.checkpoint is not None and Path(cfg.checkpoint).exists():
-        # The state is that of the unwrapped model, its optimiser and schedule: none depends on the
-        # number of processes, so a run checkpointed with N ranks resumes with any other number.
-        try:
-            state = torch.load(cfg.checkpoint, map_location=device, weights_only=False)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            start_epoch = int(state["epoch"]) + 1
-            log = TrainLog(**state["log"])
-        except Exception as e:  # truncated, foreign, or from another network or optimiser
-            raise ConfigError(
-                f"checkpoint {cfg.checkpoint} cannot resume this run ({type(e).__name__}): it is "
-                "damaged or belongs to another model; delete it or choose another --checkpoint"
-            ) from None
+    if cfg.checkpoint is not None:
+        check_writable(cfg.checkpoint)  # before the first epoch, not after it
+        if Path(cfg.checkpoint).exists():
+            # The state is that of the unwrapped model, its optimiser and schedule: none depends on the
+            # number of processes, so a run checkpointed with N ranks resumes with any other number.
+            start_epoch, log = _load_checkpoint(Path(cfg.checkpoint), model, opt, sched)
     x_all, y_all = data.x, data.y
     per_rank = max(1, cfg.batch_size // world_size)
     t_start = time.perf_counter()
@@ -284,23 +280,68 @@ def fit(
     return log
 
 
+CHECKPOINT_FORMAT = "deepserial-checkpoint/1"
+
+
 def _save_checkpoint(
     path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: object, epoch: int, log: TrainLog
 ) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "epoch": epoch,
-            "log": log.to_dict(),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    """Write the training state after ``epoch`` atomically: tensors in safetensors, the rest as JSON
+    in its header (no pickle). Called by the one rank that writes it."""
+    from safetensors.torch import save as st_save
+
+    tensors = {f"model/{k}": v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    optim = opt.state_dict()
+    state: dict[str, dict] = {}
+    for pid, entries in optim["state"].items():
+        state[str(pid)] = {}
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer/{pid}/{name}"] = value.detach().to("cpu", copy=True).contiguous()
+            else:
+                state[str(pid)][name] = value
+    doc = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "log": log.to_dict(),
+        "optimizer": {"type": type(opt).__name__, "param_groups": optim["param_groups"], "state": state},
+        "scheduler": sched.state_dict(),  # type: ignore[attr-defined]
+    }
+    write_files_here([(path, st_save(tensors, metadata={"deepserial": json.dumps(doc)}), None)])
+
+
+def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: object) -> tuple[int, TrainLog]:
+    """Restore model, optimiser and schedule from a checkpoint; returns the first epoch still to run
+    and the log so far. Anything wrong with the file is one :class:`ConfigError`."""
+    from safetensors import safe_open
+
+    from deepserial.schema import CheckpointDoc, validate
+
+    try:
+        with safe_open(str(path), framework="pt") as f:  # type: ignore[no-untyped-call]
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        raw = json.loads(meta["deepserial"])
+        if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("not a deepserial checkpoint")
+        doc = validate(CheckpointDoc, raw, path, "checkpoint")
+        if doc.optimizer.get("type") != type(opt).__name__:
+            raise ValueError(f"state of another optimiser ({doc.optimizer.get('type')!r})")
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        state: dict[int, dict] = {int(pid): dict(entries) for pid, entries in doc.optimizer.get("state", {}).items()}
+        for key, value in tensors.items():
+            if key.startswith("optimizer/"):
+                _, pid, name = key.split("/", 2)
+                state.setdefault(int(pid), {})[name] = value
+        opt.load_state_dict({"state": state, "param_groups": doc.optimizer["param_groups"]})
+        sched.load_state_dict(doc.scheduler)  # type: ignore[attr-defined]
+        return doc.epoch + 1, TrainLog(**doc.log.model_dump())
+    except Exception as e:  # a foreign, damaged or pickled file, another network or optimiser
+        kind = "invalid" if isinstance(e, DeepSerialError) else type(e).__name__
+        raise ConfigError(
+            f"checkpoint {path} cannot resume this run ({kind}): it is damaged, was written by another "
+            "version or belongs to another model; delete it or choose another --checkpoint"
+        ) from None
 
 
 # Evaluation batch: on one CPU thread 256 is faster than 2048 (benchmarks/bench_threads.py: 0.30 vs 0.39 s per
@@ -316,8 +357,9 @@ def predict_logits(
     """Logits of ``model`` on ``x`` in evaluation mode, batched, returned on the CPU."""
     device = device or next(model.parameters()).device
     model.eval()
-    outs = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(outs) if outs else torch.empty(0)
+    # An empty batch still goes through the network once, so the result has its (0, classes) shape.
+    starts = range(0, len(x), batch_size) if len(x) else [0]
+    return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in starts])
 
 
 def accuracy(model: nn.Module, data: TensorData, batch_size: int = EVAL_BATCH) -> float:

@@ -19,12 +19,14 @@ from typing import Any
 
 import torch
 
-from deepserial.artifacts import LoadedModel, save_model
+from deepserial.artifacts import LoadedModel, encode_model
 from deepserial.data import Splits, TensorData, load_dataset, split
 from deepserial.errors import ConfigError, IdentityError, IntegrityError
-from deepserial.identity import OwnerIdentity, VerifierString, atomic_write
+from deepserial.files import atomic_write_all
+from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.nets import SplitNet, check_visible, create_model
 from deepserial.report import environment
+from deepserial.schema import LicenceDoc, validate
 from deepserial.schemes import dsn
 from deepserial.serial import SerialGeometry, SerialNumber, scale_for, stamp
 from deepserial.training import TrainConfig, TrainLog, accuracy, fit, seed_everything, supervised_loss
@@ -225,37 +227,50 @@ def issue(
     return Issued(student, serial, manifest, licence, log, splits)
 
 
+def licence_bytes(issued: Issued, model_sha256: str) -> bytes:
+    """The owner's licence record of ``issued`` as written to disk (JSON), bound to the model's digest."""
+    return (json.dumps(dict(issued.licence, model_sha256=model_sha256), indent=2) + "\n").encode()
+
+
 def save_issued(
     issued: Issued, model_path: str | Path, licence_path: str | Path, identity: OwnerIdentity
 ) -> dict[str, Any]:
-    """Write the customer model (signed by the owner) and the owner's licence record (mode 0600);
-    returns the model's manifest as written."""
-    man = save_model(model_path, issued.student, issued.manifest, owner=identity)
-    licence = dict(issued.licence, model_sha256=man["integrity"]["sha256"])
-    atomic_write(licence_path, (json.dumps(licence, indent=2) + "\n").encode(), mode=0o600)
+    """Write the customer model (signed by the owner) and the owner's licence record (mode 0600), both
+    or neither; returns the model's manifest as written."""
+    data, man = encode_model(issued.student, issued.manifest, owner=identity)
+    atomic_write_all(
+        [(model_path, data, None), (licence_path, licence_bytes(issued, man["integrity"]["sha256"]), 0o600)]
+    )
     return man
+
+
+def read_licence(path: str | Path) -> LicenceDoc:
+    """The owner's licence record at ``path``, validated field by field (one-line IntegrityError if
+    it cannot be read, is not JSON, or any field has the wrong type or range)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise IntegrityError(f"cannot read licence record {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise IntegrityError(f"cannot read licence record {path}: not JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(rec, dict) and rec.get("format") != LICENCE_FORMAT:
+        raise IntegrityError(f"{path} is not a deepserial licence record ({LICENCE_FORMAT})")
+    return validate(LicenceDoc, rec, path, "licence record", "; use the licence record written by `deepserial issue`")
 
 
 def serial_from_licence(path: str | Path) -> SerialNumber:
     """Re-derive a customer's serial number from the owner's licence record, checking its signature."""
+    rec = read_licence(path)
     try:
-        rec = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise IntegrityError(f"cannot read licence record {path}: {e}") from None
-    if rec.get("format") != LICENCE_FORMAT:
-        raise IntegrityError(f"{path} is not a deepserial licence record ({LICENCE_FORMAT})")
-    try:
-        from cryptography.hazmat.primitives import serialization
-
-        pub = serialization.load_pem_public_key(rec["owner_public_key"].encode())
-        ident = OwnerIdentity(None, pub)  # type: ignore[arg-type]
-        verifier = VerifierString.from_dict(rec["verifier"])
-        signature = bytes.fromhex(rec["signature"])
-        geometry = SerialGeometry.from_dict(rec["geometry"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise IntegrityError(f"licence record {path} is malformed: {e}") from None
-    ident.verify(verifier, signature)
-    return SerialNumber.from_signature(signature, geometry)
+        owner = OwnerIdentity.from_public_pem(rec.owner_public_key, f"the owner key in licence record {path}")
+    except IdentityError as e:
+        raise IntegrityError(str(e)) from None
+    signature = bytes.fromhex(rec.signature)
+    verifier = VerifierString(**rec.verifier.model_dump())
+    owner.verify(verifier, signature)
+    return SerialNumber.from_signature(signature, rec.geometry.geometry())
 
 
 # ----- evaluation ----------------------------------------------------------------------------------

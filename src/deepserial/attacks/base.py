@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from deepserial.data import TensorData
 from deepserial.errors import ConfigError
 from deepserial.nets import SplitNet
+from deepserial.registry import Registry
 from deepserial.training import EpochCallback, TrainConfig, TrainLog
 
 
@@ -34,6 +35,7 @@ class AttackBudget(BaseModel):
     lr: float | None = Field(None, gt=0, description="learning rate (None: the attack's default)")
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum (ignored by Adam)")
     queries: int | None = Field(None, ge=1, description="most queries to the victim (model extraction)")
     seed: int = 0
     device: str | None = None
@@ -55,6 +57,7 @@ class AttackBudget(BaseModel):
             batch_size=self.batch_size,
             lr=self.lr or default_lr,
             optimizer=self.optimizer,
+            momentum=self.momentum,
             plateau_patience=self.epochs + 1 if constant_lr else 2,
             seed=self.seed,
             device=self.device,
@@ -165,22 +168,17 @@ class Attack(ABC):
         """Attack ``model`` (already a private copy) in place or return a new one."""
 
 
-ATTACKS: dict[str, type[Attack]] = {}
+ATTACKS: Registry[type[Attack]] = Registry("attack", populate="deepserial.attacks")
 
 
 def register_attack(cls: type[Attack]) -> type[Attack]:
-    """Class decorator: make an attack available by name (CLI, reproduce)."""
-    ATTACKS[cls.name] = cls
-    return cls
+    """Class decorator: make an attack available by name (CLI, reproduce), described by its paper."""
+    return ATTACKS.register(cls.name, cls, doc=cls.citation)
 
 
 def get_attack(name: str, config: dict[str, Any] | None = None) -> Attack:
     """An attack instance by name, with validated options."""
-    import deepserial.attacks  # noqa: F401  (registers every attack)
-
-    if name not in ATTACKS:
-        raise ConfigError(f"unknown attack {name!r}; choose one of {', '.join(sorted(ATTACKS))}")
-    return ATTACKS[name](config)
+    return ATTACKS.get(name)(config)
 
 
 def resulting_arch(victim_arch: str, log: dict[str, Any]) -> str:

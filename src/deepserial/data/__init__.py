@@ -10,14 +10,16 @@ one-line message.
 from __future__ import annotations
 
 from deepserial.data.containers import DatasetBundle, Splits, TensorData
-from deepserial.data.loading import available_datasets, load_dataset
+from deepserial.data.loading import DATASETS, available_datasets, load_dataset, register_dataset
 from deepserial.data.splitting import split
 
 __all__ = [
+    "DATASETS",
     "DatasetBundle",
     "Splits",
     "TensorData",
     "available_datasets",
     "load_dataset",
+    "register_dataset",
     "split",
 ]

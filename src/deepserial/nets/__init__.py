@@ -5,6 +5,9 @@ sizes adapt to the input shape and class count. Every network is a :class:`Split
 extractor ``features`` (DSN's Ge, ending in the penultimate activation) and a ``classifier`` (Gy),
 because DSN trains a second head on Ge, DeepSigns reads the penultimate activations, and transfer
 learning replaces the classifier.
+
+Your own networks join the same registry (:func:`register_model`); a builder may return any classifier
+``nn.Module``, which :func:`deepserial.nets.adapters.as_split_net` splits into Ge and Gy.
 """
 
 from __future__ import annotations
@@ -15,8 +18,18 @@ import torch
 from torch import nn
 
 from deepserial.errors import ConfigError, GeometryError
+from deepserial.registry import Registry
 
-__all__ = ["SplitNet", "create_model", "available_models", "register", "visible_mask", "check_visible"]
+__all__ = [
+    "MODELS",
+    "SplitNet",
+    "available_models",
+    "check_visible",
+    "create_model",
+    "register",
+    "register_model",
+    "visible_mask",
+]
 
 
 class SplitNet(nn.Module):
@@ -32,32 +45,55 @@ class SplitNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-_REGISTRY: dict[str, tuple[Callable[[tuple[int, int, int], int], SplitNet], str]] = {}
+#: A builder ``(input_shape, num_classes) -> model``: a SplitNet, or any classifier ``nn.Module``
+#: that :func:`deepserial.nets.adapters.as_split_net` can split at its last linear layer.
+Builder = Callable[[tuple[int, int, int], int], nn.Module]
+
+MODELS: Registry[Builder] = Registry("network")
 
 
-def register(name: str, doc: str) -> Callable:
+def register(name: str, doc: str) -> Callable[[Builder], Builder]:
     """Decorator: add a builder ``(input_shape, num_classes) -> SplitNet`` to the registry."""
+    return MODELS.register(name, doc=doc)
 
-    def deco(fn: Callable[[tuple[int, int, int], int], SplitNet]) -> Callable:
-        _REGISTRY[name] = (fn, doc)
-        return fn
 
-    return deco
+def register_model(
+    name: str, builder: Builder | None = None, *, doc: str | None = None, replace: bool = False
+) -> Builder | Callable[[Builder], Builder]:
+    """Make a network of your own available by name to every workflow function and to model files.
+
+    ``builder(input_shape, num_classes)`` returns a :class:`SplitNet` or any classifier ``nn.Module``
+    (split at its last ``nn.Linear`` by :func:`~deepserial.nets.adapters.as_split_net`, checked on a
+    probe input). Files record the network by name: a process that loads them registers it first.
+    Without ``builder``, a decorator. ``doc`` defaults to the first line of the builder's docstring.
+    """
+    return MODELS.register(name, builder, doc=doc, replace=replace)
 
 
 def available_models() -> dict[str, str]:
-    return {k: v[1] for k, v in sorted(_REGISTRY.items())}
+    """Registered network names mapped to a one-line description."""
+    return MODELS.docs()
 
 
 def create_model(name: str, input_shape: Sequence[int], num_classes: int) -> SplitNet:
     """Build a registered network for inputs of shape (C, H, W) and ``num_classes`` outputs."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown network {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    builder = MODELS.get(name)
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise ConfigError(f"input shape must be (C, H, W), got {tuple(input_shape)}")
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
-    return _REGISTRY[name][0](tuple(int(s) for s in input_shape), int(num_classes))
+    shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
+    model = builder(shape, int(num_classes))
+    if not isinstance(model, SplitNet):
+        from deepserial.nets.adapters import as_split_net
+
+        model = as_split_net(model, input_shape=shape)
+    if getattr(model.classifier, "out_features", num_classes) != num_classes:
+        raise ConfigError(
+            f"network {name!r} built {model.classifier.out_features} outputs for {num_classes} classes; "
+            "its builder must size the last layer with the num_classes it is given"
+        )
+    return model
 
 
 def _flat_dim(body: nn.Module, input_shape: tuple[int, int, int]) -> int:

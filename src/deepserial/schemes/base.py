@@ -21,6 +21,7 @@ from deepserial.data import TensorData
 from deepserial.errors import ConfigError, IdentityError, IntegrityError
 from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.nets import SplitNet
+from deepserial.registry import Registry
 from deepserial.suspect import Suspect
 from deepserial.training import TrainConfig, TrainLog
 
@@ -219,22 +220,17 @@ def key_signature(key: OwnershipKey) -> bytes:
         raise ConfigError(f"ownership key for {key.scheme!r} holds no readable signature") from None
 
 
-SCHEMES: dict[str, type[Scheme]] = {}
+SCHEMES: Registry[type[Scheme]] = Registry("scheme", populate="deepserial.schemes")
 
 
 def register_scheme(cls: type[Scheme]) -> type[Scheme]:
     """Class decorator: make a scheme available by name to the CLI and the reproductions."""
-    SCHEMES[cls.name] = cls
-    return cls
+    return SCHEMES.register(cls.name, cls, doc=cls.citation)
 
 
 def get_scheme(name: str, config: dict[str, Any] | None = None) -> Scheme:
     """A scheme instance by name, with validated settings."""
-    import deepserial.schemes  # noqa: F401  (registers every scheme)
-
-    if name not in SCHEMES:
-        raise ConfigError(f"unknown scheme {name!r}; choose one of {', '.join(sorted(SCHEMES))}")
-    return SCHEMES[name](config)
+    return SCHEMES.get(name)(config)
 
 
 def _one_line(e: ValidationError) -> str:

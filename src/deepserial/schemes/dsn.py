@@ -104,6 +104,14 @@ class DSNConfig(BaseModel):
     sim_ft_every: int = Field(2, ge=1, description="steps between two simulated fine-tunings")
     sim_ft_steps: int = Field(3, ge=1, description="inner fine-tuning steps")
     sim_ft_lr: float = Field(0.05, gt=0, description="inner fine-tuning learning rate (SGD)")
+    invalid_augment: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="probability that an invalid input's image is first mixed with another image, shifted up to "
+        "3 pixels and noised: its target (uniform) needs no label, and a model that memorised 'these training "
+        "images with a near-miss key are invalid' otherwise lets the same key unlock new images",
+    )
     # (3) dead features: the penultimate activations of invalid inputs pushed to zero
     dead_weight: float = Field(0.0, ge=0, description="weight of the mean penultimate activation of invalid inputs")
 
@@ -120,8 +128,33 @@ class DSNConfig(BaseModel):
 
     @classmethod
     def default(cls, **kw: float) -> DSNConfig:
+        """The shipped recipe (docs/decisions.md, "The DSN lock against an adaptive thief"): near misses
+        at every distance, relaxed patterns and keys mined from what the student still accepts on the
+        invalid side, and the thief's fine-tuning simulated inside distillation."""
+        return cls(mode="default", **(RECIPE | kw))
+
+    @classmethod
+    def previous_default(cls, **kw: float) -> DSNConfig:
+        """The recipe before the adaptive-thief study (uniform loss on raw, random and Hamming-1/2 keys)."""
         kw = {"grl_coefficient": 1.0, "gd_weight": 0.1, "uniform_weight": 2.0, "invalid_ratio": 2.0} | kw
         return cls(mode="default", **kw)
+
+
+#: The shipped default recipe's settings (see :meth:`DSNConfig.default`).
+RECIPE: dict[str, float] = {
+    "grl_coefficient": 1.0,
+    "gd_weight": 0.1,
+    "uniform_weight": 2.0,
+    "invalid_ratio": 3.0,
+    "mix_raw": 0.1,
+    "mix_random": 0.1,
+    "mix_hamming1": 0.3,
+    "mix_hamming2": 0.1,
+    "mix_near": 0.15,
+    "mix_relaxed": 0.15,
+    "mix_mined": 0.1,
+    "sim_ft_weight": 1.0,
+}
 
 
 class _GradReverse(torch.autograd.Function):
@@ -283,6 +316,19 @@ def make_student_loss(
         out = torch.func.functional_call(student, adapted, (x[half:],))
         return (-F.log_softmax(out, 1).mean(1) - log_c).mean()
 
+    def augment(xi: torch.Tensor) -> torch.Tensor:
+        """Images for invalid inputs: mixed with another image, shifted and noised (before the stamp)."""
+        k = len(xi)
+        if k == 0 or cfg.invalid_augment <= 0:
+            return xi
+        lam = torch.rand(k, 1, 1, 1, device=xi.device)
+        mixed = lam * xi + (1 - lam) * xi[torch.randperm(k, device=xi.device)]
+        dy, dx = (int(v) for v in torch.randint(-3, 4, (2,)))
+        mixed = torch.roll(mixed, shifts=(dy, dx), dims=(2, 3))
+        mixed = (mixed + 0.1 * torch.rand(k, 1, 1, 1, device=xi.device) * torch.randn_like(mixed)).clamp(0, 1)
+        use = torch.rand(k, 1, 1, 1, device=xi.device) < cfg.invalid_augment
+        return torch.where(use, mixed, xi)
+
     def loss_fn(net: nn.Module, batch: Batch) -> LossOut:
         x, y = batch.x, batch.y
         n = len(x)
@@ -300,7 +346,7 @@ def make_student_loss(
         for kind, k in counts.items():
             if k == 0:
                 continue
-            xi = x[pick[off : off + k]]
+            xi = augment(x[pick[off : off + k]])
             if kind == "raw":
                 parts.append(xi)
             else:

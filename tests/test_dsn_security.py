@@ -1,0 +1,59 @@
+"""``reproduce dsn-security``: one customer model per seed, measured against the adaptive thief."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deepserial.errors import ConfigError
+from deepserial.experiments import dsn_security
+
+TINY = dsn_security.SecurityConfig(
+    dataset="mnist5k",
+    limit=600,
+    teacher_epochs=2,
+    student_epochs=2,
+    fractions=[0.1],
+    sweep_epochs=1,
+    sweep_optimizers=["adam"],
+    sweep_lrs=[1e-3],
+    sweep_modes=["FTAL", "TL-all"],
+    restarts=2,
+    hill_climb_queries=200,
+    keyspace={"hamming3_samples": 20, "random_keys": 50, "eval_images": 50, "hamming2_images": 20},
+    dsn={"mix_mined": 0.1},
+)
+
+
+def test_two_seeds_give_every_check_and_a_summary(tmp_path: Path) -> None:
+    paths = dsn_security.run("tiny", tmp_path, [0, 1], config=TINY, command="test")
+    assert [p.name for p in paths] == [f"dsn_security_tiny.{e}" for e in ("md", "json", "png")]
+    rep = json.loads(paths[1].read_text())
+    assert rep["seeds"] == [0, 1] and set(rep["runs"]) == {"0", "1"}
+    r0, r1 = rep["runs"]["0"], rep["runs"]["1"]
+    assert r0["geometry"] == r1["geometry"]  # same configuration...
+    for r in (r0, r1):
+        checks = r["checks"]
+        for name in ("raw", "hamming1_max", "hamming2_max", "hamming3_max", "recovered_max", "finetune_gain_0.1"):
+            c = checks[name]
+            assert c["holds"] == (c["value"] <= c["bound"])
+        assert r["keyspace"]["hamming1"]["keys"] == 36
+        assert set(r["recovery"]) >= {"reverse-engineer", "hill-climb"}
+        assert r["recovery"]["hill-climb"]["queries"] <= 200
+        sweep = r["finetune"]["0.1"]
+        assert len(sweep["settings"]) == 2  # FTAL and TL-all, one optimizer and rate
+    assert rep["summary"]["raw"]["of"] == 2
+    assert rep["summary"]["raw"]["held"] == sum(r["checks"]["raw"]["holds"] for r in (r0, r1))
+    assert rep["command"] == "test" and "signed_at_epoch" in rep
+
+
+def test_bad_names_and_seeds_are_refused_before_training(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no dsn-security configuration"):
+        dsn_security.run("nope", tmp_path, [0])
+    with pytest.raises(ConfigError, match="distinct non-negative"):
+        dsn_security.run("mnist5k", tmp_path, [0, 0])
+    with pytest.raises(ConfigError, match="distinct non-negative"):
+        dsn_security.run("mnist5k", tmp_path, [])
+    assert not list(tmp_path.iterdir())
