@@ -71,6 +71,7 @@ class SecurityConfig(BaseModel):
     sweep_modes: list[str] = Field(default_factory=lambda: ["FTAL", "RTAL", "TL-frozen", "TL-all"])
     recovery_fraction: float = 0.1
     restarts: int = 20
+    re_steps: int = 300  # Adam steps of each reverse-engineering restart
     hill_climb_queries: int = 100_000
     keyspace: dict[str, Any] = Field(default_factory=dict)  # options of keyspace_measures
     dsn: dict[str, Any] = Field(default_factory=dict)  # DSNConfig.default overrides (research)
@@ -162,7 +163,7 @@ def _one_seed(cfg: SecurityConfig, seed: int, progress: bool) -> dict[str, Any]:
         serial=serial,
         methods=("reverse-engineer", "hill-climb"),
         options={
-            "reverse-engineer": {"restarts": cfg.restarts},
+            "reverse-engineer": {"restarts": cfg.restarts, "steps": cfg.re_steps},
             "hill-climb": {"queries": cfg.hill_climb_queries},
         },
         seed=seed,
