@@ -279,8 +279,9 @@ def make_student_loss(
         return rel.view(k, geometry.height, geometry.width).to(dev)
 
     @torch.no_grad()
-    def mine(student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Keep the wrong keys (all Hamming-1, sampled Hamming-2..4, the last pool) the student accepts most."""
+    def mine(student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+        """Keep the wrong keys (all Hamming-1, sampled Hamming-2..4, the last pool) the student accepts
+        most; returns how many samples it forwarded."""
         was = student.training
         student.eval()
         dev = x.device
@@ -294,6 +295,7 @@ def make_student_loss(
         top = acc.argsort(descending=True)[: cfg.mine_pool]
         state["pool"] = keys[top].cpu()
         student.train(was)
+        return len(keys) * len(xs)
 
     def simulated_finetune(student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Uniform loss of the student after a few SGD steps of a thief's fine-tuning on raw inputs.
@@ -334,8 +336,9 @@ def make_student_loss(
         n = len(x)
         dev = x.device
         train_net = net.module if hasattr(net, "module") else net
+        mined = 0  # samples the mining round forwards (counted in the training cost)
         if cfg.mix_mined > 0 and state["step"] % cfg.mine_every == 0:
-            mine(train_net.student, x, y)
+            mined = mine(train_net.student, x, y)
         state["step"] += 1
         counts = _counts(n, cfg)
         parts = [stamp(x, geometry, valid)]
@@ -408,12 +411,14 @@ def make_student_loss(
             dead = feats[n:].mean()
             loss = loss + cfg.dead_weight * dead
             metrics["dead"] = float(dead.detach())
+        forwarded = len(inputs) + mined
         if cfg.sim_ft_weight > 0 and state["step"] % cfg.sim_ft_every == 0:
             sim = simulated_finetune(train_net.student, x, y)
             loss = loss + cfg.sim_ft_weight * sim
             metrics["sim_ft_uniform"] = float(sim.detach())
+            forwarded += cfg.sim_ft_steps * (n // 2) + (n - n // 2)  # the inner steps and the outer forward
         metrics["valid_acc"] = 100.0 * float((logits_y[:n].argmax(1) == y).float().mean())
-        return LossOut(loss, len(inputs), metrics)
+        return LossOut(loss, forwarded, metrics)
 
     return loss_fn
 
