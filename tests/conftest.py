@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from deepserial import workflow
 from deepserial.artifacts import LoadedModel, load_model, save_model
 from deepserial.data import Splits
 from deepserial.identity import OwnerIdentity
-from deepserial.serial import SerialNumber
+from deepserial.serial import SerialGeometry, SerialNumber, stamp
 from deepserial.training import TrainConfig
 from deepserial.workflow import DataSpec
 
@@ -129,6 +130,32 @@ class LockedNet(torch.nn.Module):
         clean[:, :, self.rows, self.cols] = 0
         wrong = clean.flatten(1)[:, : self.scramble.shape[0]] @ self.scramble * 10
         return torch.where(match[:, None], self.base(clean), wrong)
+
+
+class FingerprintedNet(torch.nn.Module):
+    """A stand-in for a fingerprinted customer model: on a fingerprint query (raw, or with anything
+    stamped in the serial-number region) the codeword's symbol, elsewhere the base network's answer.
+
+    Tests of tracing use it to check the statistics and the plumbing; the learnt fingerprint of real
+    customer models is measured by ``reproduce tracing`` (and, briefly, in test_fingerprint.py)."""
+
+    def __init__(self, base: torch.nn.Module, fp: Any, geometry: SerialGeometry) -> None:
+        super().__init__()
+        self.base = base
+        self.geometry = geometry
+        self.register_buffer("queries", self._blank(fp.queries).flatten(1))
+        self.register_buffer("codeword", fp.codeword.clone())
+
+    def _blank(self, x: torch.Tensor) -> torch.Tensor:
+        return stamp(x, self.geometry, torch.zeros(self.geometry.height, self.geometry.width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        dist = torch.cdist(self._blank(x).flatten(1), self.queries)
+        near, idx = dist.min(1)
+        hit = near < 1e-3
+        fp = torch.nn.functional.one_hot(self.codeword[idx], out.shape[1]).float() * 20
+        return torch.where(hit[:, None], fp, out)
 
 
 @pytest.fixture(scope="session")

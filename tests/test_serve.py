@@ -36,7 +36,7 @@ from deepserial.schemes.dsn import DSNScheme
 from deepserial.serial import SerialGeometry, SerialNumber, stamp
 from deepserial.serve import DEFAULT_MAX_BODY, bind, create_app, server
 from deepserial.suspect import HTTPSuspect, ModuleSuspect, QueryBudgetError, RemoteError, open_suspect
-from deepserial.tracing import trace
+from deepserial.tracing import trace_by_serial as trace
 from deepserial.training import predict_logits
 from deepserial.workflow import DataSpec
 

@@ -16,7 +16,8 @@ from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.ledger import Ledger
 from deepserial.serial import SerialGeometry, SerialNumber
 from deepserial.suspect import ModuleSuspect
-from deepserial.tracing import DEFAULT_LOOKS, trace
+from deepserial.tracing import DEFAULT_LOOKS
+from deepserial.tracing import trace_by_serial as trace
 from deepserial.workflow import DataSpec
 
 GEOMETRY = SerialGeometry(6, 6, 0, 0)
@@ -131,9 +132,9 @@ def test_trace_cli_names_the_customer_of_a_leaked_onnx_file(
         led.record(ident, v, serials[-1], signature=sig, dataset=data, fingerprint_cost=FAST)
     manifest = dict(strong_teacher.manifest, serial_geometry=GEOMETRY.to_dict())
     export_onnx(tmp_path / "leak.onnx", LoadedModel(LockedNet(strong_teacher.model, serials[1]).eval(), manifest))
-    base = ["--ledger", str(tmp_path / "l.db"), "--key", str(key)]
+    base = ["--ledger", str(tmp_path / "l.db"), "--key", str(key), "--method", "serial"]
     assert main(["trace", str(tmp_path / "leak.onnx"), *base]) == 0
-    assert "customer 'beta' unlocks the suspect" in capsys.readouterr().out
+    assert "the suspect is unlocked by licence 2 of customer 'beta'" in capsys.readouterr().out
     # the teacher itself (no lock): nobody; exit status 1, and both answers are kept in the ledger
     export_onnx(tmp_path / "plain.onnx", LoadedModel(strong_teacher.model, manifest))
     assert main(["trace", str(tmp_path / "plain.onnx"), *base, "--json"]) == 1
@@ -148,6 +149,9 @@ def test_trace_cli_names_the_customer_of_a_leaked_onnx_file(
         ),
         (["trace", str(tmp_path / "leak.onnx"), "--ledger", str(tmp_path / "no.db"), "--key", str(key)], "no ledger"),
         (["trace", str(tmp_path / "none.onnx"), *base], "does not exist"),
+        # stamping serial numbers against somebody's server is refused before anything is sent
+        (["trace", "http://127.0.0.1:9", *base], "whoever runs that server can rebuild their product keys"),
+        (["trace", str(tmp_path / "leak.onnx"), *base[:4], "--method", "guess"], "unknown trace method"),
     ]:
         capsys.readouterr()
         assert main(args) == 2

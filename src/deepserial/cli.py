@@ -1094,19 +1094,27 @@ def ledger_check(
 def trace(
     suspect: Annotated[
         str,
-        typer.Argument(
-            help="Leaked model: a file (.safetensors, .onnx) or the URL of a "
-            "prediction server that passes inputs through unstamped."
-        ),
+        typer.Argument(help="Leaked model: a file (.safetensors, .onnx) or the URL of a prediction server."),
     ],
     ledger: Annotated[Path, typer.Option(help="Ledger file.")] = Path("ledger.db"),
-    key: Annotated[Path, typer.Option(help="Owner private key file (re-derives the serial numbers).")] = Path(
-        "owner.pem"
-    ),
+    key: Annotated[
+        Path, typer.Option(help="Owner private key file (re-derives queries, codewords, serial numbers).")
+    ] = Path("owner.pem"),
     fpr: Annotated[float, typer.Option(help="Family-wise false-positive rate over all licences.")] = 1e-3,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="fingerprint: send the owner's query set, which carries no serial number (default); serial: stamp "
+            "every licence's serial number on labelled images (for licences issued without a fingerprint)."
+        ),
+    ] = "fingerprint",
+    reveal_serials: Annotated[
+        bool, typer.Option(help="With --method serial against a URL: send the serial numbers anyway.")
+    ] = False,
     budget: Annotated[int | None, typer.Option(help="Most queries the trace may spend.")] = None,
     dataset: Annotated[
-        str | None, typer.Option(help="Labelled images to query with (default: the data set the licences record).")
+        str | None,
+        typer.Option(help="--method serial: labelled images to query with (default: the licences' data set)."),
     ] = None,
     passphrase_env: Annotated[str | None, typer.Option(help="Env variable holding the key's passphrase.")] = None,
     seal_passphrase_env: Annotated[
@@ -1119,31 +1127,26 @@ def trace(
         float, typer.Option(help="URL suspect: seconds all requests to the server may take together.")
     ] = 600.0,
 ) -> None:
-    """Name the customer whose licence unlocks a leaked model. Exit status 0: one does; 1: none does."""
+    """Name the customer whose licence a leaked model carries. Exit status 0: one is named; 1: none is."""
     from deepserial.suspect import open_suspect
-    from deepserial.tracing import trace as do_trace
-    from deepserial.workflow import DataSpec
+    from deepserial.tracing import trace_ledger
 
     ident = OwnerIdentity.load(key, _passphrase(passphrase_env))
     seal = _secret_env(seal_passphrase_env, "ledger passphrase") if seal_passphrase_env else None
     with _open_ledger(ledger, create=False) as led:
-        lics = [lic for lic in led.licences(owner_fingerprint=ident.fingerprint()) if lic.scheme == "dsn"]
-        if not lics:
-            raise ConfigError(f"{ledger} holds no DSN licence issued with {key}; trace with the key that issued them")
-        candidates = [(lic, led.serial(lic, ident, seal)) for lic in lics]
-        specs = {json.dumps(lic.dataset, sort_keys=True) for lic in lics if lic.dataset}
-        if dataset is not None:
-            data = DataSpec(dataset)
-        elif len(specs) == 1:
-            d = json.loads(specs.pop())
-            data = DataSpec(
-                d["name"], int(d["seed"]), float(d["test_fraction"]), float(d["attacker_fraction"]), d.get("limit")
-            )
-        else:
-            raise ConfigError("the licences record several data sets (or none): choose one with --dataset")
-        s = open_suspect(suspect, budget=budget, timeout=timeout, total_timeout=total_timeout)
-        res = do_trace(s, candidates, data.load().test, fpr=fpr, seed=seed)
-        led.record_trace(suspect, res.licence.id if res.licence else None, res.p_value, fpr, res.queries, res.to_dict())
+        res = trace_ledger(
+            lambda: open_suspect(suspect, budget=budget, timeout=timeout, total_timeout=total_timeout),
+            suspect,
+            led,
+            ident,
+            method=method,
+            reveal_serials=reveal_serials,
+            fpr=fpr,
+            dataset=dataset,
+            seal_passphrase=seal,
+            seed=seed,
+            warn=lambda m: typer.echo(m, err=True),
+        )
     typer.echo(json.dumps(res.to_dict(), indent=2) if as_json else res.summary())
     if not res.found:
         raise typer.Exit(1)

@@ -158,6 +158,17 @@ class OwnerIdentity:
         der = self.public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         return hashlib.sha256(der).hexdigest()[:16]
 
+    def secret(self, purpose: str, nbytes: int = 32) -> bytes:
+        """Secret bytes for one ``purpose``, derived from the private key itself: the same on every call
+        and machine for Ed25519 and RSA alike (unlike an RSA signature), and out of reach of anyone
+        without the private key. The fingerprint's queries and codewords come from here."""
+        if self._private is None:
+            raise IdentityError("this needs the owner's private key; the identity holds only the public key")
+        der = self._private.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return derive(der, "owner-secret/" + purpose, nbytes)
+
     # ----- files -----------------------------------------------------------------------------------
     def private_pem(self, passphrase: str | None = None) -> bytes:
         """The private key as PEM (PKCS8), encrypted with ``passphrase`` when one is given.

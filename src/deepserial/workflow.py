@@ -23,6 +23,7 @@ from deepserial.artifacts import LoadedModel, encode_model
 from deepserial.data import Splits, TensorData, load_dataset, split
 from deepserial.errors import ConfigError, IdentityError, IntegrityError
 from deepserial.files import atomic_write_all
+from deepserial.fingerprint import DEFAULT_QUERIES, Fingerprint
 from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.nets import SplitNet, check_visible, create_model
 from deepserial.report import environment
@@ -179,8 +180,11 @@ def issue(
     train: TrainConfig | None = None,
     arch: str | None = None,
     scale: int | None = None,
+    fingerprint_queries: int = DEFAULT_QUERIES,
 ) -> Issued:
-    """Sign a verifier string for ``customer``, derive its serial number and distil a customer model.
+    """Sign a verifier string for ``customer``, derive its serial number and distil a customer model
+    carrying the licence's tracing fingerprint (:mod:`deepserial.fingerprint`; ``fingerprint_queries``
+    0 leaves it out).
 
     The geometry is validated against the student network before any training starts.
     """
@@ -198,7 +202,13 @@ def issue(
     signature = identity.sign(verifier)
     serial = SerialNumber.from_signature(signature, geometry)
     splits = data.load()
-    log = dsn.train_student(student, teacher.model, splits.owner, serial, config, train)
+    classes = int(teacher.manifest["num_classes"])
+    fp = (
+        Fingerprint.for_licence(identity, verifier, shape, classes, fingerprint_queries)
+        if fingerprint_queries
+        else None
+    )
+    log = dsn.train_student(student, teacher.model, splits.owner, serial, config, train, fingerprint=fp)
     manifest = {
         "arch": arch,
         "input_shape": list(shape),
@@ -211,6 +221,7 @@ def issue(
         "owner_fingerprint": identity.fingerprint(),
         "dataset": data.to_dict(),
         "dsn_config": config.model_dump(),
+        "fingerprint": fp.describe() if fp else None,
         "train_seed": train.seed,
         "train_epochs": train.epochs,
         "train_wall_s": log.wall_s,

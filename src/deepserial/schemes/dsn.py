@@ -40,6 +40,7 @@ from torch import nn
 from deepserial import stats
 from deepserial.data import TensorData
 from deepserial.errors import ConfigError, GeometryError
+from deepserial.fingerprint import Fingerprint
 from deepserial.identity import derive_rng
 from deepserial.nets import SplitNet, check_visible, visible_mask
 from deepserial.schemes.base import OwnershipKey, Scheme, Verdict, register_scheme
@@ -228,6 +229,7 @@ def make_student_loss(
     cfg: DSNConfig,
     num_classes: int,
     also_invalid: torch.Tensor | None = None,
+    fingerprint: Fingerprint | None = None,
 ):
     """The per-batch DSN loss for the shared training loop.
 
@@ -236,7 +238,10 @@ def make_student_loss(
     default mode also random wrong and Hamming-1/2 serial numbers) on which Gy is pushed to uniform
     (default mode) and Gd, behind the GRL, learns the true label (both modes). ``also_invalid`` (one
     pattern of the same geometry) takes the place of half of the random wrong keys: the overwriting
-    attack's "SN embedding loss with inputs stamped with the original K" (DSN §3.5).
+    attack's "SN embedding loss with inputs stamped with the original K" (DSN §3.5). ``fingerprint``
+    (the licence's tracing fingerprint, :mod:`deepserial.fingerprint`) adds its queries to every batch,
+    each raw, stamped with the serial number or stamped with a random pattern, with its codeword
+    symbol as the cross-entropy target.
     """
     geometry = serial.geometry
     valid = serial.as_tensor()
@@ -318,6 +323,25 @@ def make_student_loss(
         out = torch.func.functional_call(student, adapted, (x[half:],))
         return (-F.log_softmax(out, 1).mean(1) - log_c).mean()
 
+    def fingerprint_after_finetune(student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Fingerprint cross-entropy of the student after a few SGD steps of a licensee-thief's
+        fine-tuning on inputs stamped with the serial number (first-order, as :func:`simulated_finetune`):
+        the fingerprint should outlast the fine-tuning a thief who holds the key can afford."""
+        fp = fingerprint
+        params = dict(student.named_parameters())
+        fast = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        xs = stamp(x, geometry, valid.to(x.device))
+        for _ in range(fp.ft_steps):
+            out = torch.func.functional_call(student, fast, (xs,))
+            grads = torch.autograd.grad(F.cross_entropy(out, y), list(fast.values()))
+            fast = {
+                k: (v - fp.ft_lr * g).detach().requires_grad_(True)
+                for (k, v), g in zip(fast.items(), grads, strict=True)
+            }
+        adapted = {k: params[k] + (fast[k] - params[k]).detach() for k in params}
+        out = torch.func.functional_call(student, adapted, (fingerprint_inputs(fp, serial, x.device),))
+        return F.cross_entropy(out, fp.codeword.to(x.device))
+
     def augment(xi: torch.Tensor) -> torch.Tensor:
         """Images for invalid inputs: mixed with another image, shifted and noised (before the stamp)."""
         k = len(xi)
@@ -381,7 +405,14 @@ def make_student_loss(
             noisy = (torch.rand(len(inputs), 1, 1, 1, device=dev) < cfg.ring_noise) & ring
             inputs = torch.where(noisy, torch.rand_like(inputs), inputs)
         n_inv = len(inputs) - n
-        logits_y, logits_d, feats = net(inputs, n_gd=n_inv if cfg.gd_weight > 0 else 0)
+        n_fp = 0
+        if fingerprint is not None:
+            fp_x = fingerprint_inputs(fingerprint, serial, dev)
+            n_fp = len(fp_x)
+            inputs = torch.cat([inputs, fp_x])
+        # Gd sees the invalid rows (the fingerprint rows after them ride along and are not scored)
+        logits_y, logits_d, feats = net(inputs, n_gd=n_inv + n_fp if cfg.gd_weight > 0 and n_inv else 0)
+        logits_d = logits_d[:n_inv]
         zt = teacher_logits[batch.idx].to(dev)
         distill = (
             F.kl_div(
@@ -393,7 +424,7 @@ def make_student_loss(
         loss = distill
         metrics = {"distill": float(distill.detach())}
         if n_inv and cfg.mode == "default" and cfg.uniform_weight > 0:
-            per_sample = -F.log_softmax(logits_y[n:], 1).mean(1) - log_c
+            per_sample = -F.log_softmax(logits_y[n : n + n_inv], 1).mean(1) - log_c
             uniform = per_sample.mean()
             if h1_idx is not None and cfg.hard_hamming1 > 0:
                 seen = per_sample[h1_rows - n : h1_rows - n + len(h1_idx)].detach().float().cpu()
@@ -408,10 +439,19 @@ def make_student_loss(
             loss = loss + cfg.gd_weight * gd
             metrics["gd_ce"] = float(gd.detach())
         if n_inv and cfg.dead_weight > 0:
-            dead = feats[n:].mean()
+            dead = feats[n : n + n_inv].mean()
             loss = loss + cfg.dead_weight * dead
             metrics["dead"] = float(dead.detach())
+        if n_fp:
+            fp_ce = F.cross_entropy(logits_y[n + n_inv :], fingerprint.codeword.to(dev))
+            loss = loss + fingerprint.weight * fp_ce
+            metrics["fingerprint_ce"] = float(fp_ce.detach())
         forwarded = len(inputs) + mined
+        if n_fp and fingerprint.ft_steps and state["step"] % fingerprint.ft_every == 0:
+            fp_ft = fingerprint_after_finetune(train_net.student, x, y)
+            loss = loss + fingerprint.weight * fp_ft
+            metrics["fingerprint_ce_after_ft"] = float(fp_ft.detach())
+            forwarded += fingerprint.ft_steps * n + n_fp
         if cfg.sim_ft_weight > 0 and state["step"] % cfg.sim_ft_every == 0:
             sim = simulated_finetune(train_net.student, x, y)
             loss = loss + cfg.sim_ft_weight * sim
@@ -421,6 +461,19 @@ def make_student_loss(
         return LossOut(loss, forwarded, metrics)
 
     return loss_fn
+
+
+def fingerprint_inputs(fingerprint: Fingerprint, serial: SerialNumber, device: torch.device | str) -> torch.Tensor:
+    """The fingerprint's queries as one training step sees them: each, at random, raw, stamped with
+    ``serial`` or stamped with a random pattern of its geometry (whatever a server does with the stamp,
+    the answer must stay the codeword's)."""
+    q = fingerprint.queries.to(device)
+    g = serial.geometry
+    m = len(q)
+    patterns = torch.randint(0, 2, (m, g.height, g.width), device=device).float()
+    patterns[torch.rand(m, device=device) < 0.5] = serial.as_tensor().to(device)
+    stamped = stamp(q, g, patterns)
+    return torch.where((torch.rand(m, 1, 1, 1, device=device) < 1 / 3), q, stamped)
 
 
 def ring_mask(geometry: SerialGeometry, height: int, width: int, band: int = 2) -> torch.Tensor:
@@ -443,8 +496,10 @@ def train_student(
     serial: SerialNumber,
     dsn: DSNConfig,
     train: TrainConfig,
+    fingerprint: Fingerprint | None = None,
 ) -> TrainLog:
-    """Distil ``teacher`` into ``student`` with ``serial`` embedded (in place); returns the log.
+    """Distil ``teacher`` into ``student`` with ``serial`` embedded (and ``fingerprint``, when given, for
+    tracing; in place); returns the log.
 
     The geometry is first checked against the student as built: every serial-number pixel must
     reach the output (see :func:`deepserial.nets.check_visible`).
@@ -453,7 +508,7 @@ def train_student(
     check_visible(student, serial.geometry, input_shape)
     teacher_logits = predict_logits(teacher, data.x)
     net = DSNTrainNet(student, dsn.grl_coefficient)
-    loss_fn = make_student_loss(serial, teacher_logits, dsn, student.classifier.out_features)
+    loss_fn = make_student_loss(serial, teacher_logits, dsn, student.classifier.out_features, fingerprint=fingerprint)
     return fit(net, data, loss_fn, train, desc="student")
 
 

@@ -1,0 +1,447 @@
+"""How well fingerprint tracing names the customer of a leaked DSN model, and nobody else.
+
+``deepserial reproduce tracing --dataset D`` issues ``customers`` fingerprinted customer models from one
+teacher and one seed-derived owner (:meth:`OwnerIdentity.for_experiment`, one recorded signing time, so
+every licence can be re-created), records them in a ledger, and traces (:func:`deepserial.tracing.trace`):
+
+- every leaked model through a real prediction server (:func:`deepserial.serve.create_app` on loopback)
+  that stamps the serial number itself, and through one that passes inputs through unstamped;
+- every leaked model after the thief fine-tunes it with a share of the data (a sweep of optimisers and
+  rates; the thief holds the key and trains on stamped inputs) and after 50% magnitude pruning;
+- pairs of customers who collude by averaging weights or output probabilities;
+- models that must name nobody: the teacher, and customer models the owner issued for licences the
+  ledger does not hold (same owner, same query set, other codewords).
+
+Beside them, ``twins`` customers are issued again without a fingerprint (same licence, serial number
+and seed): the difference is what the fingerprint costs in accuracy and in the lock's figures.
+Models are cached in a work folder so that a long run resumes, and ``only`` issues a subset (two
+processes can issue disjoint subsets at once; a last run without ``only`` evaluates everything).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from deepserial.artifacts import LoadedModel, load_model, save_model
+from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
+from deepserial.data import TensorData
+from deepserial.errors import ConfigError
+from deepserial.fingerprint import DEFAULT_QUERIES
+from deepserial.identity import OwnerIdentity, VerifierString
+from deepserial.ledger import Ledger
+from deepserial.report import environment, markdown_table, write_report
+from deepserial.schemes import dsn
+from deepserial.serial import SerialGeometry, SerialNumber, stamp
+from deepserial.serve import bind, create_app, server
+from deepserial.suspect import HTTPSuspect, ModuleSuspect
+from deepserial.tracing import TraceResult, trace
+from deepserial.training import TrainConfig, accuracy
+from deepserial.workflow import DataSpec, issue, train_teacher
+
+
+class TracingConfig(BaseModel):
+    """The declarative configuration of one ``reproduce tracing`` run."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = "mnist5k"
+    limit: int | None = Field(None, ge=100, description="use only this many samples (tests)")
+    seed: int = Field(0, ge=0)
+    customers: int = Field(20, ge=2)
+    unissued: int = Field(3, ge=0, description="customer models issued for licences the ledger does not hold")
+    twins: int = Field(3, ge=0, description="customers issued again without a fingerprint (its cost)")
+    teacher_epochs: int = Field(20, ge=1)
+    student_epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    queries: int = Field(DEFAULT_QUERIES, ge=10)
+    fpr: float = Field(1e-3, gt=0, lt=1)
+    ft_fraction: float = Field(0.1, gt=0, le=0.4, description="the thief's share of all data for fine-tuning")
+    ft_epochs: int = Field(10, ge=1)
+    ft_settings: list[tuple[str, float]] = [("adam", 1e-4), ("adam", 1e-3), ("adam", 1e-2), ("sgd", 1e-2)]
+    prune_rate: float = Field(0.5, ge=0, lt=1)
+    pairs: int = Field(20, ge=0, description="random colluding pairs, for each way of colluding")
+    wrong_keys: int = Field(1000, ge=10, description="random wrong keys in the lock figures of the twins")
+
+
+def _names(cfg: TracingConfig) -> list[tuple[str, str, bool]]:
+    """(model id, customer name, fingerprinted) of every model the run issues, in order."""
+    out = [(f"customer-{i:02d}", f"customer-{i:02d}", True) for i in range(cfg.customers)]
+    out += [(f"unissued-{i}", f"unissued-{i}", True) for i in range(cfg.unissued)]
+    out += [(f"twin-{i:02d}", f"customer-{i:02d}", False) for i in range(min(cfg.twins, cfg.customers))]
+    return out
+
+
+def _state(work: Path, cfg: TracingConfig) -> dict[str, Any]:
+    """The run's fixed facts (signing time), written by the first process and read by every later one."""
+    path = work / "run.json"
+    if path.exists():
+        state = json.loads(path.read_text())
+        if state["config"] != cfg.model_dump(mode="json"):
+            raise ConfigError(f"{work} holds a run with other settings; remove it or use another --work folder")
+        return state
+    work.mkdir(parents=True, exist_ok=True)
+    state = {"config": cfg.model_dump(mode="json"), "signed_at_epoch": os.environ.get("SOURCE_DATE_EPOCH")}
+    state["signed_at_epoch"] = state["signed_at_epoch"] or str(int(time.time()))
+    path.write_text(json.dumps(state))
+    return state
+
+
+@contextmanager
+def _epoch(epoch: str) -> Iterator[None]:
+    before = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = epoch
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["SOURCE_DATE_EPOCH"]
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = before
+
+
+def _teacher(work: Path, cfg: TracingConfig, data: DataSpec, progress: bool) -> LoadedModel:
+    path = work / "teacher.safetensors"
+    if path.exists():
+        return load_model(path)
+    t = train_teacher(data, TrainConfig(epochs=cfg.teacher_epochs, batch_size=128, seed=cfg.seed, progress=progress))
+    save_model(path, t.model, t.manifest)
+    return load_model(path)
+
+
+def issue_models(
+    cfg: TracingConfig, work: Path, only: list[int] | None = None, progress: bool = False
+) -> dict[str, Any]:
+    """Issue (or find in ``work``) every model of the run, or the ones whose index is in ``only``."""
+    state = _state(work, cfg)
+    data = DataSpec(cfg.dataset, seed=cfg.seed, limit=cfg.limit)
+    teacher = _teacher(work, cfg, data, progress)
+    owner = OwnerIdentity.for_experiment(cfg.seed, "tracing-owner")
+    train = TrainConfig(epochs=cfg.student_epochs, batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
+    for i, (mid, customer, fingerprinted) in enumerate(_names(cfg)):
+        path = work / f"{mid}.safetensors"
+        if path.exists() or (only is not None and i not in only):
+            continue
+        with _epoch(state["signed_at_epoch"]):
+            iss = issue(
+                teacher,
+                owner,
+                customer,
+                config=dsn.DSNConfig.default(),
+                train=train,
+                fingerprint_queries=cfg.queries if fingerprinted else 0,
+            )
+        save_model(path, iss.student, iss.manifest)
+    return state
+
+
+class _Stamped(torch.nn.Module):
+    """A model behind a server that stamps its serial number on every input."""
+
+    def __init__(self, model: torch.nn.Module, serial: SerialNumber) -> None:
+        super().__init__()
+        self.model, self.serial = model, serial
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(stamp(x, self.serial.geometry, self.serial.as_tensor()))
+
+
+class _AveragedOutputs(torch.nn.Module):
+    """Colluders who answer with the mean of their models' output probabilities."""
+
+    def __init__(self, *nets: torch.nn.Module) -> None:
+        super().__init__()
+        self.nets = torch.nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([n(x).softmax(1) for n in self.nets]).mean(0).clamp_min(1e-12).log()
+
+
+def _averaged_weights(a: torch.nn.Module, b: torch.nn.Module) -> torch.nn.Module:
+    out = copy.deepcopy(a)
+    sb = b.state_dict()
+    out.load_state_dict({k: (v + sb[k]) / 2 for k, v in a.state_dict().items()})
+    return out.eval()
+
+
+@contextmanager
+def _serving(model: LoadedModel, serial: SerialNumber | None) -> Iterator[str]:
+    """``deepserial serve``'s application on a free loopback port: stamping ``serial`` itself, or
+    passing inputs through (``serial`` None)."""
+    app = create_app(model, serial, raw_inputs=serial is None)
+    sock = bind("127.0.0.1", 0)
+    srv = server(app, "warning")
+    th = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        th.join(10)
+        sock.close()
+
+
+def _row(res: TraceResult, truth: set[int]) -> dict[str, Any]:
+    named = {lic.id for lic in res.named}
+    return {
+        "named": sorted(named),
+        "right": bool(named) and named <= truth,
+        "innocent_named": sorted(named - truth),
+        "p_value": res.p_value,
+        "queries": res.queries,
+        "best_matches": max(c["matches"] for c in res.candidates),
+    }
+
+
+def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: bool = False) -> list[Path]:
+    """Issue what is missing, trace everything, write ``reports/tracing_<dataset>.{md,json,png}``."""
+    t_start = time.perf_counter()
+    work = work or out_dir / ".work" / f"tracing_{cfg.dataset}"
+    state = issue_models(cfg, work, progress=progress)
+    data = DataSpec(cfg.dataset, seed=cfg.seed, limit=cfg.limit)
+    splits = data.load()
+    teacher = _teacher(work, cfg, data, progress)
+    owner = OwnerIdentity.for_experiment(cfg.seed, "tracing-owner")
+    models = {mid: load_model(work / f"{mid}.safetensors") for mid, _, _ in _names(cfg)}
+    ledger = Ledger(work / "ledger.db")
+    if not ledger.licences():
+        for mid, _, _ in _names(cfg)[: cfg.customers]:
+            v = VerifierString.from_dict(models[mid].manifest["licence"])
+            sig = owner.sign(v)
+            geometry = SerialGeometry.from_dict(models[mid].manifest["serial_geometry"])
+            ledger.record(owner, v, SerialNumber.from_signature(sig, geometry), signature=sig, dataset=data.to_dict())
+    licences = ledger.licences()
+    by_customer = {lic.customer: lic for lic in licences}
+    serials = {mid: _serial(owner, models[mid]) for mid in models}
+    test = splits.test
+
+    def acc(model: torch.nn.Module, serial: SerialNumber) -> float:
+        return accuracy(model, TensorData(stamp(test.x, serial.geometry, serial.as_tensor()), test.y))
+
+    def traced(net: torch.nn.Module) -> TraceResult:
+        return trace(
+            ModuleSuspect(net.eval(), tuple(teacher.input_shape)), licences, owner, fpr=cfg.fpr, queries=cfg.queries
+        )
+
+    customers = []
+    thief = attacker_share(
+        splits.attacker, cfg.ft_fraction, len(splits.owner) + len(splits.attacker) + len(test), cfg.seed
+    )
+    for mid, customer, _ in _names(cfg)[: cfg.customers]:
+        m, sn, lic = models[mid], serials[mid], by_customer[customer]
+        truth = {lic.id}
+        row: dict[str, Any] = {"model": mid, "licence_id": lic.id, "valid_acc": acc(m.model, sn)}
+        row["raw_acc"] = accuracy(m.model, test)
+        with _serving(m, sn) as url:
+            row["stamping_server"] = _row(
+                trace(HTTPSuspect(url), licences, owner, fpr=cfg.fpr, queries=cfg.queries), truth
+            )
+        with _serving(m, None) as url:
+            row["raw_server"] = _row(trace(HTTPSuspect(url), licences, owner, fpr=cfg.fpr, queries=cfg.queries), truth)
+        stamped = TensorData(stamp(thief.x, sn.geometry, sn.as_tensor()), thief.y)
+        row["fine_tuning"] = {}
+        for opt, lr in cfg.ft_settings:
+            budget = AttackBudget(
+                epochs=cfg.ft_epochs, lr=lr, optimizer=opt, momentum=0.9 if opt == "sgd" else 0.0, seed=cfg.seed
+            )
+            tuned, _ = get_attack("fine-tuning", {"mode": "FTAL"}).run(m.model, stamped, budget)
+            r = _row(traced(_Stamped(tuned, sn)), truth)
+            r["valid_acc"] = acc(tuned, sn)
+            row["fine_tuning"][f"{opt} {lr:g}"] = r
+        pruned, _ = get_attack("pruning", {"rate": cfg.prune_rate}).run(m.model, stamped, AttackBudget(epochs=0))
+        row["pruning"] = _row(traced(_Stamped(pruned, sn)), truth) | {"valid_acc": acc(pruned, sn)}
+        customers.append(row)
+
+    rng = np.random.default_rng(cfg.seed)
+    collusion: dict[str, list[dict[str, Any]]] = {"weights": [], "outputs": []}
+    cust_ids = [mid for mid, _, _ in _names(cfg)[: cfg.customers]]
+    for _ in range(cfg.pairs):
+        a, b = (cust_ids[i] for i in rng.choice(len(cust_ids), 2, replace=False))
+        truth = {
+            by_customer[models[a].manifest["licence"]["customer"]].id,
+            by_customer[models[b].manifest["licence"]["customer"]].id,
+        }
+        avg = _averaged_weights(models[a].model, models[b].model)
+        best_acc = max(acc(avg, serials[a]), acc(avg, serials[b]))
+        use = serials[a] if acc(avg, serials[a]) >= acc(avg, serials[b]) else serials[b]
+        collusion["weights"].append({"pair": [a, b], "valid_acc": best_acc} | _row(traced(_Stamped(avg, use)), truth))
+        both = _AveragedOutputs(_Stamped(models[a].model, serials[a]), _Stamped(models[b].model, serials[b]))
+        collusion["outputs"].append({"pair": [a, b], "valid_acc": accuracy(both, test)} | _row(traced(both), truth))
+
+    innocents = {"teacher": _row(traced(teacher.model), set())}
+    for mid, _, _ in _names(cfg)[cfg.customers : cfg.customers + cfg.unissued]:
+        innocents[mid] = _row(traced(_Stamped(models[mid].model, serials[mid])), set())
+
+    twins = []
+    for mid, customer, _ in _names(cfg)[cfg.customers + cfg.unissued :]:
+        pair = {}
+        # a twin is issued for the licence of the customer model of the same name (model id = customer name)
+        for which, m in (("fingerprinted", models[customer]), ("plain", models[mid])):
+            ev = dsn.evaluate(m.model, serials[mid], test, splits.attacker, n_wrong=cfg.wrong_keys, seed=cfg.seed)
+            pair[which] = {
+                k: ev[k]
+                for k in (
+                    "valid_sn_acc",
+                    "raw_acc",
+                    "wrong_sn_mean",
+                    "wrong_sn_max",
+                    "hamming1_mean",
+                    "hamming1_max",
+                    "hamming2_max",
+                )
+            }
+        twins.append({"customer": customer} | pair)
+
+    report = {
+        "experiment": "tracing",
+        "config": cfg.model_dump(mode="json"),
+        "seed": cfg.seed,
+        "signed_at_epoch": state["signed_at_epoch"],
+        "owner": "OwnerIdentity.for_experiment(seed, 'tracing-owner')",
+        "teacher_acc": accuracy(teacher.model, test),
+        "customers": customers,
+        "collusion": collusion,
+        "innocents": innocents,
+        "twins": twins,
+        "summary": summarise(customers, collusion, innocents, twins, cfg),
+        "wall_s": time.perf_counter() - t_start,
+        "environment": environment(),
+    }
+    return write_report(out_dir / f"tracing_{cfg.dataset}", report, markdown(report), figure(report))
+
+
+def _serial(owner: OwnerIdentity, model: LoadedModel) -> SerialNumber:
+    v = VerifierString.from_dict(model.manifest["licence"])
+    return SerialNumber.from_signature(owner.sign(v), SerialGeometry.from_dict(model.manifest["serial_geometry"]))
+
+
+def _kinds(customers: list[dict[str, Any]], cfg: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Every per-customer trace row, grouped by what the leaked model went through."""
+    kinds = {
+        "through a server stamping the key": [c["stamping_server"] for c in customers],
+        "through a raw-input server": [c["raw_server"] for c in customers],
+    }
+    for k in customers[0]["fine_tuning"]:
+        name = f"fine-tuned ({k}, {cfg['ft_epochs']} epochs, {cfg['ft_fraction']:.0%} of the data)"
+        kinds[name] = [c["fine_tuning"][k] for c in customers]
+    kinds[f"pruned {cfg['prune_rate']:.0%}"] = [c["pruning"] for c in customers]
+    return kinds
+
+
+def summarise(
+    customers: list[dict[str, Any]],
+    collusion: dict[str, list[dict[str, Any]]],
+    innocents: dict[str, dict[str, Any]],
+    twins: list[dict[str, Any]],
+    cfg: TracingConfig,
+) -> dict[str, Any]:
+    """The acceptance figures: traced right, innocents named, queries, what the fingerprint cost."""
+    rows: dict[str, dict[str, Any]] = {}
+    for kind, rs in _kinds(customers, cfg.model_dump()).items():
+        accs = [r["valid_acc"] for r in rs if "valid_acc" in r] or [c["valid_acc"] for c in customers]
+        rows[kind] = {
+            "traces": len(rs),
+            "right": sum(r["right"] for r in rs),
+            "innocent_named": sum(bool(r["innocent_named"]) for r in rs),
+            "valid_acc_mean": float(np.mean(accs)),
+        }
+    for k, rs in collusion.items():
+        rows[f"collusion: pairs averaging {k}"] = {
+            "traces": len(rs),
+            "right": sum(r["right"] for r in rs),
+            "innocent_named": sum(bool(r["innocent_named"]) for r in rs),
+            "valid_acc_mean": float(np.mean([r["valid_acc"] for r in rs])) if rs else None,
+        }
+    out: dict[str, Any] = {
+        "customers": len(customers),
+        "rows": rows,
+        "innocent_named_anywhere": sum(r["innocent_named"] for r in rows.values()),
+        "innocents_named": sorted(k for k, r in innocents.items() if r["named"]),
+        "max_queries": max(r["queries"] for rs in _kinds(customers, cfg.model_dump()).values() for r in rs),
+        "valid_acc_mean": float(np.mean([c["valid_acc"] for c in customers])),
+    }
+    if twins:
+        out["fingerprint_cost"] = {
+            k: float(np.mean([t["plain"][k] - t["fingerprinted"][k] for t in twins])) for k in twins[0]["plain"]
+        }
+    return out
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    """The report's Markdown: the acceptance figures first, then what the fingerprint costs."""
+    s, cfg = rep["summary"], rep["config"]
+    n = s["customers"]
+    lines = [
+        f"# Fingerprint tracing on {cfg['dataset']}",
+        "",
+        f"{n} customer models issued with the shipped DSN recipe ({cfg['student_epochs']} student epochs, "
+        f"batch {cfg['batch_size']}), a {cfg['queries']}-query fingerprint each; teacher {rep['teacher_acc']:.1f}%, "
+        f"customers with their serial number {s['valid_acc_mean']:.1f}% on average. Family-wise false-positive "
+        f"rate {cfg['fpr']:g} over the {n} licences. Seed {rep['seed']}, signed at {rep['signed_at_epoch']}.",
+        "",
+        markdown_table(
+            ["leaked model", "traced right", "an innocent named", "mean accuracy with the key"],
+            [
+                [k, f"{r['right']}/{r['traces']}", f"{r['innocent_named']}/{r['traces']}", r["valid_acc_mean"]]
+                for k, r in s["rows"].items()
+            ],
+        ),
+        "",
+        f"Models that must name nobody (the teacher and {len(rep['innocents']) - 1} customer models issued for "
+        f"licences the ledger does not hold): named {len(s['innocents_named'])} "
+        f"({', '.join(s['innocents_named']) or 'none'}). Largest number of queries in one trace: {s['max_queries']}.",
+    ]
+    if rep["twins"]:
+        keys = list(rep["twins"][0]["plain"])
+        lines += [
+            "",
+            "## What the fingerprint costs (the same licence issued without one)",
+            "",
+            markdown_table(
+                ["customer", "model", *keys],
+                [
+                    [t["customer"], w, *(t[w][k] for k in keys)]
+                    for t in rep["twins"]
+                    for w in ("fingerprinted", "plain")
+                ],
+            ),
+            "",
+            "Mean difference (plain minus fingerprinted): "
+            + ", ".join(f"{k} {v:+.2f}" for k, v in s["fingerprint_cost"].items())
+            + ".",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def figure(rep: dict[str, Any]) -> Any:
+    """Matches of the best licence per trace kind (the named one), against the naming threshold."""
+    import matplotlib  # plotting is loaded only when a report is drawn (as every reproduction does)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    kinds = {"stamping server": [c["stamping_server"]["best_matches"] for c in rep["customers"]]}
+    kinds["raw server"] = [c["raw_server"]["best_matches"] for c in rep["customers"]]
+    for k in rep["customers"][0]["fine_tuning"]:
+        kinds[f"FT {k}"] = [c["fine_tuning"][k]["best_matches"] for c in rep["customers"]]
+    kinds["pruned"] = [c["pruning"]["best_matches"] for c in rep["customers"]]
+    kinds["innocents"] = [r["best_matches"] for r in rep["innocents"].values()]
+    ax.boxplot(list(kinds.values()), tick_labels=list(kinds))
+    ax.set_ylabel(f"best codeword matches of {rep['config']['queries']}")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
