@@ -267,3 +267,51 @@ def test_trace_cli_names_the_customer_by_fingerprint_and_refuses_nothing_secret(
     res = json.loads(capsys.readouterr().out)
     assert res["found"] is False and res["method"] == "fingerprint" and res["queries"] == DEFAULT_QUERIES
     assert [t["licence_id"] for t in Ledger(tmp_path / "l.db").traces()] == [2, None]
+
+
+def test_reproduce_tracing_runs_end_to_end_on_small_data(tmp_path: Path) -> None:
+    """The reproduction's plumbing on tiny settings (its figures are meaningless at this size): every
+    model issued and cached, every kind of trace run, the report written with its provenance, and a
+    second run reuses the cached models."""
+    from deepserial.experiments.tracing import TracingConfig, run
+
+    cfg = TracingConfig(
+        limit=600,
+        customers=2,
+        unissued=1,
+        twins=1,
+        teacher_epochs=1,
+        student_epochs=1,
+        queries=20,
+        ft_epochs=1,
+        ft_settings=[("adam", 1e-3)],
+        pairs=1,
+        wrong_keys=10,
+        lock_eval_samples=20,
+    )
+    paths = run(cfg, tmp_path / "reports", work=tmp_path / "work")
+    rep = json.loads(paths[1].read_text())
+    assert rep["summary"]["customers"] == 2 and rep["summary"]["max_queries"] == 20
+    assert set(rep["innocents"]) == {"teacher", "unissued-0"}
+    assert len(rep["collusion"]["weights"]) == len(rep["collusion"]["outputs"]) == 1
+    assert rep["twins"][0]["customer"] == "customer-00" and set(rep["twins"][0]) == {
+        "customer",
+        "fingerprinted",
+        "plain",
+    }
+    assert rep["signed_at_epoch"] and rep["environment"]["git_commit"] is not None
+    # no licence of the ledger may be named for a model that must name nobody, whatever the training
+    assert rep["summary"]["innocents_named"] == []
+    models = sorted(p.name for p in (tmp_path / "work").glob("*.safetensors"))
+    assert models == [
+        "customer-00.safetensors",
+        "customer-01.safetensors",
+        "teacher.safetensors",
+        "twin-00.safetensors",
+        "unissued-0.safetensors",
+    ]
+    stamp_before = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("*.safetensors")}
+    run(cfg, tmp_path / "reports", work=tmp_path / "work")
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("*.safetensors")} == stamp_before
+    with pytest.raises(ConfigError, match="other settings"):
+        run(cfg.model_copy(update={"student_epochs": 2}), tmp_path / "reports", work=tmp_path / "work")

@@ -72,6 +72,9 @@ class TracingConfig(BaseModel):
     prune_rate: float = Field(0.5, ge=0, lt=1)
     pairs: int = Field(20, ge=0, description="random colluding pairs, for each way of colluding")
     wrong_keys: int = Field(1000, ge=10, description="random wrong keys in the lock figures of the twins")
+    lock_eval_samples: int | None = Field(
+        None, ge=10, description="test images per random or Hamming-2 key in the twins' lock figures (None: all)"
+    )
 
 
 def _names(cfg: TracingConfig) -> list[tuple[str, str, bool]]:
@@ -82,16 +85,32 @@ def _names(cfg: TracingConfig) -> list[tuple[str, str, bool]]:
     return out
 
 
+#: The settings the cached models depend on (the others only change how they are evaluated).
+_ISSUING = (
+    "dataset",
+    "limit",
+    "seed",
+    "customers",
+    "unissued",
+    "twins",
+    "teacher_epochs",
+    "student_epochs",
+    "batch_size",
+    "queries",
+)
+
+
 def _state(work: Path, cfg: TracingConfig) -> dict[str, Any]:
     """The run's fixed facts (signing time), written by the first process and read by every later one."""
     path = work / "run.json"
+    issuing = {k: v for k, v in cfg.model_dump(mode="json").items() if k in _ISSUING}
     if path.exists():
         state = json.loads(path.read_text())
-        if state["config"] != cfg.model_dump(mode="json"):
-            raise ConfigError(f"{work} holds a run with other settings; remove it or use another --work folder")
+        if {k: v for k, v in state["config"].items() if k in _ISSUING} != issuing:
+            raise ConfigError(f"{work} holds models issued with other settings; remove it or use another work folder")
         return state
     work.mkdir(parents=True, exist_ok=True)
-    state = {"config": cfg.model_dump(mode="json"), "signed_at_epoch": os.environ.get("SOURCE_DATE_EPOCH")}
+    state = {"config": issuing, "signed_at_epoch": os.environ.get("SOURCE_DATE_EPOCH")}
     state["signed_at_epoch"] = state["signed_at_epoch"] or str(int(time.time()))
     path.write_text(json.dumps(state))
     return state
@@ -290,7 +309,15 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
         pair = {}
         # a twin is issued for the licence of the customer model of the same name (model id = customer name)
         for which, m in (("fingerprinted", models[customer]), ("plain", models[mid])):
-            ev = dsn.evaluate(m.model, serials[mid], test, splits.attacker, n_wrong=cfg.wrong_keys, seed=cfg.seed)
+            ev = dsn.evaluate(
+                m.model,
+                serials[mid],
+                test,
+                splits.attacker,
+                n_wrong=cfg.wrong_keys,
+                wrong_eval_samples=cfg.lock_eval_samples,
+                seed=cfg.seed,
+            )
             pair[which] = {
                 k: ev[k]
                 for k in (
