@@ -20,15 +20,19 @@ from typing import Any
 import torch
 
 from deepserial.artifacts import LoadedModel, encode_model
+from deepserial.attacks.base import Attack, AttackBudget, attacker_share
 from deepserial.data import Splits, TensorData, load_dataset, split
-from deepserial.errors import ConfigError, IdentityError, IntegrityError
+from deepserial.errors import ConfigError, DeepSerialError, IdentityError, IntegrityError
 from deepserial.files import atomic_write_all
 from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.nets import SplitNet, check_visible, create_model
+from deepserial.ownership import OwnershipKey, Provenance, Verdict
 from deepserial.report import environment
 from deepserial.schema import LicenceDoc, validate
 from deepserial.schemes import dsn
+from deepserial.schemes.base import Scheme, get_scheme
 from deepserial.serial import SerialGeometry, SerialNumber, scale_for, stamp
+from deepserial.suspect import ModuleSuspect, Suspect
 from deepserial.training import TrainConfig, TrainLog, accuracy, fit, seed_everything, supervised_loss
 
 LICENCE_FORMAT = "deepserial-licence/1"
@@ -352,13 +356,13 @@ class Marked:
 
     model: SplitNet
     manifest: dict[str, Any]
-    key: Any  # OwnershipKey
+    key: OwnershipKey
     log: TrainLog
     splits: Splits
 
 
 def embed_watermark(
-    scheme: Any,  # deepserial.schemes.base.Scheme
+    scheme: Scheme,
     identity: OwnerIdentity,
     data: DataSpec,
     train: TrainConfig,
@@ -370,8 +374,6 @@ def embed_watermark(
 ) -> Marked:
     """Sign a verifier string for ``subject``, derive the scheme's key from the signature and train a
     network from scratch with it (or fine-tune ``base``, for schemes embedded after training)."""
-    from deepserial.schemes.base import Provenance
-
     splits = data.load()
     shape = tuple(splits.owner.x.shape[1:])
     num_classes = int(max(splits.owner.y.max(), splits.test.y.max())) + 1
@@ -410,11 +412,9 @@ def embed_watermark(
     return Marked(model, manifest, key, log, splits)
 
 
-def verify_watermark(key: Any, suspect: Any, fpr: float = 1e-3, check_signature: bool = True) -> Any:
+def verify_watermark(key: OwnershipKey, suspect: Suspect, fpr: float = 1e-3, check_signature: bool = True) -> Verdict:
     """The verdict of ``key``'s scheme on ``suspect``; first checks the key's owner signature when it
     carries one (a key without provenance is verified as is when ``check_signature`` is False)."""
-    from deepserial.schemes.base import Provenance, get_scheme
-
     if check_signature:
         Provenance.from_meta(key.meta).check()
     scheme = get_scheme(key.scheme, key.meta.get("config"))
@@ -427,16 +427,13 @@ def measure_model(
     splits: Splits,
     *,
     task_classes: int | None = None,
-    key: Any = None,
+    key: OwnershipKey | None = None,
     serial: SerialNumber | None = None,
     fpr: float = 1e-3,
 ) -> dict[str, Any]:
     """What an attack report states about a model: test accuracy (raw inputs), accuracy with the
     serial number stamped (DSN), and the ownership verdict of ``key``. A model whose outputs no longer
     match the task (transfer to other labels) gets None for the accuracies and the refusal as verdict."""
-    from deepserial.errors import DeepSerialError
-    from deepserial.suspect import ModuleSuspect
-
     out_features = int(model.classifier.out_features)
     same_task = task_classes is None or out_features >= task_classes
     rep: dict[str, Any] = {"outputs": out_features, "test_acc": accuracy(model, splits.test) if same_task else None}
@@ -454,11 +451,11 @@ def measure_model(
 
 def attack_model(
     target: LoadedModel,
-    attack: Any,
-    budget: Any,
+    attack: Attack,
+    budget: AttackBudget,
     *,
     fraction: float | None = None,
-    key: Any = None,
+    key: OwnershipKey | None = None,
     serial: SerialNumber | None = None,
     data: DataSpec | None = None,
     fpr: float = 1e-3,
@@ -466,8 +463,6 @@ def attack_model(
     """Run ``attack`` (an :class:`deepserial.attacks.base.Attack`) on ``target`` with the attacker's
     split of the data the model was trained on (``fraction`` of the training data, else all of the
     attacker's split) and report the model before and after (:func:`measure_model`)."""
-    from deepserial.attacks.base import attacker_share
-
     splits = (data or DataSpec.from_manifest(target.manifest)).load()
     attacker = splits.attacker
     if fraction is not None:

@@ -22,9 +22,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from deepserial.errors import ConfigError
+from deepserial.experiments.watermarks import signing_time
+from deepserial.identity import OwnerIdentity
 from deepserial.report import environment, markdown_table, write_report
 from deepserial.schemes.dsn import DSNConfig
 from deepserial.training import TrainConfig
+from deepserial.workflow import DataSpec, evaluate_customer, issue, loaded, train_teacher
 
 PAPER_TABLE2 = {
     "MNIST": {"teacher": 99.9, "with_sn": 99.8, "without_sn": 9.2},
@@ -119,8 +122,6 @@ def run(
     set and seed; the teacher is retrained with the same seed and must come out identical (same test
     accuracy), or the merge is refused. ``config`` replaces the registered configuration (user data).
     """
-    from deepserial.experiments.watermarks import signing_time
-
     if config is None and dataset not in CONFIGS:
         raise ConfigError(
             f"no DSN reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)} or a path to your data"
@@ -184,9 +185,6 @@ def _train_and_evaluate(
     """Train the teacher, then issue and evaluate one customer model per run configuration; returns
     the teacher's test accuracy and each run's evaluation. The owner is derived from the seed, so with
     the signing time ``signed_at`` (``SOURCE_DATE_EPOCH``) every serial number can be re-created."""
-    from deepserial.identity import OwnerIdentity
-    from deepserial.workflow import DataSpec, evaluate_customer, issue, loaded, train_teacher
-
     tr = train_teacher(
         DataSpec(dataset, seed),
         TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed, progress=progress),
