@@ -32,7 +32,9 @@ number through a model file (safetensors or ONNX) or a server that passes inputs
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,9 +43,11 @@ import torch
 from deepserial import stats
 from deepserial.data import TensorData
 from deepserial.errors import ConfigError
-from deepserial.ledger import Licence
+from deepserial.identity import OwnerIdentity
+from deepserial.ledger import Ledger, Licence
 from deepserial.serial import SerialGeometry, SerialNumber, stamp
-from deepserial.suspect import Suspect
+from deepserial.suspect import Suspect, open_suspect
+from deepserial.workflow import DataSpec
 
 DEFAULT_LOOKS = (5, 10, 20, 40, 80, 160)
 
@@ -182,3 +186,45 @@ def _controls(geometry: SerialGeometry, serials: list[SerialNumber], n: int, rng
         while out[i].tobytes() in own:
             out[i] = rng.integers(0, 2, size=geometry.nbits, dtype=np.uint8)
     return torch.from_numpy(out.astype(np.float32)).view(n, geometry.height, geometry.width)
+
+
+# ----- tracing from the ledger (``deepserial trace``) -------------------------------------------------
+def trace_ledger(
+    suspect: str,
+    ledger: Path,
+    ident: OwnerIdentity,
+    *,
+    key_name: str | Path = "the owner key",
+    seal: str | None = None,
+    dataset: str | None = None,
+    fpr: float = 1e-3,
+    budget: int | None = None,
+    seed: int = 0,
+    timeout: float = 30.0,
+    total_timeout: float = 600.0,
+) -> TraceResult:
+    """Trace ``suspect`` (a model file or a prediction server's URL, :func:`~deepserial.suspect.open_suspect`)
+    against every DSN licence ``ident`` issued in ``ledger`` (``key_name`` names the key in the error
+    when it issued none), querying with ``dataset`` or else the one data set the licences record, and
+    record the trace in the ledger. ``seal`` unseals licences whose signature the ledger keeps sealed."""
+    with Ledger(ledger, create=False) as led:
+        lics = [lic for lic in led.licences(owner_fingerprint=ident.fingerprint()) if lic.scheme == "dsn"]
+        if not lics:
+            raise ConfigError(
+                f"{ledger} holds no DSN licence issued with {key_name}; trace with the key that issued them"
+            )
+        candidates = [(lic, led.serial(lic, ident, seal)) for lic in lics]
+        specs = {json.dumps(lic.dataset, sort_keys=True) for lic in lics if lic.dataset}
+        if dataset is not None:
+            data = DataSpec(dataset)
+        elif len(specs) == 1:
+            d = json.loads(specs.pop())
+            data = DataSpec(
+                d["name"], int(d["seed"]), float(d["test_fraction"]), float(d["attacker_fraction"]), d.get("limit")
+            )
+        else:
+            raise ConfigError("the licences record several data sets (or none): choose one with --dataset")
+        s = open_suspect(suspect, budget=budget, timeout=timeout, total_timeout=total_timeout)
+        res = trace(s, candidates, data.load().test, fpr=fpr, seed=seed)
+        led.record_trace(suspect, res.licence.id if res.licence else None, res.p_value, fpr, res.queries, res.to_dict())
+    return res

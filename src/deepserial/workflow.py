@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from deepserial.artifacts import LoadedModel, encode_model
-from deepserial.attacks.base import Attack, AttackBudget, attacker_share
+from deepserial.attacks.base import Attack, AttackBudget, attacker_share, resulting_arch
 from deepserial.data import Splits, TensorData, load_dataset, split
 from deepserial.errors import ConfigError, DeepSerialError, IdentityError, IntegrityError
 from deepserial.files import atomic_write_all
@@ -33,7 +33,15 @@ from deepserial.schemes import dsn
 from deepserial.schemes.base import Scheme, get_scheme
 from deepserial.serial import SerialGeometry, SerialNumber, scale_for, stamp
 from deepserial.suspect import ModuleSuspect, Suspect
-from deepserial.training import TrainConfig, TrainLog, accuracy, fit, seed_everything, supervised_loss
+from deepserial.training import (
+    TrainConfig,
+    TrainLog,
+    accuracy,
+    fit,
+    predict_logits,
+    seed_everything,
+    supervised_loss,
+)
 
 LICENCE_FORMAT = "deepserial-licence/1"
 DEFAULT_SN_SIZE = (6, 6)
@@ -97,6 +105,36 @@ def parse_position(text: str | None) -> tuple[int, int] | None:
     except ValueError:
         raise ConfigError(f"position {text!r} must be 'auto' or ROW,COL, e.g. 20,20") from None
     return r, c
+
+
+def parse_pixels_per_bit(text: str) -> int | None:
+    """``"auto"``/``""`` -> None (:func:`deepserial.serial.scale_for` decides from the input size);
+    ``"4"`` -> 4. The pixels per bit side of a serial number, 1..32."""
+    if text in ("", "auto"):
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 32:
+        raise ConfigError(f"--pixels-per-bit {text!r} must be 'auto' or a whole number 1..32")
+    return n
+
+
+def parse_settings(items: list[str] | None) -> dict[str, Any]:
+    """``name=value`` pairs (a scheme's or an attack's ``--set``) -> a dict; values are parsed as JSON
+    when they are JSON (``0.01``, ``true``, ``[1, 2]``), else kept as strings (``mode=RTAL``). The
+    scheme or attack validates the result against its own settings model."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--set {item!r} must look like name=value, e.g. --set alpha=0.01")
+        try:
+            out[name] = json.loads(value)
+        except (ValueError, RecursionError):  # not JSON (JSONDecodeError), or nested beyond the parser
+            out[name] = value
+    return out
 
 
 # ----- teacher ---------------------------------------------------------------------------------------
@@ -349,6 +387,14 @@ def torch_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def classify(customer: LoadedModel, serial: SerialNumber, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classes a customer model predicts for the images ``x`` stamped with ``serial``, and the
+    softmax confidence of each (what ``deepserial predict`` prints)."""
+    probs = torch.softmax(predict_logits(customer.model, stamp(x, serial.geometry, serial.as_tensor())), 1)
+    conf, pred = probs.max(1)
+    return pred, conf
+
+
 # ----- ownership watermarks ------------------------------------------------------------------------
 @dataclass
 class Marked:
@@ -481,3 +527,50 @@ def attack_model(
         "log": log.to_dict(),
     }
     return attacked, report
+
+
+def attacked_manifest(
+    target: LoadedModel, attacked: SplitNet, report: dict[str, Any], *, name: str, source: str
+) -> dict[str, Any]:
+    """The manifest of a file holding ``attacked``, the model :func:`attack_model` returned for ``target``
+    (read from ``source``) with the attack registered as ``name``: the target's provenance, the network
+    the attack left (a retrained student names its own), its outputs, the attack with its budget, and
+    its test accuracy."""
+    man = {k: v for k, v in target.manifest.items() if k not in ("integrity", "format")}
+    return man | {
+        "arch": resulting_arch(target.manifest["arch"], report["log"]),
+        "role": "attacked",
+        "num_classes": int(attacked.classifier.out_features),
+        "attack": {
+            "name": name,
+            "budget": report["log"]["budget"],
+            "fraction": report["fraction"],
+            "source": source,
+        },
+        "test_acc": report["after"]["test_acc"],
+    }
+
+
+def attack_summary(report: dict[str, Any], name: str) -> list[str]:
+    """The lines ``deepserial attack`` prints for a report of :func:`attack_model` by the attack
+    registered as ``name``: what it spent, then accuracy, accuracy with the serial number and the
+    watermark verdict before and after."""
+    log = report["log"]
+    lines = [
+        f"{name}: {report['attacker_samples']} attacker samples, {log['epochs']} epochs, "
+        f"{log['forward_samples']} forward samples, {log['queries']} queries, {log['wall_s']:.1f} s"
+    ]
+    for when in ("before", "after"):
+        r = report[when]
+        parts = [f"test acc {r['test_acc']:.2f}%" if r["test_acc"] is not None else "test acc n/a (other labels)"]
+        if "with_serial_acc" in r and r["with_serial_acc"] is not None:
+            parts.append(f"with serial number {r['with_serial_acc']:.2f}%")
+        if "verdict" in r:
+            v = r["verdict"]
+            parts.append(
+                "watermark "
+                + ("verified" if v.get("decision") else "NOT verified")
+                + (f" (p = {v['p_value']:.3g})" if v.get("p_value") is not None else f" ({v.get('error')})")
+            )
+        lines.append(f"  {when:6s} " + "; ".join(parts))
+    return lines

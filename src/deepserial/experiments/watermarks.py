@@ -36,7 +36,7 @@ from deepserial.attacks.overwrite import pirate_null_embedding
 from deepserial.errors import ConfigError
 from deepserial.identity import OwnerIdentity
 from deepserial.report import environment, markdown_table, write_report, write_text
-from deepserial.schemes.base import Provenance, get_scheme
+from deepserial.schemes.base import SCHEMES, Provenance, get_scheme
 from deepserial.schemes.deepsigns import eq5_mismatch_threshold
 from deepserial.schemes.new_label import expected_queries
 from deepserial.suspect import ModuleSuspect
@@ -166,6 +166,17 @@ def signing_time() -> Iterator[str]:
     finally:
         if before is None:
             del os.environ["SOURCE_DATE_EPOCH"]
+
+
+def reproductions() -> dict[str, str]:
+    """Every registered scheme this module reproduces (all but DSN, which has its own Table 2
+    reproduction), mapped to a one-line description of its reproduction: one ``deepserial reproduce
+    <scheme>`` command each, a scheme registered by a plug-in included."""
+    return {
+        name: f"{cls.citation}: accuracy, verification, false positives."
+        for name, cls in SCHEMES.items()
+        if name != "dsn"
+    }
 
 
 def run(
