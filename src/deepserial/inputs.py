@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 import torch
 
-from deepserial.data.formats import _npz_images
+from deepserial.data.formats import npz_images
 from deepserial.errors import DatasetError, InputError
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ def load_inputs(paths: Sequence[str | Path], input_shape: Sequence[int]) -> torc
         if p.suffix.lower() == ".npz":
             arr = _npz_x(p)
             try:
-                arr = _npz_images(arr, p, "x")
+                arr = npz_images(arr, p, "x")
             except DatasetError as e:
                 raise InputError(str(e)) from None
         elif p.suffix.lower() in IMAGE_SUFFIXES:
