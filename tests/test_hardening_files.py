@@ -31,7 +31,7 @@ from safetensors.torch import save as st_save
 
 from deepserial import files, workflow
 from deepserial.artifacts import _digest, encode_model, load_key, load_model, read_manifest, save_key
-from deepserial.cli import _pixels_per_bit, main
+from deepserial.cli import main
 from deepserial.data import TensorData
 from deepserial.errors import ConfigError, DeepSerialError, IdentityError, IntegrityError
 from deepserial.files import atomic_write_all, check_writable
@@ -39,7 +39,7 @@ from deepserial.identity import OwnerIdentity
 from deepserial.nets import create_model
 from deepserial.schemes.base import OwnershipKey
 from deepserial.training import TrainConfig, fit, supervised_loss
-from deepserial.workflow import parse_position, parse_size, serial_from_licence
+from deepserial.workflow import parse_pixels_per_bit, parse_position, parse_size, serial_from_licence
 
 if TYPE_CHECKING:
     from conftest import Vendor
@@ -610,7 +610,7 @@ def test_fuzz_sizes_through_the_cli(capsys, tmp_path: Path, size: str) -> None:
     | st.from_regex(r"[0-9]{1,3}", fullmatch=True)
 )
 def test_fuzz_sizes_positions_and_scales(text: str) -> None:
-    for parse in (parse_size, parse_position, _pixels_per_bit):
+    for parse in (parse_size, parse_position, parse_pixels_per_bit):
         try:
             parse(text)
         except DeepSerialError as e:

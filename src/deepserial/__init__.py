@@ -28,7 +28,7 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from deepserial._version import __version__
 
 # module -> the public names it defines; a module is imported on first access to one of its names
 _EXPORTS: dict[str, tuple[str, ...]] = {
@@ -235,28 +235,28 @@ __all__ = [
 
 def list_schemes() -> list[str]:
     """Names of the registered protection schemes (``ds.SCHEMES.docs()`` adds each one's paper)."""
-    from deepserial.schemes.base import SCHEMES
+    from deepserial.schemes.base import SCHEMES  # lazy: `import deepserial` imports no torch
 
     return SCHEMES.names()
 
 
 def list_attacks() -> list[str]:
     """Names of the registered attacks (``ds.ATTACKS.docs()`` adds each one's paper)."""
-    from deepserial.attacks.base import ATTACKS
+    from deepserial.attacks.base import ATTACKS  # lazy: `import deepserial` imports no torch
 
     return ATTACKS.names()
 
 
 def list_models() -> list[str]:
     """Names of the registered networks, yours included (``ds.MODELS.docs()`` describes each)."""
-    from deepserial.nets import MODELS
+    from deepserial.nets import MODELS  # lazy: `import deepserial` imports no torch
 
     return MODELS.names()
 
 
 def list_datasets() -> list[str]:
     """Names of the registered data sets (a path to data on disk works wherever a name does)."""
-    from deepserial.data import DATASETS
+    from deepserial.data import DATASETS  # lazy: `import deepserial` imports no torch
 
     return DATASETS.names()
 

@@ -24,7 +24,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -35,10 +35,8 @@ from deepserial.errors import ConfigError, IdentityError, IntegrityError
 from deepserial.files import atomic_write
 from deepserial.identity import OwnerIdentity
 from deepserial.nets import SplitNet, create_model
+from deepserial.ownership import OwnershipKey
 from deepserial.schema import KeyManifest, ModelManifest, OnnxManifest, validate
-
-if TYPE_CHECKING:
-    from deepserial.schemes.base import OwnershipKey
 
 FORMAT = "deepserial-model/1"
 
@@ -253,8 +251,6 @@ def load_key(path: str | Path) -> OwnershipKey:
                 f"{path}: the owner's signature over the key does not verify; the key was "
                 "modified or re-written by someone else"
             ) from None
-    from deepserial.schemes.base import OwnershipKey
-
     return OwnershipKey(man["scheme"], dict(meta), dict(tensors))
 
 

@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 import torch
 
+from deepserial.data.formats import npz_images
 from deepserial.errors import DatasetError, InputError
 
 if TYPE_CHECKING:
@@ -169,8 +170,6 @@ def _npz_x(p: Path) -> np.ndarray:
 
 def load_inputs(paths: Sequence[str | Path], input_shape: Sequence[int]) -> torch.Tensor:
     """Images (one sample each) or ``.npz`` files (array ``x``) as one checked batch."""
-    from deepserial.data.formats import _npz_images
-
     if not paths:
         raise InputError("no input given; pass image files or an .npz with an array x")
     batches: list[torch.Tensor] = []
@@ -180,7 +179,7 @@ def load_inputs(paths: Sequence[str | Path], input_shape: Sequence[int]) -> torc
         if p.suffix.lower() == ".npz":
             arr = _npz_x(p)
             try:
-                arr = _npz_images(arr, p, "x")
+                arr = npz_images(arr, p, "x")
             except DatasetError as e:
                 raise InputError(str(e)) from None
         elif p.suffix.lower() in IMAGE_SUFFIXES:

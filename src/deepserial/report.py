@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepserial import __version__
+from deepserial._version import __version__
 from deepserial.files import atomic_write, atomic_write_all
 
 # What every report records about how it was made: a top-level ``seed`` (or ``seeds``) and

@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from deepserial.errors import DeepSerialError, IntegrityError
+from deepserial.serial import SerialGeometry
 
 #: An owner signature or other binary value as lower- or upper-case hex of whole bytes.
 Hex = Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-fA-F]{2})+$")]
@@ -58,8 +59,6 @@ class GeometryDoc(_Doc):
         return self
 
     def geometry(self) -> Any:  # SerialGeometry (imported lazily: serial imports torch machinery)
-        from deepserial.serial import SerialGeometry
-
         try:
             return SerialGeometry(
                 self.height, self.width, self.top, self.left, tuple(self.channels), self.scale, self.guard

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, ValidationEr
 from deepserial.artifacts import LoadedModel
 from deepserial.errors import ConfigError, InputError
 from deepserial.inputs import ImageSizeError, image_pixels, npy_from_bytes, open_image, read_npy_header
-from deepserial.serial import SerialNumber, stamp
+from deepserial.serial import SerialGeometry, SerialNumber, stamp
 from deepserial.training import predict_logits
 
 DEFAULT_MAX_BATCH = 256
@@ -247,8 +247,6 @@ def create_app(
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse
     from starlette.requests import ClientDisconnect
-
-    from deepserial.serial import SerialGeometry
 
     if max_batch < 1 or max_body < 1024:
         raise ConfigError("max batch must be >= 1 and max body >= 1024 bytes")

@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 from torch import nn
 
+from deepserial.artifacts import load_model, load_onnx
 from deepserial.errors import ConfigError, DeepSerialError, InputError
 from deepserial.training import EVAL_BATCH, model_device
 
@@ -152,9 +153,7 @@ class ONNXSuspect(Suspect):
     """An ONNX export (``deepserial export --format onnx``) run by onnxruntime on the CPU (black-box)."""
 
     def __init__(self, path: str | Path, budget: int | None = None, batch_size: int = 2048) -> None:
-        import onnxruntime as ort
-
-        from deepserial.artifacts import load_onnx
+        import onnxruntime as ort  # heavy and needed only for ONNX suspects: imported on first use
 
         super().__init__(budget)
         raw, self.manifest = load_onnx(path)
@@ -535,6 +534,4 @@ def open_suspect(
         raise InputError(f"suspect {path} does not exist; give a model file (.safetensors, .onnx) or an http(s) URL")
     if path.suffix.lower() == ".onnx":
         return ONNXSuspect(path, budget=budget)
-    from deepserial.artifacts import load_model
-
     return ModuleSuspect.from_loaded(load_model(path), budget=budget)

@@ -40,6 +40,7 @@ from deepserial.data import TensorData
 from deepserial.distributed import world
 from deepserial.errors import ConfigError, DeepSerialError
 from deepserial.files import check_writable, write_files_here
+from deepserial.schema import CheckpointDoc, validate
 
 
 @dataclass
@@ -314,8 +315,6 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, s
     """Restore model, optimiser and schedule from a checkpoint; returns the first epoch still to run
     and the log so far. Anything wrong with the file is one :class:`ConfigError`."""
     from safetensors import safe_open
-
-    from deepserial.schema import CheckpointDoc, validate
 
     try:
         with safe_open(str(path), framework="pt") as f:  # type: ignore[no-untyped-call]

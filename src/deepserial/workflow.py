@@ -20,17 +20,29 @@ from typing import Any
 import torch
 
 from deepserial.artifacts import LoadedModel, encode_model
+from deepserial.attacks.base import Attack, AttackBudget, attacker_share, resulting_arch
 from deepserial.data import Splits, TensorData, load_dataset, split
-from deepserial.errors import ConfigError, IdentityError, IntegrityError
+from deepserial.errors import ConfigError, DeepSerialError, IdentityError, IntegrityError
 from deepserial.files import atomic_write_all
 from deepserial.fingerprint import DEFAULT_QUERIES, Fingerprint
 from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.nets import SplitNet, check_visible, create_model
+from deepserial.ownership import OwnershipKey, Provenance, Verdict
 from deepserial.report import environment
 from deepserial.schema import LicenceDoc, validate
 from deepserial.schemes import dsn
+from deepserial.schemes.base import Scheme, get_scheme
 from deepserial.serial import SerialGeometry, SerialNumber, scale_for, stamp
-from deepserial.training import TrainConfig, TrainLog, accuracy, fit, seed_everything, supervised_loss
+from deepserial.suspect import ModuleSuspect, Suspect
+from deepserial.training import (
+    TrainConfig,
+    TrainLog,
+    accuracy,
+    fit,
+    predict_logits,
+    seed_everything,
+    supervised_loss,
+)
 
 LICENCE_FORMAT = "deepserial-licence/1"
 DEFAULT_SN_SIZE = (6, 6)
@@ -94,6 +106,36 @@ def parse_position(text: str | None) -> tuple[int, int] | None:
     except ValueError:
         raise ConfigError(f"position {text!r} must be 'auto' or ROW,COL, e.g. 20,20") from None
     return r, c
+
+
+def parse_pixels_per_bit(text: str) -> int | None:
+    """``"auto"``/``""`` -> None (:func:`deepserial.serial.scale_for` decides from the input size);
+    ``"4"`` -> 4. The pixels per bit side of a serial number, 1..32."""
+    if text in ("", "auto"):
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 32:
+        raise ConfigError(f"--pixels-per-bit {text!r} must be 'auto' or a whole number 1..32")
+    return n
+
+
+def parse_settings(items: list[str] | None) -> dict[str, Any]:
+    """``name=value`` pairs (a scheme's or an attack's ``--set``) -> a dict; values are parsed as JSON
+    when they are JSON (``0.01``, ``true``, ``[1, 2]``), else kept as strings (``mode=RTAL``). The
+    scheme or attack validates the result against its own settings model."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--set {item!r} must look like name=value, e.g. --set alpha=0.01")
+        try:
+            out[name] = json.loads(value)
+        except (ValueError, RecursionError):  # not JSON (JSONDecodeError), or nested beyond the parser
+            out[name] = value
+    return out
 
 
 # ----- teacher ---------------------------------------------------------------------------------------
@@ -356,6 +398,14 @@ def torch_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def classify(customer: LoadedModel, serial: SerialNumber, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classes a customer model predicts for the images ``x`` stamped with ``serial``, and the
+    softmax confidence of each (what ``deepserial predict`` prints)."""
+    probs = torch.softmax(predict_logits(customer.model, stamp(x, serial.geometry, serial.as_tensor())), 1)
+    conf, pred = probs.max(1)
+    return pred, conf
+
+
 # ----- ownership watermarks ------------------------------------------------------------------------
 @dataclass
 class Marked:
@@ -363,13 +413,13 @@ class Marked:
 
     model: SplitNet
     manifest: dict[str, Any]
-    key: Any  # OwnershipKey
+    key: OwnershipKey
     log: TrainLog
     splits: Splits
 
 
 def embed_watermark(
-    scheme: Any,  # deepserial.schemes.base.Scheme
+    scheme: Scheme,
     identity: OwnerIdentity,
     data: DataSpec,
     train: TrainConfig,
@@ -381,8 +431,6 @@ def embed_watermark(
 ) -> Marked:
     """Sign a verifier string for ``subject``, derive the scheme's key from the signature and train a
     network from scratch with it (or fine-tune ``base``, for schemes embedded after training)."""
-    from deepserial.schemes.base import Provenance
-
     splits = data.load()
     shape = tuple(splits.owner.x.shape[1:])
     num_classes = int(max(splits.owner.y.max(), splits.test.y.max())) + 1
@@ -421,11 +469,9 @@ def embed_watermark(
     return Marked(model, manifest, key, log, splits)
 
 
-def verify_watermark(key: Any, suspect: Any, fpr: float = 1e-3, check_signature: bool = True) -> Any:
+def verify_watermark(key: OwnershipKey, suspect: Suspect, fpr: float = 1e-3, check_signature: bool = True) -> Verdict:
     """The verdict of ``key``'s scheme on ``suspect``; first checks the key's owner signature when it
     carries one (a key without provenance is verified as is when ``check_signature`` is False)."""
-    from deepserial.schemes.base import Provenance, get_scheme
-
     if check_signature:
         Provenance.from_meta(key.meta).check()
     scheme = get_scheme(key.scheme, key.meta.get("config"))
@@ -438,16 +484,13 @@ def measure_model(
     splits: Splits,
     *,
     task_classes: int | None = None,
-    key: Any = None,
+    key: OwnershipKey | None = None,
     serial: SerialNumber | None = None,
     fpr: float = 1e-3,
 ) -> dict[str, Any]:
     """What an attack report states about a model: test accuracy (raw inputs), accuracy with the
     serial number stamped (DSN), and the ownership verdict of ``key``. A model whose outputs no longer
     match the task (transfer to other labels) gets None for the accuracies and the refusal as verdict."""
-    from deepserial.errors import DeepSerialError
-    from deepserial.suspect import ModuleSuspect
-
     out_features = int(model.classifier.out_features)
     same_task = task_classes is None or out_features >= task_classes
     rep: dict[str, Any] = {"outputs": out_features, "test_acc": accuracy(model, splits.test) if same_task else None}
@@ -465,11 +508,11 @@ def measure_model(
 
 def attack_model(
     target: LoadedModel,
-    attack: Any,
-    budget: Any,
+    attack: Attack,
+    budget: AttackBudget,
     *,
     fraction: float | None = None,
-    key: Any = None,
+    key: OwnershipKey | None = None,
     serial: SerialNumber | None = None,
     data: DataSpec | None = None,
     fpr: float = 1e-3,
@@ -477,8 +520,6 @@ def attack_model(
     """Run ``attack`` (an :class:`deepserial.attacks.base.Attack`) on ``target`` with the attacker's
     split of the data the model was trained on (``fraction`` of the training data, else all of the
     attacker's split) and report the model before and after (:func:`measure_model`)."""
-    from deepserial.attacks.base import attacker_share
-
     splits = (data or DataSpec.from_manifest(target.manifest)).load()
     attacker = splits.attacker
     if fraction is not None:
@@ -497,3 +538,50 @@ def attack_model(
         "log": log.to_dict(),
     }
     return attacked, report
+
+
+def attacked_manifest(
+    target: LoadedModel, attacked: SplitNet, report: dict[str, Any], *, name: str, source: str
+) -> dict[str, Any]:
+    """The manifest of a file holding ``attacked``, the model :func:`attack_model` returned for ``target``
+    (read from ``source``) with the attack registered as ``name``: the target's provenance, the network
+    the attack left (a retrained student names its own), its outputs, the attack with its budget, and
+    its test accuracy."""
+    man = {k: v for k, v in target.manifest.items() if k not in ("integrity", "format")}
+    return man | {
+        "arch": resulting_arch(target.manifest["arch"], report["log"]),
+        "role": "attacked",
+        "num_classes": int(attacked.classifier.out_features),
+        "attack": {
+            "name": name,
+            "budget": report["log"]["budget"],
+            "fraction": report["fraction"],
+            "source": source,
+        },
+        "test_acc": report["after"]["test_acc"],
+    }
+
+
+def attack_summary(report: dict[str, Any], name: str) -> list[str]:
+    """The lines ``deepserial attack`` prints for a report of :func:`attack_model` by the attack
+    registered as ``name``: what it spent, then accuracy, accuracy with the serial number and the
+    watermark verdict before and after."""
+    log = report["log"]
+    lines = [
+        f"{name}: {report['attacker_samples']} attacker samples, {log['epochs']} epochs, "
+        f"{log['forward_samples']} forward samples, {log['queries']} queries, {log['wall_s']:.1f} s"
+    ]
+    for when in ("before", "after"):
+        r = report[when]
+        parts = [f"test acc {r['test_acc']:.2f}%" if r["test_acc"] is not None else "test acc n/a (other labels)"]
+        if "with_serial_acc" in r and r["with_serial_acc"] is not None:
+            parts.append(f"with serial number {r['with_serial_acc']:.2f}%")
+        if "verdict" in r:
+            v = r["verdict"]
+            parts.append(
+                "watermark "
+                + ("verified" if v.get("decision") else "NOT verified")
+                + (f" (p = {v['p_value']:.3g})" if v.get("p_value") is not None else f" ({v.get('error')})")
+            )
+        lines.append(f"  {when:6s} " + "; ".join(parts))
+    return lines

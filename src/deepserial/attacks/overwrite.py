@@ -32,7 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from deepserial.attacks.base import Attack, AttackBudget, AttackLog, register_attack
 from deepserial.data import TensorData
 from deepserial.errors import ConfigError, DeepSerialError
+from deepserial.identity import OwnerIdentity
 from deepserial.nets import SplitNet, check_visible
+from deepserial.schemes.base import Provenance, get_scheme
+from deepserial.schemes.dsn import DSNConfig, DSNTrainNet, make_student_loss
 from deepserial.schemes.null_embedding import (
     DualLoss,
     NullEmbeddingConfig,
@@ -191,8 +194,6 @@ class DSNOverwrite(Attack):
         log: AttackLog,
         on_epoch_end: EpochCallback | None,
     ) -> SplitNet:
-        from deepserial.schemes.dsn import DSNConfig, DSNTrainNet, make_student_loss
-
         old = SerialNumber.from_product_key(self.config.serial)
         new = self.new_serial()
         check_visible(model, new.geometry, tuple(int(v) for v in data.x.shape[1:]))
@@ -293,9 +294,6 @@ class WatermarkOverwrite(Attack):
         log: AttackLog,
         on_epoch_end: EpochCallback | None,
     ) -> SplitNet:
-        from deepserial.identity import OwnerIdentity
-        from deepserial.schemes.base import Provenance, get_scheme
-
         scheme = get_scheme(self.config.scheme, self.config.settings)
         if scheme.name == "dsn":
             raise ConfigError("overwrite a DSN serial number with the dsn-overwrite attack")

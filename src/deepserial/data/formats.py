@@ -442,7 +442,7 @@ def load_image_folders(root: Path) -> RawArrays:
 # -------------------------------------------------------------------------------------------------- npz
 
 
-def _npz_images(x: np.ndarray, path: Path, key: str) -> np.ndarray:
+def npz_images(x: np.ndarray, path: Path, key: str) -> np.ndarray:
     """``x`` as ``(N, C, H, W)``: adds a channel to ``(N, H, W)`` and moves a trailing 1/3 channel axis."""
     if x.ndim == 3:
         return x[:, None, :, :]
@@ -475,5 +475,5 @@ def load_npz(path: Path) -> RawArrays:
         raise DatasetError(f"{path} has only one of x_test and y_test (found: {found}); store both or neither")
     x_test = y_test = None
     if "x_test" in arrays:
-        x_test, y_test = _npz_images(arrays["x_test"], path, "x_test"), arrays["y_test"]
-    return RawArrays(_npz_images(arrays["x"], path, "x"), arrays["y"], x_test, y_test, source=f"numpy archive {path}")
+        x_test, y_test = npz_images(arrays["x_test"], path, "x_test"), arrays["y_test"]
+    return RawArrays(npz_images(arrays["x"], path, "x"), arrays["y"], x_test, y_test, source=f"numpy archive {path}")

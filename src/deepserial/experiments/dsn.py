@@ -22,9 +22,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from deepserial.errors import ConfigError
+from deepserial.experiments.watermarks import signing_time
+from deepserial.identity import OwnerIdentity
 from deepserial.report import environment, markdown_table, write_report
 from deepserial.schemes.dsn import DSNConfig
 from deepserial.training import TrainConfig
+from deepserial.workflow import DataSpec, evaluate_customer, issue, loaded, train_teacher
 
 PAPER_TABLE2 = {
     "MNIST": {"teacher": 99.9, "with_sn": 99.8, "without_sn": 9.2},
@@ -98,6 +101,20 @@ def path_config(dataset: str, scales: list[int | None] | None = None, **override
     return ExperimentConfig(**(base | {k: v for k, v in overrides.items() if v is not None}))
 
 
+def config_for(dataset: str, scales: list[int | None] | None = None, **custom: Any) -> ExperimentConfig | None:
+    """The configuration ``reproduce dsn`` runs on ``dataset``: None for a data set with a fixed
+    reproduction (:data:`CONFIGS`), which refuses ``custom`` settings and pixel scales; else the default
+    recipe on the user's data (:func:`path_config`) with them."""
+    if dataset not in CONFIGS:
+        return path_config(dataset, scales, **custom)
+    if any(v is not None for v in custom.values()) or (scales or [None]) != [None]:
+        raise ConfigError(
+            f"--arch, --teacher-epochs, --student-epochs, --n-wrong and --pixels-per-bit are for a "
+            f"path to your data; {dataset} has its fixed reproduction settings"
+        )
+    return None
+
+
 def report_stem(out: Path, dataset: str) -> Path:
     """``out/dsn_<name>``: the registered name, or the last part of the user's data path."""
     name = dataset if dataset in CONFIGS else Path(dataset.rstrip("/")).name or "data"
@@ -119,8 +136,6 @@ def run(
     set and seed; the teacher is retrained with the same seed and must come out identical (same test
     accuracy), or the merge is refused. ``config`` replaces the registered configuration (user data).
     """
-    from deepserial.experiments.watermarks import signing_time
-
     if config is None and dataset not in CONFIGS:
         raise ConfigError(
             f"no DSN reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)} or a path to your data"
@@ -184,9 +199,6 @@ def _train_and_evaluate(
     """Train the teacher, then issue and evaluate one customer model per run configuration; returns
     the teacher's test accuracy and each run's evaluation. The owner is derived from the seed, so with
     the signing time ``signed_at`` (``SOURCE_DATE_EPOCH``) every serial number can be re-created."""
-    from deepserial.identity import OwnerIdentity
-    from deepserial.workflow import DataSpec, evaluate_customer, issue, loaded, train_teacher
-
     tr = train_teacher(
         DataSpec(dataset, seed),
         TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed, progress=progress),
@@ -229,6 +241,24 @@ def _train_and_evaluate(
         rep["signed_at_epoch"] = signed_at
         results[spec.name] = rep
     return float(tr.manifest["test_acc"]), results
+
+
+def dsn_markdown(rep: dict[str, Any]) -> str:
+    """One customer model's evaluation (:func:`deepserial.workflow.evaluate_customer`) as a Markdown
+    table: what ``deepserial evaluate`` and the demo print, one column of the Table 2 report below."""
+    rows = [
+        ("teacher (no serial number)", rep.get("teacher_acc")),
+        ("customer model, valid serial number", rep["valid_sn_acc"]),
+        ("customer model, no serial number (raw)", rep["raw_acc"]),
+        (f"random wrong serial numbers, mean of {rep['wrong_sn_count']}", rep["wrong_sn_mean"]),
+        ("random wrong serial numbers, max", rep["wrong_sn_max"]),
+        (f"one bit away (Hamming 1), mean of {rep['hamming1_count']}", rep["hamming1_mean"]),
+        ("one bit away, max", rep["hamming1_max"]),
+        (f"two bits away (Hamming 2), mean of {rep['hamming2_count']}", rep["hamming2_mean"]),
+        ("two bits away, max", rep["hamming2_max"]),
+        ("linear probe on features of raw inputs", rep["probe_acc"]),
+    ]
+    return markdown_table(["test accuracy (%)", "value"], rows)
 
 
 _ROWS = [

@@ -23,8 +23,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deepserial.attacks.neural_cleanse import scan
+from deepserial.data import TensorData
 from deepserial.errors import ConfigError
+from deepserial.experiments import watermark_attacks
+from deepserial.experiments.attack_configs import CONFIGS, PLANS, AttackExperiment
+from deepserial.experiments.watermarks import signing_time
+from deepserial.identity import OwnerIdentity
 from deepserial.report import environment, markdown_table, write_report
+from deepserial.serial import stamp
+from deepserial.training import TrainConfig, accuracy
+from deepserial.workflow import DataSpec, issue, loaded, train_teacher
 
 # Null embedding's Table 5 (Digit): the anomaly index of its watermarked models, all under 2.
 PAPER = {
@@ -42,9 +51,6 @@ def run(
     overrides: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Scan the clean model, the DSN customer model and one model per watermark scheme; write the report."""
-    from deepserial.experiments.attacks import CONFIGS, PLANS
-    from deepserial.experiments.watermarks import signing_time
-
     if dataset not in CONFIGS:
         raise ConfigError(f"no Neural Cleanse reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)}")
     names = list(PLANS) if schemes is None else schemes
@@ -69,16 +75,9 @@ def run(
     return write_report(out / f"neural_cleanse_{dataset}", rep, markdown(rep), figure(rep))
 
 
-def _reference_rows(cfg: Any, seed: int, progress: bool) -> list[dict[str, Any]]:
+def _reference_rows(cfg: AttackExperiment, seed: int, progress: bool) -> list[dict[str, Any]]:
     """The clean teacher and a DSN customer model issued from it, each scanned (scan only: neither
     carries an ownership key to verify afterwards)."""
-    from deepserial.attacks.neural_cleanse import scan
-    from deepserial.data import TensorData
-    from deepserial.identity import OwnerIdentity
-    from deepserial.serial import stamp
-    from deepserial.training import TrainConfig, accuracy
-    from deepserial.workflow import DataSpec, issue, loaded, train_teacher
-
     data = DataSpec(cfg.dataset, seed, limit=cfg.limit)
     train = TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed, progress=progress)
     teacher = train_teacher(data, train)
@@ -104,10 +103,8 @@ def _reference_rows(cfg: Any, seed: int, progress: bool) -> list[dict[str, Any]]
     return rows
 
 
-def _scheme_row(cfg: Any, name: str, seed: int, progress: bool) -> dict[str, Any]:
+def _scheme_row(cfg: AttackExperiment, name: str, seed: int, progress: bool) -> dict[str, Any]:
     """One model watermarked with ``name``, scanned, unlearned where flagged, verified before and after."""
-    from deepserial.experiments import watermark_attacks
-
     rep = watermark_attacks.run_scheme(cfg, name, seed, progress, plan=("neural_cleanse",))
     nc = rep["neural_cleanse"]
     return {

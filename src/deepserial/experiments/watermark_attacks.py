@@ -3,7 +3,7 @@ evaluates, with the owner's verdict after each attack and a from-scratch referen
 
 ``deepserial reproduce attacks --scheme <watermark> --dataset D`` trains one watermarked model (the
 same network, data split and budget as ``deepserial reproduce <watermark>``), then runs the attacks
-of :data:`deepserial.experiments.attacks.PLANS` on it:
+of :data:`deepserial.experiments.attack_configs.PLANS` on it:
 
 - fine-tuning (all layers, the attacker holding 10-40% of the training data) beside the same net
   trained from scratch on the same data, and the four variants of Adi et al. (FTLL, FTAL, RTLL,
@@ -29,7 +29,19 @@ import time
 from typing import Any
 
 from deepserial import distributed
+from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
+from deepserial.attacks.transfer import recover
+from deepserial.data import Splits, TensorData
+from deepserial.experiments.attack_configs import PLANS, AttackExperiment, footer
+from deepserial.experiments.watermarks import CONFIGS as WM_CONFIGS
+from deepserial.experiments.watermarks import WatermarkExperiment
+from deepserial.identity import OwnerIdentity
+from deepserial.nets import SplitNet
+from deepserial.ownership import OwnershipKey
 from deepserial.report import markdown_table
+from deepserial.schemes.base import Scheme, get_scheme
+from deepserial.training import TrainConfig, accuracy
+from deepserial.workflow import DataSpec, Trained, embed_watermark, loaded, measure_model, train_teacher
 
 # The papers' figures for the same attacks (their networks and data, MNIST where they report it).
 PAPER: dict[str, dict[str, str]] = {
@@ -79,34 +91,26 @@ OTHER_DATASET = {"mnist5k": "fashion-mnist", "fashion-mnist": "mnist5k"}
 class Victim:
     """A watermarked model to attack, as :func:`embed_victim` made it."""
 
-    model: Any
-    key: Any
-    splits: Any
+    model: SplitNet
+    key: OwnershipKey
+    splits: Splits
     classes: int  # the task's classes (a new-label model answers one more)
-    wm: Any  # the WatermarkExperiment settings it was embedded with
-    scheme: Any
-    teacher: Any  # the unmarked trained model a fine-tuning scheme started from, else None
+    wm: WatermarkExperiment  # the settings it was embedded with
+    scheme: Scheme
+    teacher: Trained | None  # the unmarked trained model a fine-tuning scheme started from, else None
     attempts: list[dict[str, Any]]
 
     def measure(self, model: Any, key: Any = None) -> dict[str, Any]:
         """Test accuracy and the verdict of ``key`` (default: the owner's) on ``model``."""
-        from deepserial.workflow import measure_model
-
         return measure_model(
             model, self.splits, task_classes=self.classes, key=self.key if key is None else key, fpr=self.wm.fpr
         )
 
 
-def embed_victim(cfg: Any, scheme_name: str, seed: int, progress: bool) -> Victim:
+def embed_victim(cfg: AttackExperiment, scheme_name: str, seed: int, progress: bool) -> Victim:
     """The watermarked model both attack suites attack: the network, data split and budget of
     ``deepserial reproduce <scheme>``, the owner from the seed, and a key that verifies after embedding
     (up to ``cfg.embed_attempts`` keys, each attempt reported)."""
-    from deepserial.experiments.watermarks import CONFIGS as WM_CONFIGS
-    from deepserial.identity import OwnerIdentity
-    from deepserial.schemes.base import get_scheme
-    from deepserial.training import TrainConfig
-    from deepserial.workflow import DataSpec, embed_watermark, loaded, measure_model, train_teacher
-
     wm = WM_CONFIGS[cfg.dataset]
     wm = wm.model_copy(
         update=wm.per_scheme.get(scheme_name, {})
@@ -135,14 +139,10 @@ def embed_victim(cfg: Any, scheme_name: str, seed: int, progress: bool) -> Victi
 
 
 def run_scheme(
-    cfg: Any, scheme_name: str, seed: int, progress: bool, plan: tuple[str, ...] | None = None
+    cfg: AttackExperiment, scheme_name: str, seed: int, progress: bool, plan: tuple[str, ...] | None = None
 ) -> dict[str, Any]:
     """Embed ``scheme_name`` once and run the attacks its paper evaluates, or those of ``plan`` (``cfg``
     is an :class:`deepserial.experiments.attacks.AttackExperiment`)."""
-    from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
-    from deepserial.experiments.attacks import PLANS
-    from deepserial.workflow import measure_model
-
     t0 = time.perf_counter()
     v = embed_victim(cfg, scheme_name, seed, progress)
     victim, key, splits, classes, wm, scheme, attempts = (
@@ -231,12 +231,10 @@ def run_scheme(
 
 
 def _prune(
-    victim: Any, splits: Any, cfg: Any, measure: Any, method: str, seed: int, progress: bool
+    victim: Any, splits: Any, cfg: AttackExperiment, measure: Any, method: str, seed: int, progress: bool
 ) -> list[dict[str, Any]]:
     """Each pruning rate without fine-tuning and with ``cfg.prune_finetune_epochs`` of sparse fine-tuning
     on the attacker's whole split."""
-    from deepserial.attacks.base import AttackBudget, get_attack
-
     rows = []
     for rate in cfg.prune_rates:
         row: dict[str, Any] = {"rate": rate}
@@ -258,13 +256,9 @@ def query_volumes(volumes: list[int], available: int) -> list[int]:
     return fits if len(fits) == len(volumes) else fits + [available]
 
 
-def _extraction(victim: Any, splits: Any, cfg: Any, measure: Any, budget: Any) -> dict[str, Any]:
+def _extraction(victim: Any, splits: Any, cfg: AttackExperiment, measure: Any, budget: Any) -> dict[str, Any]:
     """Substitutes trained on the victim's labels for in-distribution, other-data-set and random queries,
     at a sweep of query volumes up to the attacker's split (null embedding Table 6)."""
-    from deepserial.attacks.base import get_attack
-    from deepserial.data import TensorData
-    from deepserial.workflow import DataSpec
-
     n = len(splits.attacker)
     other_name = OTHER_DATASET[cfg.dataset]
     other = DataSpec(other_name, budget.seed, limit=n * 4).load()
@@ -300,15 +294,10 @@ def _extraction(victim: Any, splits: Any, cfg: Any, measure: Any, budget: Any) -
 
 
 def _transfer(
-    victim: Any, splits: Any, cfg: Any, measure: Any, budget: Any, classes: int, seed: int
+    victim: Any, splits: Any, cfg: AttackExperiment, measure: Any, budget: Any, classes: int, seed: int
 ) -> list[dict[str, Any]]:
     """Transfer to the other data set's task (new head, three sets of trained layers), then §8.4's
     recovery on the victim's data and the owner's verdict."""
-    from deepserial.attacks.base import get_attack
-    from deepserial.attacks.transfer import recover
-    from deepserial.training import accuracy
-    from deepserial.workflow import DataSpec
-
     other_name = OTHER_DATASET[cfg.dataset]
     task = DataSpec(other_name, seed, limit=cfg.transfer_samples).load()
     task_classes = int(task.owner.y.max()) + 1
@@ -492,7 +481,6 @@ def markdown(rep: dict[str, Any]) -> str:
             f"Paper: {paper.get('transfer', '–')}.",
             "",
         ]
-    from deepserial.experiments.attacks import footer
 
     return "\n".join(lines + footer(rep))
 

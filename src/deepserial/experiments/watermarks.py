@@ -32,9 +32,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from deepserial import distributed
+from deepserial.attacks.overwrite import pirate_null_embedding
 from deepserial.errors import ConfigError
+from deepserial.identity import OwnerIdentity
 from deepserial.report import environment, markdown_table, write_report, write_text
-from deepserial.training import TrainConfig
+from deepserial.schemes.base import SCHEMES, Provenance, get_scheme
+from deepserial.schemes.deepsigns import eq5_mismatch_threshold
+from deepserial.schemes.new_label import expected_queries
+from deepserial.suspect import ModuleSuspect
+from deepserial.training import TrainConfig, accuracy, predict_logits
+from deepserial.workflow import DataSpec, embed_watermark, loaded, train_teacher, verify_watermark
 
 
 class WatermarkExperiment(BaseModel):
@@ -161,6 +168,17 @@ def signing_time() -> Iterator[str]:
             del os.environ["SOURCE_DATE_EPOCH"]
 
 
+def reproductions() -> dict[str, str]:
+    """Every registered scheme this module reproduces (all but DSN, which has its own Table 2
+    reproduction), mapped to a one-line description of its reproduction: one ``deepserial reproduce
+    <scheme>`` command each, a scheme registered by a plug-in included."""
+    return {
+        name: f"{cls.citation}: accuracy, verification, false positives."
+        for name, cls in SCHEMES.items()
+        if name != "dsn"
+    }
+
+
 def run(
     scheme_name: str,
     dataset: str,
@@ -177,11 +195,6 @@ def run(
 def _run(
     scheme_name: str, dataset: str, out: Path, seed: int, progress: bool, overrides: dict[str, Any] | None, epoch: str
 ) -> list[Path]:
-    from deepserial.identity import OwnerIdentity
-    from deepserial.schemes.base import Provenance, get_scheme
-    from deepserial.suspect import ModuleSuspect
-    from deepserial.workflow import DataSpec, embed_watermark, loaded, train_teacher, verify_watermark
-
     if dataset not in CONFIGS:
         raise ConfigError(f"no watermark reproduction for {dataset!r}; choose one of {', '.join(CONFIGS)}")
     base = CONFIGS[dataset]
@@ -482,13 +495,6 @@ def _null_embedding_piracy(ctx: dict[str, Any]) -> dict[str, Any]:
     each: the same attack on the *unmarked* reference (a control), and two adaptive attackers, Adam at
     the owner's last learning rate without and with this project's lambda warm-up (the owner's own
     recipe here)."""
-    from deepserial.attacks.overwrite import pirate_null_embedding
-    from deepserial.identity import OwnerIdentity
-    from deepserial.schemes.base import Provenance
-    from deepserial.suspect import ModuleSuspect
-    from deepserial.training import accuracy
-    from deepserial.workflow import verify_watermark
-
     scheme, owner_model, splits, cfg = ctx["scheme"], ctx["models"][0], ctx["splits"], ctx["cfg"]
     shape = tuple(owner_model.manifest["input_shape"])
     num_classes = int(owner_model.manifest["task_classes"])
@@ -564,9 +570,6 @@ def _new_label_queries(ctx: dict[str, Any]) -> dict[str, Any]:
     judge's key samples K' (D2 + beta * eps), the paper's E[q] at that p and |K'|, and the exact mean
     of the first-Delta position over a uniformly random query order, ``(n + 1) / (h + 1)`` for ``h`` Delta
     answers among ``n`` keys (sampling without replacement), beside what each verification spent."""
-    from deepserial.schemes.new_label import expected_queries
-    from deepserial.training import predict_logits
-
     per_model = []
     for m, v in zip(ctx["models"], ctx["verdicts"], strict=True):
         x = m.key.tensor("samples")
@@ -605,8 +608,6 @@ def _new_label_queries(ctx: dict[str, Any]) -> dict[str, Any]:
 def _deepsigns_eq5(ctx: dict[str, Any]) -> dict[str, Any]:
     """Eq. 5 computed exactly for Table 4's key lengths (C = 10, confidence 0.999), and the mismatch
     threshold and mismatches of this run's own keys (the key length and chance rate its verify used)."""
-    from deepserial.schemes.deepsigns import eq5_mismatch_threshold
-
     vs = ctx["verdicts"]
     return {
         "eq5_threshold_k20": eq5_mismatch_threshold(20, 10, 0.999),

@@ -37,7 +37,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
+from deepserial.errors import ConfigError
+from deepserial.experiments.attack_configs import PAPER as DSN_PAPER
+from deepserial.experiments.attack_configs import WORKED_RULE, AttackExperiment, attack_worked, footer
+from deepserial.experiments.watermark_attacks import PAPER as WATERMARK_PAPERS
+from deepserial.experiments.watermark_attacks import embed_victim
+from deepserial.identity import OwnerIdentity
 from deepserial.report import markdown_table
+from deepserial.training import TrainConfig
+from deepserial.workflow import DataSpec, issue, loaded, measure_model, train_teacher
 
 #: Accuracy points an attack may cost and still count as a removal (our choice, one place).
 REMOVAL_MARGIN = 5.0
@@ -110,11 +119,10 @@ SOK = {
 }
 
 
-def suite_for(cfg: Any) -> tuple[WrtAttack, ...]:
+def suite_for(cfg: AttackExperiment) -> tuple[WrtAttack, ...]:
     """The suite's columns, narrowed to ``cfg.wrt_attacks`` (labels) when it is set."""
     if not cfg.wrt_attacks:
         return SUITE
-    from deepserial.errors import ConfigError
 
     known = {a.label: a for a in SUITE}
     unknown = [a for a in cfg.wrt_attacks if a not in known]
@@ -148,8 +156,6 @@ def removed(entry: dict[str, Any], protected_acc: float) -> bool:
 # ----- running ---------------------------------------------------------------------------------------
 def _run_one(atk: WrtAttack, victim: Any, data: Any, budget: Any, measure: Any) -> dict[str, Any]:
     """One attack on ``victim`` with ``data``: the measurement and what it spent."""
-    from deepserial.attacks.base import get_attack
-
     b = budget if atk.epochs is None else budget.model_copy(update={"epochs": atk.epochs})
     model, log = get_attack(atk.attack, atk.options).run(victim, data, b)
     keep = {k: log.details[k] for k in ("student_arch",) if k in log.details}
@@ -165,11 +171,9 @@ def _run_one(atk: WrtAttack, victim: Any, data: Any, budget: Any, measure: Any) 
 
 
 def _sweep(
-    cfg: Any, suite: tuple[WrtAttack, ...], victim: Any, splits: Any, budget: Any, measure: Any, seed: int
+    cfg: AttackExperiment, suite: tuple[WrtAttack, ...], victim: Any, splits: Any, budget: Any, measure: Any, seed: int
 ) -> dict[str, Any]:
     """Every attack and the from-scratch control at every share of ``cfg.wrt_fractions``."""
-    from deepserial.attacks.base import attacker_share, get_attack
-
     total = len(splits.owner) + len(splits.attacker)
     out: dict[str, Any] = {}
     for f in cfg.wrt_fractions:
@@ -185,13 +189,8 @@ def _sweep(
     return out
 
 
-def run_watermark(cfg: Any, scheme_name: str, seed: int, progress: bool) -> dict[str, Any]:
+def run_watermark(cfg: AttackExperiment, scheme_name: str, seed: int, progress: bool) -> dict[str, Any]:
     """The suite against ``scheme_name``'s watermarked model and its unmarked reference."""
-    from deepserial.attacks.base import AttackBudget, attacker_share
-    from deepserial.experiments.watermark_attacks import PAPER, embed_victim
-    from deepserial.training import TrainConfig
-    from deepserial.workflow import DataSpec, train_teacher
-
     t0 = time.perf_counter()
     suite = suite_for(cfg)
     v = embed_victim(cfg, scheme_name, seed, progress)
@@ -223,7 +222,7 @@ def run_watermark(cfg: Any, scheme_name: str, seed: int, progress: bool) -> dict
         "embedding_attempts": v.attempts,
         "reference": v.measure(reference)
         | {"kind": "the fine-tuned scheme's unmarked base model" if v.teacher is not None else "trained unmarked"},
-        "paper": PAPER.get(scheme_name, {}),
+        "paper": WATERMARK_PAPERS.get(scheme_name, {}),
         "sok": SOK,
     }
     rep["fractions"] = _sweep(cfg, suite, v.model, v.splits, budget, v.measure, seed)
@@ -240,14 +239,8 @@ def run_watermark(cfg: Any, scheme_name: str, seed: int, progress: bool) -> dict
     return rep
 
 
-def run_dsn(cfg: Any, seed: int, progress: bool) -> dict[str, Any]:
+def run_dsn(cfg: AttackExperiment, seed: int, progress: bool) -> dict[str, Any]:
     """The suite against a DSN customer model: accuracy without and with the serial number."""
-    from deepserial.attacks.base import AttackBudget
-    from deepserial.experiments.attacks import PAPER
-    from deepserial.identity import OwnerIdentity
-    from deepserial.training import TrainConfig
-    from deepserial.workflow import DataSpec, issue, loaded, measure_model, train_teacher
-
     t0 = time.perf_counter()
     suite = suite_for(cfg)
     data = DataSpec(cfg.dataset, seed, limit=cfg.limit)
@@ -283,7 +276,7 @@ def run_dsn(cfg: Any, seed: int, progress: bool) -> dict[str, Any]:
         "lock_margin": LOCK_MARGIN,
         "suite_attacks": [a.model_dump() for a in suite],
         "sizes": splits.sizes(),
-        "citation": PAPER["source"],
+        "citation": DSN_PAPER["source"],
         "teacher_acc": teacher.manifest["test_acc"],
         "geometry": sn.geometry.to_dict(),
         "product_key": sn.to_product_key(),
@@ -351,8 +344,6 @@ def _verdict(e: dict[str, Any]) -> str:
 
 def markdown(rep: dict[str, Any]) -> str:
     """The report of one protection under the WRT suite."""
-    from deepserial.experiments.attacks import WORKED_RULE, attack_worked, footer
-
     dsn = rep["scheme"] == "dsn"
     v = rep["victim"]
     cfg = rep["config"]

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from deepserial.errors import ConfigError, GeometryError
+from deepserial.nets.adapters import as_split_net
+from deepserial.nets.split import SplitNet
 from deepserial.registry import Registry
 
 __all__ = [
@@ -30,19 +32,6 @@ __all__ = [
     "register_model",
     "visible_mask",
 ]
-
-
-class SplitNet(nn.Module):
-    """A classifier split into Ge (``features``: input -> penultimate vector) and Gy (``classifier``)."""
-
-    def __init__(self, features: nn.Module, classifier: nn.Module, feature_dim: int) -> None:
-        super().__init__()
-        self.features = features
-        self.classifier = classifier
-        self.feature_dim = feature_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 #: A builder ``(input_shape, num_classes) -> model``: a SplitNet, or any classifier ``nn.Module``
@@ -85,8 +74,6 @@ def create_model(name: str, input_shape: Sequence[int], num_classes: int) -> Spl
     shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
     model = builder(shape, int(num_classes))
     if not isinstance(model, SplitNet):
-        from deepserial.nets.adapters import as_split_net
-
         model = as_split_net(model, input_shape=shape)
     if getattr(model.classifier, "out_features", num_classes) != num_classes:
         raise ConfigError(

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from deepserial.errors import ConfigError
-from deepserial.nets import SplitNet
+from deepserial.nets.split import SplitNet
 
 __all__ = ["as_split_net"]
 

@@ -10,119 +10,32 @@ inside, the shipped model (:func:`deepserial.artifacts.save_key`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-import torch
-from cryptography.hazmat.primitives import serialization
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from deepserial.data import TensorData
-from deepserial.errors import ConfigError, IdentityError, IntegrityError
-from deepserial.identity import OwnerIdentity, VerifierString
+from deepserial.errors import ConfigError, IntegrityError
 from deepserial.nets import SplitNet
+from deepserial.ownership import OwnershipKey, Provenance, Verdict
 from deepserial.registry import Registry
 from deepserial.suspect import Suspect
 from deepserial.training import TrainConfig, TrainLog
 
-
-@dataclass
-class OwnershipKey:
-    """Everything a scheme needs to verify later: JSON-able ``meta`` and named tensors.
-
-    ``meta`` always holds ``scheme``; schemes derived from a signature also keep the verifier string,
-    the signature (hex) and the owner's public key, so a third party can check them (null embedding's
-    Algorithm 3 starts with that check).
-    """
-
-    scheme: str
-    meta: dict[str, Any] = field(default_factory=dict)
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def tensor(self, name: str) -> torch.Tensor:
-        try:
-            return self.tensors[name]
-        except KeyError:
-            raise ConfigError(
-                f"ownership key for {self.scheme!r} lacks tensor {name!r}; was it made by another version or scheme?"
-            ) from None
-
-
-@dataclass
-class Verdict:
-    """The outcome of a verification: a statistic, its threshold at the requested false-positive
-    rate, the p-value under "the suspect does not carry the key", the decision, and the queries spent."""
-
-    scheme: str
-    statistic: float
-    statistic_name: str
-    threshold: float
-    p_value: float
-    fpr: float
-    decision: bool
-    queries: int
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        word = "CARRIES the key" if self.decision else "does NOT carry the key"
-        return (
-            f"{self.scheme}: suspect {word} ({self.statistic_name} = {self.statistic:.4g}, threshold "
-            f"{self.threshold:.4g}, p-value {self.p_value:.3g} at false-positive rate {self.fpr:g}, "
-            f"{self.queries} queries)"
-        )
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """Who made a key: the verifier string, the owner's signature over it, the owner's public key.
-
-    Kept in every key's ``meta`` (``verifier``, ``signature``, ``owner_public_key``) so a third party
-    can check that the key's secrets really derive from the owner's signature (null embedding's
-    Algorithm 3 begins with that check; the CLI does it for every scheme).
-    """
-
-    verifier: VerifierString
-    signature: bytes
-    owner_public_key: str
-
-    @classmethod
-    def sign(cls, identity: OwnerIdentity, owner_id: str, subject: str, scheme: str) -> Provenance:
-        verifier = VerifierString.now(owner_id, subject, scheme)
-        return cls(verifier, identity.sign(verifier), identity.public_pem().decode())
-
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "verifier": self.verifier.to_dict(),
-            "signature": self.signature.hex(),
-            "owner_public_key": self.owner_public_key,
-        }
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> Provenance:
-        try:
-            return cls(
-                VerifierString.from_dict(meta["verifier"]),
-                bytes.fromhex(meta["signature"]),
-                str(meta["owner_public_key"]),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise IdentityError(
-                "ownership key lacks a readable verifier string, signature or owner public key; "
-                "it was not made with an owner identity"
-            ) from None
-
-    def check(self) -> bytes:
-        """The signature, after checking it is the owner's over the verifier string (IdentityError if not)."""
-        try:
-            pub = serialization.load_pem_public_key(self.owner_public_key.encode())
-            owner = OwnerIdentity(None, pub)  # type: ignore[arg-type]
-        except (ValueError, TypeError):
-            raise IdentityError("the ownership key's owner public key is not a valid PEM public key") from None
-        owner.verify(self.verifier, self.signature)
-        return self.signature
+# The key, verdict and provenance types live in :mod:`deepserial.ownership`, below the artifacts that
+# store keys and the suspects that verdicts are about; they are re-exported here, where schemes use them.
+__all__ = [
+    "SCHEMES",
+    "OwnershipKey",
+    "Provenance",
+    "Scheme",
+    "Verdict",
+    "check_derived",
+    "get_scheme",
+    "key_signature",
+    "register_scheme",
+]
 
 
 class Scheme(ABC):
@@ -195,8 +108,6 @@ def check_derived(key: OwnershipKey, name: str, expected: Any) -> None:
     Verifying re-derives every secret the signature determines instead of trusting the stored copy:
     an owner must not be able to pick bits or projections after the fact to fit someone else's model.
     """
-    import numpy as np
-
     stored = key.tensor(name).detach().cpu().numpy()
     want = np.asarray(expected)
     if stored.shape != want.shape or not np.array_equal(stored.astype(want.dtype), want):

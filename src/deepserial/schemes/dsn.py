@@ -135,6 +135,14 @@ class DSNConfig(BaseModel):
         return cls(mode="default", **(RECIPE | kw))
 
     @classmethod
+    def for_mode(cls, mode: str) -> DSNConfig:
+        """The recipe a user names (``issue --mode``): ``default`` (:meth:`default`) or ``paper``
+        (:meth:`paper`); any other name is a one-line ConfigError."""
+        if mode not in ("default", "paper"):
+            raise ConfigError(f"unknown DSN mode {mode!r}; use 'default' or 'paper'")
+        return cls.default() if mode == "default" else cls.paper()
+
+    @classmethod
     def previous_default(cls, **kw: float) -> DSNConfig:
         """The recipe before the adaptive-thief study (uniform loss on raw, random and Hamming-1/2 keys)."""
         kw = {"grl_coefficient": 1.0, "gd_weight": 0.1, "uniform_weight": 2.0, "invalid_ratio": 2.0} | kw
