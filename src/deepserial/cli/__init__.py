@@ -12,7 +12,7 @@ in modules (options and helpers they share in :mod:`~deepserial.cli.common`):
 - :mod:`~deepserial.cli.protection`: attack and ``watermark embed / verify / schemes``;
 - :mod:`~deepserial.cli.licensing`: trace, serve, export and ``ledger list / show / export / check``;
 - :mod:`~deepserial.cli.tools`: info, models and ``data cifar-digits``;
-- :mod:`~deepserial.cli.reproduce`: ``reproduce dsn / attacks / neural-cleanse / dsn-security / <scheme>``.
+- :mod:`~deepserial.cli.reproduce`: ``reproduce dsn / attacks / neural-cleanse / dsn-security / tracing / <scheme>``.
 
 This module is the table of contents: it names every command and registers it, in the order
 ``--help`` lists them, and it is the entry point (``deepserial.cli:main``) that runs one, under
@@ -77,6 +77,7 @@ reproduce_app.command("dsn")(reproduce.reproduce_dsn)
 reproduce_app.command("attacks")(reproduce.reproduce_attacks)
 reproduce_app.command("neural-cleanse")(reproduce.reproduce_neural_cleanse)
 reproduce_app.command("dsn-security")(reproduce.reproduce_dsn_security)
+reproduce_app.command("tracing")(reproduce.reproduce_tracing)
 for _scheme, _help in reproductions().items():  # one per registered watermark scheme
     reproduce_app.command(_scheme, help=_help)(reproduce.reproduce_scheme(_scheme))
 

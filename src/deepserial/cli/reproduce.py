@@ -17,9 +17,10 @@ import typer
 
 from deepserial.cli.common import Quiet, Seed, one_of, registered, wrote
 from deepserial.errors import ConfigError
-from deepserial.experiments import attacks, dsn, dsn_security, neural_cleanse, watermarks
+from deepserial.experiments import attacks, dsn, dsn_security, neural_cleanse, tracing, watermarks
 from deepserial.experiments.attack_configs import CONFIGS as ATTACK_CONFIGS
 from deepserial.experiments.attack_configs import PLANS
+from deepserial.experiments.tracing import TracingConfig
 from deepserial.files import check_writable
 from deepserial.workflow import parse_pixels_per_bit
 
@@ -162,6 +163,26 @@ def reproduce_dsn_security(
     check_writable(out, directory=True)  # before hours of work
     command = " ".join(["deepserial", *sys.argv[1:]])
     typer.echo(wrote(dsn_security.run(dataset, out, values, progress=not quiet, command=command)))
+
+
+def reproduce_tracing(
+    dataset: Annotated[str, typer.Option(help=f"{registered('datasets')}.")] = "mnist5k",
+    customers: Annotated[int, typer.Option(help="Customer models issued and recorded in the ledger.")] = 20,
+    student_epochs: Annotated[int, typer.Option(help="DSN student epochs of every customer model.")] = 10,
+    seed: Seed = 0,
+    work: Annotated[
+        Path | None,
+        typer.Option(help="Folder caching the issued models (default OUT/.work/tracing_DATASET): a run resumes."),
+    ] = None,
+    out: Out = Path("reports"),
+    quiet: Quiet = False,
+) -> None:
+    """Fingerprint tracing: every customer named through a stamping and a raw-input server, after
+    fine-tuning and pruning, and when two collude; nobody named for unissued models or the teacher; what
+    the fingerprint costs: reports/tracing_<dataset>."""
+    cfg = TracingConfig(dataset=dataset, customers=customers, student_epochs=student_epochs, seed=seed)
+    check_writable(out, directory=True)  # before hours of work
+    typer.echo(wrote(tracing.run(cfg, out, work=work, progress=not quiet)))
 
 
 def reproduce_scheme(name: str) -> Callable[..., None]:
