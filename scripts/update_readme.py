@@ -309,6 +309,36 @@ def dsn_thief(reports: Path) -> str:
     return " ".join(parts)
 
 
+def trace_headline(reports: Path) -> str:
+    """README: fingerprint tracing of leaked customer models (``reproduce tracing``)."""
+    path = reports / "tracing_mnist5k.json"
+    if not path.exists():
+        return "No tracing report yet: run `deepserial reproduce tracing --dataset mnist5k`."
+    rep = json.loads(path.read_text())
+    s = rep["summary"]
+    rows = [
+        [k, f"{r['right']}/{r['traces']}", f"{r['innocent_named']}/{r['traces']}", f"{r['valid_acc_mean']:.1f}"]
+        for k, r in s["rows"].items()
+    ]
+    cost = s.get("fingerprint_cost", {})
+    return "\n".join(
+        [
+            f"`mnist5k`, {s['customers']} fingerprinted customer models (`reports/tracing_mnist5k.md`), at most "
+            f"{s['max_queries']} queries per trace, family-wise false-positive rate {rep['config']['fpr']:g}; "
+            f"models that must name nobody (the teacher, {len(rep['innocents']) - 1} unissued): "
+            f"{len(s['innocents_named'])} named.",
+            "",
+            _table(["leaked model", "right customer named", "an innocent named", "accuracy with key"], rows),
+            "",
+            "The fingerprint's cost (the same licence issued without one, "
+            f"{len(rep['twins'])} customers): accuracy with the key "
+            f"{-cost.get('valid_sn_acc', float('nan')):+.2f} points, one-bit-off max "
+            f"{-cost.get('hamming1_max', float('nan')):+.2f}, random wrong keys max "
+            f"{-cost.get('wrong_sn_max', float('nan')):+.2f}.",
+        ]
+    )
+
+
 # ----- ownership watermarks (reproduce <scheme>) ------------------------------------------------------
 # A stricter level than the reproductions' own, at which the tables also count verdicts: how many
 # false positives are the test's size, and how many would pass any reasonable level.
@@ -1338,6 +1368,7 @@ def results_md(reports: Path, benchmarks: Path) -> str:
 README_MAKERS: dict[str, Callable[[Path], str]] = {
     "dsn-headline": dsn_headline,
     "dsn-thief": dsn_thief,
+    "trace-headline": trace_headline,
     "wm-headline": wm_headline,
     "attack-headline": attack_headline,
     "wrt-headline": wrt_headline,
