@@ -1,4 +1,9 @@
-"""Run ``reproduce tracing`` on mnist5k with the models issued in a work folder (``--work``)."""
+"""Run ``reproduce tracing`` on mnist5k with the models issued in a work folder.
+
+``python benchmarks/run_tracing.py WORK [LOCK_EVAL_SAMPLES]``: the settings of ``deepserial reproduce
+tracing --work WORK``, except that the twins' random and Hamming-2 keys may be scored on fewer test
+images (the full test set took about five minutes per model on a shared 2-core machine).
+"""
 
 from __future__ import annotations
 
@@ -9,4 +14,5 @@ from deepserial.experiments.tracing import TracingConfig, run
 
 if __name__ == "__main__":
     work = Path(sys.argv[1]) if len(sys.argv) > 1 else None
-    print(run(TracingConfig(), Path(__file__).resolve().parents[1] / "reports", work=work))
+    samples = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    print(run(TracingConfig(lock_eval_samples=samples), Path(__file__).resolve().parents[1] / "reports", work=work))
