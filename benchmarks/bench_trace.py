@@ -1,4 +1,7 @@
-"""Benchmark: traitor tracing with 20 issued customers on mnist5k.
+"""Benchmark: traitor tracing by serial number (``trace --method serial``) with 20 issued customers on mnist5k.
+
+The default tracing, by fingerprint, is measured by ``deepserial reproduce tracing``
+(``reports/tracing_mnist5k``); this benchmark keeps the serial-number test's cost on record.
 
 Run: ``python benchmarks/bench_trace.py`` (writes ``benchmarks/results/bench_trace.{json,md,png}``).
 
@@ -6,7 +9,7 @@ One teacher, ``--customers`` DSN customer models issued from it and recorded in 
 path as ``deepserial issue --ledger``), plus ``--unissued`` customer models issued with the same owner
 key but never recorded, and the teacher itself. Every model is then traced as a leaked file would
 be: the ledger's licences are re-derived from the owner key and tested with the sequential test of
-:mod:`deepserial.tracing`. Reported per model: who was named, the adjusted p-value, the queries and
+:func:`deepserial.tracing.trace_by_serial`. Reported per model: who was named, the adjusted p-value, the queries and
 images spent, and each customer model's accuracy with its serial number, without it and with random
 wrong ones (the lock the trace relies on). ``--via-http`` also traces every model through
 ``deepserial serve --raw-inputs`` on loopback.
@@ -28,7 +31,7 @@ from deepserial.ledger import Ledger
 from deepserial.report import environment, markdown_table, write_report
 from deepserial.serial import stamp
 from deepserial.suspect import ModuleSuspect
-from deepserial.tracing import trace
+from deepserial.tracing import trace_by_serial as trace
 from deepserial.training import TrainConfig, predict_logits
 from deepserial.workflow import DataSpec
 
