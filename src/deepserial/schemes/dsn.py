@@ -347,8 +347,9 @@ def make_student_loss(
                 for (k, v), g in zip(fast.items(), grads, strict=True)
             }
         adapted = {k: params[k] + (fast[k] - params[k]).detach() for k in params}
-        out = torch.func.functional_call(student, adapted, (fingerprint_inputs(fp, serial, x.device),))
-        return F.cross_entropy(out, fp.codeword.to(x.device))
+        fp_x, fp_y = fingerprint_inputs(fp, serial, x.device, len(x))
+        out = torch.func.functional_call(student, adapted, (fp_x,))
+        return F.cross_entropy(out, fp_y)
 
     def augment(xi: torch.Tensor) -> torch.Tensor:
         """Images for invalid inputs: mixed with another image, shifted and noised (before the stamp)."""
@@ -415,7 +416,7 @@ def make_student_loss(
         n_inv = len(inputs) - n
         n_fp = 0
         if fingerprint is not None:
-            fp_x = fingerprint_inputs(fingerprint, serial, dev)
+            fp_x, fp_y = fingerprint_inputs(fingerprint, serial, dev, n)
             n_fp = len(fp_x)
             inputs = torch.cat([inputs, fp_x])
         # Gd sees the invalid rows (the fingerprint rows after them ride along and are not scored)
@@ -451,7 +452,7 @@ def make_student_loss(
             loss = loss + cfg.dead_weight * dead
             metrics["dead"] = float(dead.detach())
         if n_fp:
-            fp_ce = F.cross_entropy(logits_y[n + n_inv :], fingerprint.codeword.to(dev))
+            fp_ce = F.cross_entropy(logits_y[n + n_inv :], fp_y)
             loss = loss + fingerprint.weight * fp_ce
             metrics["fingerprint_ce"] = float(fp_ce.detach())
         forwarded = len(inputs) + mined
@@ -471,17 +472,23 @@ def make_student_loss(
     return loss_fn
 
 
-def fingerprint_inputs(fingerprint: Fingerprint, serial: SerialNumber, device: torch.device | str) -> torch.Tensor:
-    """The fingerprint's queries as one training step sees them: each, at random, raw, stamped with
-    ``serial`` or stamped with a random pattern of its geometry (whatever a server does with the stamp,
-    the answer must stay the codeword's)."""
-    q = fingerprint.queries.to(device)
+def fingerprint_inputs(
+    fingerprint: Fingerprint, serial: SerialNumber, device: torch.device | str, batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fingerprint's queries as one training step sees them, with their codeword symbols: at most
+    ``batch`` of them (all when the batch is at least as large as the query set, so small batches are
+    not swamped), each at random raw, stamped with ``serial`` or stamped with a random pattern of its
+    geometry (whatever a server does with the stamp, the answer must stay the codeword's)."""
+    m = len(fingerprint.queries)
+    pick = torch.randperm(m)[:batch] if batch < m else torch.arange(m)
+    q = fingerprint.queries[pick].to(device)
     g = serial.geometry
-    m = len(q)
-    patterns = torch.randint(0, 2, (m, g.height, g.width), device=device).float()
-    patterns[torch.rand(m, device=device) < 0.5] = serial.as_tensor().to(device)
+    k = len(q)
+    patterns = torch.randint(0, 2, (k, g.height, g.width), device=device).float()
+    patterns[torch.rand(k, device=device) < 0.5] = serial.as_tensor().to(device)
     stamped = stamp(q, g, patterns)
-    return torch.where((torch.rand(m, 1, 1, 1, device=device) < 1 / 3), q, stamped)
+    x = torch.where((torch.rand(k, 1, 1, 1, device=device) < 1 / 3), q, stamped)
+    return x, fingerprint.codeword[pick].to(device)
 
 
 def ring_mask(geometry: SerialGeometry, height: int, width: int, band: int = 2) -> torch.Tensor:
