@@ -294,8 +294,8 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
             by_customer[models[b].manifest["licence"]["customer"]].id,
         }
         avg = _averaged_weights(models[a].model, models[b].model)
-        best_acc = max(acc(avg, serials[a]), acc(avg, serials[b]))
-        use = serials[a] if acc(avg, serials[a]) >= acc(avg, serials[b]) else serials[b]
+        acc_a, acc_b = acc(avg, serials[a]), acc(avg, serials[b])
+        best_acc, use = (acc_a, serials[a]) if acc_a >= acc_b else (acc_b, serials[b])
         collusion["weights"].append({"pair": [a, b], "valid_acc": best_acc} | _row(traced(_Stamped(avg, use)), truth))
         both = _AveragedOutputs(_Stamped(models[a].model, serials[a]), _Stamped(models[b].model, serials[b]))
         collusion["outputs"].append({"pair": [a, b], "valid_acc": accuracy(both, test)} | _row(traced(both), truth))
