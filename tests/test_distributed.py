@@ -186,7 +186,9 @@ def test_two_processes_match_one(runs: dict[str, Path]) -> None:
     # the customer model: rank 0 made the serial number, every rank trained with it
     assert (one / "product_key.txt").read_text() == (two / "product_key.txt").read_text()
     r1, r2 = _accuracies(one), _accuracies(two)
-    assert abs(r1["valid"] - r2["valid"]) <= 1.0, (r1, r2)
+    # rank r draws its own wrong keys and noise (seed + r), so the 2-process student is another draw,
+    # not a rounding of the 1-process one: the bound is a seed-to-seed spread (docs/decisions.md)
+    assert abs(r1["valid"] - r2["valid"]) <= 2.0, (r1, r2)
     for r in (r1, r2):  # both runs lock the model: valid near the teacher, raw and wrong keys far below
         assert r["valid"] >= t1 - 3.0, r
         assert r["raw"] <= 35.0 and r["wrong"] <= 35.0, r
