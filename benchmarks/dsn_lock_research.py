@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +53,45 @@ RECIPES: dict[str, dict] = {
     "keyspace+aug": KEYSPACE | {"invalid_augment": 0.5},
     "keyspace+aug+simft": KEYSPACE | {"invalid_augment": 0.5, "sim_ft_weight": 1.0},
     "keyspace+aug+dead": KEYSPACE | {"invalid_augment": 0.5, "dead_weight": 1.0},
+    "keyspace+shared+simft": KEYSPACE | {"shared_augment": 0.5, "sim_ft_weight": 1.0},
 }
 GEOMETRIES = {
     "default": (6, 6, 20, 20, 0),
     "alt": (5, 7, 8, 12, 0),
     "guard": (6, 6, 19, 19, 1),
     "alt-guard": (5, 7, 8, 12, 1),
+    # two rows and columns in from the last visible pixel (25): the far edge is seen by every kernel tap
+    "inset": (6, 6, 18, 18, 0),
+    "inset-guard2": (6, 6, 18, 18, 2),
+    "lattice": None,  # LatticeGeometry.draw: a 6x6 key spread over the image
 }
+
+
+@dataclass(frozen=True)
+class LatticeGeometry(SerialGeometry):
+    """Research prototype of a spread serial number: bit (i, j) sits at pixel (rows[i], cols[j]).
+
+    One row and one column in every 4-pixel band of the visible field, at a secret offset, so every
+    feature of the Table 7 net's last pooling layer (receptive field 10 pixels, stride 4) sees at least
+    two rows and two columns of bits: a raw input differs from a stamped one in every receptive field,
+    which a corner stamp cannot do (the transfer-learning limit in docs/decisions.md).
+    """
+
+    rows: tuple[int, ...] = ()
+    cols: tuple[int, ...] = ()
+
+    def region(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tensor(self.rows).unsqueeze(1), torch.tensor(self.cols).unsqueeze(0)
+
+    def check_fits(self, input_shape) -> None:  # noqa: ANN001
+        if max(self.rows) >= input_shape[1] or max(self.cols) >= input_shape[2]:
+            raise ValueError("lattice outside the input")
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, bands: int = 6, band: int = 4) -> LatticeGeometry:
+        rows = tuple(int(b * band + rng.integers(0, band)) for b in range(bands))
+        cols = tuple(int(b * band + rng.integers(0, band)) for b in range(bands))
+        return cls(bands, bands, 0, 0, rows=rows, cols=cols)
 
 
 def teacher_for(splits, seed: int, cache: Path) -> torch.nn.Module:  # noqa: ANN001
@@ -246,7 +279,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--patience", type=int, default=2, help="plateau patience of the learning-rate schedule")
     ap.add_argument("--set", nargs="*", default=[], help="extra DSNConfig settings name=value")
-    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: re, ft")
+    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: re, ft, tl")
     ap.add_argument("--load", action="store_true", help="load the saved student of this recipe, seed and geometry")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/dsn_research"))
     ap.add_argument("--out", type=Path, default=Path("/tmp/dsn_research/results.jsonl"))
@@ -261,9 +294,13 @@ def main() -> None:
     splits = DataSpec("mnist5k", a.seed).load()
     teacher = teacher_for(splits, a.seed, a.cache)
     t_acc = 100.0 * float((predict_logits(teacher, splits.test.x).argmax(1) == splits.test.y).float().mean())
-    h, w, top, left, guard = GEOMETRIES[a.geometry]
-    g = SerialGeometry(h, w, top, left, guard=guard)
     rng = np.random.default_rng(a.seed)
+    if a.geometry == "lattice":  # positions from their own stream: the key bits stay those of the seed
+        g = LatticeGeometry.draw(np.random.default_rng([a.seed, 1]))
+        h = w = g.height
+    else:
+        h, w, top, left, guard = GEOMETRIES[a.geometry]
+        g = SerialGeometry(h, w, top, left, guard=guard)
     serial = SerialNumber(g, rng.integers(0, 2, (h, w)))
     settings = dict(RECIPES[a.recipe])
     for item in a.set:
@@ -310,6 +347,22 @@ def main() -> None:
     if "ft" not in a.skip:
         rec["ft10"] = finetune(state, share, splits.test, len(share), a.seed, scratch=False)
         rec["scratch10"] = finetune(state, share, splits.test, len(share), a.seed, scratch=True)
+    if "tl" not in a.skip:  # transfer learning: fresh dense layers on the leaked convolutions, vs scratch
+        from deepserial.attacks.adaptive import fine_tuning_sweep
+
+        t0 = time.perf_counter()
+        sweep = fine_tuning_sweep(
+            student,
+            share,
+            splits.test,
+            optimizers=("adam",),
+            lrs=(1e-3, 1e-2),
+            modes=("TL-frozen", "TL-all"),
+            seed=a.seed,
+        )
+        rec["tl10"] = {k: sweep[k] for k in ("chosen", "oracle", "scratch_chosen", "gain_over_scratch")}
+        rec["tl10"]["wall_s"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps(rec["tl10"]), flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with a.out.open("a") as f:
         f.write(json.dumps(rec) + "\n")

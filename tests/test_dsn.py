@@ -506,3 +506,43 @@ def test_shipped_recipe_mines_keys_and_simulates_fine_tuning_on_a_real_network()
     assert "sim_ft_uniform" in out.metrics and torch.isfinite(out.loss)
     out.loss.backward()
     assert all(p.grad is not None for p in student.parameters())
+
+
+def test_shared_augmentation_shifts_valid_and_invalid_images_and_relabels_them_with_the_teacher() -> None:
+    torch.manual_seed(0)
+    inner = create_model("dsn_mnist", SHAPE, CLASSES).eval()
+    teacher_calls: list[torch.Tensor] = []
+
+    def teacher_fn(images: torch.Tensor) -> torch.Tensor:
+        teacher_calls.append(images.clone())
+        return inner(images)
+
+    teacher = nn.Module()
+    teacher.forward = teacher_fn  # a recording teacher (to(), eval() as any module)
+    cfg = dsn.DSNConfig.default(shared_augment=1.0, sim_ft_weight=0.0, mix_mined=0.0)
+    with pytest.raises(ValueError, match="needs the teacher"):
+        dsn.make_student_loss(SERIAL, torch.randn(8, CLASSES), cfg, CLASSES)
+    n = 8
+    x = torch.zeros(n, *SHAPE)
+    x[:, :, 10:14, 10:14] = 1.0  # a block the shift must move (noise alone would leave it in place)
+    stale = torch.randn(n, CLASSES)  # precomputed soft labels of the unshifted images: must not be used
+    net = Recorder(dsn.DSNTrainNet(create_model("dsn_mnist", SHAPE, CLASSES), 1.0))
+    loss_fn = dsn.make_student_loss(SERIAL, stale, cfg, CLASSES, teacher=teacher)
+    torch.manual_seed(3)
+    out = loss_fn(net, Batch(x, torch.zeros(n, dtype=torch.long), torch.arange(n)))
+    inputs = net.calls[0][0]
+    valid = inputs[:n]
+    rows, cols = SERIAL.geometry.region()
+    assert torch.equal(valid[:, :, rows, cols], SERIAL.as_tensor().expand(n, 1, -1, -1))  # the stamp stays put
+    outside = valid.clone()
+    outside[:, :, rows, cols] = x[:, :, rows, cols]
+    assert not torch.allclose(outside, x, atol=0.3)  # the content moved or was noised
+    # the teacher labelled exactly the shifted images the student saw (before the stamp), not the originals
+    seen = teacher_calls[0]
+    assert len(teacher_calls) == 1 and seen.shape == x.shape
+    seen_outside = seen.clone()
+    seen_outside[:, :, rows, cols] = 0
+    valid_outside = valid.clone()
+    valid_outside[:, :, rows, cols] = 0
+    assert torch.equal(seen_outside, valid_outside)
+    assert torch.isfinite(out.loss)

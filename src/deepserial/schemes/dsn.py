@@ -113,6 +113,15 @@ class DSNConfig(BaseModel):
         "3 pixels and noised: its target (uniform) needs no label, and a model that memorised 'these training "
         "images with a near-miss key are invalid' otherwise lets the same key unlock new images",
     )
+    shared_augment: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="probability that a training image is shifted up to 2 pixels and noised before it is used, "
+        "for the valid input (distilled towards the teacher's output on the shifted image) and the invalid ones "
+        "alike: content moves under the fixed stamp, so 'this image with this near-miss key is invalid' cannot "
+        "be memorised, and no augmentation look tells valid from invalid",
+    )
     # (3) dead features: the penultimate activations of invalid inputs pushed to zero
     dead_weight: float = Field(0.0, ge=0, description="weight of the mean penultimate activation of invalid inputs")
 
@@ -238,6 +247,7 @@ def make_student_loss(
     num_classes: int,
     also_invalid: torch.Tensor | None = None,
     fingerprint: Fingerprint | None = None,
+    teacher: nn.Module | None = None,
 ):
     """The per-batch DSN loss for the shared training loop.
 
@@ -249,8 +259,11 @@ def make_student_loss(
     attack's "SN embedding loss with inputs stamped with the original K" (DSN §3.5). ``fingerprint``
     (the licence's tracing fingerprint, :mod:`deepserial.fingerprint`) adds its queries to every batch,
     each raw, stamped with the serial number or stamped with a random pattern, with its codeword
-    symbol as the cross-entropy target.
+    symbol as the cross-entropy target. ``teacher`` is needed when ``cfg.shared_augment`` is set (the
+    soft labels of shifted images are computed on the fly).
     """
+    if cfg.shared_augment > 0 and teacher is None:
+        raise ValueError("shared_augment needs the teacher: soft labels of shifted images are computed per step")
     geometry = serial.geometry
     valid = serial.as_tensor()
     wrong = WrongKeys(
@@ -364,10 +377,29 @@ def make_student_loss(
         use = torch.rand(k, 1, 1, 1, device=xi.device) < cfg.invalid_augment
         return torch.where(use, mixed, xi)
 
+    def shared(x: torch.Tensor, zt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Shift (up to 2 pixels) and noise a random share of the batch; the teacher labels the new images."""
+        use = torch.rand(len(x), device=x.device) < cfg.shared_augment
+        k = int(use.sum())
+        if k == 0:
+            return x, zt, 0
+        dy, dx = (int(v) for v in torch.randint(-2, 3, (2,)))
+        xa = torch.roll(x[use], shifts=(dy, dx), dims=(2, 3))
+        xa = (xa + 0.05 * torch.randn_like(xa)).clamp(0, 1)
+        x, zt = x.clone(), zt.clone()
+        x[use] = xa
+        with torch.no_grad():
+            zt[use] = teacher.to(x.device).eval()(xa).to(zt.dtype)
+        return x, zt, k
+
     def loss_fn(net: nn.Module, batch: Batch) -> LossOut:
         x, y = batch.x, batch.y
         n = len(x)
         dev = x.device
+        zt = teacher_logits[batch.idx].to(dev)
+        n_shared = 0
+        if cfg.shared_augment > 0:
+            x, zt, n_shared = shared(x, zt)
         train_net = net.module if hasattr(net, "module") else net
         mined = 0  # samples the mining round forwards (counted in the training cost)
         if cfg.mix_mined > 0 and state["step"] % cfg.mine_every == 0:
@@ -422,7 +454,6 @@ def make_student_loss(
         # Gd sees the invalid rows (the fingerprint rows after them ride along and are not scored)
         logits_y, logits_d, feats = net(inputs, n_gd=n_inv + n_fp if cfg.gd_weight > 0 and n_inv else 0)
         logits_d = logits_d[:n_inv]
-        zt = teacher_logits[batch.idx].to(dev)
         distill = (
             F.kl_div(
                 F.log_softmax(logits_y[:n] / T, 1), F.log_softmax(zt / T, 1), log_target=True, reduction="batchmean"
@@ -455,7 +486,7 @@ def make_student_loss(
             fp_ce = F.cross_entropy(logits_y[n + n_inv :], fp_y)
             loss = loss + fingerprint.weight * fp_ce
             metrics["fingerprint_ce"] = float(fp_ce.detach())
-        forwarded = len(inputs) + mined
+        forwarded = len(inputs) + mined + n_shared
         if n_fp and fingerprint.ft_steps and state["step"] % fingerprint.ft_every == 0:
             fp_ft = fingerprint_after_finetune(train_net.student, x, y)
             loss = loss + fingerprint.weight * fp_ft
@@ -523,7 +554,9 @@ def train_student(
     check_visible(student, serial.geometry, input_shape)
     teacher_logits = predict_logits(teacher, data.x)
     net = DSNTrainNet(student, dsn.grl_coefficient)
-    loss_fn = make_student_loss(serial, teacher_logits, dsn, student.classifier.out_features, fingerprint=fingerprint)
+    loss_fn = make_student_loss(
+        serial, teacher_logits, dsn, student.classifier.out_features, fingerprint=fingerprint, teacher=teacher
+    )
     return fit(net, data, loss_fn, train, desc="student")
 
 
