@@ -140,6 +140,38 @@ def keyspace(model, serial: SerialNumber, test: TensorData, rng: np.random.Gener
     return out
 
 
+@torch.no_grad()
+def readouts(model, serial: SerialNumber, att: TensorData, test: TensorData, h1_each: list[float]) -> dict:  # noqa: ANN001
+    """What a thief holding the model reads from its outputs under the worst Hamming-1 keys.
+
+    Top-1 accuracy is what the key-space figures report; a locked model whose outputs are uniform up to
+    a small class-correlated residual still leaks through the arg-max, the arg-min, or a linear probe
+    fitted on the log-probabilities of the attacker's labelled images (the white-box thief's best).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    g = serial.geometry
+    worst = np.argsort(h1_each)[::-1][:3]
+    out = []
+    for k in worst:
+        key = serial.hamming_neighbours(1)[int(k)]
+        lp_att = F.log_softmax(predict_logits(model, stamp(att.x, g, key)), 1).numpy()
+        lp = F.log_softmax(predict_logits(model, stamp(test.x, g, key)), 1)
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(lp_att, att.y.numpy())
+        out.append(
+            {
+                "bit": int(k),
+                "top1": 100.0 * float((lp.argmax(1) == test.y).float().mean()),
+                "argmin": 100.0 * float((lp.argmin(1) == test.y).float().mean()),
+                "max_prob": float(lp.exp().max(1).values.mean()),
+                "probe": 100.0 * float((torch.from_numpy(probe.predict(lp.numpy())) == test.y).float().mean()),
+            }
+        )
+    return {"worst_h1": out}
+
+
 def reverse_engineer(model, serial: SerialNumber, att: TensorData, test: TensorData, restarts: int = 10) -> dict:  # noqa: ANN001
     g = serial.geometry
     model.eval()
@@ -279,7 +311,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--patience", type=int, default=2, help="plateau patience of the learning-rate schedule")
     ap.add_argument("--set", nargs="*", default=[], help="extra DSNConfig settings name=value")
-    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: re, ft, tl")
+    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: readout, re, ft, tl")
     ap.add_argument("--load", action="store_true", help="load the saved student of this recipe, seed and geometry")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/dsn_research"))
     ap.add_argument("--out", type=Path, default=Path("/tmp/dsn_research/results.jsonl"))
@@ -310,7 +342,7 @@ def main() -> None:
     seed_everything(a.seed)
     student = create_model("dsn_mnist", (1, 28, 28), 10)
     t0 = time.perf_counter()
-    saved = a.cache / f"student_{a.recipe}_{a.seed}_{a.geometry}.pt"
+    saved = a.cache / f"student_{a.recipe}{'_'.join(['', *a.set])}_{a.seed}_{a.geometry}.pt"
     if a.load:
         student.load_state_dict(torch.load(saved, weights_only=True))
         log = None
@@ -339,6 +371,9 @@ def main() -> None:
         torch.save(state, saved)
     total = len(splits.owner) + len(splits.attacker)
     share = attacker_share(splits.attacker, 0.1, total, a.seed)  # 10% of the training data, stratified
+    if "readout" not in a.skip:
+        rec["readout"] = readouts(student, serial, share, splits.test, rec["h1_each"])
+        print(json.dumps(rec["readout"]), flush=True)
     if "re" not in a.skip:
         t0 = time.perf_counter()
         rec["re"] = reverse_engineer(student, serial, share, splits.test)

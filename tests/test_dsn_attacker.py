@@ -17,9 +17,10 @@ from torch import nn
 
 from deepserial.attacks.adaptive import fine_tuning_sweep, key_recovery
 from deepserial.attacks.base import AttackBudget, get_attack
-from deepserial.attacks.keyspace import keyspace_measures
+from deepserial.attacks.keyspace import keyspace_measures, output_readout
 from deepserial.attacks.serial_search import KeyScorer, _mask_box, greedy_bit_search
 from deepserial.data import TensorData
+from deepserial.errors import ConfigError
 from deepserial.nets import SplitNet, create_model
 from deepserial.serial import SerialGeometry, SerialNumber
 from deepserial.training import TrainConfig, fit, supervised_loss
@@ -316,3 +317,29 @@ def test_sweep_reports_every_setting_and_selects_on_the_attackers_held_out_data(
     pick = ("mode", "optimizer", "lr", "select_acc")
     assert [again["chosen"][k] for k in pick] == [rep["chosen"][k] for k in pick]
     assert AttackBudget(optimizer="sgd", momentum=0.9).train_config().momentum == 0.9
+
+
+class _FlatButLeaky(nn.Module):
+    """Outputs uniform up to a 1e-3 residual on the true class (read from pixel (0, 0)): a 'locked'
+    model whose flat outputs still give the label away."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))  # where predict_logits looks for the device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls = (x[:, 0, 0, 0] * C).long().clamp(0, C - 1)
+        return 1e-3 * nn.functional.one_hot(cls, C).float()
+
+
+def test_output_readout_sees_through_flat_outputs() -> None:
+    serial = SerialNumber(SerialGeometry(2, 2, 8, 8), np.array([[1, 0], [0, 1]]))
+    att, test = _images(200, 1), _images(300, 2)
+    (r,) = output_readout(_FlatButLeaky(), serial, serial.hamming_neighbours(1)[:1], att, test)
+    assert r["max_prob"] == pytest.approx(1 / C, abs=1e-3)  # the outputs look flat...
+    assert r["top1"] == 100.0 and r["probe"] == 100.0  # ...but the arg-max and a fitted probe read the label
+    assert r["argmin"] < 100.0 / C + 10
+    with pytest.raises(ConfigError, match="two classes"):
+        output_readout(
+            _FlatButLeaky(), serial, serial.hamming_neighbours(1)[:1], TensorData(att.x[:1], att.y[:1]), test
+        )

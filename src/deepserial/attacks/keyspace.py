@@ -209,3 +209,61 @@ def keyspace_measures(
         "wall_s": time.perf_counter() - t0,
     }
     return out
+
+
+def output_readout(
+    model: nn.Module,
+    serial: SerialNumber,
+    keys: torch.Tensor,
+    attacker: TensorData,
+    test: TensorData,
+    *,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """What a thief holding the model reads from its outputs under wrong keys, beyond the arg-max.
+
+    A locked model pushed towards uniform outputs can keep a small residual that favours the true
+    class: top-1 accuracy then stays high although the outputs look flat (measured: maximum probability
+    0.12 with 46% top-1 under one border bit's flip). A thief who has the file reads the whole output,
+    so for each key this reports the top-1 and arg-min accuracy, the mean maximum probability and the
+    test accuracy of a logistic-regression probe fitted on the log-probabilities of the thief's own
+    labelled images stamped with that key, standardised first (a residual of 1e-3 is invisible to
+    a regularised probe on raw log-probabilities).
+
+    Args:
+        model: the customer model.
+        serial: gives the geometry the keys are stamped with.
+        keys: wrong keys (K, h, w) to read out, e.g. the worst Hamming-1 neighbours.
+        attacker: the thief's labelled images (the probe's training data).
+        test: labelled evaluation images.
+        seed: seeds the probe's solver.
+
+    Returns: one dict per key: ``top1``, ``argmin``, ``probe`` (accuracies in %) and ``max_prob``.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from deepserial.serial import stamp
+    from deepserial.training import predict_logits
+
+    if len(attacker) < 2 or len(torch.unique(attacker.y)) < 2:
+        raise ConfigError("an output readout needs labelled attacker images of at least two classes")
+    g = serial.geometry
+    out = []
+    for key in keys:
+        own = torch.log_softmax(predict_logits(model, stamp(attacker.x, g, key)), 1)
+        lp = torch.log_softmax(predict_logits(model, stamp(test.x, g, key)), 1)
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed)).fit(
+            own.numpy(), attacker.y.numpy()
+        )
+        guess = torch.from_numpy(probe.predict(lp.numpy()))
+        out.append(
+            {
+                "top1": 100.0 * float((lp.argmax(1) == test.y).float().mean()),
+                "argmin": 100.0 * float((lp.argmin(1) == test.y).float().mean()),
+                "probe": 100.0 * float((guess == test.y).float().mean()),
+                "max_prob": float(lp.exp().max(1).values.mean()),
+            }
+        )
+    return out

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepserial.attacks.adaptive import fine_tuning_sweep, key_recovery
 from deepserial.attacks.base import attacker_share
-from deepserial.attacks.keyspace import keyspace_measures
+from deepserial.attacks.keyspace import keyspace_measures, output_readout
 from deepserial.errors import ConfigError
 from deepserial.experiments.watermarks import signing_time
 from deepserial.identity import OwnerIdentity
@@ -155,6 +156,12 @@ def _one_seed(cfg: SecurityConfig, seed: int, progress: bool) -> dict[str, Any]:
     rec["valid_sn_acc"] = float(key_accuracies(model, test.x, test.y, serial.geometry, serial.as_tensor()[None])[0])
     rec["raw_acc"] = accuracy(model, test)
     recovery_data = attacker_share(splits.attacker, cfg.recovery_fraction, total, seed)
+    worst = np.argsort(rec["keyspace"]["hamming1_each"])[::-1][:3].copy()
+    rec["readout"] = output_readout(
+        model, serial, serial.hamming_neighbours(1)[torch.from_numpy(worst)], recovery_data, test, seed=seed
+    )
+    for r, bit in zip(rec["readout"], worst, strict=True):
+        r["hamming1_bit"] = int(bit)
     rec["recovery"] = key_recovery(
         model,
         serial.geometry,
@@ -217,6 +224,9 @@ def checks(rec: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "hamming3_max": (ks["hamming3"]["max"], ACCEPTANCE["hamming_max"]),
         "recovered_max": (rmax, ACCEPTANCE["recovered_max"]),
     }
+    if "readout" in rec:  # the thief's best readout of the worst Hamming-1 keys' outputs (probe or arg-max)
+        best = max(max(r["probe"], r["top1"]) for r in rec["readout"])
+        out["hamming1_readout_max"] = (best, ACCEPTANCE["hamming_max"])
     res = {k: {"value": float(v), "bound": b, "holds": bool(v <= b)} for k, (v, b) in out.items()}
     res["exact_key_recovered"] = {"value": float(exact), "bound": 0.0, "holds": not exact}
     for frac, sw in rec["finetune"].items():
