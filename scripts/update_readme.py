@@ -277,8 +277,8 @@ def dsn_thief(reports: Path) -> str:
     if not research.exists() or not sweeps.exists():
         return "No adaptive-thief study yet: run `python benchmarks/dsn_lock_research.py`."
     runs = [json.loads(line) for line in research.read_text().splitlines() if line.strip()]
-    shipped = [r for r in runs if r["recipe"] == "keyspace+simft" and r["geometry"] == "default"]
-    attacked = [r for r in runs if "re" in r and "simft" in r["recipe"]]
+    shipped = [r for r in runs if r["recipe"] == "keyspace+simft" and r["geometry"] == "default" and not r.get("set")]
+    attacked = [r for r in runs if "re" in r and "simft" in r["recipe"] and not r.get("set")]
     sweep = [json.loads(line) for line in sweeps.read_text().splitlines() if line.strip()][-1]
     ftal = max(s["test_acc"] for s in sweep["settings"] if s["mode"] in ("FTAL", "RTAL"))
     chosen, scratch = sweep["chosen"], sweep["scratch_chosen"]
