@@ -286,10 +286,19 @@ def dsn_thief(reports: Path) -> str:
     if shipped:
         r = shipped[-1]
         parts.append(
-            f"The shipped recipe (one seed, `reports/dsn_lock_research.md`): {r['valid']:.1f}% with its serial "
+            f"The shipped recipe (seed {r['seed']}, `reports/dsn_lock_research.md`): {r['valid']:.1f}% with its serial "
             f"number (teacher {r['teacher']:.1f}%), {r['raw']:.1f}% without; keys one bit off at most "
             f"{r['h1_max']:.1f}% ({r['h1_over25']} of 36 above 25%), two and three bits off at most "
             f"{max(r['h2_max'], r['h3_max']):.1f}%."
+        )
+    read = [r for r in shipped if "readout" in r]
+    if read:
+        r, worst = read[-1], read[-1]["readout"]["worst_h1"]
+        parts.append(
+            f"Under its worst one-bit neighbours (seed {r['seed']}) the outputs look flat (mean top probability "
+            f"{max(w['max_prob'] for w in worst):.2f}) but still name the class: top-1 up to "
+            f"{max(w['top1'] for w in worst):.1f}%, a probe a thief fits on them up to "
+            f"{max(w['probe'] for w in worst):.1f}% (docs/decisions.md, the DSN lock)."
         )
     if attacked:
         best = max(r["re"]["best_acc"] for r in attacked)

@@ -546,3 +546,27 @@ def test_shared_augmentation_shifts_valid_and_invalid_images_and_relabels_them_w
     valid_outside[:, :, rows, cols] = 0
     assert torch.equal(seen_outside, valid_outside)
     assert torch.isfinite(out.loss)
+
+
+def test_output_adversary_trains_a_readout_against_the_student() -> None:
+    torch.manual_seed(0)
+    assert dsn.DSNTrainNet(create_model("dsn_mnist", SHAPE, CLASSES), 1.0).readout is None  # only when asked
+    student = create_model("dsn_mnist", SHAPE, CLASSES)
+    net = dsn.DSNTrainNet(student, 1.0, readout=True)
+    cfg = dsn.DSNConfig.default(output_adversary=1.0, sim_ft_weight=0.0, mix_mined=0.0, gd_weight=0.0)
+    n = 16
+    x, y = torch.rand(n, *SHAPE), torch.randint(0, CLASSES, (n,))
+    loss_fn = dsn.make_student_loss(SERIAL, torch.randn(n, CLASSES), cfg, CLASSES)
+    out = loss_fn(net, Batch(x, y, torch.arange(n)))
+    assert "readout_ce" in out.metrics
+    out.loss.backward()
+    assert net.readout.weight.grad is not None and float(net.readout.weight.grad.abs().sum()) > 0
+    # through the reversal the student's outputs move to raise the readout's loss: one step of the
+    # student alone (readout fixed) against the reversed gradient's direction makes it larger
+    z = torch.randn(8, CLASSES, requires_grad=True)
+    target = torch.randint(0, CLASSES, (8,))
+    ce = torch.nn.functional.cross_entropy(net.readout(dsn.grad_reverse(z, 1.0)), target)
+    (g,) = torch.autograd.grad(ce, z)
+    with torch.no_grad():
+        after = torch.nn.functional.cross_entropy(net.readout(z - 0.1 * g), target)
+    assert float(after) > float(ce.detach())

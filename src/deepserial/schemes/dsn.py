@@ -129,6 +129,13 @@ class DSNConfig(BaseModel):
         "a near-uniform output whose small residual favours the true class still gives it away through the "
         "arg-max (measured: max probability 0.12, top-1 46% under a border bit's flip)",
     )
+    output_adversary: float = Field(
+        0.0,
+        ge=0,
+        description="weight of an adversarial readout of invalid inputs' outputs: a linear probe on their "
+        "log-probabilities (standardised over the batch, as a thief would) learns the true class, and the "
+        "student, behind a gradient reversal, learns to leave it nothing to read",
+    )
     # (3) dead features: the penultimate activations of invalid inputs pushed to zero
     dead_weight: float = Field(0.0, ge=0, description="weight of the mean penultimate activation of invalid inputs")
 
@@ -205,10 +212,14 @@ class DSNTrainNet(nn.Module):
     One ``forward`` returns both heads' logits so the shared training loop can wrap it in DDP.
     """
 
-    def __init__(self, student: SplitNet, grl_coefficient: float) -> None:
+    def __init__(self, student: SplitNet, grl_coefficient: float, readout: bool = False) -> None:
         super().__init__()
         self.student = student
         self.gd = nn.Linear(student.feature_dim, student.classifier.out_features)
+        c = student.classifier.out_features
+        # the thief's probe on invalid inputs' outputs (DSNConfig.output_adversary); made after Gd, and only
+        # when asked, so the random draws of every other recipe stay as they were
+        self.readout = nn.Linear(c, c) if readout else None
         self.grl_coefficient = grl_coefficient
 
     def forward(self, x: torch.Tensor, n_gd: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -488,6 +499,13 @@ def make_student_loss(
             center = advantage.pow(2).mean()
             loss = loss + cfg.center_weight * center
             metrics["center"] = float(center.detach())
+        if n_inv > 1 and cfg.output_adversary > 0 and getattr(train_net, "readout", None) is not None:
+            lp = F.log_softmax(logits_y[n : n + n_inv].float(), 1)
+            zs = (lp - lp.mean(0)) / (lp.std(0) + 1e-6)
+            read = train_net.readout(grad_reverse(zs, 1.0))
+            adv = F.cross_entropy(read, torch.cat(labels))
+            loss = loss + cfg.output_adversary * adv
+            metrics["readout_ce"] = float(adv.detach())
         if n_inv and cfg.gd_weight > 0:
             gd = F.cross_entropy(logits_d, torch.cat(labels))
             loss = loss + cfg.gd_weight * gd
@@ -567,7 +585,7 @@ def train_student(
     input_shape = tuple(data.x.shape[1:])
     check_visible(student, serial.geometry, input_shape)
     teacher_logits = predict_logits(teacher, data.x)
-    net = DSNTrainNet(student, dsn.grl_coefficient)
+    net = DSNTrainNet(student, dsn.grl_coefficient, readout=dsn.output_adversary > 0)
     loss_fn = make_student_loss(
         serial, teacher_logits, dsn, student.classifier.out_features, fingerprint=fingerprint, teacher=teacher
     )
