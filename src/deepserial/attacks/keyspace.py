@@ -33,7 +33,8 @@ from torch import nn
 from deepserial.attacks.serial_search import KeyScorer
 from deepserial.data import TensorData
 from deepserial.errors import ConfigError
-from deepserial.serial import SerialNumber
+from deepserial.serial import SerialNumber, stamp
+from deepserial.training import predict_logits
 
 
 def _flip(serial: SerialNumber, combos: np.ndarray) -> torch.Tensor:
@@ -240,12 +241,10 @@ def output_readout(
 
     Returns: one dict per key: ``top1``, ``argmin``, ``probe`` (accuracies in %) and ``max_prob``.
     """
+    # scikit-learn is loaded only here: importing it costs about a second the other measures do not need
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from deepserial.serial import stamp
-    from deepserial.training import predict_logits
 
     if len(attacker) < 2 or len(torch.unique(attacker.y)) < 2:
         raise ConfigError("an output readout needs labelled attacker images of at least two classes")

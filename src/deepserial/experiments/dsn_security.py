@@ -100,6 +100,7 @@ def run(
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ConfigError(f"seeds must be distinct non-negative integers, got {seeds}")
     cfg = config or CONFIGS[name]
+    env = environment()  # the git state the run starts from: a run of hours outlives many commits
     t0 = time.perf_counter()
     with signing_time() as epoch:
         per_seed = {str(s): _one_seed(cfg, s, progress) for s in seeds}
@@ -116,7 +117,7 @@ def run(
         "runs": per_seed,
         "summary": summarise(per_seed),
         "wall_s": time.perf_counter() - t0,
-        "environment": environment(),
+        "environment": env,
     }
     if command:
         report["command"] = command

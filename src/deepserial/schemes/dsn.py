@@ -119,22 +119,23 @@ class DSNConfig(BaseModel):
         le=1,
         description="probability that a training image is shifted up to 2 pixels and noised before it is used, "
         "for the valid input (distilled towards the teacher's output on the shifted image) and the invalid ones "
-        "alike: content moves under the fixed stamp, so 'this image with this near-miss key is invalid' cannot "
-        "be memorised, and no augmentation look tells valid from invalid",
+        "alike, so near misses cannot be memorised per image (research: measured worse on the border bits, "
+        "docs/decisions.md, not shipped)",
     )
     center_weight: float = Field(
         0.0,
         ge=0,
-        description="weight of the squared standardised advantage of the true class's logit on invalid inputs: "
-        "a near-uniform output whose small residual favours the true class still gives it away through the "
-        "arg-max (measured: max probability 0.12, top-1 46% under a border bit's flip)",
+        description="weight of the squared standardised advantage of the true class's logit on invalid inputs "
+        "(research: it moves the arg-max off the true class and leaves the class readable by a probe, "
+        "docs/decisions.md; not shipped)",
     )
     output_adversary: float = Field(
         0.0,
         ge=0,
         description="weight of an adversarial readout of invalid inputs' outputs: a linear probe on their "
         "log-probabilities (standardised over the batch, as a thief would) learns the true class, and the "
-        "student, behind a gradient reversal, learns to leave it nothing to read",
+        "student, behind a gradient reversal, learns to hide it (research: lowers top-1 of near keys, not what a "
+        "per-key probe reads, docs/decisions.md; not shipped)",
     )
     # (3) dead features: the penultimate activations of invalid inputs pushed to zero
     dead_weight: float = Field(0.0, ge=0, description="weight of the mean penultimate activation of invalid inputs")
