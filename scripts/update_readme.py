@@ -315,6 +315,17 @@ def dsn_thief(reports: Path) -> str:
         f"{sweep['gain_over_scratch']:.1f} points to a thief** (`benchmarks/results/dsn_lock_sweeps.jsonl`). "
         "The table above was measured with the previous recipe."
     )
+    security = reports / "dsn_security_mnist5k.json"
+    if security.exists():
+        rep = json.loads(security.read_text())
+        summary = rep["summary"]
+        failing = [f"{k} {v['worst']:.1f}" for k, v in summary.items() if v["held"] < v["of"]]
+        parts.append(
+            f"`deepserial reproduce dsn-security` (seeds {', '.join(map(str, rep['seeds']))}, "
+            f"`reports/dsn_security_mnist5k.md`): {sum(v['held'] == v['of'] for v in summary.values())} of "
+            f"{len(summary)} acceptance checks hold"
+            + (f"; failing (worst value): {', '.join(failing)}." if failing else ".")
+        )
     return " ".join(parts)
 
 

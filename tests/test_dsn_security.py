@@ -28,10 +28,22 @@ TINY = dsn_security.SecurityConfig(
 )
 
 
-def test_two_seeds_give_every_check_and_a_summary(tmp_path: Path) -> None:
-    paths = dsn_security.run("tiny", tmp_path, [0, 1], config=TINY, command="test")
+def test_two_seeds_run_apart_give_every_check_and_a_summary(tmp_path: Path) -> None:
+    dsn_security.run("tiny", tmp_path, [1], config=TINY, command="first")
+    first = json.loads((tmp_path / "dsn_security_tiny.json").read_text())
+    # another invocation with the same configuration adds its seed to the report
+    paths = dsn_security.run("tiny", tmp_path, [0], config=TINY, command="test")
     assert [p.name for p in paths] == [f"dsn_security_tiny.{e}" for e in ("md", "json", "png")]
     rep = json.loads(paths[1].read_text())
+    assert rep["runs"]["1"] == first["runs"]["1"]  # kept as it was, with its own provenance
+    assert rep["runs"]["1"]["command"] == "first" and rep["runs"]["0"]["command"] == "test"
+    assert all("signed_at_epoch" in r and "environment" in r for r in rep["runs"].values())
+    assert "merged" in rep and "merged" not in first
+    # another configuration starts afresh; a report that cannot be read is refused before any training
+    assert dsn_security._earlier_runs(paths[1], TINY.model_copy(update={"limit": 700})) == {}
+    paths[1].write_text("{not json")
+    with pytest.raises(ConfigError, match="not a readable dsn-security report"):
+        dsn_security.run("tiny", tmp_path, [2], config=TINY)
     assert rep["seeds"] == [0, 1] and set(rep["runs"]) == {"0", "1"}
     r0, r1 = rep["runs"]["0"], rep["runs"]["1"]
     assert r0["geometry"] == r1["geometry"]  # same configuration...

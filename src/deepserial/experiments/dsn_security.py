@@ -20,6 +20,7 @@ seed, with whether it holds. Tang, Du, Hu (arXiv:2011.08960, 2023 version) repor
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,13 @@ def run(
     progress: bool = False,
     command: str | None = None,
 ) -> list[Path]:
-    """Issue and attack one customer model per seed; write ``out/dsn_security_<name>.{md,json,png}``."""
+    """Issue and attack one customer model per seed; write ``out/dsn_security_<name>.{md,json,png}``.
+
+    One seed is about half an hour of CPU, so seeds can be run apart (other sessions, other machines)
+    and gathered: when ``out`` already holds this name's report with the same configuration, its runs
+    are kept and these seeds added (a seed run again replaces its earlier run). Each run carries its own
+    signing time, environment and command, so each customer model stays re-creatable.
+    """
     if config is None and name not in CONFIGS:
         raise ConfigError(f"no dsn-security configuration {name!r}; choose one of {', '.join(CONFIGS)}")
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
@@ -102,14 +109,26 @@ def run(
     cfg = config or CONFIGS[name]
     env = environment()  # the git state the run starts from: a run of hours outlives many commits
     t0 = time.perf_counter()
+    stem = out / f"dsn_security_{name}"
+    earlier = _earlier_runs(stem.with_suffix(".json"), cfg)
+    per_seed: dict[str, dict[str, Any]] = {}
     with signing_time() as epoch:
-        per_seed = {str(s): _one_seed(cfg, s, progress) for s in seeds}
+        for s in seeds:
+            t1 = time.perf_counter()
+            per_seed[str(s)] = _one_seed(cfg, s, progress) | {
+                "signed_at_epoch": int(epoch),
+                "environment": env,
+                "command": command,
+                "wall_s": time.perf_counter() - t1,
+            }
+    per_seed = dict(sorted((earlier | per_seed).items(), key=lambda kv: int(kv[0])))
+    all_seeds = [int(k) for k in per_seed]
     report: dict[str, Any] = {
         "experiment": "dsn-security",
         "name": name,
         "dataset": cfg.dataset,
-        "seeds": seeds,
-        "seed": seeds[0],
+        "seeds": all_seeds,
+        "seed": all_seeds[0],
         "signed_at_epoch": int(epoch),
         "config": cfg.model_dump(),
         "acceptance": ACCEPTANCE,
@@ -121,7 +140,26 @@ def run(
     }
     if command:
         report["command"] = command
-    return write_report(out / f"dsn_security_{name}", report, markdown(report), _figure(report))
+    if earlier:
+        report["merged"] = "runs of earlier invocations kept (seeds " + ", ".join(sorted(earlier, key=int)) + ")"
+    return write_report(stem, report, markdown(report), _figure(report))
+
+
+def _earlier_runs(path: Path, cfg: SecurityConfig) -> dict[str, dict[str, Any]]:
+    """The runs of an earlier report of the same configuration at ``path`` (none when it is absent or was
+    made with another configuration), each with the provenance of the invocation that made it."""
+    if not path.exists():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+        same = old["config"] == json.loads(json.dumps(cfg.model_dump()))
+        runs = dict(old["runs"]) if same else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path} is not a readable dsn-security report; move it away to start afresh") from None
+    for rec in runs.values():  # reports written before runs carried their own provenance
+        for key in ("signed_at_epoch", "environment", "command"):
+            rec.setdefault(key, old.get(key))
+    return runs
 
 
 def _one_seed(cfg: SecurityConfig, seed: int, progress: bool) -> dict[str, Any]:
@@ -238,7 +276,8 @@ def checks(rec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def summarise(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per check: how many seeds hold it, the worst value over seeds."""
-    names = list(next(iter(per_seed.values()))["checks"])
+    # checks every run has (a check added later is summarised once every run has been remeasured)
+    names = [n for n in next(iter(per_seed.values()))["checks"] if all(n in r["checks"] for r in per_seed.values())]
     out = {}
     for n in names:
         vals = [r["checks"][n]["value"] for r in per_seed.values()]
