@@ -39,6 +39,12 @@ def test_two_seeds_run_apart_give_every_check_and_a_summary(tmp_path: Path) -> N
     assert rep["runs"]["1"]["command"] == "first" and rep["runs"]["0"]["command"] == "test"
     assert all("signed_at_epoch" in r and "environment" in r for r in rep["runs"].values())
     assert "merged" in rep and "merged" not in first
+    # gathering (seeds run in other folders) copies runs without training; another configuration is refused
+    gathered = dsn_security.gather("tiny", tmp_path / "all", [paths[1]], config=TINY)
+    together = json.loads(gathered[1].read_text())
+    assert together["runs"] == rep["runs"] and together["summary"] == rep["summary"]
+    with pytest.raises(ConfigError, match="another configuration"):
+        dsn_security.gather("tiny", tmp_path / "other", [paths[1]], config=TINY.model_copy(update={"limit": 700}))
     # another configuration starts afresh; a report that cannot be read is refused before any training
     assert dsn_security._earlier_runs(paths[1], TINY.model_copy(update={"limit": 700})) == {}
     paths[1].write_text("{not json")

@@ -155,12 +155,19 @@ def reproduce_dsn_security(
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds, one customer model each.")] = "0,1,2,3,4",
     out: Out = Path("reports"),
     quiet: Quiet = False,
+    gather: Annotated[
+        list[Path] | None,
+        typer.Option(help="Only gather the runs of these reports (seeds run elsewhere) into this one; no training."),
+    ] = None,
 ) -> None:
     """The DSN lock against an adaptive thief, per customer model: every near key, reverse engineering
     with bit search, label-only hill climbing, and a fine-tuning / transfer sweep against from scratch
-    at 10-40% of the data: reports/dsn_security_<dataset>."""
-    values = _seeds(seeds)
+    at 10-40% of the data: reports/dsn_security_<dataset>. Seeds run apart gather into one report."""
     check_writable(out, directory=True)  # before hours of work
+    if gather:
+        typer.echo(wrote(dsn_security.gather(dataset, out, gather)))
+        return
+    values = _seeds(seeds)
     command = " ".join(["deepserial", *sys.argv[1:]])
     typer.echo(wrote(dsn_security.run(dataset, out, values, progress=not quiet, command=command)))
 

@@ -145,6 +145,42 @@ def run(
     return write_report(stem, report, markdown(report), _figure(report))
 
 
+def gather(name: str, out: Path, sources: list[Path], *, config: SecurityConfig | None = None) -> list[Path]:
+    """Gather the runs of other reports of configuration ``name`` (seeds run elsewhere) into
+    ``out/dsn_security_<name>``, without training; a source made with another configuration is refused."""
+    if config is None and name not in CONFIGS:
+        raise ConfigError(f"no dsn-security configuration {name!r}; choose one of {', '.join(CONFIGS)}")
+    cfg = config or CONFIGS[name]
+    stem = out / f"dsn_security_{name}"
+    runs = _earlier_runs(stem.with_suffix(".json"), cfg)
+    for src in sources:
+        if not src.exists():
+            raise ConfigError(f"{src} does not exist")
+        got = _earlier_runs(src, cfg)
+        if not got:
+            raise ConfigError(f"{src} was made with another configuration than {name!r}; not gathered")
+        runs |= got
+    runs = dict(sorted(runs.items(), key=lambda kv: int(kv[0])))
+    seeds = [int(k) for k in runs]
+    report: dict[str, Any] = {
+        "experiment": "dsn-security",
+        "name": name,
+        "dataset": cfg.dataset,
+        "seeds": seeds,
+        "seed": seeds[0],
+        "signed_at_epoch": None,
+        "config": cfg.model_dump(),
+        "acceptance": ACCEPTANCE,
+        "paper": PAPER,
+        "runs": runs,
+        "summary": summarise(runs),
+        "wall_s": sum(float(r.get("wall_s") or 0.0) for r in runs.values()),
+        "environment": environment(),
+        "merged": "gathered from runs made apart; each run carries its signing time, environment and command",
+    }
+    return write_report(stem, report, markdown(report), _figure(report))
+
+
 def _earlier_runs(path: Path, cfg: SecurityConfig) -> dict[str, dict[str, Any]]:
     """The runs of an earlier report of the same configuration at ``path`` (none when it is absent or was
     made with another configuration), each with the provenance of the invocation that made it."""
@@ -157,8 +193,11 @@ def _earlier_runs(path: Path, cfg: SecurityConfig) -> dict[str, dict[str, Any]]:
     except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(f"{path} is not a readable dsn-security report; move it away to start afresh") from None
     for rec in runs.values():  # reports written before runs carried their own provenance
-        for key in ("signed_at_epoch", "environment", "command"):
-            rec.setdefault(key, old.get(key))
+        for key in ("signed_at_epoch", "environment", "command", "provenance_note"):
+            if key in old:
+                rec.setdefault(key, old[key])
+        if len(runs) == 1:
+            rec.setdefault("wall_s", old.get("wall_s"))
     return runs
 
 
