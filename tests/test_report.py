@@ -123,3 +123,12 @@ def test_reproduce_dsn_records_its_signing_time_and_owner(tmp_path: Path, monkey
     rep = json.loads(dsn.run("mnist5k", tmp_path, progress=False, config=cfg)[1].read_text())
     assert missing_provenance(rep) == [] and rep["signed_at_epoch"] == 1764633600
     assert rep["runs"]["default-3x3"]["signed_at_epoch"] == 1764633600
+
+
+def test_a_report_names_the_git_state_its_run_started_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    states = iter([("a" * 40, False), ("b" * 40, True)])
+    monkeypatch.setattr(report, "git_state", lambda where=None: next(states))
+    monkeypatch.setattr(report, "_started", None)
+    report.mark_start()  # the run starts on commit a, clean; the tree is at b, dirty, when it writes
+    env = report.with_provenance({"x": 1})["environment"]
+    assert (env["git_commit"], env["git_dirty"]) == ("a" * 40, False)

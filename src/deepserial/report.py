@@ -176,15 +176,26 @@ def save_figure(fig: Any, path: str | Path) -> None:
     atomic_write(path, _png(fig))
 
 
+_started: tuple[str | None, bool | None] | None = None
+
+
+def mark_start() -> None:
+    """Record the git state now, for every report this process writes later: a reproduction runs for an
+    hour or more, and the tree it ends on is not always the one it started from."""
+    global _started
+    _started = git_state()
+
+
 def with_provenance(report: dict[str, Any]) -> dict[str, Any]:
     """``report`` with every :data:`PROVENANCE` field present: an environment when it has none, this
-    process's command line (:func:`command_line`) and git state (:func:`git_state`) in it, and
+    process's command line (:func:`command_line`) and git state (:func:`git_state`, as
+    :func:`mark_start` recorded it when it was called) in it, and
     ``seed`` and ``signed_at_epoch`` as None when the run did not record them (it drew nothing from a
     seed, or signed nothing)."""
     out = dict(report)
     env = dict(out.get("environment") or environment())
     if any(k not in env for k in ("argv", "git_commit", "git_dirty")):
-        commit, dirty = git_state()
+        commit, dirty = _started if _started is not None else git_state()
         env.setdefault("argv", command_line())
         env.setdefault("git_commit", commit)
         env.setdefault("git_dirty", dirty)

@@ -30,6 +30,7 @@ from deepserial import distributed
 from deepserial.cli import licensing, protection, reproduce, tools, vendor
 from deepserial.errors import ConfigError, DeepSerialError
 from deepserial.experiments.watermarks import reproductions
+from deepserial.report import mark_start
 
 __all__ = ["app", "main"]
 
@@ -41,6 +42,14 @@ app = typer.Typer(
 )
 reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce the papers' tables beside our numbers.")
 app.add_typer(reproduce_app, name="reproduce")
+
+
+@reproduce_app.callback()
+def _reproduce_starts() -> None:
+    # a report names the commit its run started from, not the one the tree holds an hour later
+    mark_start()
+
+
 watermark_app = typer.Typer(no_args_is_help=True, help="Ownership watermarks: embed while training, verify a suspect.")
 app.add_typer(watermark_app, name="watermark")
 ledger_app = typer.Typer(no_args_is_help=True, help="The licence ledger: every issued serial number, no secret.")

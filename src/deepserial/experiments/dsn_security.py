@@ -35,7 +35,7 @@ from deepserial.attacks.keyspace import keyspace_measures, output_readout
 from deepserial.errors import ConfigError
 from deepserial.experiments.watermarks import signing_time
 from deepserial.identity import OwnerIdentity
-from deepserial.report import environment, markdown_table, write_report
+from deepserial.report import environment, git_state, markdown_table, write_report
 from deepserial.schemes.dsn import DSNConfig, key_accuracies
 from deepserial.training import TrainConfig, accuracy
 from deepserial.workflow import DataSpec, issue, loaded, train_teacher
@@ -107,7 +107,8 @@ def run(
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ConfigError(f"seeds must be distinct non-negative integers, got {seeds}")
     cfg = config or CONFIGS[name]
-    env = environment()  # the git state the run starts from: a run of hours outlives many commits
+    commit, dirty = git_state()  # the git state the run starts from: a run of hours outlives many commits
+    env = environment() | {"git_commit": commit, "git_dirty": dirty}
     t0 = time.perf_counter()
     stem = out / f"dsn_security_{name}"
     earlier = _earlier_runs(stem.with_suffix(".json"), cfg)
