@@ -122,27 +122,30 @@ def run(
                 "command": command,
                 "wall_s": time.perf_counter() - t1,
             }
-    per_seed = dict(sorted((earlier | per_seed).items(), key=lambda kv: int(kv[0])))
-    all_seeds = [int(k) for k in per_seed]
+    top: dict[str, Any] = {"signed_at_epoch": int(epoch), "wall_s": time.perf_counter() - t0, "environment": env}
+    if command:
+        top["command"] = command
+    if earlier:
+        top["merged"] = "runs of earlier invocations kept (seeds " + ", ".join(sorted(earlier, key=int)) + ")"
+    return _write(stem, name, cfg, earlier | per_seed, top)
+
+
+def _write(stem: Path, name: str, cfg: SecurityConfig, runs: dict[str, Any], top: dict[str, Any]) -> list[Path]:
+    """The report of ``runs`` (seed -> run), in seed order, with the invocation's ``top`` fields."""
+    runs = dict(sorted(runs.items(), key=lambda kv: int(kv[0])))
+    seeds = [int(k) for k in runs]
     report: dict[str, Any] = {
         "experiment": "dsn-security",
         "name": name,
         "dataset": cfg.dataset,
-        "seeds": all_seeds,
-        "seed": all_seeds[0],
-        "signed_at_epoch": int(epoch),
+        "seeds": seeds,
+        "seed": seeds[0],
         "config": cfg.model_dump(),
         "acceptance": ACCEPTANCE,
         "paper": PAPER,
-        "runs": per_seed,
-        "summary": summarise(per_seed),
-        "wall_s": time.perf_counter() - t0,
-        "environment": env,
-    }
-    if command:
-        report["command"] = command
-    if earlier:
-        report["merged"] = "runs of earlier invocations kept (seeds " + ", ".join(sorted(earlier, key=int)) + ")"
+        "runs": runs,
+        "summary": summarise(runs),
+    } | top
     return write_report(stem, report, markdown(report), _figure(report))
 
 
@@ -161,25 +164,13 @@ def gather(name: str, out: Path, sources: list[Path], *, config: SecurityConfig 
         if not got:
             raise ConfigError(f"{src} was made with another configuration than {name!r}; not gathered")
         runs |= got
-    runs = dict(sorted(runs.items(), key=lambda kv: int(kv[0])))
-    seeds = [int(k) for k in runs]
-    report: dict[str, Any] = {
-        "experiment": "dsn-security",
-        "name": name,
-        "dataset": cfg.dataset,
-        "seeds": seeds,
-        "seed": seeds[0],
+    top = {
         "signed_at_epoch": None,
-        "config": cfg.model_dump(),
-        "acceptance": ACCEPTANCE,
-        "paper": PAPER,
-        "runs": runs,
-        "summary": summarise(runs),
         "wall_s": sum(float(r.get("wall_s") or 0.0) for r in runs.values()),
         "environment": environment(),
         "merged": "gathered from runs made apart; each run carries its signing time, environment and command",
     }
-    return write_report(stem, report, markdown(report), _figure(report))
+    return _write(stem, name, cfg, runs, top)
 
 
 def _earlier_runs(path: Path, cfg: SecurityConfig) -> dict[str, dict[str, Any]]:
