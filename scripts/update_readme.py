@@ -315,16 +315,19 @@ def dsn_thief(reports: Path) -> str:
         f"{sweep['gain_over_scratch']:.1f} points to a thief** (`benchmarks/results/dsn_lock_sweeps.jsonl`). "
         "The table above was measured with the previous recipe."
     )
-    security = reports / "dsn_security_mnist5k.json"
-    if security.exists():
+    for name in ("mnist5k", "mnist5k-alt"):
+        security = reports / f"dsn_security_{name}.json"
+        if not security.exists():
+            continue
         rep = json.loads(security.read_text())
-        summary = rep["summary"]
+        summary, cfg = rep["summary"], rep["config"]
+        where = f"at rows/columns {cfg['position'][0]}/{cfg['position'][1]}" if cfg["position"] else "in the corner"
         failing = [f"{k} {v['worst']:.1f}" for k, v in summary.items() if v["held"] < v["of"]]
         parts.append(
-            f"`deepserial reproduce dsn-security` (seeds {', '.join(map(str, rep['seeds']))}, "
-            f"`reports/dsn_security_mnist5k.md`): {sum(v['held'] == v['of'] for v in summary.values())} of "
-            f"{len(summary)} acceptance checks hold"
-            + (f"; failing (worst value): {', '.join(failing)}." if failing else ".")
+            f"`deepserial reproduce dsn-security --dataset {name}` ({cfg['size'][0]}x{cfg['size'][1]} {where}, "
+            f"seeds {', '.join(map(str, rep['seeds']))}, `reports/dsn_security_{name}.md`): "
+            f"{sum(v['held'] == v['of'] for v in summary.values())} of {len(summary)} acceptance checks hold on "
+            "every seed" + (f"; failing (worst value): {', '.join(failing)}." if failing else ".")
         )
     return " ".join(parts)
 
