@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from deepserial.report import mark_start
+
 OUT = Path(__file__).resolve().parent / "results"
 EPOCH = "1764547200"
 
@@ -222,4 +224,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    mark_start()  # the report names the git state the run started from, not the one it ends on
     main()

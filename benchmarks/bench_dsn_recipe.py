@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from deepserial.nets import create_model
-from deepserial.report import environment, markdown_table, with_provenance, write_json, write_text
+from deepserial.report import environment, mark_start, markdown_table, with_provenance, write_json, write_text
 from deepserial.schemes.dsn import DSNConfig, default_geometry, train_student
 from deepserial.serial import SerialNumber
 from deepserial.training import TrainConfig, fit, supervised_loss
@@ -75,4 +75,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    mark_start()  # the report names the git state the run started from, not the one it ends on
     main()

@@ -48,7 +48,7 @@ from deepserial.artifacts import read_manifest, save_model
 from deepserial.cli import main as cli
 from deepserial.identity import OwnerIdentity
 from deepserial.ledger import Ledger
-from deepserial.report import environment, markdown_table, write_json, write_text
+from deepserial.report import environment, mark_start, markdown_table, write_json, write_text
 from deepserial.training import TrainConfig
 from deepserial.workflow import DataSpec
 
@@ -518,4 +518,5 @@ def markdown(rep: dict) -> str:
 STEPS_ORDER = ["before the pending row", *STEPS]
 
 if __name__ == "__main__":
+    mark_start()  # the report names the git state the run started from, not the one it ends on
     main()

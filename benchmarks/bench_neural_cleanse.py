@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from deepserial.attacks.neural_cleanse import NeuralCleanseConfig, scan
-from deepserial.report import environment, markdown_table, write_report
+from deepserial.report import environment, mark_start, markdown_table, write_report
 from deepserial.training import TrainConfig
 from deepserial.workflow import DataSpec, train_teacher
 
@@ -110,4 +110,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    mark_start()  # the report names the git state the run started from, not the one it ends on
     main()

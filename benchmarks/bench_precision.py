@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from deepserial.nets import create_model
-from deepserial.report import environment, markdown_table, write_report
+from deepserial.report import environment, mark_start, markdown_table, write_report
 from deepserial.training import TrainConfig, fit, seed_everything, supervised_loss
 from deepserial.workflow import DataSpec
 
@@ -117,4 +117,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    mark_start()  # the report names the git state the run started from, not the one it ends on
     main()

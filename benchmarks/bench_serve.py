@@ -31,7 +31,7 @@ import torch
 from deepserial import workflow
 from deepserial.artifacts import load_model, save_model
 from deepserial.identity import OwnerIdentity
-from deepserial.report import environment, markdown_table, write_report
+from deepserial.report import environment, mark_start, markdown_table, write_report
 from deepserial.serial import SerialGeometry, SerialNumber, stamp
 from deepserial.serve import bind
 from deepserial.training import TrainConfig, predict_logits
@@ -243,4 +243,5 @@ def markdown(rep: dict) -> str:
 
 
 if __name__ == "__main__":
+    mark_start()  # the report names the git state the run started from, not the one it ends on
     main()

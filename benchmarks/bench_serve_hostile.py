@@ -42,7 +42,7 @@ import numpy as np
 from bench_serve import issue_customer, wait_ready
 
 from deepserial.artifacts import load_model
-from deepserial.report import environment, markdown_table, save_figure, write_json, write_text
+from deepserial.report import environment, mark_start, markdown_table, save_figure, write_json, write_text
 from deepserial.serve import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_MAX_BODY,
@@ -382,4 +382,5 @@ def markdown(rep: dict, bad: list[tuple[str, bytes, str]]) -> str:
 
 
 if __name__ == "__main__":
+    mark_start()  # the report names the git state the run started from, not the one it ends on
     main()

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from deepserial.nets import create_model
-from deepserial.report import environment, markdown_table, write_report
+from deepserial.report import environment, mark_start, markdown_table, write_report
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -123,4 +123,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    mark_start()  # the report names the git state the run started from, not the one it ends on
     main()

@@ -28,7 +28,7 @@ from deepserial import workflow
 from deepserial.artifacts import LoadedModel, load_model, save_model
 from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.ledger import Ledger
-from deepserial.report import environment, markdown_table, write_report
+from deepserial.report import environment, mark_start, markdown_table, write_report
 from deepserial.serial import stamp
 from deepserial.suspect import ModuleSuspect
 from deepserial.tracing import trace_by_serial as trace
@@ -249,4 +249,5 @@ def markdown(rep: dict) -> str:
 
 
 if __name__ == "__main__":
+    mark_start()  # the report names the git state the run started from, not the one it ends on
     main()

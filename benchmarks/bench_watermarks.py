@@ -27,7 +27,7 @@ import torch
 from deepserial.experiments.watermarks import CONFIGS
 from deepserial.identity import OwnerIdentity
 from deepserial.nets import create_model
-from deepserial.report import environment, markdown_table, with_provenance, write_json, write_text
+from deepserial.report import environment, mark_start, markdown_table, with_provenance, write_json, write_text
 from deepserial.schemes.base import SCHEMES, Provenance, get_scheme
 from deepserial.training import TrainConfig, fit, supervised_loss
 from deepserial.workflow import DataSpec
@@ -158,5 +158,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    mark_start()  # the report names the git state the run started from, not the one it ends on
     torch.manual_seed(0)
     main()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from deepserial.nets import create_model
-from deepserial.report import environment, with_provenance, write_json
+from deepserial.report import environment, mark_start, with_provenance, write_json
 from deepserial.schemes.dsn import DSNConfig, key_accuracies, train_student
 from deepserial.serial import SerialNumber
 from deepserial.training import TrainConfig, seed_everything
@@ -124,4 +124,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    mark_start()  # the report names the git state the run started from, not the one it ends on
     main()

@@ -25,7 +25,7 @@ from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
 from deepserial.data import TensorData
 from deepserial.fingerprint import Fingerprint, match_rate
 from deepserial.identity import OwnerIdentity, VerifierString
-from deepserial.report import environment, json_bytes
+from deepserial.report import environment, json_bytes, mark_start
 from deepserial.serial import stamp
 from deepserial.training import TrainConfig, accuracy
 
@@ -80,4 +80,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    mark_start()  # the report names the git state the run started from, not the one it ends on
     main()

@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 from deepserial.experiments.tracing import TracingConfig, run
+from deepserial.report import mark_start
 
 if __name__ == "__main__":
+    mark_start()  # the report names the git state the run started from, not the one it ends on
     work = Path(sys.argv[1]) if len(sys.argv) > 1 else None
     samples = int(sys.argv[2]) if len(sys.argv) > 2 else None
     print(run(TracingConfig(lock_eval_samples=samples), Path(__file__).resolve().parents[1] / "reports", work=work))
