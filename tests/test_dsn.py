@@ -570,3 +570,32 @@ def test_output_adversary_trains_a_readout_against_the_student() -> None:
     with torch.no_grad():
         after = torch.nn.functional.cross_entropy(net.readout(z - 0.1 * g), target)
     assert float(after) > float(ce.detach())
+
+
+def test_key_cross_correlation_sees_a_flat_residual_that_names_the_class() -> None:
+    torch.manual_seed(0)
+    n = 200
+    y = torch.randint(0, CLASSES, (n,))
+    keys = torch.randint(0, 4, (n,))
+    flat = 0.01 * torch.nn.functional.one_hot(y, CLASSES).float()  # near-uniform outputs, arg-max = class
+    noise = torch.randn(n, CLASSES)
+    named = float(dsn.key_cross_correlation(flat + 1e-3 * noise, y, keys))
+    blind = float(dsn.key_cross_correlation(noise, y, keys))
+    # scale-free: the tiny residual scores like a confident output; outputs unrelated to the class do not
+    assert named > 0.8
+    assert blind < 0.35  # the floor of 50 rows a key: about c / rows
+    assert abs(float(dsn.key_cross_correlation(100 * (flat + 1e-3 * noise), y, keys)) - named) < 1e-3
+
+
+def test_key_decorrelation_draws_few_keys_and_reports_its_loss() -> None:
+    torch.manual_seed(0)
+    student = create_model("dsn_mnist", SHAPE, CLASSES)
+    net = dsn.DSNTrainNet(student, 1.0)
+    cfg = dsn.DSNConfig.default(key_decorrelation=1.0, decorrelation_keys=2, sim_ft_weight=0.0, mix_mined=0.0)
+    n = 32
+    x, y = torch.rand(n, *SHAPE), torch.randint(0, CLASSES, (n,))
+    loss_fn = dsn.make_student_loss(SERIAL, torch.randn(n, CLASSES), cfg, CLASSES)
+    out = loss_fn(net, Batch(x, y, torch.arange(n)))
+    assert out.metrics["key_correlation"] > 0
+    out.loss.backward()
+    assert all(p.grad is not None for p in student.parameters())

@@ -137,6 +137,17 @@ class DSNConfig(BaseModel):
         "student, behind a gradient reversal, learns to hide it (research: lowers top-1 of near keys, not what a "
         "per-key probe reads, docs/decisions.md; not shipped)",
     )
+    key_decorrelation: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the squared cross-correlation, per Hamming-1 key, between the standardised "
+        "log-probabilities of the inputs stamped with that key and their one-hot labels: zero when no linear "
+        "probe a thief fits on that key's outputs can read the class (scale-free, unlike the uniform loss, "
+        "which shrinks the residual but not its direction; research)",
+    )
+    decorrelation_keys: int = Field(
+        4, ge=1, description="Hamming-1 keys per batch when key_decorrelation is set (enough rows per key)"
+    )
     # (3) dead features: the penultimate activations of invalid inputs pushed to zero
     dead_weight: float = Field(0.0, ge=0, description="weight of the mean penultimate activation of invalid inputs")
 
@@ -296,6 +307,9 @@ def make_student_loss(
     hardness = torch.ones(n_h1)  # running mean of each Hamming-1 neighbour's uniform loss (hard negatives)
 
     def draw_hamming1(k: int) -> torch.Tensor:
+        if cfg.key_decorrelation > 0:  # a few keys per batch, each with enough rows for its correlation
+            keys = torch.randperm(n_h1)[: cfg.decorrelation_keys]
+            return keys[torch.randint(0, len(keys), (k,))]
         n_hard = int(round(k * cfg.hard_hamming1))
         easy = torch.randint(0, n_h1, (k - n_hard,))
         if n_hard == 0:
@@ -507,6 +521,11 @@ def make_student_loss(
             adv = F.cross_entropy(read, torch.cat(labels))
             loss = loss + cfg.output_adversary * adv
             metrics["readout_ce"] = float(adv.detach())
+        if h1_idx is not None and cfg.key_decorrelation > 0:
+            rows = slice(h1_rows, h1_rows + len(h1_idx))
+            decor = key_cross_correlation(logits_y[rows], torch.cat(labels)[rows.start - n : rows.stop - n], h1_idx)
+            loss = loss + cfg.key_decorrelation * decor
+            metrics["key_correlation"] = float(decor.detach())
         if n_inv and cfg.gd_weight > 0:
             gd = F.cross_entropy(logits_d, torch.cat(labels))
             loss = loss + cfg.gd_weight * gd
@@ -534,6 +553,30 @@ def make_student_loss(
         return LossOut(loss, forwarded, metrics)
 
     return loss_fn
+
+
+def key_cross_correlation(logits: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Mean over the keys in ``keys`` of the summed squared correlations between each output's
+    log-probability and each class indicator, over the rows stamped with that key.
+
+    Zero means every class has the same mean output under that key, so a linear probe on the
+    standardised log-probabilities (what :func:`deepserial.attacks.keyspace.output_readout` fits) reads
+    nothing; a flat output whose small residual still points at the class scores as high as a confident
+    one.
+    """
+    c = logits.shape[1]
+    total, count = logits.new_zeros(()), 0
+    for key in keys.unique():
+        rows = keys.to(logits.device) == key
+        if int(rows.sum()) < 3:
+            continue
+        z = F.log_softmax(logits[rows].float(), 1)
+        z = (z - z.mean(0)) / (z.std(0) + 1e-6)
+        y = F.one_hot(labels[rows], c).float()
+        y = (y - y.mean(0)) / (y.std(0) + 1e-6)
+        total = total + ((z.T @ y) / (len(z) - 1)).pow(2).sum() / c
+        count += 1
+    return total / max(count, 1)
 
 
 def fingerprint_inputs(
