@@ -76,3 +76,18 @@ def test_bad_names_and_seeds_are_refused_before_training(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="distinct non-negative"):
         dsn_security.run("mnist5k", tmp_path, [])
     assert not list(tmp_path.iterdir())
+
+
+def test_a_collapsed_refit_of_an_older_run_counts_the_selected_model() -> None:
+    """Runs made before the own-data rule recorded the refit even when it fell back into the lock
+    (seed 2, 20%: 94.3% selected, 10.0% refitted, gain -82.9): the check counts the selected model."""
+    chosen = {"mode": "FTAL", "optimizer": "adam", "lr": 1e-3, "test_acc": 94.3, "refit_test_acc": 10.0}
+    old = {"chosen": chosen, "scratch_chosen": {"test_acc": 93.8, "refit_test_acc": 92.9}, "gain_over_scratch": -82.9}
+    assert dsn_security.attacker_gain(old) == pytest.approx(1.4)
+    fine = old | {"chosen": chosen | {"refit_test_acc": 93.0}, "gain_over_scratch": 0.1}
+    assert dsn_security.attacker_gain(fine) == 0.1  # no collapse: as recorded
+    new = old | {"chosen": chosen | {"kept": "refit", "final_test_acc": 10.0}}
+    assert dsn_security.attacker_gain(new) == -82.9  # measured under the rule: as recorded
+    rep = {"runs": {"2": {"finetune": {"0.2": old, "0.1": fine}}}}
+    (note, blank) = dsn_security.collapsed_refits(rep)
+    assert "Seed 2, fraction 20%" in note and "1.4 points (recorded: -82.9)" in note and blank == ""

@@ -132,7 +132,8 @@ def run(
 
 def _write(stem: Path, name: str, cfg: SecurityConfig, runs: dict[str, Any], top: dict[str, Any]) -> list[Path]:
     """The report of ``runs`` (seed -> run), in seed order, with the invocation's ``top`` fields."""
-    runs = dict(sorted(runs.items(), key=lambda kv: int(kv[0])))
+    # checks are a function of the measurements: recomputed, so gathered runs are judged by today's rules
+    runs = {k: r | {"checks": checks(r)} for k, r in sorted(runs.items(), key=lambda kv: int(kv[0]))}
     seeds = [int(k) for k in runs]
     report: dict[str, Any] = {
         "experiment": "dsn-security",
@@ -300,7 +301,7 @@ def checks(rec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     res = {k: {"value": float(v), "bound": b, "holds": bool(v <= b)} for k, (v, b) in out.items()}
     res["exact_key_recovered"] = {"value": float(exact), "bound": 0.0, "holds": not exact}
     for frac, sw in rec["finetune"].items():
-        gain = float(sw["gain_over_scratch"])
+        gain = attacker_gain(sw)
         res[f"finetune_gain_{frac}"] = {"value": gain, "bound": ACCEPTANCE["finetune_gain"], "holds": gain <= 1.0}
     return res
 
@@ -315,6 +316,41 @@ def summarise(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
         held = sum(r["checks"][n]["holds"] for r in per_seed.values())
         out[n] = {"held": held, "of": len(per_seed), "worst": float(np.max(vals)), "mean": float(np.mean(vals))}
     return out
+
+
+def _collapsed(sw: dict[str, Any]) -> bool:
+    """A sweep measured before the attacker kept the better of its selected and refitted model, whose
+    refit fell back into the lock (20 points or more under the selected model)."""
+    chosen = sw["chosen"]
+    return "kept" not in chosen and chosen.get("refit_test_acc", chosen["test_acc"]) < chosen["test_acc"] - 20
+
+
+def attacker_gain(sw: dict[str, Any]) -> float:
+    """The thief's gain over from scratch in one fine-tuning sweep: as recorded, except in a run made
+    before the own-data rule (:func:`~deepserial.attacks.adaptive.fine_tuning_sweep`, ``kept``) whose refit
+    collapsed, where the rule keeps the selected model: its test accuracy against the refitted control."""
+    if _collapsed(sw):
+        return float(sw["chosen"]["test_acc"] - sw["scratch_chosen"]["refit_test_acc"])
+    return float(sw["gain_over_scratch"])
+
+
+def collapsed_refits(rep: dict[str, Any]) -> list[str]:
+    """A note per sweep whose gain :func:`attacker_gain` reconstructed, so the table says where it
+    differs from the recorded ``gain_over_scratch``."""
+    out = []
+    for seed, run in rep["runs"].items():
+        for frac, sw in run["finetune"].items():
+            if not _collapsed(sw):
+                continue
+            chosen = sw["chosen"]
+            out.append(
+                f"Seed {seed}, fraction {float(frac):.0%}: the thief's refit of its pick ({chosen['mode']}, "
+                f"{chosen['optimizer']} {chosen['lr']:g}) fell back into the lock ({chosen['refit_test_acc']:.1f}% "
+                f"against {chosen['test_acc']:.1f}% selected). The run predates the rule that keeps the better of "
+                "the two on the thief's own data; the table counts the selected model: a gain of "
+                f"{attacker_gain(sw):.1f} points (recorded: {sw['gain_over_scratch']:.1f})."
+            )
+    return [*out, ""] if out else []
 
 
 def markdown(rep: dict[str, Any]) -> str:
@@ -336,6 +372,7 @@ def markdown(rep: dict[str, Any]) -> str:
         "",
         markdown_table(["check", "bound", *[f"seed {s}" for s in seeds], "held"], rows),
         "",
+        *collapsed_refits(rep),
         f"Wall time {rep['wall_s']:.0f} s.",
     ]
     return "\n".join(lines) + "\n"
@@ -350,7 +387,7 @@ def _figure(rep: dict[str, Any]):  # noqa: ANN202
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for seed, r in rep["runs"].items():
         fr = sorted(r["finetune"], key=float)
-        ax.plot([float(f) for f in fr], [r["finetune"][f]["gain_over_scratch"] for f in fr], marker="o", label=seed)
+        ax.plot([float(f) for f in fr], [attacker_gain(r["finetune"][f]) for f in fr], marker="o", label=seed)
     ax.axhline(ACCEPTANCE["finetune_gain"], color="k", ls="--", lw=1)
     ax.set_xlabel("attacker's data fraction")
     ax.set_ylabel("fine-tuning gain over scratch (points)")
