@@ -339,7 +339,8 @@ def main() -> None:
     seed_everything(a.seed)
     student = create_model("dsn_mnist", (1, 28, 28), 10)
     t0 = time.perf_counter()
-    saved = a.cache / f"student_{a.recipe}{'_'.join(['', *a.set])}_{a.seed}_{a.geometry}.pt"
+    epochs = "" if a.epochs == 40 else f"_e{a.epochs}"
+    saved = a.cache / f"student_{a.recipe}{'_'.join(['', *a.set])}_{a.seed}_{a.geometry}{epochs}.pt"
     if a.load:
         student.load_state_dict(torch.load(saved, weights_only=True))
         log = None

@@ -143,7 +143,7 @@ class DSNConfig(BaseModel):
         description="weight of the squared cross-correlation, per Hamming-1 key, between the standardised "
         "log-probabilities of the inputs stamped with that key and their one-hot labels: zero when no linear "
         "probe a thief fits on that key's outputs can read the class (scale-free, unlike the uniform loss, "
-        "which shrinks the residual but not its direction; research)",
+        "which shrinks the residual but not its direction; research: measured worse, docs/decisions.md; not shipped)",
     )
     decorrelation_keys: int = Field(
         4, ge=1, description="Hamming-1 keys per batch when key_decorrelation is set (enough rows per key)"
