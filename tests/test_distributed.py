@@ -353,3 +353,33 @@ def test_attack_budgets_are_spread_over_processes_and_do_not_depend_on_them(tmp_
     for f in one:
         assert one[f]["from_scratch"]["test_acc"] == two[f]["from_scratch"]["test_acc"]
         assert one[f]["samples"] == two[f]["samples"]
+
+
+WRITE_FAILS_SCRIPT = """
+import sys
+from pathlib import Path
+from deepserial import distributed
+from deepserial.errors import ConfigError
+from deepserial.files import atomic_write
+distributed.init_from_env("cpu")
+try:
+    atomic_write(Path(sys.argv[1]) / "a-file" / "model.safetensors", b"x")
+except ConfigError as e:
+    print(f"rank {distributed.rank()}: {e}", flush=True)
+distributed.shutdown()
+"""
+
+
+def test_a_failed_write_on_rank_0_is_every_ranks_error(tmp_path: Path) -> None:
+    """Rank 0 cannot write; before, the other rank waited at the barrier until the group's timeout."""
+    script = tmp_path / "write.py"
+    script.write_text(WRITE_FAILS_SCRIPT)
+    (tmp_path / "a-file").write_text("a file where the folder should be")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    res = subprocess.run(
+        [*launcher, str(script), str(tmp_path)], env=_env(), capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    for r in (0, 1):
+        assert f"rank {r}: cannot write" in res.stdout
+    assert (tmp_path / "a-file").read_text() == "a file where the folder should be"

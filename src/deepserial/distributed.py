@@ -125,6 +125,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+def main_only(action: Callable[[], None]) -> None:
+    """Run ``action`` (a write) on the rank that writes; every rank waits for it and raises the same
+    one-line ConfigError when it failed, instead of waiting at a barrier rank 0 never reaches."""
+    error = None
+    if writes_here():
+        try:
+            action()
+        except ConfigError as e:
+            error = str(e)
+    error = broadcast(error)
+    if error is not None:
+        raise ConfigError(error)
+
+
 def broadcast(obj: T) -> T:
     """Rank 0's ``obj`` on every rank (no-op unless collectives are :func:`active`). For what is not a
     pure function of the seed: a fresh key pair, a timestamp."""

@@ -134,11 +134,10 @@ def write_files_here(files: Sequence[FileSpec]) -> None:
 def atomic_write_all(files: Sequence[FileSpec]) -> None:
     """Write several files that belong together, all or nothing (:func:`write_files_here`).
 
-    Collective under torchrun: the writing rank writes and every rank waits until the files are there.
+    Collective under torchrun: the writing rank writes, every rank waits until the files are there, and
+    a failed write is every rank's error (no rank is left waiting).
     """
-    if distributed.writes_here():
-        write_files_here(files)
-    distributed.barrier()
+    distributed.main_only(lambda: write_files_here(files))
 
 
 def atomic_write(path: str | Path, data: bytes, mode: int | None = None) -> None:

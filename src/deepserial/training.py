@@ -25,6 +25,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -273,9 +274,7 @@ def fit(
             print_epoch(desc, epoch_log, cfg.epochs)
         log.forward_samples += samples
         if cfg.checkpoint is not None:
-            if rank == 0:
-                _save_checkpoint(cfg.checkpoint, model, opt, sched, epoch, log)
-            distributed.barrier()
+            distributed.main_only(partial(_save_checkpoint, cfg.checkpoint, model, opt, sched, epoch, log))
     log.wall_s += time.perf_counter() - t_start
     model.eval()
     return log
