@@ -18,6 +18,7 @@ recipe; ``deepserial reproduce dsn-security`` is the product's report.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ GEOMETRIES = {
     "inset": (6, 6, 18, 18, 0),
     "inset-guard2": (6, 6, 18, 18, 2),
     "lattice": None,  # LatticeGeometry.draw: a 6x6 key spread over the image
+    "shuffle": None,  # ShuffleGeometry: the default corner, the image's 4x4 tiles permuted by the key
 }
 
 
@@ -93,6 +95,43 @@ class LatticeGeometry(SerialGeometry):
         rows = tuple(int(b * band + rng.integers(0, band)) for b in range(bands))
         cols = tuple(int(b * band + rng.integers(0, band)) for b in range(bands))
         return cls(bands, bands, 0, 0, rows=rows, cols=cols)
+
+
+@dataclass(frozen=True)
+class ShuffleGeometry(SerialGeometry):
+    """Research prototype of a key-dependent input: before the pattern is written, the image's
+    ``block`` x ``block`` tiles are permuted by a permutation drawn from SHA-256 of the (rounded) key
+    bits, in the spirit of block-wise scrambling with a secret key (AprilPyone and Kiya, "A protection
+    method of trained CNN model with a secret key from unauthorized access", APSIPA ASC 2021).
+
+    A key one bit off gives an unrelated permutation, so near misses are as far from the valid input as
+    random keys are, and neither a gradient nor a bit search through the key sees a slope.
+    """
+
+    block: int = 4
+
+    def prepare(self, x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        rows, cols = h // self.block, w // self.block
+        keys = (bits > 0.5).to(torch.uint8).flatten(1).cpu()
+        if len(keys) == 1:
+            keys = keys.expand(n, -1)
+        uniq, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        perms = torch.stack([self._perm(k, rows * cols) for k in uniq])[inverse].to(x.device)  # (N, T)
+        b = self.block
+        tiles = x[:, :, : rows * b, : cols * b].reshape(n, c, rows, b, cols, b).permute(0, 1, 2, 4, 3, 5)
+        tiles = tiles.reshape(n, c, rows * cols, b, b)
+        idx = perms.view(n, 1, -1, 1, 1).expand(-1, c, -1, b, b)
+        shuffled = tiles.gather(2, idx).reshape(n, c, rows, cols, b, b).permute(0, 1, 2, 4, 3, 5)
+        out = x.clone()
+        out[:, :, : rows * b, : cols * b] = shuffled.reshape(n, c, rows * b, cols * b)
+        return out
+
+    @staticmethod
+    def _perm(key: torch.Tensor, count: int) -> torch.Tensor:
+        digest = hashlib.sha256(b"deepserial-shuffle/1" + bytes(key.tolist())).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
+        return torch.from_numpy(rng.permutation(count))
 
 
 def teacher_for(splits, seed: int, cache: Path) -> torch.nn.Module:  # noqa: ANN001
@@ -327,6 +366,9 @@ def main() -> None:
     if a.geometry == "lattice":  # positions from their own stream: the key bits stay those of the seed
         g = LatticeGeometry.draw(np.random.default_rng([a.seed, 1]))
         h = w = g.height
+    elif a.geometry == "shuffle":  # the default corner, the image's 4x4 tiles permuted by the key
+        h, w, top, left, guard = GEOMETRIES["default"]
+        g = ShuffleGeometry(h, w, top, left, guard=guard)
     else:
         h, w, top, left, guard = GEOMETRIES[a.geometry]
         g = SerialGeometry(h, w, top, left, guard=guard)

@@ -75,6 +75,11 @@ class SerialGeometry:
     scale: int = 1
     guard: int = 0
 
+    def prepare(self, x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+        """The inputs (a copy) a pattern is written into: unchanged here; a research geometry may make
+        them depend on the key (``benchmarks/dsn_lock_research.py``)."""
+        return x.clone()
+
     def __post_init__(self) -> None:
         if not (1 <= self.height <= 255 and 1 <= self.width <= 255):
             raise GeometryError(f"serial number size {self.height}x{self.width} must be 1..255 on each side")
@@ -364,7 +369,7 @@ def stamp(
     lo, hi = values
     g = geometry
     patch = g.upsample(lo + (hi - lo) * b).unsqueeze(1)  # (N|1, 1, h * scale, w * scale)
-    out = write_frame(x.clone(), g, values)
+    out = write_frame(g.prepare(x, b), g, values)
     rows, cols = g.region()
     if g.channels:
         for c in g.channels:
