@@ -56,6 +56,9 @@ RECIPES: dict[str, dict] = {
     "keyspace+aug+simft": KEYSPACE | {"invalid_augment": 0.5, "sim_ft_weight": 1.0},
     "keyspace+aug+dead": KEYSPACE | {"invalid_augment": 0.5, "dead_weight": 1.0},
     "keyspace+shared+simft": KEYSPACE | {"shared_augment": 0.5, "sim_ft_weight": 1.0},
+    # for a key-dependent input (ShuffleGeometry) every wrong key is a new layout: mostly fresh random keys
+    "random+simft": KEYSPACE
+    | {"mix_random": 0.55, "mix_hamming1": 0.1, "mix_hamming2": 0.05, "mix_near": 0.05, "sim_ft_weight": 1.0},
 }
 GEOMETRIES = {
     "default": (6, 6, 20, 20, 0),
@@ -196,6 +199,90 @@ def readouts(model, serial: SerialNumber, att: TensorData, test: TensorData, h1_
     }
 
 
+def _tiles_apply(x: torch.Tensor, g: ShuffleGeometry, perm: torch.Tensor) -> torch.Tensor:
+    """``x`` with its tiles mixed by ``perm`` (T, T): row t of the output is sum_s perm[t, s] * tile s
+    (a hard permutation matrix moves tiles as :meth:`ShuffleGeometry.prepare` does)."""
+    n, c, h, w = x.shape
+    b, rows, cols = g.block, h // g.block, w // g.block
+    tiles = x[:, :, : rows * b, : cols * b].reshape(n, c, rows, b, cols, b).permute(0, 1, 2, 4, 3, 5)
+    tiles = tiles.reshape(n, c, rows * cols, b * b)
+    mixed = torch.einsum("ts,ncsp->nctp", perm, tiles).reshape(n, c, rows, cols, b, b).permute(0, 1, 2, 4, 3, 5)
+    out = x.clone()
+    out[:, :, : rows * b, : cols * b] = mixed.reshape(n, c, rows * b, cols * b)
+    return out
+
+
+def layout_attacks(model, serial: SerialNumber, att: TensorData, test: TensorData, restarts: int = 5) -> dict:  # noqa: ANN001
+    """What a thief does against a key-dependent input without the key (:class:`ShuffleGeometry`).
+
+    ``near``: the valid layout with k random tile transpositions (and the valid pattern): how far the
+    lock's acceptance reaches in layout space (an evaluator's measure; the thief does not know the
+    layout). ``learned``: the thief learns a soft tile permutation (Sinkhorn-normalised, 300 Adam steps,
+    lr 0.1) and a relaxed pattern through the frozen model on its own labelled data, then rounds both
+    (Hungarian assignment) and keeps the restart with the lowest own loss.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    g = serial.geometry
+    t = (28 // g.block) ** 2
+    key = serial.as_tensor()
+    true = ShuffleGeometry._perm(key.flatten().to(torch.uint8), t)
+    eye = torch.eye(t)
+    rows, cols = g.region()
+    model.eval()
+
+    def accuracy(perm: torch.Tensor, bits: torch.Tensor, data: TensorData) -> float:
+        with torch.no_grad():
+            xs = _tiles_apply(data.x, g, perm)
+            xs[:, :, rows, cols] = bits
+            return 100.0 * float((model(xs).argmax(1) == data.y).float().mean())
+
+    rng = np.random.default_rng(0)
+    near = {}
+    for k in (1, 2, 4, 8):
+        accs = []
+        for _ in range(10):
+            perm = true.clone()
+            for _ in range(k):
+                i, j = rng.choice(t, 2, replace=False)
+                perm[[i, j]] = perm[[j, i]]
+            accs.append(accuracy(eye[perm], key, test))
+        near[str(k)] = {"mean": float(np.mean(accs)), "max": float(np.max(accs))}
+    valid = accuracy(eye[true], key, test)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    learned = []
+    for r in range(restarts):
+        gen = torch.Generator().manual_seed(2000 + r)
+        logits = (0.01 * torch.randn(t, t, generator=gen)).requires_grad_(True)
+        theta = torch.randn(g.height, g.width, generator=gen).requires_grad_(True)
+        opt = torch.optim.Adam([logits, theta], lr=0.1)
+        for _ in range(300):
+            idx = torch.randint(0, len(att), (64,), generator=gen)
+            m = logits
+            for _ in range(10):  # Sinkhorn: rows and columns sum to one
+                m = m - m.logsumexp(1, keepdim=True)
+                m = m - m.logsumexp(0, keepdim=True)
+            xb = _tiles_apply(att.x[idx], g, m.exp())
+            xb[:, :, rows, cols] = torch.sigmoid(theta)
+            loss = F.cross_entropy(model(xb), att.y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        _, assign = linear_sum_assignment(-logits.detach().numpy())
+        perm, bits = eye[torch.from_numpy(assign)], (theta.detach() > 0).float()
+        with torch.no_grad():
+            xs = _tiles_apply(att.x, g, perm)
+            xs[:, :, rows, cols] = bits
+            own = float(F.cross_entropy(model(xs), att.y))
+        right = int((torch.from_numpy(assign) == true).sum())
+        learned.append({"own_loss": own, "test_acc": accuracy(perm, bits, test), "tiles_right": right})
+    for p in model.parameters():
+        p.requires_grad_(True)
+    best = min(learned, key=lambda d: d["own_loss"])
+    return {"valid": valid, "near": near, "learned": learned, "chosen_acc": best["test_acc"]}
+
+
 def reverse_engineer(model, serial: SerialNumber, att: TensorData, test: TensorData, restarts: int = 10) -> dict:  # noqa: ANN001
     g = serial.geometry
     model.eval()
@@ -282,7 +369,7 @@ def render(results: Path, out: Path) -> None:
         ft, sc = r.get("ft10", {}), r.get("scratch10", {})
         rows.append(
             [
-                " ".join([r["recipe"], *r.get("set", [])]),
+                " ".join([r["recipe"], *r.get("set", []), *([f"({r['epochs']} epochs)"] if r["epochs"] != 40 else [])]),
                 r["seed"],
                 r["geometry"],
                 r["teacher"],
@@ -347,7 +434,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--patience", type=int, default=2, help="plateau patience of the learning-rate schedule")
     ap.add_argument("--set", nargs="*", default=[], help="extra DSNConfig settings name=value")
-    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: readout, re, ft, tl")
+    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: readout, layout, re, ft, tl")
     ap.add_argument("--load", action="store_true", help="load the saved student of this recipe, seed and geometry")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/dsn_research"))
     ap.add_argument("--out", type=Path, default=Path("/tmp/dsn_research/results.jsonl"))
@@ -414,6 +501,9 @@ def main() -> None:
     if "readout" not in a.skip:
         rec["readout"] = readouts(student, serial, share, splits.test, rec["h1_each"])
         print(json.dumps(rec["readout"]), flush=True)
+    if isinstance(g, ShuffleGeometry) and "layout" not in a.skip:
+        rec["layout"] = layout_attacks(student, serial, share, splits.test)
+        print(json.dumps(rec["layout"]), flush=True)
     if "re" not in a.skip:
         t0 = time.perf_counter()
         rec["re"] = reverse_engineer(student, serial, share, splits.test)
