@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -548,3 +549,21 @@ def test_guard_frame_must_fit() -> None:
         SerialGeometry(3, 3, 0, 5, guard=1)
     with pytest.raises(GeometryError, match="does not fit"):
         SerialGeometry(3, 3, 13, 5, guard=1).check_fits((1, 16, 16))
+
+
+def test_stamp_writes_into_what_the_geometry_prepares() -> None:
+    """``SerialGeometry.prepare`` is the hook a key-dependent input uses (research prototypes): stamp
+    writes the pattern into its output, and the shipped geometry leaves the input as it was."""
+
+    @dataclass(frozen=True)
+    class Flipped(SerialGeometry):
+        def prepare(self, x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+            return x.flip(-1) if bool(bits.flatten()[0] > 0.5) else x.clone()
+
+    x = torch.rand(2, 1, 8, 8)
+    plain, flipped = SerialGeometry(2, 2, 0, 0), Flipped(2, 2, 0, 0)
+    one = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    a, b = stamp(x, plain, one), stamp(x, flipped, one)
+    assert torch.equal(a[:, :, 2:], x[:, :, 2:]) and torch.equal(b[:, :, 2:], x.flip(-1)[:, :, 2:])
+    assert torch.equal(a[:, 0, :2, :2], one.expand(2, -1, -1)) and torch.equal(b[:, 0, :2, :2], a[:, 0, :2, :2])
+    assert torch.equal(stamp(x, flipped, 1 - one)[:, :, 2:], x[:, :, 2:])
