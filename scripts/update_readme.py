@@ -277,7 +277,11 @@ def dsn_thief(reports: Path) -> str:
     if not research.exists() or not sweeps.exists():
         return "No adaptive-thief study yet: run `python benchmarks/dsn_lock_research.py`."
     runs = [json.loads(line) for line in research.read_text().splitlines() if line.strip()]
-    shipped = [r for r in runs if r["recipe"] == "keyspace+simft" and r["geometry"] == "default" and not r.get("set")]
+    shipped = [
+        r
+        for r in runs
+        if r["recipe"] == "keyspace+simft" and r["geometry"] == "default" and not r.get("set") and r["epochs"] == 40
+    ]
     attacked = [r for r in runs if "re" in r and "simft" in r["recipe"] and not r.get("set")]
     sweep = [json.loads(line) for line in sweeps.read_text().splitlines() if line.strip()][-1]
     ftal = max(s["test_acc"] for s in sweep["settings"] if s["mode"] in ("FTAL", "RTAL"))
@@ -311,9 +315,8 @@ def dsn_thief(reports: Path) -> str:
         f"A thief with {sweep['fraction']:.0%} of the data who fine-tunes all layers or retrains the last one "
         f"gets at most {ftal:.1f}%; with fresh dense layers on the model's features ({chosen['mode']}, "
         f"{chosen['optimizer']} {chosen['lr']:g}, picked on its own data) it gets {chosen['refit_test_acc']:.1f}% "
-        f"against {scratch['refit_test_acc']:.1f}% from scratch: **the leaked model is worth "
-        f"{sweep['gain_over_scratch']:.1f} points to a thief** (`benchmarks/results/dsn_lock_sweeps.jsonl`). "
-        "The table above was measured with the previous recipe."
+        f"against {scratch['refit_test_acc']:.1f}% from scratch, {sweep['gain_over_scratch']:.1f} points more "
+        "(`benchmarks/results/dsn_lock_sweeps.jsonl`). The table above was measured with the previous recipe."
     )
     for name in ("mnist5k", "mnist5k-alt"):
         security = reports / f"dsn_security_{name}.json"
@@ -329,6 +332,18 @@ def dsn_thief(reports: Path) -> str:
             f"{sum(v['held'] == v['of'] for v in summary.values())} of {len(summary)} acceptance checks hold on "
             "every seed" + (f"; failing (worst value): {', '.join(failing)}." if failing else ".")
         )
+        gains = {
+            k.removeprefix("finetune_gain_"): [r["checks"][k]["value"] for r in rep["runs"].values()]
+            for k in summary
+            if k.startswith("finetune_gain_")
+        }
+        if gains:
+            listed = ", ".join(f"{float(f):.0%} {max(v):.1f} / {sum(v) / len(v):.1f}" for f, v in gains.items())
+            lead = "**What the leaked model is worth to a thief**" if name == "mnist5k" else "Its worth to a thief"
+            parts.append(
+                f"{lead} (points its best fine-tuning or transfer setting, picked on its own data, gains over "
+                f"training from scratch on the same data, worst / mean over seeds, by share of the data): {listed}."
+            )
     return " ".join(parts)
 
 
