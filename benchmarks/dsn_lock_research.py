@@ -114,21 +114,11 @@ class ShuffleGeometry(SerialGeometry):
     block: int = 4
 
     def prepare(self, x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        rows, cols = h // self.block, w // self.block
+        t = (x.shape[2] // self.block) * (x.shape[3] // self.block)
         keys = (bits > 0.5).to(torch.uint8).flatten(1).cpu()
-        if len(keys) == 1:
-            keys = keys.expand(n, -1)
         uniq, inverse = torch.unique(keys, dim=0, return_inverse=True)
-        perms = torch.stack([self._perm(k, rows * cols) for k in uniq])[inverse].to(x.device)  # (N, T)
-        b = self.block
-        tiles = x[:, :, : rows * b, : cols * b].reshape(n, c, rows, b, cols, b).permute(0, 1, 2, 4, 3, 5)
-        tiles = tiles.reshape(n, c, rows * cols, b, b)
-        idx = perms.view(n, 1, -1, 1, 1).expand(-1, c, -1, b, b)
-        shuffled = tiles.gather(2, idx).reshape(n, c, rows, cols, b, b).permute(0, 1, 2, 4, 3, 5)
-        out = x.clone()
-        out[:, :, : rows * b, : cols * b] = shuffled.reshape(n, c, rows * b, cols * b)
-        return out
+        perms = torch.stack([self._perm(k, t) for k in uniq])[inverse].to(x.device)  # (N or 1, T)
+        return _tiles_apply(x, self, torch.eye(t, dtype=x.dtype, device=x.device)[perms])
 
     @staticmethod
     def _perm(key: torch.Tensor, count: int) -> torch.Tensor:
@@ -200,13 +190,14 @@ def readouts(model, serial: SerialNumber, att: TensorData, test: TensorData, h1_
 
 
 def _tiles_apply(x: torch.Tensor, g: ShuffleGeometry, perm: torch.Tensor) -> torch.Tensor:
-    """``x`` with its tiles mixed by ``perm`` (T, T): row t of the output is sum_s perm[t, s] * tile s
-    (a hard permutation matrix moves tiles as :meth:`ShuffleGeometry.prepare` does)."""
+    """``x`` with its tiles mixed by ``perm`` ((T, T), or (N or 1, T, T) one per sample): tile t of the
+    output is sum_s perm[t, s] * tile s (a hard permutation matrix moves whole tiles)."""
     n, c, h, w = x.shape
     b, rows, cols = g.block, h // g.block, w // g.block
     tiles = x[:, :, : rows * b, : cols * b].reshape(n, c, rows, b, cols, b).permute(0, 1, 2, 4, 3, 5)
     tiles = tiles.reshape(n, c, rows * cols, b * b)
-    mixed = torch.einsum("ts,ncsp->nctp", perm, tiles).reshape(n, c, rows, cols, b, b).permute(0, 1, 2, 4, 3, 5)
+    perm = perm.reshape(-1, *perm.shape[-2:]).expand(n, -1, -1)
+    mixed = torch.einsum("nts,ncsp->nctp", perm, tiles).reshape(n, c, rows, cols, b, b).permute(0, 1, 2, 4, 3, 5)
     out = x.clone()
     out[:, :, : rows * b, : cols * b] = mixed.reshape(n, c, rows * b, cols * b)
     return out
