@@ -91,3 +91,47 @@ def test_a_collapsed_refit_of_an_older_run_counts_the_selected_model() -> None:
     rep = {"runs": {"2": {"finetune": {"0.2": old, "0.1": fine}}}}
     (note, blank) = dsn_security.collapsed_refits(rep)
     assert "Seed 2, fraction 20%" in note and "1.4 points (recorded: -82.9)" in note and blank == ""
+
+
+def _untimed(v: object) -> object:
+    """``v`` without its wall-clock fields (``*_s``): what two runs of the same work can differ in."""
+    if isinstance(v, dict):
+        return {k: _untimed(x) for k, x in v.items() if not str(k).endswith("_s")}
+    if isinstance(v, list):
+        return [_untimed(x) for x in v]
+    return v
+
+
+def test_an_interrupted_run_resumes_from_its_work_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1790000000")
+    straight = json.loads(dsn_security.run("tiny", tmp_path / "a", [0], config=TINY)[1].read_text())["runs"]["0"]
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dsn_security, "fine_tuning_sweep", interrupted)
+    work = tmp_path / "work"
+    with pytest.raises(KeyboardInterrupt):
+        dsn_security.run("tiny", tmp_path / "b", [0], config=TINY, work=work)
+    assert not (tmp_path / "b" / "dsn_security_tiny.json").exists()
+    kept = json.loads((work / "seed0" / "record.json").read_text())
+    assert {"keyspace", "readout", "recovery"} <= set(kept) and not kept.get("finetune")
+
+    def again(*a: object, **k: object) -> None:
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.undo()  # SOURCE_DATE_EPOCH unset: the resumed run signs at the time the work folder recorded
+    assert json.loads((work / "run.json").read_text())["signed_at_epoch"] == 1790000000
+    monkeypatch.setattr(dsn_security, "keyspace_measures", again)
+    monkeypatch.setattr(dsn_security, "key_recovery", again)
+    monkeypatch.setattr(dsn_security, "train_teacher", again)
+    resumed = json.loads(dsn_security.run("tiny", tmp_path / "b", [0], config=TINY, work=work)[1].read_text())
+    run = resumed["runs"]["0"]
+    assert run["signed_at_epoch"] == 1790000000
+    assert run["wall_s"] > kept["elapsed_s"]  # the interrupted invocation's time counts
+    for key in ("teacher_acc", "geometry", "keyspace", "valid_sn_acc", "raw_acc", "readout", "recovery", "finetune"):
+        assert _untimed(run[key]) == _untimed(straight[key]), key
+    assert run["checks"] == straight["checks"]
+    # another configuration is refused before anything runs
+    with pytest.raises(ConfigError, match="another configuration"):
+        dsn_security.run("tiny", tmp_path / "c", [0], config=TINY.model_copy(update={"limit": 700}), work=work)

@@ -159,6 +159,10 @@ def reproduce_dsn_security(
         list[Path] | None,
         typer.Option(help="Only gather the runs of these reports (seeds run elsewhere) into this one; no training."),
     ] = None,
+    work: Annotated[
+        Path | None,
+        typer.Option(help="Folder keeping each seed's customer model and finished stages: an interrupted run resumes."),
+    ] = None,
 ) -> None:
     """The DSN lock against an adaptive thief, per customer model: every near key, reverse engineering
     with bit search, label-only hill climbing, and a fine-tuning / transfer sweep against from scratch
@@ -169,7 +173,7 @@ def reproduce_dsn_security(
         return
     values = _seeds(seeds)
     command = " ".join(["deepserial", *sys.argv[1:]])
-    typer.echo(wrote(dsn_security.run(dataset, out, values, progress=not quiet, command=command)))
+    typer.echo(wrote(dsn_security.run(dataset, out, values, progress=not quiet, command=command, work=work)))
 
 
 def reproduce_tracing(

@@ -21,7 +21,10 @@ seed, with whether it holds. Tang, Du, Hu (arXiv:2011.08960, 2023 version) repor
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +32,17 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from deepserial.artifacts import load_model, save_model
 from deepserial.attacks.adaptive import fine_tuning_sweep, key_recovery
 from deepserial.attacks.base import attacker_share
 from deepserial.attacks.keyspace import keyspace_measures, output_readout
 from deepserial.errors import ConfigError
 from deepserial.experiments.watermarks import signing_time
-from deepserial.identity import OwnerIdentity
-from deepserial.report import environment, git_state, markdown_table, write_report
+from deepserial.files import atomic_write
+from deepserial.identity import OwnerIdentity, VerifierString
+from deepserial.report import environment, git_state, json_bytes, markdown_table, write_report
 from deepserial.schemes.dsn import DSNConfig, key_accuracies
+from deepserial.serial import SerialGeometry, SerialNumber
 from deepserial.training import TrainConfig, accuracy
 from deepserial.workflow import DataSpec, issue, loaded, train_teacher
 
@@ -94,13 +100,17 @@ def run(
     config: SecurityConfig | None = None,
     progress: bool = False,
     command: str | None = None,
+    work: Path | None = None,
 ) -> list[Path]:
     """Issue and attack one customer model per seed; write ``out/dsn_security_<name>.{md,json,png}``.
 
-    One seed is about half an hour of CPU, so seeds can be run apart (other sessions, other machines)
-    and gathered: when ``out`` already holds this name's report with the same configuration, its runs
-    are kept and these seeds added (a seed run again replaces its earlier run). Each run carries its own
-    signing time, environment and command, so each customer model stays re-creatable.
+    One seed is about half an hour of CPU on mnist5k (hours on fashion-mnist), so seeds can be run apart
+    (other sessions, other machines) and gathered: when ``out`` already holds this name's report with
+    the same configuration, its runs are kept and these seeds added (a seed run again replaces its
+    earlier run). Each run carries its own signing time, environment and command, so each customer
+    model stays re-creatable. With ``work``, each seed's customer model and every finished stage are
+    kept there, so an interrupted run resumes where it stopped (same configuration, same signing time;
+    each stage seeds itself, so a resumed seed measures what an uninterrupted one would).
     """
     if config is None and name not in CONFIGS:
         raise ConfigError(f"no dsn-security configuration {name!r}; choose one of {', '.join(CONFIGS)}")
@@ -113,14 +123,15 @@ def run(
     stem = out / f"dsn_security_{name}"
     earlier = _earlier_runs(stem.with_suffix(".json"), cfg)
     per_seed: dict[str, dict[str, Any]] = {}
-    with signing_time() as epoch:
+    with _work_epoch(work, cfg), signing_time() as epoch:
         for s in seeds:
             t1 = time.perf_counter()
-            per_seed[str(s)] = _one_seed(cfg, s, progress) | {
+            rec = _one_seed(cfg, s, progress, None if work is None else work / f"seed{s}")
+            per_seed[str(s)] = rec | {
                 "signed_at_epoch": int(epoch),
                 "environment": env,
                 "command": command,
-                "wall_s": time.perf_counter() - t1,
+                "wall_s": time.perf_counter() - t1 + float(rec.pop("resumed_after_s", 0.0)),
             }
     top: dict[str, Any] = {"signed_at_epoch": int(epoch), "wall_s": time.perf_counter() - t0, "environment": env}
     if command:
@@ -194,16 +205,55 @@ def _earlier_runs(path: Path, cfg: SecurityConfig) -> dict[str, dict[str, Any]]:
     return runs
 
 
-def _one_seed(cfg: SecurityConfig, seed: int, progress: bool) -> dict[str, Any]:
+@contextmanager
+def _work_epoch(work: Path | None, cfg: SecurityConfig) -> Iterator[None]:
+    """Inside it, keys are signed at the time ``work`` first recorded for ``cfg`` (recorded now when it
+    is new), so the customer models kept there are the ones a resumed run measures."""
+    if work is None:
+        yield
+        return
+    path = work / "run.json"
+    config = json.loads(json.dumps(cfg.model_dump()))
+    if path.exists():
+        try:
+            state = json.loads(path.read_text())
+            same = state["config"] == config
+            epoch = str(int(state["signed_at_epoch"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigError(f"{path} is not a dsn-security work record; use another --work folder") from None
+        if not same:
+            raise ConfigError(f"{work} holds a run of another configuration; remove it or use another --work folder")
+    else:
+        epoch = os.environ.get("SOURCE_DATE_EPOCH") or str(int(time.time()))
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json_bytes({"config": config, "signed_at_epoch": int(epoch)}))
+    before = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = epoch
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["SOURCE_DATE_EPOCH"]
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = before
+
+
+def _customer(cfg: SecurityConfig, seed: int, progress: bool, work: Path | None) -> tuple[Any, SerialNumber, dict]:
+    """The seed's customer model, its serial number and the record's first fields: issued now, or read
+    back from ``work`` when an earlier invocation issued it."""
+    ident = OwnerIdentity.for_experiment(seed, "owner")
+    if work is not None and (work / "student.safetensors").exists() and (work / "record.json").exists():
+        kept = load_model(work / "student.safetensors")
+        geometry = SerialGeometry.from_dict(kept.manifest["serial_geometry"])
+        serial = SerialNumber.from_signature(ident.sign(VerifierString.from_dict(kept.manifest["licence"])), geometry)
+        return kept.model.eval(), serial, json.loads((work / "record.json").read_text())
     tr = train_teacher(
         DataSpec(cfg.dataset, seed, limit=cfg.limit),
         TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed),
     )
-    teacher = loaded(tr.model, tr.manifest)
-    ident = OwnerIdentity.for_experiment(seed, "owner")
     t0 = time.perf_counter()
     iss = issue(
-        teacher,
+        loaded(tr.model, tr.manifest),
         ident,
         f"security-{seed}",
         owner_id="reproduce",
@@ -212,42 +262,68 @@ def _one_seed(cfg: SecurityConfig, seed: int, progress: bool) -> dict[str, Any]:
         config=DSNConfig.default(**cfg.dsn),
         train=TrainConfig(epochs=cfg.student_epochs, batch_size=cfg.batch_size, seed=seed, progress=progress),
     )
-    train_s = time.perf_counter() - t0
-    model, serial, splits = iss.student, iss.serial, iss.splits
-    total = len(splits.owner) + len(splits.attacker)
     rec: dict[str, Any] = {
         "teacher_acc": float(tr.manifest["test_acc"]),
-        "geometry": serial.geometry.to_dict(),
+        "geometry": iss.serial.geometry.to_dict(),
         "product_key_recreatable": "OwnerIdentity.for_experiment(seed, 'owner') at signed_at_epoch",
-        "student_train_s": train_s,
+        "student_train_s": time.perf_counter() - t0,
         "student_forward_samples": iss.log.forward_samples,
     }
-    rec["keyspace"] = keyspace_measures(model, serial, splits.test, seed=seed, **cfg.keyspace)
+    if work is not None:
+        work.mkdir(parents=True, exist_ok=True)
+        save_model(work / "student.safetensors", iss.student, iss.manifest)
+    return iss.student, iss.serial, rec
+
+
+def _one_seed(cfg: SecurityConfig, seed: int, progress: bool, work: Path | None = None) -> dict[str, Any]:
+    """One customer model's record; with ``work``, each finished stage is kept there and skipped when
+    the seed is run again (``resumed_after_s``: the time earlier invocations spent on it)."""
+    t_start = time.perf_counter()
+    model, serial, rec = _customer(cfg, seed, progress, work)
+    earlier_s = float(rec.get("elapsed_s", 0.0))
+
+    def done() -> None:
+        if work is not None:
+            rec["elapsed_s"] = earlier_s + time.perf_counter() - t_start
+            atomic_write(work / "record.json", json_bytes(rec))
+
+    done()
+    splits = DataSpec(cfg.dataset, seed, limit=cfg.limit).load()
+    total = len(splits.owner) + len(splits.attacker)
     test = splits.test
-    rec["valid_sn_acc"] = float(key_accuracies(model, test.x, test.y, serial.geometry, serial.as_tensor()[None])[0])
-    rec["raw_acc"] = accuracy(model, test)
+    if "keyspace" not in rec:
+        rec["keyspace"] = keyspace_measures(model, serial, splits.test, seed=seed, **cfg.keyspace)
+        rec["valid_sn_acc"] = float(key_accuracies(model, test.x, test.y, serial.geometry, serial.as_tensor()[None])[0])
+        rec["raw_acc"] = accuracy(model, test)
+        done()
     recovery_data = attacker_share(splits.attacker, cfg.recovery_fraction, total, seed)
-    worst = np.argsort(rec["keyspace"]["hamming1_each"])[::-1][:3].copy()
-    rec["readout"] = output_readout(
-        model, serial, serial.hamming_neighbours(1)[torch.from_numpy(worst)], recovery_data, test, seed=seed
-    )
-    for r, bit in zip(rec["readout"], worst, strict=True):
-        r["hamming1_bit"] = int(bit)
-    rec["recovery"] = key_recovery(
-        model,
-        serial.geometry,
-        recovery_data,
-        test=splits.test,
-        serial=serial,
-        methods=("reverse-engineer", "hill-climb"),
-        options={
-            "reverse-engineer": {"restarts": cfg.restarts, "steps": cfg.re_steps},
-            "hill-climb": {"queries": cfg.hill_climb_queries},
-        },
-        seed=seed,
-    )
-    rec["finetune"] = {}
+    if "readout" not in rec:
+        worst = np.argsort(rec["keyspace"]["hamming1_each"])[::-1][:3].copy()
+        rec["readout"] = output_readout(
+            model, serial, serial.hamming_neighbours(1)[torch.from_numpy(worst)], recovery_data, test, seed=seed
+        )
+        for r, bit in zip(rec["readout"], worst, strict=True):
+            r["hamming1_bit"] = int(bit)
+        done()
+    if "recovery" not in rec:
+        rec["recovery"] = key_recovery(
+            model,
+            serial.geometry,
+            recovery_data,
+            test=splits.test,
+            serial=serial,
+            methods=("reverse-engineer", "hill-climb"),
+            options={
+                "reverse-engineer": {"restarts": cfg.restarts, "steps": cfg.re_steps},
+                "hill-climb": {"queries": cfg.hill_climb_queries},
+            },
+            seed=seed,
+        )
+        done()
+    rec.setdefault("finetune", {})
     for frac in cfg.fractions:
+        if f"{frac:g}" in rec["finetune"]:
+            continue
         data = attacker_share(splits.attacker, frac, total, seed)
         rec["finetune"][f"{frac:g}"] = fine_tuning_sweep(
             model,
@@ -260,7 +336,10 @@ def _one_seed(cfg: SecurityConfig, seed: int, progress: bool) -> dict[str, Any]:
             serial=serial,
             seed=seed,
         )
+        done()
     rec["checks"] = checks(rec)
+    rec["resumed_after_s"] = earlier_s
+    rec.pop("elapsed_s", None)
     return rec
 
 
