@@ -16,20 +16,51 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import deepserial.workflow as W
 from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
-from deepserial.data import TensorData
+from deepserial.data import Splits, TensorData
 from deepserial.fingerprint import Fingerprint, match_rate
 from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.report import environment, json_bytes, mark_start
-from deepserial.serial import stamp
+from deepserial.serial import SerialNumber, stamp
 from deepserial.training import TrainConfig, accuracy
 
 OUT = Path(__file__).resolve().parent / "results" / "fingerprint_probes.jsonl"
+
+
+def thief_attacks(
+    student: torch.nn.Module, sp: Splits, sn: SerialNumber, rates: Callable[[torch.nn.Module], dict]
+) -> dict[str, dict]:
+    """``rates`` of ``student`` after a licensee-thief's FTAL fine-tuning on 10% of the data stamped
+    with the key (Adam 1e-3, 1e-4, 1e-2; SGD 1e-2 momentum 0.9; 10 epochs) and after 50% pruning."""
+    out = {}
+    thief = attacker_share(sp.attacker, 0.1, len(sp.owner) + len(sp.attacker) + len(sp.test), seed=0)
+    stamped = TensorData(stamp(thief.x, sn.geometry, sn.as_tensor()), thief.y)
+    for opt, lr in (("adam", 1e-3), ("adam", 1e-4), ("sgd", 1e-2), ("adam", 1e-2)):
+        budget = AttackBudget(epochs=10, lr=lr, optimizer=opt, momentum=0.9 if opt == "sgd" else 0)
+        tuned, _ = get_attack("fine-tuning", {"mode": "FTAL"}).run(student, stamped, budget)
+        out[f"ft_{opt}_{lr}"] = rates(tuned)
+        print(f"ft_{opt}_{lr}", out[f"ft_{opt}_{lr}"], flush=True)
+    pruned, _ = get_attack("pruning", {"rate": 0.5}).run(student, stamped, AttackBudget(epochs=0))
+    out["prune50"] = rates(pruned)
+    return out
+
+
+def attack_and_record(
+    out: dict, student: torch.nn.Module, sp: Splits, sn: SerialNumber, rates: Callable, t0: float
+) -> None:
+    """Add the thief's attacks (:func:`thief_attacks`) to the probe's ``out`` and append it to the results."""
+    out |= thief_attacks(student, sp, sn, rates)
+    out["wall_s"] = time.time() - t0
+    out["environment"] = environment()
+    with OUT.open("ab") as f:
+        f.write(json_bytes(out).replace(b"\n", b"") + b"\n")
+    print(json.dumps({k: v for k, v in out.items() if k != "environment"}, indent=1))
 
 
 def main() -> None:
@@ -64,19 +95,7 @@ def main() -> None:
     student = iss.student.eval()
     out = {"tag": tag, "epochs": epochs, "nq": n_queries, "fingerprint": iss.manifest["fingerprint"]}
     out |= {"base": rates(student), "train_s": iss.log.wall_s}
-    thief = attacker_share(sp.attacker, 0.1, len(sp.owner) + len(sp.attacker) + len(sp.test), seed=0)
-    stamped = TensorData(stamp(thief.x, g, sn.as_tensor()), thief.y)
-    for opt, lr in (("adam", 1e-3), ("adam", 1e-4), ("sgd", 1e-2), ("adam", 1e-2)):
-        budget = AttackBudget(epochs=10, lr=lr, optimizer=opt, momentum=0.9 if opt == "sgd" else 0)
-        tuned, _ = get_attack("fine-tuning", {"mode": "FTAL"}).run(student, stamped, budget)
-        out[f"ft_{opt}_{lr}"] = rates(tuned)
-    pruned, _ = get_attack("pruning", {"rate": 0.5}).run(student, stamped, AttackBudget(epochs=0))
-    out["prune50"] = rates(pruned)
-    out["wall_s"] = time.time() - t0
-    out["environment"] = environment()
-    with OUT.open("ab") as f:
-        f.write(json_bytes(out).replace(b"\n", b"") + b"\n")
-    print(json.dumps({k: v for k, v in out.items() if k != "environment"}, indent=1))
+    attack_and_record(out, student, sp, sn, rates, t0)
 
 
 if __name__ == "__main__":

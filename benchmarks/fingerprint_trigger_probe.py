@@ -25,22 +25,19 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fingerprint_probe import attack_and_record  # the sibling probe (benchmarks/ is the script's folder)
 
 import deepserial.schemes.dsn as dsn_mod
 import deepserial.workflow as W
-from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
 from deepserial.data import TensorData
 from deepserial.identity import OwnerIdentity
-from deepserial.report import environment, json_bytes, mark_start
+from deepserial.report import mark_start
 from deepserial.serial import stamp
 from deepserial.training import TrainConfig, accuracy
-
-OUT = Path(__file__).resolve().parent / "results" / "fingerprint_probes.jsonl"
 
 
 def triggers(design: str, k: int, shape: tuple[int, int, int], opts: dict, seed: int) -> torch.Tensor:
@@ -147,20 +144,7 @@ def main() -> None:
     out = {"tag": tag, "epochs": epochs, "design": design, "opts": opts, "families": K, "per_family": r}
     out |= {"base": rates(student), "train_s": iss.log.wall_s}
     print(json.dumps(out), flush=True)
-    thief = attacker_share(sp.attacker, 0.1, len(sp.owner) + len(sp.attacker) + len(sp.test), seed=0)
-    stamped = TensorData(stamp(thief.x, g, sn.as_tensor()), thief.y)
-    for opt, lr in (("adam", 1e-2), ("adam", 1e-3), ("sgd", 1e-2), ("adam", 1e-4)):
-        budget = AttackBudget(epochs=10, lr=lr, optimizer=opt, momentum=0.9 if opt == "sgd" else 0)
-        tuned, _ = get_attack("fine-tuning", {"mode": "FTAL"}).run(student, stamped, budget)
-        out[f"ft_{opt}_{lr}"] = rates(tuned)
-        print(f"ft_{opt}_{lr}", out[f"ft_{opt}_{lr}"], flush=True)
-    pruned, _ = get_attack("pruning", {"rate": 0.5}).run(student, stamped, AttackBudget(epochs=0))
-    out["prune50"] = rates(pruned)
-    out["wall_s"] = time.time() - t0
-    out["environment"] = environment()
-    with OUT.open("ab") as f:
-        f.write(json_bytes(out).replace(b"\n", b"") + b"\n")
-    print(json.dumps({k: v for k, v in out.items() if k != "environment"}, indent=1))
+    attack_and_record(out, student, sp, sn, rates, t0)
 
 
 if __name__ == "__main__":

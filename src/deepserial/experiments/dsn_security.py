@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +121,7 @@ def run(
     stem = out / f"dsn_security_{name}"
     earlier = _earlier_runs(stem.with_suffix(".json"), cfg)
     per_seed: dict[str, dict[str, Any]] = {}
-    with _work_epoch(work, cfg), signing_time() as epoch:
+    with signing_time(_work_epoch(work, cfg)) as epoch:
         for s in seeds:
             t1 = time.perf_counter()
             rec = _one_seed(cfg, s, progress, None if work is None else work / f"seed{s}")
@@ -205,37 +203,28 @@ def _earlier_runs(path: Path, cfg: SecurityConfig) -> dict[str, dict[str, Any]]:
     return runs
 
 
-@contextmanager
-def _work_epoch(work: Path | None, cfg: SecurityConfig) -> Iterator[None]:
-    """Inside it, keys are signed at the time ``work`` first recorded for ``cfg`` (recorded now when it
-    is new), so the customer models kept there are the ones a resumed run measures."""
+def _work_epoch(work: Path | None, cfg: SecurityConfig) -> str | None:
+    """The signing time ``work`` recorded for ``cfg`` (recorded now, from the usual sources, when the
+    folder is new), so the customer models kept there are the ones a resumed run measures; None
+    without a work folder."""
     if work is None:
-        yield
-        return
+        return None
     path = work / "run.json"
     config = json.loads(json.dumps(cfg.model_dump()))
-    if path.exists():
-        try:
-            state = json.loads(path.read_text())
-            same = state["config"] == config
-            epoch = str(int(state["signed_at_epoch"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ConfigError(f"{path} is not a dsn-security work record; use another --work folder") from None
-        if not same:
-            raise ConfigError(f"{work} holds a run of another configuration; remove it or use another --work folder")
-    else:
+    if not path.exists():
         epoch = os.environ.get("SOURCE_DATE_EPOCH") or str(int(time.time()))
         work.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json_bytes({"config": config, "signed_at_epoch": int(epoch)}))
-    before = os.environ.get("SOURCE_DATE_EPOCH")
-    os.environ["SOURCE_DATE_EPOCH"] = epoch
+        return epoch
     try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["SOURCE_DATE_EPOCH"]
-        else:
-            os.environ["SOURCE_DATE_EPOCH"] = before
+        state = json.loads(path.read_text())
+        same = state["config"] == config
+        epoch = str(int(state["signed_at_epoch"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path} is not a dsn-security work record; use another --work folder") from None
+    if not same:
+        raise ConfigError(f"{work} holds a run of another configuration; remove it or use another --work folder")
+    return epoch
 
 
 def _customer(cfg: SecurityConfig, seed: int, progress: bool, work: Path | None) -> tuple[Any, SerialNumber, dict]:

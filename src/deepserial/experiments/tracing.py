@@ -38,6 +38,7 @@ from deepserial.artifacts import LoadedModel, load_model, save_model
 from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
 from deepserial.data import TensorData
 from deepserial.errors import ConfigError
+from deepserial.experiments.watermarks import signing_time
 from deepserial.fingerprint import DEFAULT_QUERIES
 from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.ledger import Ledger
@@ -116,19 +117,6 @@ def _state(work: Path, cfg: TracingConfig) -> dict[str, Any]:
     return state
 
 
-@contextmanager
-def _epoch(epoch: str) -> Iterator[None]:
-    before = os.environ.get("SOURCE_DATE_EPOCH")
-    os.environ["SOURCE_DATE_EPOCH"] = epoch
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["SOURCE_DATE_EPOCH"]
-        else:
-            os.environ["SOURCE_DATE_EPOCH"] = before
-
-
 def _teacher(work: Path, cfg: TracingConfig, data: DataSpec, progress: bool) -> LoadedModel:
     path = work / "teacher.safetensors"
     if path.exists():
@@ -151,7 +139,7 @@ def issue_models(
         path = work / f"{mid}.safetensors"
         if path.exists() or (only is not None and i not in only):
             continue
-        with _epoch(state["signed_at_epoch"]):
+        with signing_time(state["signed_at_epoch"]):
             iss = issue(
                 teacher,
                 owner,

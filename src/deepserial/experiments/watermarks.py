@@ -151,21 +151,24 @@ def extra(name: str) -> Callable[[Extra], Extra]:
 
 
 @contextmanager
-def signing_time() -> Iterator[str]:
-    """Sign every key of a run at one time: ``SOURCE_DATE_EPOCH`` when set, else the run's start.
+def signing_time(epoch: str | None = None) -> Iterator[str]:
+    """Sign every key of a run at one time: ``epoch`` when given (a run resumed from its work folder),
+    else ``SOURCE_DATE_EPOCH`` when set, else the run's start.
 
     A verifier string carries its signing time, and every secret derives from the signature over it;
     with the owners derived from the seed (:meth:`OwnerIdentity.for_experiment`) and one time per run,
     any key a report names can be re-created by setting ``SOURCE_DATE_EPOCH`` to the recorded time.
     """
     before = os.environ.get("SOURCE_DATE_EPOCH")
-    epoch = before or str(int(time.time()))
+    epoch = epoch or before or str(int(time.time()))
     os.environ["SOURCE_DATE_EPOCH"] = epoch
     try:
         yield epoch
     finally:
         if before is None:
-            del os.environ["SOURCE_DATE_EPOCH"]
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = before
 
 
 def reproductions() -> dict[str, str]:
