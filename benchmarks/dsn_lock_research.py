@@ -70,6 +70,11 @@ GEOMETRIES = {
     "inset-guard2": (6, 6, 18, 18, 2),
     "lattice": None,  # LatticeGeometry.draw: a 6x6 key spread over the image
     "shuffle": None,  # ShuffleGeometry: the default corner, the image's 4x4 tiles permuted by the key
+    # the default corner, bits written as -3 / +3 instead of 0 / 1 (SerialGeometry.amplitude; amp6: -6 / +6,
+    # amp1: -1 / +1, the two bits' separation alone); shipped as DSNConfig.amplitude = 6
+    "amp": None,
+    "amp6": None,
+    "amp1": None,
 }
 
 
@@ -447,6 +452,9 @@ def main() -> None:
     elif a.geometry == "shuffle":  # the default corner, the image's 4x4 tiles permuted by the key
         h, w, top, left, guard = GEOMETRIES["default"]
         g = ShuffleGeometry(h, w, top, left, guard=guard)
+    elif a.geometry.startswith("amp"):  # the default corner, louder bits
+        h, w, top, left, guard = GEOMETRIES["default"]
+        g = SerialGeometry(h, w, top, left, guard=guard, amplitude=int(a.geometry[3:] or 3))
     else:
         h, w, top, left, guard = GEOMETRIES[a.geometry]
         g = SerialGeometry(h, w, top, left, guard=guard)

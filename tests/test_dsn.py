@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from deepserial import workflow
+from deepserial.data import TensorData
 from deepserial.errors import ConfigError, GeometryError
 from deepserial.nets import create_model, visible_mask
 from deepserial.schemes import dsn
@@ -330,6 +331,20 @@ def test_default_geometry_dsn_mnist() -> None:
     # The workflow's choice for the paper's 3x3 and the default 6x6 uses the same margins.
     assert workflow.choose_geometry(model, SHAPE, (3, 3), None) == g3
     assert workflow.choose_geometry(model, SHAPE, (6, 6), None) == g6
+
+
+def test_the_shipped_recipe_writes_loud_bits_and_the_paper_writes_zero_and_one() -> None:
+    model = create_model("dsn_mnist", SHAPE, CLASSES)
+    shipped, paper = dsn.DSNConfig.default(), dsn.DSNConfig.paper()
+    assert shipped.amplitude == 6 and paper.amplitude == 0 and dsn.DSNConfig.previous_default().amplitude == 0
+    g = workflow.choose_geometry(model, SHAPE, (6, 6), None, amplitude=shipped.amplitude)
+    assert (g.top, g.left, g.amplitude, g.levels) == (20, 20, 6, (-6.0, 6.0))
+    assert workflow.choose_geometry(model, SHAPE, (5, 7), (8, 12), amplitude=6).amplitude == 6
+    data = TensorData(torch.rand(40, *SHAPE), torch.randint(0, CLASSES, (40,)))
+    key = dsn.DSNScheme(shipped).make_key(b"sig", data, CLASSES, model)
+    assert SerialGeometry.from_dict(key.meta["geometry"]).amplitude == 6
+    with pytest.raises(pydantic.ValidationError):
+        dsn.DSNConfig.default(amplitude=17)
 
 
 def test_default_geometry_too_large() -> None:

@@ -567,3 +567,41 @@ def test_stamp_writes_into_what_the_geometry_prepares() -> None:
     assert torch.equal(a[:, :, 2:], x[:, :, 2:]) and torch.equal(b[:, :, 2:], x.flip(-1)[:, :, 2:])
     assert torch.equal(a[:, 0, :2, :2], one.expand(2, -1, -1)) and torch.equal(b[:, 0, :2, :2], a[:, 0, :2, :2])
     assert torch.equal(stamp(x, flipped, 1 - one)[:, :, 2:], x[:, :, 2:])
+
+
+# ----- amplitude -----------------------------------------------------------------------------------
+def test_amplified_bits_are_written_as_minus_and_plus_a_and_travel_in_the_product_key() -> None:
+    g = SerialGeometry(3, 4, 5, 6, guard=1, amplitude=6)
+    sn = SerialNumber(g, np.random.default_rng(2).integers(0, 2, (3, 4)))
+    x = torch.full((2, 1, 16, 16), 0.5)
+    out = stamp(x, g, sn.as_tensor())
+    rows, cols = g.region()
+    assert torch.equal(out[0, 0, rows, cols], 12.0 * sn.as_tensor() - 6.0)
+    frame, mask = g.frame()
+    fr, fc = g.framed_region()
+    assert set(out[0, 0, fr, fc][mask].tolist()) == {-6.0, 6.0}  # the frame at the same levels
+    assert torch.equal(g.pixels(torch.tensor([[0.25]])), torch.tensor([[-3.0]]))  # a relaxed bit: A (2p - 1)
+    assert stamp(x, g, sn.as_tensor(), values=(-0.5, 0.5))[0, 0, rows, cols].abs().max() == 0.5  # explicit wins
+    key = sn.to_product_key()
+    back = SerialNumber.from_product_key(key)
+    assert back == sn and back.geometry.amplitude == 6 and "-6/+6" in back.geometry.describe()
+    plain = SerialNumber(SerialGeometry(3, 4, 5, 6, guard=1), sn.bits)
+    assert plain.to_product_key()[:2] != key[:2]  # version 4 only when the bits are amplified
+    with raises(match="expects"):
+        SerialNumber.from_product_key(key, expect=plain.geometry)
+    assert SerialGeometry.from_dict(g.to_dict()) == g and "amplitude" not in plain.geometry.to_dict()
+    with raises(GeometryError, match="amplitude"):
+        SerialGeometry(3, 3, 0, 0, amplitude=17)
+    big = SerialNumber(SerialGeometry(5, 7, 8, 12, scale=2, guard=1, amplitude=16), np.ones((5, 7), np.uint8))
+    assert SerialNumber.from_product_key(big.to_product_key()) == big
+
+
+def test_a_product_key_with_an_impossible_amplitude_is_refused() -> None:
+    import hashlib
+
+    from deepserial.serial import _CHECK, _VERSION_AMPLIFIED, _b32encode
+
+    payload = bytes([_VERSION_AMPLIFIED, 2, 2, 0, 0, 0, 1, 0, 99]) + bytes([0b10100000])
+    key = _b32encode(payload + hashlib.sha256(payload).digest()[:_CHECK])
+    with raises(match="invalid geometry"):
+        SerialNumber.from_product_key(key)

@@ -52,6 +52,7 @@ class GeometryDoc(_Doc):
     channels: list[int] = []
     scale: int = 1
     guard: int = 0
+    amplitude: int = 0
 
     @model_validator(mode="after")
     def _in_range(self) -> GeometryDoc:
@@ -61,7 +62,14 @@ class GeometryDoc(_Doc):
     def geometry(self) -> Any:  # SerialGeometry (imported lazily: serial imports torch machinery)
         try:
             return SerialGeometry(
-                self.height, self.width, self.top, self.left, tuple(self.channels), self.scale, self.guard
+                self.height,
+                self.width,
+                self.top,
+                self.left,
+                tuple(self.channels),
+                self.scale,
+                self.guard,
+                self.amplitude,
             )
         except DeepSerialError as e:
             raise ValueError(str(e)) from None

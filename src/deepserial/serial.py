@@ -44,8 +44,16 @@ _DECODE = {c: i for i, c in enumerate(_ALPHABET)} | {"O": 0, "I": 1, "L": 1}
 _VERSION = 1
 _VERSION_SCALED = 2
 _VERSION_GUARDED = 3  # scale and guard bytes
+_VERSION_AMPLIFIED = 4  # scale, guard and amplitude bytes
 _HEADER = 6
-_HEADERS = {_VERSION: _HEADER, _VERSION_SCALED: _HEADER + 1, _VERSION_GUARDED: _HEADER + 2}
+_HEADERS = {
+    _VERSION: _HEADER,
+    _VERSION_SCALED: _HEADER + 1,
+    _VERSION_GUARDED: _HEADER + 2,
+    _VERSION_AMPLIFIED: _HEADER + 3,
+}
+#: The largest bit amplitude a geometry may write (``SerialGeometry.amplitude``).
+MAX_AMPLITUDE = 16
 _CHECK = 2
 _GROUP = 5
 
@@ -65,6 +73,12 @@ class SerialGeometry:
     receptive field with image content, and a key one border bit away from the true one still half
     unlocks a small model; with it every key bit has stamped neighbours only. The frame is public: it
     adds no secret, and ``(top, left)`` stays the position of the key bits themselves.
+
+    ``amplitude`` is how loudly the bits are written: 0 (the default, DSN's Eq. 7) writes them as 0 and 1,
+    like image pixels; ``A`` >= 1 writes them as ``-A`` and ``+A`` (a relaxed bit ``p`` as ``A (2p - 1)``),
+    the frame likewise. A one-bit flip then moves the input by ``2A`` instead of 1, so a small network
+    can tell a key one bit off from the true one: on mnist5k the keys one bit off fall from 44-46% to
+    at most 18-20% (docs/decisions.md, the DSN lock). The amplitude is public, like the position.
     """
 
     height: int
@@ -74,6 +88,7 @@ class SerialGeometry:
     channels: tuple[int, ...] = ()
     scale: int = 1
     guard: int = 0
+    amplitude: int = 0
 
     def prepare(self, x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
         """The inputs (a copy) a pattern is written into: unchanged here; a research geometry may make
@@ -91,6 +106,8 @@ class SerialGeometry:
             raise GeometryError(f"serial number scale {self.scale} must be 1..32 pixels per bit side")
         if not 0 <= self.guard <= 4:
             raise GeometryError(f"serial number guard frame {self.guard} must be 0..4 bits wide")
+        if not 0 <= self.amplitude <= MAX_AMPLITUDE:
+            raise GeometryError(f"serial number amplitude {self.amplitude} must be 0..{MAX_AMPLITUDE} (0: bits as 0/1)")
         if self.guard and (self.top < self.guard * self.scale or self.left < self.guard * self.scale):
             raise GeometryError(
                 f"a {self.guard}-bit guard frame does not fit above or left of a serial number at "
@@ -100,6 +117,17 @@ class SerialGeometry:
     @property
     def nbits(self) -> int:
         return self.height * self.width
+
+    @property
+    def levels(self) -> tuple[float, float]:
+        """The pixel values of a 0 bit and a 1 bit."""
+        return (0.0, 1.0) if not self.amplitude else (-float(self.amplitude), float(self.amplitude))
+
+    def pixels(self, bits: torch.Tensor) -> torch.Tensor:
+        """Bits (..., h, w), 0/1 or relaxed in [0, 1], as the pixel values a stamp writes (..., h * scale,
+        w * scale)."""
+        lo, hi = self.levels
+        return self.upsample(lo + (hi - lo) * bits)
 
     @property
     def pixel_height(self) -> int:
@@ -161,6 +189,8 @@ class SerialGeometry:
             d["scale"] = self.scale
         if self.guard:  # likewise for geometries without a guard frame
             d["guard"] = self.guard
+        if self.amplitude:  # and for those that write bits as 0/1
+            d["amplitude"] = self.amplitude
         return d
 
     @classmethod
@@ -173,13 +203,15 @@ class SerialGeometry:
             tuple(int(c) for c in d.get("channels", ())),
             int(d.get("scale", 1)),
             int(d.get("guard", 0)),
+            int(d.get("amplitude", 0)),
         )
 
     def describe(self) -> str:
         ch = "all channels" if not self.channels else f"channels {list(self.channels)}"
         px = f" (each bit {self.scale}x{self.scale} pixels)" if self.scale != 1 else ""
         frame = f" in a {self.guard}-bit guard frame" if self.guard else ""
-        return f"{self.height}x{self.width}{px}{frame} at ({self.top},{self.left}), {ch}"
+        amp = f", bits written as -{self.amplitude}/+{self.amplitude}" if self.amplitude else ""
+        return f"{self.height}x{self.width}{px}{frame} at ({self.top},{self.left}), {ch}{amp}"
 
 
 def scale_for(input_shape: Sequence[int]) -> int:
@@ -247,7 +279,9 @@ class SerialNumber:
         g = self.geometry
         mask = sum(1 << c for c in g.channels)
         payload = bytes([_VERSION, g.height, g.width, g.top, g.left, mask])
-        if g.guard:
+        if g.amplitude:
+            payload = bytes([_VERSION_AMPLIFIED]) + payload[1:] + bytes([g.scale, g.guard, g.amplitude])
+        elif g.guard:
             payload = bytes([_VERSION_GUARDED]) + payload[1:] + bytes([g.scale, g.guard])
         elif g.scale != 1:
             payload = bytes([_VERSION_SCALED]) + payload[1:] + bytes([g.scale])
@@ -275,12 +309,15 @@ class SerialNumber:
             )
         version = _b32decode(chars[:2])[0]
         if version not in _HEADERS:
-            raise SerialNumberError(f"product key version {version} is not supported (this is v1-v{_VERSION_GUARDED})")
+            raise SerialNumberError(
+                f"product key version {version} is not supported (this is v1-v{_VERSION_AMPLIFIED})"
+            )
         header = _HEADERS[version]
         head = _b32decode(chars[: math.ceil(header * 8 / 5)])[:header]
         _, h, w, top, left, mask = head[:6]
-        scale = head[6] if version in (_VERSION_SCALED, _VERSION_GUARDED) else 1
-        guard = head[7] if version == _VERSION_GUARDED else 0
+        scale = head[6] if version >= _VERSION_SCALED else 1
+        guard = head[7] if version >= _VERSION_GUARDED else 0
+        amplitude = head[8] if version >= _VERSION_AMPLIFIED else 0
         if h == 0 or w == 0:
             raise SerialNumberError("product key is corrupt (zero-sized serial number); check for a typo")
         nbytes = header + (h * w + 7) // 8 + _CHECK
@@ -298,7 +335,7 @@ class SerialNumber:
             raise SerialNumberError("product key checksum does not match; check for a typo")
         channels = tuple(c for c in range(8) if mask >> c & 1)
         try:
-            geometry = SerialGeometry(h, w, top, left, channels, scale, guard)
+            geometry = SerialGeometry(h, w, top, left, channels, scale, guard, amplitude)
         except Exception as e:
             raise SerialNumberError(f"product key encodes an invalid geometry: {e}") from None
         bits = np.unpackbits(np.frombuffer(payload[header:], dtype=np.uint8))[: h * w].reshape(h, w)
@@ -350,13 +387,14 @@ def stamp(
     x: torch.Tensor,
     geometry: SerialGeometry,
     bits: torch.Tensor | np.ndarray,
-    values: tuple[float, float] = (0.0, 1.0),
+    values: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Eq. 7 of DSN on a batch: a copy of ``x`` (N, C, H, W) with the pattern written in.
 
     ``bits`` is one pattern (h, w), applied to every sample, or one per sample (N, h, w). Pixels
-    under 0 bits become ``values[0]``, under 1 bits ``values[1]``; null embedding uses
-    ``(-lam, lam)``. To stamp K patterns on the same N inputs, use :func:`stamp_many`.
+    under 0 bits become ``values[0]``, under 1 bits ``values[1]``: by default the geometry's
+    :attr:`~SerialGeometry.levels`; null embedding uses ``(-lam, lam)``. To stamp K patterns on the
+    same N inputs, use :func:`stamp_many`.
     """
     if x.dim() != 4:
         raise GeometryError(f"stamp expects a batch (N, C, H, W), got shape {tuple(x.shape)}")
@@ -366,8 +404,8 @@ def stamp(
         b = b.unsqueeze(0)
     if b.shape[-2:] != (geometry.height, geometry.width) or b.shape[0] not in (1, x.shape[0]):
         raise GeometryError(f"bits of shape {tuple(b.shape)} do not match geometry {geometry.describe()}")
-    lo, hi = values
     g = geometry
+    lo, hi = values or g.levels
     patch = g.upsample(lo + (hi - lo) * b).unsqueeze(1)  # (N|1, 1, h * scale, w * scale)
     out = write_frame(g.prepare(x, b), g, values)
     rows, cols = g.region()
@@ -379,13 +417,14 @@ def stamp(
     return out
 
 
-def write_frame(x: torch.Tensor, geometry: SerialGeometry, values: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
-    """Write the geometry's guard frame (if any) into ``x`` (N, C, H, W) in place; returns ``x``."""
+def write_frame(x: torch.Tensor, geometry: SerialGeometry, values: tuple[float, float] | None = None) -> torch.Tensor:
+    """Write the geometry's guard frame (if any) into ``x`` (N, C, H, W) in place, at ``values`` (by
+    default the geometry's levels); returns ``x``."""
     g = geometry
     if not g.guard:
         return x
     frame, mask = g.frame()
-    lo, hi = values
+    lo, hi = values or g.levels
     pixels = (lo + (hi - lo) * frame).to(x.dtype).to(x.device)
     mask = mask.to(x.device)
     rows, cols = g.framed_region()

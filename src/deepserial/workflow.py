@@ -196,16 +196,18 @@ def choose_geometry(
     position: tuple[int, int] | None,
     margin: int | None = None,
     scale: int | None = None,
+    amplitude: int = 0,
 ) -> SerialGeometry:
     """The serial-number geometry: an explicit position (checked against the visible field) or the
     default corner inside the visible field. ``scale`` (pixels per bit side) defaults to
-    :func:`deepserial.serial.scale_for` of the input: 1 up to 95 pixels, so MNIST-size keys are unscaled."""
+    :func:`deepserial.serial.scale_for` of the input: 1 up to 95 pixels, so MNIST-size keys are unscaled.
+    ``amplitude``: how loudly the bits are written (the recipe's ``DSNConfig.amplitude``)."""
     scale = scale_for(input_shape) if scale is None else int(scale)
     if position is None:
         if margin is None:
             margin = 3 if size[0] * size[1] <= 9 else 0
-        return dsn.default_geometry(model, input_shape, size[0], size[1], margin * scale, scale)
-    g = SerialGeometry(size[0], size[1], position[0], position[1], scale=scale)
+        return dsn.default_geometry(model, input_shape, size[0], size[1], margin * scale, scale, amplitude)
+    g = SerialGeometry(size[0], size[1], position[0], position[1], scale=scale, amplitude=amplitude)
     check_visible(model, g, input_shape)
     return g
 
@@ -239,7 +241,7 @@ def issue(
     arch = arch or teacher.manifest["arch"]
     seed_everything(train.seed)  # initial weights too, not only the training order
     student = create_model(arch, shape, int(teacher.manifest["num_classes"]))
-    geometry = choose_geometry(student, shape, size, position, scale=scale)
+    geometry = choose_geometry(student, shape, size, position, scale=scale, amplitude=config.amplitude)
     verifier = VerifierString.now(owner_id or identity.fingerprint(), customer, dsn.SCHEME)
     signature = identity.sign(verifier)
     serial = SerialNumber.from_signature(signature, geometry)

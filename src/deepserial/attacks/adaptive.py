@@ -259,6 +259,8 @@ def key_recovery(
         cfg = {"method": method} | options.get(method, {})
         if method != "locate":
             cfg["geometry"] = geometry.to_dict()
+        else:  # the position is what it searches; how loudly bits are written is the method's, public
+            cfg.setdefault("amplitude", geometry.amplitude)
         _, log = get_attack("serial-search", cfg).run(model, attacker, AttackBudget(seed=seed, device=device))
         rec = {
             "config": log.budget["config"],

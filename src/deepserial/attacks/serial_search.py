@@ -49,7 +49,7 @@ from deepserial.attacks.base import Attack, AttackBudget, AttackLog, register_at
 from deepserial.data import TensorData
 from deepserial.errors import ConfigError
 from deepserial.nets import SplitNet
-from deepserial.serial import SerialGeometry, SerialNumber, stamp, stamp_many, write_frame
+from deepserial.serial import MAX_AMPLITUDE, SerialGeometry, SerialNumber, stamp, stamp_many, write_frame
 from deepserial.suspect import ModuleSuspect, QueryBudgetError, Suspect
 from deepserial.training import EpochCallback, model_device
 
@@ -110,6 +110,9 @@ class SerialSearchConfig(BaseModel):
     top_k: int = Field(3, ge=1, description="locate: candidate regions given the full known-region search")
     locate_restarts: int = Field(5, ge=1, description="locate: restarts of the known-region search per candidate")
     pad: int = Field(1, ge=0, description="locate (mask): pixels added around the mask's bounding box")
+    amplitude: int = Field(
+        0, ge=0, le=MAX_AMPLITUDE, description="locate: how loudly the method writes bits (public, as in the manifest)"
+    )
 
 
 # ----- brute force -----------------------------------------------------------------------------------
@@ -505,13 +508,13 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _stamp_soft(x: torch.Tensor, g: SerialGeometry, proxy: torch.Tensor) -> torch.Tensor:
-    """Write a continuous pattern in [0, 1] into the serial number's region (differentiable), inside
-    the geometry's public guard frame if it has one."""
+    """Write a continuous pattern in [0, 1] into the serial number's region (differentiable), at the
+    geometry's levels, inside its public guard frame if it has one."""
     out = write_frame(x.clone(), g)
     rows, cols = g.region()
     chans = list(g.channels) or list(range(x.shape[1]))
     for ch in chans:
-        out[:, ch, rows, cols] = g.upsample(proxy)
+        out[:, ch, rows, cols] = g.pixels(proxy)
     return out
 
 
@@ -676,7 +679,8 @@ def locate(model: SplitNet, data: TensorData, cfg: SerialSearchConfig, seed: int
     loss of a ``cfg.scan_steps``-step relaxed search (a rectangle that contains the key unlocks too).
     The ``cfg.top_k`` best regions get the known-region search (:func:`reverse_engineer`'s restarts,
     rounding and bit search, ``cfg.locate_restarts`` restarts each); the key found is the region and
-    bits with the lowest held-out loss. The attacker assumes one bit per pixel on all channels.
+    bits with the lowest held-out loss. The attacker assumes one bit per pixel on all channels, written
+    at ``cfg.amplitude`` (the method's, public).
 
     Args:
         model: the customer model.
@@ -717,14 +721,14 @@ def locate(model: SplitNet, data: TensorData, cfg: SerialSearchConfig, seed: int
                 boxes += [(h, w, top, left) for top in tops for left in lefts]
         cands: dict[tuple[int, int, int, int], float] = {}
         for box in dict.fromkeys(boxes):  # each distinct region: a short relaxed search, its held-out loss
-            g = SerialGeometry(*box)
+            g = SerialGeometry(*box, amplitude=cfg.amplitude)
             proxy = _relaxed_search(model, xf, yf, g, cfg.scan_steps, cfg.lr, cfg.lam, cfg.batch_size, gen)
             spent += cfg.scan_steps * min(cfg.batch_size, len(xf)) + len(xh)
             cands[box] = _soft_loss(model, xh, yh, g, proxy)
         ranked = sorted(cands.items(), key=lambda kv: kv[1])
         searched = []
         for (h, w, top, left), _ in ranked[: cfg.top_k]:
-            g = SerialGeometry(h, w, top, left)
+            g = SerialGeometry(h, w, top, left, amplitude=cfg.amplitude)
             select = KeyScorer(model, xh, yh, g)
             recs, s = _known_region(model, g, xf, yf, select, cfg, cfg.locate_restarts, gen, xh, yh)
             spent += s + select.forward_samples
@@ -741,7 +745,8 @@ def locate(model: SplitNet, data: TensorData, cfg: SerialSearchConfig, seed: int
     return {
         "locate": cfg.locate,
         "candidates": [
-            {"geometry": SerialGeometry(h, w, t, lf).to_dict(), "scan_loss": v} for (h, w, t, lf), v in ranked
+            {"geometry": SerialGeometry(h, w, t, lf, amplitude=cfg.amplitude).to_dict(), "scan_loss": v}
+            for (h, w, t, lf), v in ranked
         ],
         "searched": searched,
         "best": best,

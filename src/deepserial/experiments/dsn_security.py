@@ -150,7 +150,7 @@ def _write(stem: Path, name: str, cfg: SecurityConfig, runs: dict[str, Any], top
         "dataset": cfg.dataset,
         "seeds": seeds,
         "seed": seeds[0],
-        "config": cfg.model_dump(),
+        "config": _config_record(cfg),
         "acceptance": ACCEPTANCE,
         "paper": PAPER,
         "runs": runs,
@@ -183,6 +183,12 @@ def gather(name: str, out: Path, sources: list[Path], *, config: SecurityConfig 
     return _write(stem, name, cfg, runs, top)
 
 
+def _config_record(cfg: SecurityConfig) -> dict[str, Any]:
+    """What makes two runs comparable: the configuration and the full DSN recipe it trains with (so a
+    report never gathers customer models of two recipes, after the shipped recipe changes)."""
+    return json.loads(json.dumps(cfg.model_dump() | {"recipe": DSNConfig.default(**cfg.dsn).model_dump()}))
+
+
 def _earlier_runs(path: Path, cfg: SecurityConfig) -> dict[str, dict[str, Any]]:
     """The runs of an earlier report of the same configuration at ``path`` (none when it is absent or was
     made with another configuration), each with the provenance of the invocation that made it."""
@@ -190,7 +196,7 @@ def _earlier_runs(path: Path, cfg: SecurityConfig) -> dict[str, dict[str, Any]]:
         return {}
     try:
         old = json.loads(path.read_text())
-        same = old["config"] == json.loads(json.dumps(cfg.model_dump()))
+        same = old["config"] == _config_record(cfg)
         runs = dict(old["runs"]) if same else {}
     except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(f"{path} is not a readable dsn-security report; move it away to start afresh") from None
@@ -210,7 +216,7 @@ def _work_epoch(work: Path | None, cfg: SecurityConfig) -> str | None:
     if work is None:
         return None
     path = work / "run.json"
-    config = json.loads(json.dumps(cfg.model_dump()))
+    config = _config_record(cfg)
     if not path.exists():
         epoch = os.environ.get("SOURCE_DATE_EPOCH") or str(int(time.time()))
         work.mkdir(parents=True, exist_ok=True)

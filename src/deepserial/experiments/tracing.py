@@ -105,9 +105,10 @@ def _state(work: Path, cfg: TracingConfig) -> dict[str, Any]:
     """The run's fixed facts (signing time), written by the first process and read by every later one."""
     path = work / "run.json"
     issuing = {k: v for k, v in cfg.model_dump(mode="json").items() if k in _ISSUING}
+    issuing["recipe"] = dsn.DSNConfig.default().model_dump(mode="json")  # models of one recipe only
     if path.exists():
         state = json.loads(path.read_text())
-        if {k: v for k, v in state["config"].items() if k in _ISSUING} != issuing:
+        if {k: v for k, v in state["config"].items() if k in (*_ISSUING, "recipe")} != issuing:
             raise ConfigError(f"{work} holds models issued with other settings; remove it or use another work folder")
         return state
     work.mkdir(parents=True, exist_ok=True)

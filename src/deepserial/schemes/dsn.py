@@ -44,7 +44,7 @@ from deepserial.fingerprint import Fingerprint
 from deepserial.identity import derive_rng
 from deepserial.nets import SplitNet, check_visible, visible_mask
 from deepserial.schemes.base import OwnershipKey, Scheme, Verdict, register_scheme
-from deepserial.serial import SerialGeometry, SerialNumber, stamp, stamp_many
+from deepserial.serial import MAX_AMPLITUDE, SerialGeometry, SerialNumber, stamp, stamp_many
 from deepserial.suspect import Suspect
 from deepserial.training import Batch, LossOut, TrainConfig, TrainLog, fit, predict_logits
 
@@ -102,6 +102,10 @@ class DSNConfig(BaseModel):
     mine_pool: int = Field(64, ge=1, description="mined keys kept (the most accepted ones)")
     # (2) simulate the thief's fine-tuning on raw inputs and push the fine-tuned model to chance (first-order)
     sim_ft_weight: float = Field(0.0, ge=0, description="weight of the uniform loss after simulated fine-tuning")
+    # (3) louder key bits: a one-bit flip becomes a large input change (SerialGeometry.amplitude)
+    amplitude: int = Field(
+        0, ge=0, le=MAX_AMPLITUDE, description="serial-number bits written as -A/+A instead of 0/1 (0: Eq. 7)"
+    )
     sim_ft_every: int = Field(2, ge=1, description="steps between two simulated fine-tunings")
     sim_ft_steps: int = Field(3, ge=1, description="inner fine-tuning steps")
     sim_ft_lr: float = Field(0.05, gt=0, description="inner fine-tuning learning rate (SGD)")
@@ -185,7 +189,7 @@ class DSNConfig(BaseModel):
 
 
 #: The shipped default recipe's settings (see :meth:`DSNConfig.default`).
-RECIPE: dict[str, float] = {
+RECIPE: dict[str, float | int] = {
     "grl_coefficient": 1.0,
     "gd_weight": 0.1,
     "uniform_weight": 2.0,
@@ -198,6 +202,7 @@ RECIPE: dict[str, float] = {
     "mix_relaxed": 0.15,
     "mix_mined": 0.1,
     "sim_ft_weight": 1.0,
+    "amplitude": 6,
 }
 
 
@@ -637,13 +642,20 @@ def train_student(
 
 
 def default_geometry(
-    model: nn.Module, input_shape: tuple[int, int, int], height: int, width: int, margin: int = 0, scale: int = 1
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    height: int,
+    width: int,
+    margin: int = 0,
+    scale: int = 1,
+    amplitude: int = 0,
 ) -> SerialGeometry:
     """A pattern in the bottom-right corner of what the network can see, ``margin`` pixels inside.
 
     The corner disturbs the task least (DSN §2.2: "less important position such as corners"), and
     the visible field, not the raw image size, is what decides which corner is real. ``scale``:
-    pixels per bit side (:func:`deepserial.serial.scale_for`).
+    pixels per bit side (:func:`deepserial.serial.scale_for`); ``amplitude``: how loudly the bits are
+    written (:class:`~deepserial.serial.SerialGeometry`).
     """
     mask = visible_mask(model, input_shape)
     rows = torch.nonzero(mask.any(1)).flatten()
@@ -655,7 +667,7 @@ def default_geometry(
             f"a {height}x{width} serial number (x{scale} pixels per bit) does not fit the "
             "network's visible field; choose a smaller size"
         )
-    g = SerialGeometry(height, width, top, left, scale=scale)
+    g = SerialGeometry(height, width, top, left, scale=scale, amplitude=amplitude)
     check_visible(model, g, input_shape)
     return g
 
@@ -797,7 +809,7 @@ class DSNScheme(Scheme):
         if model is None:
             raise ConfigError("DSN needs the student network to place the serial number in its visible field")
         margin = 3 if self.size[0] * self.size[1] <= 9 else 0
-        geometry = default_geometry(model, shape, self.size[0], self.size[1], margin)
+        geometry = default_geometry(model, shape, self.size[0], self.size[1], margin, amplitude=self.config.amplitude)
         rng = derive_rng(signature, "dsn/verification-samples")
         sel = torch.from_numpy(rng.choice(len(data), min(self.verify_samples, len(data)), replace=False))
         return OwnershipKey(
