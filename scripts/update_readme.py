@@ -35,6 +35,7 @@ from deepserial.experiments.wrt_attacks import (  # noqa: E402
     protected_acc,
 )
 from deepserial.report import missing_provenance  # noqa: E402
+from deepserial.schemes.dsn import DSNConfig  # noqa: E402
 
 Report = dict[str, Any]
 DATASETS = ("mnist5k", "fashion-mnist")
@@ -277,32 +278,37 @@ def dsn_thief(reports: Path) -> str:
     if not research.exists() or not sweeps.exists():
         return "No adaptive-thief study yet: run `python benchmarks/dsn_lock_research.py`."
     runs = [json.loads(line) for line in research.read_text().splitlines() if line.strip()]
-    shipped = [
-        r
-        for r in runs
-        if r["recipe"] == "keyspace+simft" and r["geometry"] == "default" and not r.get("set") and r["epochs"] == 40
-    ]
-    attacked = [r for r in runs if "re" in r and "simft" in r["recipe"] and not r.get("set")]
+    loud = f"amp{DSNConfig.default().amplitude}"  # the harness's name for the shipped bit amplitude
+
+    def recipe_rows(geometry: str) -> list[dict]:
+        return [
+            r
+            for r in runs
+            if r["recipe"] == "keyspace+simft" and r["geometry"] == geometry and not r.get("set") and r["epochs"] == 40
+        ]
+
+    shipped, quiet = recipe_rows(loud), {r["seed"]: r for r in recipe_rows("default") if "train_s" in r}
+    attacked = [r for r in shipped if "re" in r]
     sweep = [json.loads(line) for line in sweeps.read_text().splitlines() if line.strip()][-1]
     ftal = max(s["test_acc"] for s in sweep["settings"] if s["mode"] in ("FTAL", "RTAL"))
     chosen, scratch = sweep["chosen"], sweep["scratch_chosen"]
     parts = []
-    if shipped:
-        r = shipped[-1]
+    for r in {r["seed"]: r for r in shipped if r.get("train_s")}.values():  # trained rows, one per seed
+        before = quiet.get(r["seed"])
         parts.append(
-            f"The shipped recipe (seed {r['seed']}, `reports/dsn_lock_research.md`): {r['valid']:.1f}% with its serial "
-            f"number (teacher {r['teacher']:.1f}%), {r['raw']:.1f}% without; keys one bit off at most "
-            f"{r['h1_max']:.1f}% ({r['h1_over25']} of 36 above 25%), two and three bits off at most "
-            f"{max(r['h2_max'], r['h3_max']):.1f}%."
+            f"The shipped recipe, bits written as -{loud[3:]}/+{loud[3:]} (seed {r['seed']}, "
+            f"`reports/dsn_lock_research.md`): {r['valid']:.1f}% with its serial number (teacher "
+            f"{r['teacher']:.1f}%), {r['raw']:.1f}% without; keys one bit off at most {r['h1_max']:.1f}% "
+            f"({r['h1_over25']} of 36 above 25%)"
+            + (f", against {before['h1_max']:.1f}% with bits written as 0/1" if before else "")
+            + f"; two and three bits off at most {max(r['h2_max'], r['h3_max']):.1f}%."
         )
-    read = [r for r in shipped if "readout" in r]
+    read = [r for r in shipped if "readout" in r and "h1_probe_each" in r["readout"]]
     if read:
-        r, worst = read[-1], read[-1]["readout"]["worst_h1"]
         parts.append(
-            f"Under its worst one-bit neighbours (seed {r['seed']}) the outputs look flat (mean top probability "
-            f"{max(w['max_prob'] for w in worst):.2f}) but still name the class: top-1 up to "
-            f"{max(w['top1'] for w in worst):.1f}%, a probe a thief fits on them up to "
-            f"{max(w['probe'] for w in worst):.1f}% (docs/decisions.md, the DSN lock)."
+            "A probe a thief fits on the outputs under each one-bit neighbour reads at most "
+            + ", ".join(f"{max(r['readout']['h1_probe_each']):.1f}% (seed {r['seed']})" for r in read)
+            + " (docs/decisions.md, the DSN lock)."
         )
     if attacked:
         best = max(r["re"]["best_acc"] for r in attacked)
@@ -316,8 +322,10 @@ def dsn_thief(reports: Path) -> str:
         f"gets at most {ftal:.1f}%; with fresh dense layers on the model's features ({chosen['mode']}, "
         f"{chosen['optimizer']} {chosen['lr']:g}, picked on its own data) it gets {chosen['refit_test_acc']:.1f}% "
         f"against {scratch['refit_test_acc']:.1f}% from scratch, {sweep['gain_over_scratch']:.1f} points more "
-        "(`benchmarks/results/dsn_lock_sweeps.jsonl`). The table above was measured with the previous recipe."
+        "(`benchmarks/results/dsn_lock_sweeps.jsonl`, bits written as 0/1). The table above was measured with "
+        "an earlier recipe."
     )
+    current = json.loads(json.dumps(DSNConfig.default().model_dump()))
     for name in ("mnist5k", "mnist5k-alt"):
         security = reports / f"dsn_security_{name}.json"
         if not security.exists():
@@ -326,8 +334,9 @@ def dsn_thief(reports: Path) -> str:
         summary, cfg = rep["summary"], rep["config"]
         where = f"at rows/columns {cfg['position'][0]}/{cfg['position'][1]}" if cfg["position"] else "in the corner"
         failing = [f"{k} {v['worst']:.1f}" for k, v in summary.items() if v["held"] < v["of"]]
+        old = "" if cfg.get("recipe") == current else "measured with the previous recipe, bits written as 0/1, "
         parts.append(
-            f"`deepserial reproduce dsn-security --dataset {name}` ({cfg['size'][0]}x{cfg['size'][1]} {where}, "
+            f"`deepserial reproduce dsn-security --dataset {name}` ({old}{cfg['size'][0]}x{cfg['size'][1]} {where}, "
             f"seeds {', '.join(map(str, rep['seeds']))}, `reports/dsn_security_{name}.md`): "
             f"{sum(v['held'] == v['of'] for v in summary.values())} of {len(summary)} acceptance checks hold on "
             "every seed" + (f"; failing (worst value): {', '.join(failing)}." if failing else ".")
