@@ -463,3 +463,20 @@ def test_predict_refuses_bombs_in_one_line(vendor: Vendor, tmp_path: Path, capsy
         assert main(["predict", str(tmp_path / name), *base]) == 2
         out, err = capsys.readouterr()
         assert out == "" and err.count("\n") == 1 and msg in err, err
+
+
+def test_a_raw_input_server_takes_inputs_its_clients_stamped_at_the_keys_levels(strong_teacher: LoadedModel) -> None:
+    g = SerialGeometry(6, 6, 20, 20, amplitude=6)
+    sn = SerialNumber.from_signature(b"y" * 64, g)
+    manifest = dict(strong_teacher.manifest, serial_geometry=g.to_dict())
+    loud = LoadedModel(strong_teacher.model, manifest)
+    x = stamp(torch.rand(3, 1, 28, 28), g, sn.as_tensor())  # what a client that stamps itself sends
+    with serving(create_app(loud, raw_inputs=True)) as url, httpx.Client() as c:
+        assert c.get(f"{url}/v1/info").json()["value_range"] == [-6.0, 6.0]
+        r = c.post(f"{url}/v1/predict", json={"inputs": x.tolist()})
+        assert r.status_code == 200 and len(r.json()["labels"]) == 3
+        r = c.post(f"{url}/v1/predict", json={"inputs": (x * 2).tolist()})  # past the levels: refused
+        assert r.status_code == 422 and "[-6, 6]" in r.json()["detail"]
+    with serving(create_app(loud, sn)) as url, httpx.Client() as c:  # a server that stamps: images only
+        assert c.get(f"{url}/v1/info").json()["value_range"] == [0.0, 1.0]
+        assert c.post(f"{url}/v1/predict", json={"inputs": x.tolist()}).status_code == 422

@@ -5,7 +5,8 @@ the server holds the customer's serial number (from a file or an environment var
 the command line, where other users of the machine could read it) and stamps it on every input, as
 ``deepserial predict`` does; it never logs or returns it. With ``raw_inputs`` the server stamps nothing
 and answers on inputs exactly as sent (clients that stamp themselves, and the setting in which a
-vendor can trace a served copy; see :mod:`deepserial.tracing`). Ownership-watermarked models need
+vendor can trace a served copy; see :mod:`deepserial.tracing`); its inputs may then hold the key's
+levels (-A..+A for a geometry that writes bits at amplitude A, ``value_range`` in ``/v1/info``). Ownership-watermarked models need
 no serial number.
 
 API (all JSON answers):
@@ -83,9 +84,14 @@ class RequestError(Exception):
 
 
 def decode_batch(
-    body: bytes, content_type: str, input_shape: tuple[int, int, int], max_batch: int = DEFAULT_MAX_BATCH
+    body: bytes,
+    content_type: str,
+    input_shape: tuple[int, int, int],
+    max_batch: int = DEFAULT_MAX_BATCH,
+    value_range: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
-    """The float32 batch (N, C, H, W) in [0, 1] a request body holds, or :class:`RequestError`.
+    """The float32 batch (N, C, H, W) with values in ``value_range`` (images: [0, 1]) a request body
+    holds, or :class:`RequestError`.
 
     ``max_batch`` is enforced before the batch is decoded (from the ``.npy`` header, the JSON list's
     length); a PNG is one input, its size checked before it is decompressed."""
@@ -102,7 +108,7 @@ def decode_batch(
         raise RequestError(
             415, f"unsupported content type {ctype[:60]!r}; use application/json, application/x-npy or image/png"
         )
-    return _check(arr, input_shape)
+    return _check(arr, input_shape, value_range)
 
 
 def _shape_text(input_shape: tuple[int, int, int]) -> str:
@@ -178,7 +184,7 @@ def _png(body: bytes, input_shape: tuple[int, int, int]) -> np.ndarray:
         raise RequestError(400, str(e)) from None
 
 
-def _check(arr: np.ndarray, input_shape: tuple[int, int, int]) -> torch.Tensor:
+def _check(arr: np.ndarray, input_shape: tuple[int, int, int], value_range: tuple[float, float]) -> torch.Tensor:
     c, h, w = input_shape
     if arr.dtype == np.uint8:
         arr = arr.astype(np.float32) / 255.0
@@ -191,9 +197,10 @@ def _check(arr: np.ndarray, input_shape: tuple[int, int, int]) -> torch.Tensor:
     if arr.shape[0] == 0:
         raise RequestError(422, "batch is empty; send at least one input")
     with np.errstate(all="ignore"):
-        ok = bool(np.isfinite(arr).all()) and arr.min() >= 0 and arr.max() <= 1
+        ok = bool(np.isfinite(arr).all()) and arr.min() >= value_range[0] and arr.max() <= value_range[1]
     if not ok:
-        raise RequestError(422, "input values must be finite and in [0, 1]; scale 0-255 images by 1/255")
+        lo, hi = value_range
+        raise RequestError(422, f"input values must be finite and in [{lo:g}, {hi:g}]; scale 0-255 images by 1/255")
     return torch.from_numpy(np.array(arr, dtype=np.float32, order="C"))
 
 
@@ -276,6 +283,11 @@ def create_app(
                 f"{expect.describe()}; use the key issued with this model"
             )
     bits = serial.as_tensor() if serial is not None else None
+    # clients of a raw-input server stamp the key themselves, at the geometry's levels (-A/+A when loud)
+    value_range = (0.0, 1.0)
+    if protected and raw_inputs:
+        lo, hi = SerialGeometry.from_dict(man["serial_geometry"]).levels
+        value_range = (min(0.0, lo), max(1.0, hi))
     net = model.model.eval()
     info = {
         "arch": man["arch"],
@@ -288,6 +300,7 @@ def create_app(
         "max_body_bytes": max_body,
         "body_timeout_s": body_timeout,
         "accepts": ["application/json", "application/x-npy", "image/png"],
+        "value_range": list(value_range),
     }
 
     def infer(x: torch.Tensor) -> dict[str, list]:
@@ -350,7 +363,7 @@ def create_app(
         inflight += 1
         try:
             body = await read_body(request)
-            x = decode_batch(body, request.headers.get("content-type", ""), shape, max_batch)
+            x = decode_batch(body, request.headers.get("content-type", ""), shape, max_batch, value_range)
             try:
                 return await run_in_threadpool(infer, x)
             except InputError as e:
