@@ -293,38 +293,53 @@ def dsn_thief(reports: Path) -> str:
     ftal = max(s["test_acc"] for s in sweep["settings"] if s["mode"] in ("FTAL", "RTAL"))
     chosen, scratch = sweep["chosen"], sweep["scratch_chosen"]
     parts = []
-    for r in {r["seed"]: r for r in shipped if r.get("train_s")}.values():  # trained rows, one per seed
-        before = quiet.get(r["seed"])
+    trained = list({r["seed"]: r for r in shipped if r.get("train_s")}.values())  # one trained row per seed
+
+    def each(fmt: str, rows: list[dict]) -> str:
+        return " / ".join(fmt.format(**r) for r in rows)
+
+    if trained:
+        seeds = " and ".join(str(r["seed"]) for r in trained)
+        before = [quiet[r["seed"]] for r in trained if r["seed"] in quiet]
         parts.append(
-            f"The shipped recipe, bits written as -{loud[3:]}/+{loud[3:]} (seed {r['seed']}, "
-            f"`reports/dsn_lock_research.md`): {r['valid']:.1f}% with its serial number (teacher "
-            f"{r['teacher']:.1f}%), {r['raw']:.1f}% without; keys one bit off at most {r['h1_max']:.1f}% "
-            f"({r['h1_over25']} of 36 above 25%)"
-            + (f", against {before['h1_max']:.1f}% with bits written as 0/1" if before else "")
-            + f"; two and three bits off at most {max(r['h2_max'], r['h3_max']):.1f}%."
+            f"The shipped recipe writes the bits as -{loud[3:]}/+{loud[3:]} (`reports/dsn_lock_research.md`, "
+            f"seeds {seeds}): {each('{valid:.1f}', trained)}% with the serial number (teachers "
+            f"{each('{teacher:.1f}', trained)}%), {each('{raw:.1f}', trained)}% without; keys one bit off at "
+            f"most {each('{h1_max:.1f}', trained)}%"
+            + (f" (with bits written as 0/1: {each('{h1_max:.1f}', before)}%)" if len(before) == len(trained) else "")
+            + ", two and three bits off at most "
+            + " / ".join(f"{max(r['h2_max'], r['h3_max']):.1f}" for r in trained)
+            + "%."
         )
-    read = [r for r in shipped if "readout" in r and "h1_probe_each" in r["readout"]]
+    read = [r for r in trained if "h1_probe_each" in r.get("readout", {})]
     if read:
         parts.append(
             "A probe a thief fits on the outputs under each one-bit neighbour reads at most "
-            + ", ".join(f"{max(r['readout']['h1_probe_each']):.1f}% (seed {r['seed']})" for r in read)
-            + " (docs/decisions.md, the DSN lock)."
+            + " / ".join(f"{max(r['readout']['h1_probe_each']):.1f}" for r in read)
+            + "% (docs/decisions.md, the DSN lock)."
         )
     if attacked:
         best = max(r["re"]["best_acc"] for r in attacked)
         exact = sum(r["re"]["exact"] for r in attacked)
         parts.append(
-            f"Reverse engineering with bit search recovered no key above {best:.1f}% (exact key {exact} times "
-            f"in {len(attacked)} runs of the same mechanisms)."
+            f"Reverse engineering with bit search (seed {', '.join(str(r['seed']) for r in attacked)}) found no key "
+            f"above {best:.1f}%, the exact key {exact} times."
         )
-    parts.append(
-        f"A thief with {sweep['fraction']:.0%} of the data who fine-tunes all layers or retrains the last one "
-        f"gets at most {ftal:.1f}%; with fresh dense layers on the model's features ({chosen['mode']}, "
-        f"{chosen['optimizer']} {chosen['lr']:g}, picked on its own data) it gets {chosen['refit_test_acc']:.1f}% "
-        f"against {scratch['refit_test_acc']:.1f}% from scratch, {sweep['gain_over_scratch']:.1f} points more "
-        "(`benchmarks/results/dsn_lock_sweeps.jsonl`, bits written as 0/1). The table above was measured with "
-        "an earlier recipe."
-    )
+    moved = [r for r in trained if "final_test_acc" in r.get("tl10", {}).get("scratch_chosen", {})]
+    if moved:
+        parts.append(
+            "With 10% of the data, fresh dense layers on the leaked features (picked on the thief's own data) "
+            f"reach {each('{tl10[chosen][final_test_acc]:.1f}', moved)}% against "
+            f"{each('{tl10[scratch_chosen][final_test_acc]:.1f}', moved)}% from scratch."
+        )
+    else:
+        parts.append(
+            f"A thief with {sweep['fraction']:.0%} of the data who fine-tunes all layers or retrains the last one "
+            f"gets at most {ftal:.1f}%; with fresh dense layers on the model's features ({chosen['mode']}, "
+            f"{chosen['optimizer']} {chosen['lr']:g}, picked on its own data) it gets {chosen['refit_test_acc']:.1f}% "
+            f"against {scratch['refit_test_acc']:.1f}% from scratch (`benchmarks/results/dsn_lock_sweeps.jsonl`)."
+        )
+    parts.append("The table above was measured with an earlier recipe.")
     current = json.loads(json.dumps(DSNConfig.default().model_dump()))
     for name in ("mnist5k", "mnist5k-alt"):
         security = reports / f"dsn_security_{name}.json"
