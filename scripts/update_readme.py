@@ -340,7 +340,7 @@ def dsn_thief(reports: Path) -> str:
             f"against {scratch['refit_test_acc']:.1f}% from scratch (`benchmarks/results/dsn_lock_sweeps.jsonl`)."
         )
     parts.append("The table above was measured with an earlier recipe.")
-    current = json.loads(json.dumps(DSNConfig.default().model_dump()))
+    current = _current_recipe()
     for name in ("mnist5k", "mnist5k-alt"):
         security = reports / f"dsn_security_{name}.json"
         if not security.exists():
@@ -371,6 +371,11 @@ def dsn_thief(reports: Path) -> str:
     return " ".join(parts)
 
 
+def _current_recipe() -> dict:
+    """The shipped DSN recipe as a report records it (JSON types)."""
+    return json.loads(json.dumps(DSNConfig.default().model_dump()))
+
+
 def trace_headline(reports: Path) -> str:
     """README: fingerprint tracing of leaked customer models (``reproduce tracing``)."""
     path = reports / "tracing_mnist5k.json"
@@ -385,7 +390,9 @@ def trace_headline(reports: Path) -> str:
     cost = s.get("fingerprint_cost", {})
     return "\n".join(
         [
-            f"`mnist5k`, {s['customers']} fingerprinted customer models (`reports/tracing_mnist5k.md`), at most "
+            f"`mnist5k`, {s['customers']} fingerprinted customer models (`reports/tracing_mnist5k.md`"
+            + ("" if rep["config"].get("recipe") == _current_recipe() else "; the previous recipe, bits written as 0/1")
+            + f"), at most "
             f"{s['max_queries']} queries per trace, family-wise false-positive rate {rep['config']['fpr']:g}; "
             f"models that must name nobody (the teacher, {len(rep['innocents']) - 1} unissued): "
             f"{len(s['innocents_named'])} named.",

@@ -6,8 +6,8 @@ the command line, where other users of the machine could read it) and stamps it 
 ``deepserial predict`` does; it never logs or returns it. With ``raw_inputs`` the server stamps nothing
 and answers on inputs exactly as sent (clients that stamp themselves, and the setting in which a
 vendor can trace a served copy; see :mod:`deepserial.tracing`); its inputs may then hold the key's
-levels (-A..+A for a geometry that writes bits at amplitude A, ``value_range`` in ``/v1/info``). Ownership-watermarked models need
-no serial number.
+levels (-A..+A for a geometry that writes bits at amplitude A, ``value_range`` in ``/v1/info``).
+Ownership-watermarked models need no serial number.
 
 API (all JSON answers):
 

@@ -323,7 +323,7 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
 
     report = {
         "experiment": "tracing",
-        "config": cfg.model_dump(mode="json"),
+        "config": cfg.model_dump(mode="json") | {"recipe": state["config"]["recipe"]},  # the models' recipe
         "seed": cfg.seed,
         "signed_at_epoch": state["signed_at_epoch"],
         "owner": "OwnerIdentity.for_experiment(seed, 'tracing-owner')",
