@@ -333,16 +333,20 @@ def test_default_geometry_dsn_mnist() -> None:
     assert workflow.choose_geometry(model, SHAPE, (6, 6), None) == g6
 
 
-def test_the_shipped_recipe_writes_loud_bits_and_the_paper_writes_zero_and_one() -> None:
+def test_a_recipe_with_loud_bits_places_them_in_the_geometry_and_the_default_writes_zero_and_one() -> None:
     model = create_model("dsn_mnist", SHAPE, CLASSES)
-    shipped, paper = dsn.DSNConfig.default(), dsn.DSNConfig.paper()
-    assert shipped.amplitude == 6 and paper.amplitude == 0 and dsn.DSNConfig.previous_default().amplitude == 0
-    g = workflow.choose_geometry(model, SHAPE, (6, 6), None, amplitude=shipped.amplitude)
+    loud = dsn.DSNConfig.default(amplitude=6)
+    assert dsn.DSNConfig.default().amplitude == 0 and dsn.DSNConfig.paper().amplitude == 0
+    g = workflow.choose_geometry(model, SHAPE, (6, 6), None, amplitude=loud.amplitude)
     assert (g.top, g.left, g.amplitude, g.levels) == (20, 20, 6, (-6.0, 6.0))
     assert workflow.choose_geometry(model, SHAPE, (5, 7), (8, 12), amplitude=6).amplitude == 6
     data = TensorData(torch.rand(40, *SHAPE), torch.randint(0, CLASSES, (40,)))
-    key = dsn.DSNScheme(shipped).make_key(b"sig", data, CLASSES, model)
+    key = dsn.DSNScheme(loud).make_key(b"sig", data, CLASSES, model)
     assert SerialGeometry.from_dict(key.meta["geometry"]).amplitude == 6
+    assert SerialGeometry.from_dict(dsn.DSNScheme().make_key(b"sig", data, CLASSES, model).meta["geometry"]).levels == (
+        0.0,
+        1.0,
+    )
     with pytest.raises(pydantic.ValidationError):
         dsn.DSNConfig.default(amplitude=17)
 

@@ -440,7 +440,7 @@ def markdown(rep: dict[str, Any]) -> str:
         f"# DSN lock against an adaptive thief: {rep['name']}",
         "",
         f"Data set `{rep['dataset']}`, serial number {cfg['size'][0]}x{cfg['size'][1]} at "
-        f"{cfg['position'] or 'the default corner'}, seeds {', '.join(seeds)}; attacker data fractions "
+        f"{tuple(cfg['position']) if cfg['position'] else 'the default corner'}, seeds {', '.join(seeds)}; attacker data fractions "
         f"{', '.join(f'{f:.0%}' for f in cfg['fractions'])}. Accuracies in %; a check holds when its value is at "
         "most its bound (fine-tuning: the attacker's chosen setting minus the from-scratch control).",
         "",
