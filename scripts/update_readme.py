@@ -327,20 +327,26 @@ def dsn_thief(reports: Path) -> str:
                 else "."
             )
         )
-    amp = sweeps.parent / "dsn_security_amp6" / "dsn_security_mnist5k.json"
-    if loud and amp.exists():
-        broken = [(seed, r["checks"]) for seed, r in json.loads(amp.read_text())["runs"].items()]
+    amp = sorted((sweeps.parent / "dsn_security_amp6").glob("dsn_security_*.json"))
+    if loud and amp:
+        found = []
+        for path in amp:
+            rep = json.loads(path.read_text())
+            for seed, r in rep["runs"].items():
+                c = r["checks"]
+                what = "the exact key" if c["exact_key_recovered"]["value"] else "no exact key"
+                found.append(
+                    f"`{rep['name']}` seed {seed}: {sum(v['holds'] for v in c.values())} of {len(c)} checks hold, "
+                    f"one-bit neighbours at most {c['hamming1_max']['value']:.1f}%, reverse engineering recovered "
+                    f"{what} (best {c['recovered_max']['value']:.1f}%)"
+                )
         parts.append(
             f"Bits written as -6/+6 instead of 0/1 (`DSNConfig.amplitude`, research): keys one bit off at most "
             f"{each('{h1_max:.1f}', loud)}% and a per-key probe "
             + " / ".join(f"{_probe_max(r['readout']):.1f}" for r in loud)
-            + "% on the same seeds; not shipped, because with them `reproduce dsn-security` "
-            + "; ".join(
-                f"recovered {'the exact key' if c['exact_key_recovered']['value'] else 'a key'} on seed {seed} "
-                f"({c['recovered_max']['value']:.1f}% on test)"
-                for seed, c in broken
-            )
-            + " (`benchmarks/results/dsn_security_amp6/`)."
+            + "% on the same seeds; not shipped, because of what `reproduce dsn-security` found with them ("
+            + "; ".join(found)
+            + "; `benchmarks/results/dsn_security_amp6/`)."
         )
     parts.append(
         f"A thief with {sweep['fraction']:.0%} of the data who fine-tunes all layers or retrains the last one "
