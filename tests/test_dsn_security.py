@@ -132,6 +132,10 @@ def test_an_interrupted_run_resumes_from_its_work_folder(tmp_path: Path, monkeyp
     for key in ("teacher_acc", "geometry", "keyspace", "valid_sn_acc", "raw_acc", "readout", "recovery", "finetune"):
         assert _untimed(run[key]) == _untimed(straight[key]), key
     assert run["checks"] == straight["checks"]
+    # a damaged record is one line, not a traceback
+    (work / "seed0" / "record.json").write_text("{broken")
+    with pytest.raises(ConfigError, match="damaged"):
+        dsn_security.run("tiny", tmp_path / "d", [0], config=TINY, work=work)
     # another configuration is refused before anything runs
     with pytest.raises(ConfigError, match="another configuration"):
         dsn_security.run("tiny", tmp_path / "c", [0], config=TINY.model_copy(update={"limit": 700}), work=work)

@@ -241,7 +241,13 @@ def _customer(cfg: SecurityConfig, seed: int, progress: bool, work: Path | None)
         kept = load_model(work / "student.safetensors")
         geometry = SerialGeometry.from_dict(kept.manifest["serial_geometry"])
         serial = SerialNumber.from_signature(ident.sign(VerifierString.from_dict(kept.manifest["licence"])), geometry)
-        return kept.model.eval(), serial, json.loads((work / "record.json").read_text())
+        try:
+            rec = json.loads((work / "record.json").read_text())
+            if not isinstance(rec, dict) or "teacher_acc" not in rec:
+                raise ValueError
+        except (OSError, ValueError):
+            raise ConfigError(f"{work / 'record.json'} is damaged; remove {work} to run this seed afresh") from None
+        return kept.model.eval(), serial, rec
     tr = train_teacher(
         DataSpec(cfg.dataset, seed, limit=cfg.limit),
         TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=seed),
@@ -440,7 +446,8 @@ def markdown(rep: dict[str, Any]) -> str:
         f"# DSN lock against an adaptive thief: {rep['name']}",
         "",
         f"Data set `{rep['dataset']}`, serial number {cfg['size'][0]}x{cfg['size'][1]} at "
-        f"{tuple(cfg['position']) if cfg['position'] else 'the default corner'}, seeds {', '.join(seeds)}; attacker data fractions "
+        f"{tuple(cfg['position']) if cfg['position'] else 'the default corner'}, seeds {', '.join(seeds)}; "
+        "attacker data fractions "
         f"{', '.join(f'{f:.0%}' for f in cfg['fractions'])}. Accuracies in %; a check holds when its value is at "
         "most its bound (fine-tuning: the attacker's chosen setting minus the from-scratch control).",
         "",
