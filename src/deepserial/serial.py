@@ -78,7 +78,9 @@ class SerialGeometry:
     like image pixels; ``A`` >= 1 writes them as ``-A`` and ``+A`` (a relaxed bit ``p`` as ``A (2p - 1)``),
     the frame likewise. A one-bit flip then moves the input by ``2A`` instead of 1, so a small network
     can tell a key one bit off from the true one: on mnist5k the keys one bit off fall from 44-46% to
-    at most 18-20% (docs/decisions.md, the DSN lock). The amplitude is public, like the position.
+    at most 18-20%, but gradient reverse engineering recovered the exact key of one customer model, so the
+    default recipe keeps 0/1 (docs/decisions.md, the DSN lock, item 15). The amplitude is public, like the
+    position.
     """
 
     height: int
