@@ -264,6 +264,7 @@ def create_app(
     man = model.manifest
     shape = model.input_shape
     protected = "serial_geometry" in man
+    geometry = SerialGeometry.from_dict(man["serial_geometry"]) if protected else None
     if protected and serial is None and not raw_inputs:
         raise ConfigError(
             "this is a serial-number protected model: give its serial number (--serial-file FILE or "
@@ -276,17 +277,16 @@ def create_app(
             raise ConfigError(
                 "this model takes no serial number (its manifest has no serial geometry); serve it without one"
             )
-        expect = SerialGeometry.from_dict(man["serial_geometry"])
-        if serial.geometry != expect:
+        if serial.geometry != geometry:
             raise ConfigError(
                 f"the serial number is for {serial.geometry.describe()}, the model expects "
-                f"{expect.describe()}; use the key issued with this model"
+                f"{geometry.describe()}; use the key issued with this model"
             )
     bits = serial.as_tensor() if serial is not None else None
     # clients of a raw-input server stamp the key themselves, at the geometry's levels (-A/+A when loud)
     value_range = (0.0, 1.0)
-    if protected and raw_inputs:
-        lo, hi = SerialGeometry.from_dict(man["serial_geometry"]).levels
+    if geometry is not None and raw_inputs:
+        lo, hi = geometry.levels
         value_range = (min(0.0, lo), max(1.0, hi))
     net = model.model.eval()
     info = {

@@ -102,6 +102,9 @@ class DSNConfig(BaseModel):
     mine_pool: int = Field(64, ge=1, description="mined keys kept (the most accepted ones)")
     # (2) simulate the thief's fine-tuning on raw inputs and push the fine-tuned model to chance (first-order)
     sim_ft_weight: float = Field(0.0, ge=0, description="weight of the uniform loss after simulated fine-tuning")
+    sim_ft_every: int = Field(2, ge=1, description="steps between two simulated fine-tunings")
+    sim_ft_steps: int = Field(3, ge=1, description="inner fine-tuning steps")
+    sim_ft_lr: float = Field(0.05, gt=0, description="inner fine-tuning learning rate (SGD)")
     # (3) louder key bits: a one-bit flip becomes a large input change (SerialGeometry.amplitude). Measured
     # (docs/decisions.md, item 15): at 6 no one-bit neighbour unlocks, but gradient reverse engineering found
     # the exact key on seed 0, so it is off
@@ -111,9 +114,6 @@ class DSNConfig(BaseModel):
         le=MAX_AMPLITUDE,
         description="serial-number bits written as -A/+A instead of 0/1 (0: Eq. 7); research, see decisions",
     )
-    sim_ft_every: int = Field(2, ge=1, description="steps between two simulated fine-tunings")
-    sim_ft_steps: int = Field(3, ge=1, description="inner fine-tuning steps")
-    sim_ft_lr: float = Field(0.05, gt=0, description="inner fine-tuning learning rate (SGD)")
     invalid_augment: float = Field(
         0.0,
         ge=0,
