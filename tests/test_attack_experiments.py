@@ -318,3 +318,65 @@ def test_resulting_arch_follows_the_last_student_of_a_sequence() -> None:
     assert resulting_arch("dsn_mnist", {"details": {"student_arch": "null_digit"}}) == "null_digit"
     steps = [{"details": {"student_arch": "null_digit"}}, {"details": {"shifted": []}}]
     assert resulting_arch("dsn_mnist", {"details": {"steps": steps}}) == "null_digit"
+
+
+def _untimed(v: object) -> object:
+    """``v`` without the wall times, which differ between any two runs."""
+    if isinstance(v, dict):
+        return {k: _untimed(x) for k, x in v.items() if k not in ("wall_s", "wall_ratio")}
+    if isinstance(v, list):
+        return [_untimed(x) for x in v]
+    return v
+
+
+@pytest.mark.parametrize("scheme", ["uchida", "dsn"])
+def test_an_interrupted_wrt_run_resumes_from_its_work_folder(
+    scheme: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deepserial.experiments import workdir, wrt_attacks
+
+    over = WRT_TINY | {"wrt_fractions": (0.1,), "wrt_attacks": ("weight shifting", "fine-pruning 60%")}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1790000000")
+    straight = json.loads(attacks.run(scheme, "mnist5k", tmp_path / "a", overrides=over, suite="wrt")[1].read_text())
+    real = wrt_attacks._run_one
+    calls: list[str] = []
+
+    def stops_on_the_second(atk: wrt_attacks.WrtAttack, *a: object) -> dict:
+        calls.append(atk.label)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(atk, *a)
+
+    monkeypatch.setattr(wrt_attacks, "_run_one", stops_on_the_second)
+    work = tmp_path / "work"
+    with pytest.raises(KeyboardInterrupt):
+        attacks.run(scheme, "mnist5k", tmp_path / "b", overrides=over, suite="wrt", work=work)
+    assert not (tmp_path / "b").exists() or not list((tmp_path / "b").iterdir())
+    assert workdir.stage_path(work, "0.1/weight shifting").exists()
+    monkeypatch.undo()  # SOURCE_DATE_EPOCH unset: the resumed run signs at the time the work folder recorded
+    calls.clear()
+
+    def counted(atk: wrt_attacks.WrtAttack, *a: object) -> dict:
+        calls.append(atk.label)
+        return real(atk, *a)
+
+    monkeypatch.setattr(wrt_attacks, "_run_one", counted)
+    resumed = json.loads(
+        attacks.run(scheme, "mnist5k", tmp_path / "b", overrides=over, suite="wrt", work=work)[1].read_text()
+    )
+    assert calls == ["fine-pruning 60%"] + (["weight shifting", "fine-pruning 60%"] if scheme != "dsn" else [])
+    assert resumed["signed_at_epoch"] == 1790000000 and resumed["resumed_cells"] == 2
+    for key in ("victim", "fractions", "reference", "reference_attacks"):
+        assert _untimed(resumed.get(key)) == _untimed(straight.get(key)), key
+    # a victim that comes out with other weights is refused, as is another configuration or a damaged cell
+    (work / "weights" / "victim.json").write_text('{"sha256": "0"}')
+    with pytest.raises(ConfigError, match="other weights"):
+        attacks.run(scheme, "mnist5k", tmp_path / "c", overrides=over, suite="wrt", work=work)
+    with pytest.raises(ConfigError, match="another configuration"):
+        attacks.run(scheme, "mnist5k", tmp_path / "c", overrides=over | {"limit": 700}, suite="wrt", work=work)
+    workdir.stage_path(work, "0.1/weight shifting").write_text("{broken")
+    (work / "weights" / "victim.json").unlink()
+    with pytest.raises(ConfigError, match="damaged"):
+        attacks.run(scheme, "mnist5k", tmp_path / "c", overrides=over, suite="wrt", work=work)
+    with pytest.raises(ConfigError, match="for --suite wrt"):
+        attacks.run(scheme, "mnist5k", tmp_path / "c", overrides=over, work=work)

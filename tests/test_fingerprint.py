@@ -313,5 +313,5 @@ def test_reproduce_tracing_runs_end_to_end_on_small_data(tmp_path: Path) -> None
     stamp_before = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("*.safetensors")}
     run(cfg, tmp_path / "reports", work=tmp_path / "work")
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("*.safetensors")} == stamp_before
-    with pytest.raises(ConfigError, match="other settings"):
+    with pytest.raises(ConfigError, match="another configuration"):
         run(cfg.model_copy(update={"student_epochs": 2}), tmp_path / "reports", work=tmp_path / "work")

@@ -112,6 +112,10 @@ def reproduce_attacks(
     ] = "papers",
     seed: Seed = 0,
     quiet: Quiet = False,
+    work: Annotated[
+        Path | None,
+        typer.Option(help="--suite wrt: folder keeping every finished attack, so an interrupted run resumes."),
+    ] = None,
 ) -> None:
     """The papers' robustness tables beside ours. DSN: Tables 3-6 and Fig. 2 (fine-tuning, from scratch,
     transfer, overwriting, pruning, serial-number search, Neural Cleanse). A watermark scheme: the attacks
@@ -119,6 +123,8 @@ def reproduce_attacks(
     Watermark-Robustness-Toolbox (Lukas et al., IEEE S&P 2022) against either."""
     if suite != "papers" and (seeds is not None or tries is not None):
         raise ConfigError("--seeds and --tries are for the papers' suite; leave them out with --suite wrt")
+    if work is not None and suite != "wrt":
+        raise ConfigError("--work is for --suite wrt")
     if seeds is not None:
         if scheme != "dsn" or tries is not None or seed != 0:
             raise ConfigError(
@@ -131,7 +137,9 @@ def reproduce_attacks(
         return
     over = {"brute_force_tries": tries} if tries is not None else None
     check_writable(out, directory=True)  # before hours of work
-    typer.echo(wrote(attacks.run(scheme, dataset, out, seed=seed, progress=not quiet, overrides=over, suite=suite)))
+    typer.echo(
+        wrote(attacks.run(scheme, dataset, out, seed=seed, progress=not quiet, overrides=over, suite=suite, work=work))
+    )
 
 
 def reproduce_neural_cleanse(

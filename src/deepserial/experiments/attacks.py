@@ -31,7 +31,7 @@ from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
 from deepserial.attacks.neural_cleanse import scan
 from deepserial.data import TensorData
 from deepserial.errors import ConfigError
-from deepserial.experiments import watermark_attacks, wrt_attacks
+from deepserial.experiments import watermark_attacks, workdir, wrt_attacks
 from deepserial.experiments.attack_configs import (
     CONFIGS,
     HEADLINE,
@@ -48,6 +48,7 @@ from deepserial.experiments.watermarks import signing_time
 from deepserial.identity import OwnerIdentity
 from deepserial.report import environment, git_state, markdown_table, write_json, write_report, write_text
 from deepserial.schemes.base import get_scheme
+from deepserial.schemes.dsn import DSNConfig
 from deepserial.serial import stamp
 from deepserial.training import TrainConfig, accuracy
 from deepserial.workflow import DataSpec, embed_watermark, issue, loaded, train_teacher
@@ -84,10 +85,12 @@ def run(
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
     suite: str = "papers",
+    work: Path | None = None,
 ) -> list[Path]:
     """Run the robustness reproduction for ``scheme`` on ``dataset``; write its report. ``suite``
     "papers": the attacks of the protection's papers (``attacks_<scheme>_<dataset>``); "wrt": the WRT
-    removal attacks (:mod:`deepserial.experiments.wrt_attacks`, ``wrt_<scheme>_<dataset>``)."""
+    removal attacks (:mod:`deepserial.experiments.wrt_attacks`, ``wrt_<scheme>_<dataset>``), which with
+    ``work`` keeps every finished attack there and resumes (:mod:`deepserial.experiments.workdir`)."""
     if scheme != "dsn" and scheme not in PLANS:
         raise ConfigError(f"no attack reproduction for scheme {scheme!r}; choose one of dsn, {', '.join(PLANS)}")
     if dataset not in CONFIGS:
@@ -95,15 +98,26 @@ def run(
     if suite not in SUITES:
         raise ConfigError(f"unknown attack suite {suite!r}; choose one of {', '.join(SUITES)}")
     cfg = CONFIGS[dataset].model_copy(update=overrides or {})
+    if work is not None and suite != "wrt":
+        raise ConfigError("a work folder is for --suite wrt")
     if suite == "wrt":
         wrt_attacks.suite_for(cfg)  # unknown columns refused before any training
-        with signing_time() as epoch:
+        epoch, kept = None, 0
+        if work is not None:
+            record = {"scheme": scheme, "dataset": dataset, "seed": seed, "config": cfg.model_dump()}
+            if scheme == "dsn":  # the customer model's recipe: a run of another recipe never resumes here
+                record["recipe"] = DSNConfig.default().model_dump()
+            epoch = workdir.start(work, record, "WRT suite")
+            kept = sum(1 for p in work.rglob("*.json") if p.parent != work and p.parent.name != "weights")
+        with signing_time(epoch) as epoch:
             if scheme == "dsn":
-                rep = wrt_attacks.run_dsn(cfg, seed, progress)
+                rep = wrt_attacks.run_dsn(cfg, seed, progress, work)
             else:
-                rep = wrt_attacks.run_watermark(cfg, scheme, seed, progress)
+                rep = wrt_attacks.run_watermark(cfg, scheme, seed, progress, work)
         rep["signed_at_epoch"] = int(epoch)
         rep["environment"] = environment()
+        if work is not None:  # wall_s is this invocation's; the cells' own times are in the tables
+            rep["resumed_cells"] = kept
         return write_report(out / f"wrt_{scheme}_{dataset}", rep, wrt_attacks.markdown(rep), wrt_attacks.figure(rep))
     stem = out / f"attacks_{scheme}_{dataset}"
     if scheme != "dsn":

@@ -21,7 +21,6 @@ seed, with whether it holds. Tang, Du, Hu (arXiv:2011.08960, 2023 version) repor
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from deepserial.attacks.adaptive import fine_tuning_sweep, key_recovery
 from deepserial.attacks.base import attacker_share
 from deepserial.attacks.keyspace import keyspace_measures, output_readout
 from deepserial.errors import ConfigError
+from deepserial.experiments import workdir
 from deepserial.experiments.watermarks import signing_time
 from deepserial.files import atomic_write
 from deepserial.identity import OwnerIdentity, VerifierString
@@ -121,7 +121,7 @@ def run(
     stem = out / f"dsn_security_{name}"
     earlier = _earlier_runs(stem.with_suffix(".json"), cfg)
     per_seed: dict[str, dict[str, Any]] = {}
-    with signing_time(_work_epoch(work, cfg)) as epoch:
+    with signing_time(None if work is None else workdir.start(work, _config_record(cfg), "dsn-security")) as epoch:
         for s in seeds:
             t1 = time.perf_counter()
             rec = _one_seed(cfg, s, progress, None if work is None else work / f"seed{s}")
@@ -207,30 +207,6 @@ def _earlier_runs(path: Path, cfg: SecurityConfig) -> dict[str, dict[str, Any]]:
         if len(runs) == 1:
             rec.setdefault("wall_s", old.get("wall_s"))
     return runs
-
-
-def _work_epoch(work: Path | None, cfg: SecurityConfig) -> str | None:
-    """The signing time ``work`` recorded for ``cfg`` (recorded now, from the usual sources, when the
-    folder is new), so the customer models kept there are the ones a resumed run measures; None
-    without a work folder."""
-    if work is None:
-        return None
-    path = work / "run.json"
-    config = _config_record(cfg)
-    if not path.exists():
-        epoch = os.environ.get("SOURCE_DATE_EPOCH") or str(int(time.time()))
-        work.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json_bytes({"config": config, "signed_at_epoch": int(epoch)}))
-        return epoch
-    try:
-        state = json.loads(path.read_text())
-        same = state["config"] == config
-        epoch = str(int(state["signed_at_epoch"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError(f"{path} is not a dsn-security work record; use another --work folder") from None
-    if not same:
-        raise ConfigError(f"{work} holds a run of another configuration; remove it or use another --work folder")
-    return epoch
 
 
 def _customer(cfg: SecurityConfig, seed: int, progress: bool, work: Path | None) -> tuple[Any, SerialNumber, dict]:

@@ -21,8 +21,6 @@ processes can issue disjoint subsets at once; a last run without ``only`` evalua
 from __future__ import annotations
 
 import copy
-import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -37,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from deepserial.artifacts import LoadedModel, load_model, save_model
 from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
 from deepserial.data import TensorData
-from deepserial.errors import ConfigError
+from deepserial.experiments import workdir
 from deepserial.experiments.watermarks import signing_time
 from deepserial.fingerprint import DEFAULT_QUERIES
 from deepserial.identity import OwnerIdentity, VerifierString
@@ -102,20 +100,11 @@ _ISSUING = (
 
 
 def _state(work: Path, cfg: TracingConfig) -> dict[str, Any]:
-    """The run's fixed facts (signing time), written by the first process and read by every later one."""
-    path = work / "run.json"
+    """The run's fixed facts: the issuing settings with the recipe of its models (a cached model of another
+    recipe is never reused) and the signing time, recorded by the first process and read by every later one."""
     issuing = {k: v for k, v in cfg.model_dump(mode="json").items() if k in _ISSUING}
-    issuing["recipe"] = dsn.DSNConfig.default().model_dump(mode="json")  # models of one recipe only
-    if path.exists():
-        state = json.loads(path.read_text())
-        if {k: v for k, v in state["config"].items() if k in (*_ISSUING, "recipe")} != issuing:
-            raise ConfigError(f"{work} holds models issued with other settings; remove it or use another work folder")
-        return state
-    work.mkdir(parents=True, exist_ok=True)
-    state = {"config": issuing, "signed_at_epoch": os.environ.get("SOURCE_DATE_EPOCH")}
-    state["signed_at_epoch"] = state["signed_at_epoch"] or str(int(time.time()))
-    path.write_text(json.dumps(state))
-    return state
+    issuing["recipe"] = dsn.DSNConfig.default().model_dump(mode="json")
+    return {"config": issuing, "signed_at_epoch": workdir.start(work, issuing, "tracing")}
 
 
 def _teacher(work: Path, cfg: TracingConfig, data: DataSpec, progress: bool) -> LoadedModel:

@@ -33,12 +33,14 @@ CIFAR-10 configuration and why.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
 from deepserial.errors import ConfigError
+from deepserial.experiments import workdir
 from deepserial.experiments.attack_configs import PAPER as DSN_PAPER
 from deepserial.experiments.attack_configs import WORKED_RULE, AttackExperiment, attack_worked, footer
 from deepserial.experiments.watermark_attacks import PAPER as WATERMARK_PAPERS
@@ -171,26 +173,45 @@ def _run_one(atk: WrtAttack, victim: Any, data: Any, budget: Any, measure: Any) 
 
 
 def _sweep(
-    cfg: AttackExperiment, suite: tuple[WrtAttack, ...], victim: Any, splits: Any, budget: Any, measure: Any, seed: int
+    cfg: AttackExperiment,
+    suite: tuple[WrtAttack, ...],
+    victim: Any,
+    splits: Any,
+    budget: Any,
+    measure: Any,
+    seed: int,
+    work: Path | None = None,
 ) -> dict[str, Any]:
-    """Every attack and the from-scratch control at every share of ``cfg.wrt_fractions``."""
+    """Every attack and the from-scratch control at every share of ``cfg.wrt_fractions``; with ``work``,
+    each finished cell is kept there and read back by a resumed run."""
     total = len(splits.owner) + len(splits.attacker)
     out: dict[str, Any] = {}
     for f in cfg.wrt_fractions:
         adata = attacker_share(splits.attacker, f, total, seed)
-        scratch, log = get_attack("from-scratch").run(victim, adata, budget)
+
+        def scratch(adata: Any = adata) -> dict[str, Any]:
+            model, log = get_attack("from-scratch").run(victim, adata, budget)
+            return measure(model) | {"epochs": log.epochs, "forward_samples": log.forward_samples, "wall_s": log.wall_s}
+
         row: dict[str, Any] = {
             "samples": len(adata),
-            "from_scratch": measure(scratch)
-            | {"epochs": log.epochs, "forward_samples": log.forward_samples, "wall_s": log.wall_s},
-            "attacks": {a.label: _run_one(a, victim, adata, budget, measure) for a in suite},
+            "from_scratch": workdir.stage(work, f"{f:g}/from scratch", scratch),
+        }
+        row["attacks"] = {
+            a.label: workdir.stage(
+                work, f"{f:g}/{a.label}", lambda a=a, d=adata: _run_one(a, victim, d, budget, measure)
+            )
+            for a in suite
         }
         out[f"{f:g}"] = row
     return out
 
 
-def run_watermark(cfg: AttackExperiment, scheme_name: str, seed: int, progress: bool) -> dict[str, Any]:
-    """The suite against ``scheme_name``'s watermarked model and its unmarked reference."""
+def run_watermark(
+    cfg: AttackExperiment, scheme_name: str, seed: int, progress: bool, work: Path | None = None
+) -> dict[str, Any]:
+    """The suite against ``scheme_name``'s watermarked model and its unmarked reference (``work``: see
+    :func:`_sweep`; the models are trained again on resume and must come out bit for bit the same)."""
     t0 = time.perf_counter()
     suite = suite_for(cfg)
     v = embed_victim(cfg, scheme_name, seed, progress)
@@ -201,6 +222,8 @@ def run_watermark(cfg: AttackExperiment, scheme_name: str, seed: int, progress: 
     else:
         train = TrainConfig(epochs=v.wm.epochs, batch_size=v.wm.batch_size, seed=seed, progress=progress)
         reference = train_teacher(DataSpec(cfg.dataset, seed, limit=cfg.limit), train, v.wm.arch).model
+    workdir.same_weights(work, "victim", v.model)
+    workdir.same_weights(work, "reference", reference)
     budget = AttackBudget(
         epochs=cfg.attack_epochs, lr=cfg.attack_lr, batch_size=cfg.batch_size, seed=seed, progress=progress
     )
@@ -225,7 +248,7 @@ def run_watermark(cfg: AttackExperiment, scheme_name: str, seed: int, progress: 
         "paper": WATERMARK_PAPERS.get(scheme_name, {}),
         "sok": SOK,
     }
-    rep["fractions"] = _sweep(cfg, suite, v.model, v.splits, budget, v.measure, seed)
+    rep["fractions"] = _sweep(cfg, suite, v.model, v.splits, budget, v.measure, seed, work)
     # every attack on the unmarked reference at the smallest share: a control of false positives, which
     # needs no large budget
     smallest = min(cfg.wrt_fractions)
@@ -233,14 +256,20 @@ def run_watermark(cfg: AttackExperiment, scheme_name: str, seed: int, progress: 
     adata = attacker_share(v.splits.attacker, smallest, total, seed)
     rep["reference_attacks"] = {
         "fraction": f"{smallest:g}",
-        "attacks": {a.label: _run_one(a, reference, adata, budget, v.measure) for a in suite},
+        "attacks": {
+            a.label: workdir.stage(
+                work, f"reference/{a.label}", lambda a=a: _run_one(a, reference, adata, budget, v.measure)
+            )
+            for a in suite
+        },
     }
     rep["wall_s"] = time.perf_counter() - t0
     return rep
 
 
-def run_dsn(cfg: AttackExperiment, seed: int, progress: bool) -> dict[str, Any]:
-    """The suite against a DSN customer model: accuracy without and with the serial number."""
+def run_dsn(cfg: AttackExperiment, seed: int, progress: bool, work: Path | None = None) -> dict[str, Any]:
+    """The suite against a DSN customer model: accuracy without and with the serial number (``work``: see
+    :func:`run_watermark`)."""
     t0 = time.perf_counter()
     suite = suite_for(cfg)
     data = DataSpec(cfg.dataset, seed, limit=cfg.limit)
@@ -255,6 +284,7 @@ def run_dsn(cfg: AttackExperiment, seed: int, progress: bool) -> dict[str, Any]:
         train=TrainConfig(epochs=cfg.student_epochs, batch_size=cfg.batch_size, seed=seed, progress=progress),
     )
     student, sn, splits = issued.student, issued.serial, issued.splits
+    workdir.same_weights(work, "victim", student)
     classes = int(student.classifier.out_features)
 
     def measure(model: Any) -> dict[str, Any]:
@@ -283,7 +313,7 @@ def run_dsn(cfg: AttackExperiment, seed: int, progress: bool) -> dict[str, Any]:
         "victim": measure(student),
         "sok": SOK,
     }
-    rep["fractions"] = _sweep(cfg, suite, student, splits, budget, measure, seed)
+    rep["fractions"] = _sweep(cfg, suite, student, splits, budget, measure, seed, work)
     rep["wall_s"] = time.perf_counter() - t0
     return rep
 
