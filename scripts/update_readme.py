@@ -30,6 +30,7 @@ from deepserial.experiments.wrt_attacks import (  # noqa: E402
     LOCK_MARGIN,
     REMOVAL_MARGIN,
     SOK,
+    TRACE_LEDGER,
     controls_verified,
     outcome,
     protected_acc,
@@ -1106,7 +1107,9 @@ def _wrt_cell(rep: Report, fraction: str, label: str) -> str:
     o = outcome(rep, fraction, label)
     gone = (o["lock_holds"] is False) if o["lock_holds"] is not None else not o["verified"]
     mark = "**R**" if o["removed"] else ("x" if gone else "k")
-    return mark if o["cost"] is None else f"{mark} {o['cost']:+.1f}"
+    cell = mark if o["cost"] is None else f"{mark} {o['cost']:+.1f}"
+    tracing = rep["fractions"][fraction]["attacks"][label].get("tracing")
+    return cell if tracing is None else cell + (", T" if tracing["traced"] else ", untraced")
 
 
 def _wrt_removed_by(rep: Report, fraction: str) -> list[str]:
@@ -1444,7 +1447,10 @@ def results_md(reports: Path, benchmarks: Path) -> str:
         f"the model without its serial number answers more than {LOCK_MARGIN:g} points above chance) while "
         f"the attacker's accuracy stays within {REMOVAL_MARGIN:g} points of the protected model's (DSN: with its "
         "serial number). Cells: **R** removed, k kept (verified, or DSN still locked), x the protection gone "
-        "but at a larger accuracy cost; then the cost, accuracy before minus after, in points.",
+        "but at a larger accuracy cost; then the cost, accuracy before minus after, in points; for DSN, T when "
+        f"tracing still names the customer (and none of {TRACE_LEDGER - 1} unissued licences) through a server "
+        "that stamps its serial number and through one that does not, 'untraced' when not (a report made before "
+        "tracing was measured after each attack shows neither).",
         "",
     ]
     for d in DATASETS:

@@ -286,7 +286,44 @@ def test_wrt_suite_on_dsn_reports_accuracy_without_and_with_the_serial_number(tm
     assert rep["scheme"] == "dsn" and "reference_attacks" not in rep
     for e in [rep["victim"], *rep["fractions"]["0.1"]["attacks"].values()]:
         assert {"test_acc", "with_serial_acc", "lock_holds"} <= set(e) and "verdict" not in e
-    assert "with SN (%)" in paths[0].read_text()
+        assert set(e["tracing"]["servers"]) == {"stamping", "raw"} and isinstance(e["tracing"]["traced"], bool)
+    from deepserial.experiments import wrt_attacks
+
+    assert not wrt_attacks.controls_verified(rep)  # tracing names no licence from the from-scratch model
+    assert "with SN (%)" in paths[0].read_text() and "traced (matches" in paths[0].read_text()
+
+
+def test_tracing_after_an_attack_needs_the_customer_named_through_both_servers() -> None:
+    import numpy as np
+    import torch
+
+    from deepserial.experiments.wrt_attacks import tracing_after
+    from deepserial.fingerprint import Fingerprint
+    from deepserial.serial import SerialGeometry, SerialNumber
+
+    geometry = SerialGeometry(height=2, width=2, top=0, left=0)
+    serial = SerialNumber(geometry, np.array([[1, 0], [0, 1]]))
+    queries = torch.rand(100, 1, 8, 8)
+    own, other = torch.randint(0, 10, (100,)), torch.randint(0, 10, (100,))
+    fp = Fingerprint(queries, own)
+
+    class Answers(torch.nn.Module):
+        """Answers the queries with ``labels`` when they arrive stamped (``stamped``) and/or raw."""
+
+        def __init__(self, stamped: torch.Tensor, raw: torch.Tensor) -> None:
+            super().__init__()
+            self.stamped, self.raw = stamped, raw
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            labels = self.raw if torch.equal(x, queries) else self.stamped
+            return torch.nn.functional.one_hot(labels, 10).float()
+
+    assert tracing_after(Answers(own, own), fp, [other], serial, 10)["traced"]
+    half = tracing_after(Answers(own, other), fp, [other], serial, 10)  # a raw server answers as an unissued one
+    assert not half["traced"] and half["servers"]["stamping"]["named"] and half["servers"]["raw"]["others_named"] == 1
+    assert not tracing_after(Answers(own, own), fp, [own], serial, 10)[
+        "traced"
+    ]  # another licence named too: not traced
 
 
 def test_wrt_suite_refuses_an_unknown_column_before_training(tmp_path: Path) -> None:

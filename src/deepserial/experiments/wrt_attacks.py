@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
@@ -45,8 +46,11 @@ from deepserial.experiments.attack_configs import PAPER as DSN_PAPER
 from deepserial.experiments.attack_configs import WORKED_RULE, AttackExperiment, attack_worked, footer
 from deepserial.experiments.watermark_attacks import PAPER as WATERMARK_PAPERS
 from deepserial.experiments.watermark_attacks import embed_victim
-from deepserial.identity import OwnerIdentity
+from deepserial.fingerprint import Fingerprint, codeword, decode
+from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.report import markdown_table
+from deepserial.schemes.dsn import SCHEME as DSN_SCHEME
+from deepserial.serial import stamp
 from deepserial.training import TrainConfig
 from deepserial.workflow import DataSpec, issue, loaded, measure_model, train_teacher
 
@@ -54,6 +58,10 @@ from deepserial.workflow import DataSpec, issue, loaded, measure_model, train_te
 REMOVAL_MARGIN = 5.0
 #: Points above chance within which a DSN model without its serial number still counts as locked.
 LOCK_MARGIN = 10.0
+#: Tracing after an attack on DSN, as ``reports/tracing_<dataset>`` decides it: the customer's codeword
+#: among a ledger of this many licences (the others issued to nobody), named at this family-wise rate.
+TRACE_LEDGER = 20
+TRACE_FPR = 1e-3
 
 
 class WrtAttack(BaseModel):
@@ -142,6 +150,28 @@ def lock_holds(raw_acc: float, classes: int) -> bool:
     """Whether a DSN model without its serial number is still locked: its accuracy on raw inputs stays
     within :data:`LOCK_MARGIN` points of chance."""
     return raw_acc < chance(classes) + LOCK_MARGIN
+
+
+def tracing_after(model: Any, fp: Fingerprint, others: list[Any], serial: Any, classes: int) -> dict[str, Any]:
+    """Whether the customer is still traced from ``model``: its answers to the fingerprint queries,
+    through a server that stamps the serial number and one that passes inputs through, decoded against
+    the customer's codeword and ``others`` (:data:`TRACE_LEDGER`, :data:`TRACE_FPR`). The thief picks
+    how to serve, so ``traced`` needs the customer named, and nobody else, through both."""
+    servers: dict[str, Any] = {}
+    for server, x in (("stamping", stamp(fp.queries, serial.geometry, serial.as_tensor())), ("raw", fp.queries)):
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            answers = model(x).argmax(1)
+        model.train(was)
+        own, *rest = decode(answers, [fp.codeword, *others], classes, TRACE_FPR)
+        servers[server] = {
+            "matches": own.matches,
+            "p_value": own.p_value,
+            "named": own.named,
+            "others_named": sum(m.named for m in rest),
+        }
+    return {"servers": servers, "traced": all(v["named"] and not v["others_named"] for v in servers.values())}
 
 
 def removed(entry: dict[str, Any], protected_acc: float) -> bool:
@@ -286,10 +316,22 @@ def run_dsn(cfg: AttackExperiment, seed: int, progress: bool, work: Path | None 
     student, sn, splits = issued.student, issued.serial, issued.splits
     workdir.same_weights(work, "victim", student)
     classes = int(student.classifier.out_features)
+    fp = Fingerprint.for_licence(
+        owner,
+        VerifierString.from_dict(issued.manifest["licence"]),
+        tuple(issued.manifest["input_shape"]),
+        classes,
+        issued.manifest["fingerprint"]["queries"],
+    )
+    unissued = [
+        VerifierString.now(owner.fingerprint(), f"wrt-unissued-{i}", DSN_SCHEME) for i in range(TRACE_LEDGER - 1)
+    ]
+    others = [codeword(owner, v, classes, len(fp.codeword)) for v in unissued]
 
     def measure(model: Any) -> dict[str, Any]:
         m = measure_model(model, splits, task_classes=classes, serial=sn)
-        return m | {"lock_holds": lock_holds(m["test_acc"], classes)}
+        out = m | {"lock_holds": lock_holds(m["test_acc"], classes)}
+        return out if m["test_acc"] is None else out | {"tracing": tracing_after(model, fp, others, sn, classes)}
 
     budget = AttackBudget(
         epochs=cfg.attack_epochs, lr=cfg.attack_lr, batch_size=cfg.batch_size, seed=seed, progress=progress
@@ -348,6 +390,9 @@ def controls_verified(rep: dict[str, Any]) -> list[str]:
     for f, row in rep["fractions"].items():
         if (row["from_scratch"].get("verdict") or {}).get("decision"):
             bad.append(f"from scratch at {f}")
+        servers = (row["from_scratch"].get("tracing") or {}).get("servers", {})
+        if any(v["named"] or v["others_named"] for v in servers.values()):
+            bad.append(f"from scratch at {f} traced to a licence")
     if (rep.get("reference") or {}).get("verdict", {}).get("decision"):
         bad.append("unmarked reference")
     ref = rep.get("reference_attacks") or {}
@@ -372,6 +417,15 @@ def _verdict(e: dict[str, Any]) -> str:
     return ("verified" if v.get("decision") else "**not verified**") + ("" if p is None else f" (p = {p:.2g})")
 
 
+def _traced(e: dict[str, Any]) -> str:
+    """A DSN cell's tracing verdict with the customer's fingerprint matches through both servers."""
+    t = e.get("tracing")
+    if t is None:
+        return "–"
+    m = " / ".join(str(t["servers"][k]["matches"]) for k in ("stamping", "raw"))
+    return ("yes" if t["traced"] else "**no**") + f" ({m})"
+
+
 def markdown(rep: dict[str, Any]) -> str:
     """The report of one protection under the WRT suite."""
     dsn = rep["scheme"] == "dsn"
@@ -381,10 +435,14 @@ def markdown(rep: dict[str, Any]) -> str:
     if dsn:
         lines += [
             f"Teacher {rep['teacher_acc']:.1f}%; customer model {v['with_serial_acc']:.1f}% with its serial number, "
-            f"{v['test_acc']:.1f}% without (chance {chance(rep['classes']):g}%). Locked: accuracy without the serial "
-            f"number below chance + {rep['lock_margin']:g} points. Removed: unlocked with accuracy without the serial "
-            f"number within {rep['removal_margin']:g} points of the customer model's with it. 'Reached from scratch': "
-            f"{WORKED_RULE} (without the serial number).",
+            f"{v['test_acc']:.1f}% without (chance {chance(rep['classes']):g}%); traced {_traced(v)}. Locked: "
+            f"accuracy without the serial number below chance + {rep['lock_margin']:g} points. Removed: unlocked "
+            f"with accuracy without the serial number within {rep['removal_margin']:g} points of the customer "
+            f"model's with it. 'Reached from scratch': {WORKED_RULE} (without the serial number). Traced: the "
+            f"customer's fingerprint names it, and none of {TRACE_LEDGER - 1} unissued licences, at family-wise "
+            f"rate {TRACE_FPR:g}, through a server that stamps the serial number and through one that does not "
+            "(in brackets: the queries answered with its codeword through each; reports written before tracing "
+            "was measured here have no such column).",
             "",
         ]
     else:
@@ -417,7 +475,7 @@ def markdown(rep: dict[str, Any]) -> str:
         head = ["attack", "accuracy (%)", "cost", "verdict" if not dsn else "without SN", "removed", "fwd x", "time x"]
         if dsn:
             head.insert(2, "with SN (%)")
-            head.append("reached from scratch")
+            head += ["reached from scratch", "traced (matches: stamping / raw)"]
         rows = []
         for label, e in row["attacks"].items():
             o = outcome(rep, f, label)
@@ -433,6 +491,7 @@ def markdown(rep: dict[str, Any]) -> str:
             if dsn:
                 r.insert(2, _num(e.get("with_serial_acc")))
                 r.append("yes" if attack_worked(e["test_acc"], s["test_acc"]) else "no")
+                r.append(_traced(e))
             rows.append(r)
         lines += [markdown_table(head, rows), ""]
     ref = rep.get("reference_attacks")
@@ -449,7 +508,9 @@ def markdown(rep: dict[str, Any]) -> str:
     bad = controls_verified(rep)
     controls = (
         "the from-scratch model at each share (DSN has no key to verify: the control is its accuracy, the bar of "
-        "'reached from scratch')"
+        "'reached from scratch', and that tracing names no licence from it: "
+        + ("**" + ", ".join(bad) + "**" if bad else "none named")
+        + ")"
         if dsn
         else ("**verified on " + ", ".join(bad) + "**" if bad else "no unmarked control verified")
     )
