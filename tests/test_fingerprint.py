@@ -300,6 +300,7 @@ def test_reproduce_tracing_runs_end_to_end_on_small_data(tmp_path: Path) -> None
         "plain",
     }
     assert rep["signed_at_epoch"] and rep["environment"]["git_commit"] is not None
+    assert set(rep["from_scratch"]) == {"adam 0.001"} and "trained from scratch" in paths[0].read_text()
     # no licence of the ledger may be named for a model that must name nobody, whatever the training
     assert rep["summary"]["innocents_named"] == []
     models = sorted(p.name for p in (tmp_path / "work").glob("*.safetensors"))

@@ -262,6 +262,16 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
         row["pruning"] = _row(traced(_Stamped(pruned, sn)), truth) | {"valid_acc": acc(pruned, sn)}
         customers.append(row)
 
+    # the thief's own training, the bar a fine-tuned leak is worth something above: the same network freshly
+    # initialised, the same data (raw: a model trained from scratch needs no key), settings and epochs
+    from_scratch = {}
+    for opt, lr in cfg.ft_settings:
+        budget = AttackBudget(
+            epochs=cfg.ft_epochs, lr=lr, optimizer=opt, momentum=0.9 if opt == "sgd" else 0.0, seed=cfg.seed
+        )
+        own, _ = get_attack("from-scratch").run(teacher.model, thief, budget)
+        from_scratch[f"{opt} {lr:g}"] = accuracy(own, test)
+
     rng = np.random.default_rng(cfg.seed)
     collusion: dict[str, list[dict[str, Any]]] = {"weights": [], "outputs": []}
     cust_ids = [mid for mid, _, _ in _names(cfg)[: cfg.customers]]
@@ -318,6 +328,7 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
         "owner": "OwnerIdentity.for_experiment(seed, 'tracing-owner')",
         "teacher_acc": accuracy(teacher.model, test),
         "customers": customers,
+        "from_scratch": from_scratch,
         "collusion": collusion,
         "innocents": innocents,
         "twins": twins,
@@ -409,6 +420,15 @@ def markdown(rep: dict[str, Any]) -> str:
         f"licences the ledger does not hold): named {len(s['innocents_named'])} "
         f"({', '.join(s['innocents_named']) or 'none'}). Largest number of queries in one trace: {s['max_queries']}.",
     ]
+    if rep.get("from_scratch"):  # reports before 2026-12-03 did not train the thief's own model
+        own = rep["from_scratch"]
+        lines += [
+            "",
+            f"The thief's own model, trained from scratch on the same {cfg['ft_fraction']:.0%} of the data with each "
+            "fine-tuning setting (test accuracy without any key): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in own.items())
+            + f"; best {max(own.values()):.1f}. A fine-tuned leak is worth to the thief what it keeps above that.",
+        ]
     if rep["twins"]:
         keys = list(rep["twins"][0]["plain"])
         lines += [
