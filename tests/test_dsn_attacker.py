@@ -236,6 +236,21 @@ def test_unknown_position_search_finds_a_stamp_that_holds_the_key(how: str) -> N
     json.dumps(rep)
 
 
+@pytest.mark.parametrize("amplitude", [0, 6])
+def test_the_mask_search_writes_its_pattern_at_the_public_bit_levels(amplitude: int) -> None:
+    from deepserial.attacks.serial_search import SerialSearchConfig, _mask_search
+
+    data = _images(64, 8)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, C)).requires_grad_(False)
+    cfg = SerialSearchConfig(amplitude=amplitude, batch_size=32)
+    mask, pattern = _mask_search(model, data.x, data.y, cfg, 5, torch.Generator().manual_seed(0))
+    assert mask.min() >= 0 and mask.max() <= 1
+    lo, hi = (0.0, 1.0) if not amplitude else (-6.0, 6.0)
+    assert lo <= pattern.min() and pattern.max() <= hi
+    if amplitude:  # it reaches beyond what an image holds, as the bits of such a key do
+        assert pattern.min() < 0 and pattern.max() > 1
+
+
 def test_mask_box_keeps_the_cluster_around_the_peak() -> None:
     mask = torch.zeros(1, 1, SIDE, SIDE)
     mask[0, 0, 5, 5], mask[0, 0, 5, 7], mask[0, 0, 7, 6] = 1.0, 0.8, 0.6  # a scattered key: one cluster

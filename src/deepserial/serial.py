@@ -58,6 +58,11 @@ _CHECK = 2
 _GROUP = 5
 
 
+def bit_levels(amplitude: int) -> tuple[float, float]:
+    """The pixel values a 0 bit and a 1 bit are written as: 0 and 1, or -A and +A at amplitude A."""
+    return (0.0, 1.0) if not amplitude else (-float(amplitude), float(amplitude))
+
+
 @dataclass(frozen=True)
 class SerialGeometry:
     """Where and how big a serial number is: ``height x width`` bits with its top-left pixel at
@@ -123,7 +128,7 @@ class SerialGeometry:
     @property
     def levels(self) -> tuple[float, float]:
         """The pixel values of a 0 bit and a 1 bit."""
-        return (0.0, 1.0) if not self.amplitude else (-float(self.amplitude), float(self.amplitude))
+        return bit_levels(self.amplitude)
 
     def pixels(self, bits: torch.Tensor) -> torch.Tensor:
         """Bits (..., h, w), 0/1 or relaxed in [0, 1], as the pixel values a stamp writes (..., h * scale,

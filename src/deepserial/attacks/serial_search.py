@@ -49,7 +49,7 @@ from deepserial.attacks.base import Attack, AttackBudget, AttackLog, register_at
 from deepserial.data import TensorData
 from deepserial.errors import ConfigError
 from deepserial.nets import SplitNet
-from deepserial.serial import MAX_AMPLITUDE, SerialGeometry, SerialNumber, stamp, stamp_many, write_frame
+from deepserial.serial import MAX_AMPLITUDE, SerialGeometry, SerialNumber, bit_levels, stamp, stamp_many, write_frame
 from deepserial.suspect import ModuleSuspect, QueryBudgetError, Suspect
 from deepserial.training import EpochCallback, model_device
 
@@ -461,8 +461,10 @@ def _mask_search(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SerialSearchConfig, steps: int, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Neural Cleanse's mask and pattern (Wang et al., S&P 2019) on the true labels: returns mask
-    (1, 1, H, W) and pattern (1, C, H, W) in [0, 1] on the CPU. The model must be frozen."""
+    (1, 1, H, W) in [0, 1] and pattern (1, C, H, W) between the bit levels of ``cfg.amplitude`` (the
+    method's, public: [0, 1] for 0/1 bits), on the CPU. The model must be frozen."""
     dev = model_device(model)
+    lo, hi = bit_levels(cfg.amplitude)
     c, h, w = (int(s) for s in x.shape[1:])
     mask_p = (torch.rand(1, 1, h, w, generator=gen) * 0.2 - 2.0).to(dev).requires_grad_(True)
     pat_p = (torch.rand(1, c, h, w, generator=gen) * 2 - 1).to(dev).requires_grad_(True)
@@ -470,13 +472,13 @@ def _mask_search(
     for _ in range(steps):
         idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
         xb, yb = x[idx].to(dev), y[idx].to(dev)
-        m, p = (torch.tanh(mask_p) + 1) / 2, (torch.tanh(pat_p) + 1) / 2
+        m, p = (torch.tanh(mask_p) + 1) / 2, lo + (hi - lo) * (torch.tanh(pat_p) + 1) / 2
         loss = F.cross_entropy(model((1 - m) * xb + m * p), yb) + cfg.mask_lam * m.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     with torch.no_grad():
-        return ((torch.tanh(mask_p) + 1) / 2).cpu(), ((torch.tanh(pat_p) + 1) / 2).cpu()
+        return ((torch.tanh(mask_p) + 1) / 2).cpu(), (lo + (hi - lo) * (torch.tanh(pat_p) + 1) / 2).cpu()
 
 
 def _mask_restarts(
