@@ -513,6 +513,23 @@ def test_shipped_recipe_draws_every_kind_of_invalid_input() -> None:
     assert all(v > 0 for v in counts.values())
 
 
+def test_scaled_keys_are_the_key_at_another_contrast() -> None:
+    mix = {k: 0.0 for k in ("mix_random", "mix_hamming1", "mix_hamming2", "mix_near", "mix_relaxed", "mix_mined")}
+    # raw inputs at a weight too small to get a row (the recipe needs one of the four basic kinds)
+    cfg = dsn.DSNConfig.default(**mix, mix_raw=1e-4, mix_scaled=1.0, sim_ft_weight=0.0, invalid_ratio=4.0)
+    n = 64
+    _, _, inputs, _ = run_loss(cfg, n)
+    rows, cols = SERIAL.geometry.region()
+    offset = inputs[n:, 0, rows, cols] - 0.5  # every invalid row: 0.5 + alpha (key - 0.5) in bit units
+    key = torch.as_tensor(SERIAL.bits).float() - 0.5
+    alpha = offset / key
+    assert torch.all(alpha >= 0)  # never against the key's direction
+    per_row = alpha.flatten(1)
+    below = per_row.max(1).values <= 0.8 + 1e-6
+    beyond = (per_row.min(1).values >= 1.3 - 1e-6) & (per_row.max(1).values <= 2.5 + 1e-6)
+    assert torch.all(below | beyond) and below.any() and beyond.any()  # the valid key itself (alpha 1) never
+
+
 def test_shipped_recipe_mines_keys_and_simulates_fine_tuning_on_a_real_network() -> None:
     torch.manual_seed(0)
     student = create_model("dsn_mnist", SHAPE, CLASSES)

@@ -196,7 +196,7 @@ def _earlier_runs(path: Path, cfg: SecurityConfig) -> dict[str, dict[str, Any]]:
         return {}
     try:
         old = json.loads(path.read_text())
-        same = old["config"] == _config_record(cfg)
+        same = workdir.same_config(old["config"], _config_record(cfg))
         runs = dict(old["runs"]) if same else {}
     except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(f"{path} is not a readable dsn-security report; move it away to start afresh") from None

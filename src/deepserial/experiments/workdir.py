@@ -21,10 +21,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from deepserial.errors import ConfigError
 from deepserial.files import atomic_write
 from deepserial.report import json_bytes
+from deepserial.schemes.dsn import DSNConfig
+
+
+def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two recorded configurations are the same run's. A ``recipe`` entry (the DSN recipe the
+    customer models train with) is compared as a :class:`DSNConfig`, so a recipe option added later, off
+    by default, does not make an earlier record look like another configuration."""
+    a, b = dict(a), dict(b)
+    ra, rb = a.pop("recipe", None), b.pop("recipe", None)
+    if a != b or (ra is None) != (rb is None):
+        return False
+    try:
+        return ra is None or DSNConfig(**ra) == DSNConfig(**rb)
+    except (ValidationError, TypeError):
+        return False
 
 
 def start(work: Path, config: dict[str, Any], what: str) -> str:
@@ -39,7 +55,7 @@ def start(work: Path, config: dict[str, Any], what: str) -> str:
         return epoch
     try:
         state = json.loads(path.read_text())
-        same = state["config"] == config
+        same = same_config(state["config"], config)
         epoch = str(int(state["signed_at_epoch"]))
     except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(f"{path} is not a {what} work record; use another --work folder") from None

@@ -98,6 +98,13 @@ class DSNConfig(BaseModel):
     mix_mined: float = Field(
         0.0, ge=0, description="share of invalid inputs stamped with keys mined from what the student still accepts"
     )
+    mix_scaled: float = Field(
+        0.0,
+        ge=0,
+        description="share of invalid inputs stamped with the key at another contrast (the levels' midpoint plus "
+        "alpha times the key's offset from it, alpha below 0.8 or from 1.3 to 2.5): the ramp from a blank pattern "
+        "to the key that a relaxed search climbs",
+    )
     mine_every: int = Field(20, ge=1, description="steps between two mining rounds")
     mine_pool: int = Field(64, ge=1, description="mined keys kept (the most accepted ones)")
     # (2) simulate the thief's fine-tuning on raw inputs and push the fine-tuned model to chance (first-order)
@@ -271,6 +278,7 @@ def _counts(n: int, cfg: DSNConfig) -> dict[str, int]:
         "near": cfg.mix_near,
         "relaxed": cfg.mix_relaxed,
         "mined": cfg.mix_mined,
+        "scaled": cfg.mix_scaled,
     }
     weights = {k: w for k, w in weights.items() if w > 0 or k in ("raw", "random", "hamming1", "hamming2")}
     s = sum(weights.values())
@@ -344,6 +352,16 @@ def make_student_loss(
         moved[torch.arange(k), torch.randint(0, nbits, (k,))] = True  # at least one pixel leaves the key
         step = (0.3 + 0.7 * torch.rand(k, nbits)) * moved
         rel = flat_valid + (1 - 2 * flat_valid) * step
+        return rel.view(k, geometry.height, geometry.width).to(dev)
+
+    def scaled_keys(k: int, dev: torch.device) -> torch.Tensor:
+        """The key at another contrast, in bit units around 0.5: three in four below (alpha in [0, 0.8], each
+        bit's alpha jittered by a quarter), one in four beyond it (alpha in [1.3, 2.5])."""
+        alpha = torch.rand(k, 1) * 0.8
+        alpha = (alpha * (1 + 0.25 * torch.randn(k, nbits))).clamp(0, 0.8)
+        beyond = torch.rand(k) < 0.25
+        alpha[beyond] = 1.3 + 1.2 * torch.rand(int(beyond.sum()), 1)
+        rel = 0.5 + alpha * (flat_valid - 0.5)
         return rel.view(k, geometry.height, geometry.width).to(dev)
 
     @torch.no_grad()
@@ -474,6 +492,8 @@ def make_student_loss(
                     bits = near_keys(k, dev)
                 elif kind == "relaxed":
                     bits = relaxed_keys(k, dev)
+                elif kind == "scaled":
+                    bits = scaled_keys(k, dev)
                 elif kind == "mined":
                     pool = state["pool"] if state["pool"] is not None else wrong.hamming1
                     bits = pool[torch.randint(0, len(pool), (k,))].to(dev)
