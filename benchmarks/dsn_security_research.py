@@ -1,0 +1,43 @@
+"""`reproduce dsn-security` with a research recipe: the product's attacks on customer models trained
+with DSN options the shipped recipe leaves off.
+
+    python benchmarks/dsn_security_research.py --base mnist5k --name mnist5k-amp6-scaled --seeds 0 \
+        --set amplitude=6 mix_scaled=0.15 --out /tmp/amp_scaled0 --work /tmp/amp_scaled0/work
+
+The report (``OUT/dsn_security_NAME.{md,json,png}``) records the full configuration and recipe, so a
+run of another recipe is never gathered with it; ``--work`` makes an interrupted run resume. The reports
+in ``benchmarks/results/dsn_security_amp6/`` named ``*-scaled*`` were made by one-off scripts that made
+exactly this call (their JSON holds the configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from deepserial.experiments import dsn_security
+from deepserial.report import mark_start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", required=True, choices=sorted(dsn_security.CONFIGS), help="configuration to start from")
+    ap.add_argument("--name", required=True, help="report name: OUT/dsn_security_NAME")
+    ap.add_argument("--seeds", type=int, nargs="+", required=True)
+    ap.add_argument("--set", nargs="*", default=[], help="DSNConfig options name=value over the shipped recipe")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--work", type=Path, default=None)
+    a = ap.parse_args()
+    mark_start()
+    torch.set_num_threads(1)
+    dsn = {k: float(v) if "." in v or "e" in v else int(v) for k, v in (item.split("=", 1) for item in a.set)}
+    cfg = dsn_security.CONFIGS[a.base].model_copy(update={"dsn": dsn})
+    paths = dsn_security.run(a.name, a.out, a.seeds, config=cfg, work=a.work, command=" ".join(sys.argv))
+    print("wrote " + ", ".join(map(str, paths)))
+
+
+if __name__ == "__main__":
+    main()
