@@ -347,7 +347,8 @@ def dsn_thief(reports: Path) -> str:
             + " / ".join(f"{_probe_max(r['readout']):.1f}" for r in loud)
             + "% on the same seeds; not shipped, because of what `reproduce dsn-security` found with them ("
             + "; ".join(found)
-            + "; `benchmarks/results/dsn_security_amp6/`)."
+            + "; `-scaled`: the key at other contrasts also trained as invalid, `mix_scaled`, docs/decisions.md "
+            "item 16; `benchmarks/results/dsn_security_amp6/`)."
         )
     parts.append(
         f"A thief with {sweep['fraction']:.0%} of the data who fine-tunes all layers or retrains the last one "
