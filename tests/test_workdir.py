@@ -43,6 +43,9 @@ def test_a_stage_is_computed_once_and_a_damaged_one_is_refused(tmp_path: Path) -
 def test_every_wrt_column_has_its_own_stage_file(tmp_path: Path) -> None:
     paths = {workdir.stage_path(tmp_path, f"0.1/{a.label}") for a in SUITE}
     assert len(paths) == len(SUITE) and all(p.parent == tmp_path / "0.1" for p in paths)
+    # a number in a label is kept whole (not taken for a file suffix), so labels that differ only there differ
+    assert workdir.stage_path(tmp_path, "0.1/Gaussian smoothing 0.5").name == "gaussian-smoothing-0.5.json"
+    assert workdir.stage_path(tmp_path, "rate 0.6") != workdir.stage_path(tmp_path, "rate 0.9")
 
 
 def test_a_recipe_option_added_later_at_its_default_is_the_same_recipe() -> None:

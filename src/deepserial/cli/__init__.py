@@ -116,9 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the command, turning user errors into one line and exit status 2.
 
     Under torchrun (``torchrun --nproc_per_node N -m deepserial ...``) the process first joins the
-    process group (:mod:`deepserial.distributed`); only rank 0 prints.
+    process group (:mod:`deepserial.distributed`); only rank 0 prints. A torchrun worker then leaves
+    without the interpreter's teardown: Gloo's worker threads can still hold work objects there and
+    abort a rank after a successful run ("terminate called without an active exception", SIGABRT; seen
+    here under load, pytorch/pytorch#190489), which torchrun reports as the whole job failing.
     """
-    args = list(sys.argv[1:] if argv is None else argv)
+    code = _run(list(sys.argv[1:] if argv is None else argv))
+    if argv is None and distributed.launched():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(args: list[str]) -> int:
+    """The command's exit status (user errors: one line, status 2)."""
     cmd = typer.main.get_command(app)
     try:
         if distributed.launched():

@@ -68,7 +68,7 @@ def stage_path(work: Path, name: str) -> Path:
     """Where stage ``name`` is kept: one JSON file, its name reduced to letters, digits, dots and dashes
     (a ``/`` in ``name`` makes a subfolder)."""
     parts = [re.sub(r"[^a-z0-9.]+", "-", p.lower()).strip("-.") or "-" for p in name.split("/")]
-    return work.joinpath(*parts).with_suffix(".json")
+    return work.joinpath(*parts[:-1], parts[-1] + ".json")  # not with_suffix: "0.5" is no suffix
 
 
 def stage(work: Path | None, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
