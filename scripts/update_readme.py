@@ -335,11 +335,14 @@ def dsn_thief(reports: Path) -> str:
             rep = json.loads(path.read_text())
             for seed, r in rep["runs"].items():
                 c = r["checks"]
-                what = "the exact key" if c["exact_key_recovered"]["value"] else "no exact key"
+                what = (
+                    "**exact key recovered**"
+                    if c["exact_key_recovered"]["value"]
+                    else f"recovered keys at most {c['recovered_max']['value']:.1f}%"
+                )
                 found.append(
-                    f"`{rep['name']}` seed {seed}: {sum(v['holds'] for v in c.values())} of {len(c)} checks hold, "
-                    f"one-bit neighbours at most {c['hamming1_max']['value']:.1f}%, reverse engineering recovered "
-                    f"{what} (best {c['recovered_max']['value']:.1f}%)"
+                    f"`{rep['name']}` seed {seed}: {sum(v['holds'] for v in c.values())} of {len(c)} checks, "
+                    f"one bit off at most {c['hamming1_max']['value']:.1f}%, {what}"
                 )
         parts.append(
             f"Bits written as -6/+6 instead of 0/1 (`DSNConfig.amplitude`, research): keys one bit off at most "
