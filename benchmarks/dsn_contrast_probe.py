@@ -21,10 +21,8 @@ from pathlib import Path
 
 import torch
 
-from deepserial.artifacts import load_model
-from deepserial.identity import OwnerIdentity, VerifierString
+from deepserial.experiments.dsn_security import kept_customer
 from deepserial.report import environment
-from deepserial.serial import SerialGeometry, SerialNumber
 from deepserial.workflow import DataSpec
 
 ALPHAS = (0.0, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0)
@@ -41,10 +39,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/dsn_contrast_probe.jsonl"))
     a = ap.parse_args()
     torch.set_num_threads(1)
-    m = load_model(a.model)
-    g = SerialGeometry.from_dict(m.manifest["serial_geometry"])
-    owner = OwnerIdentity.for_experiment(a.seed, "owner")
-    sn = SerialNumber.from_signature(owner.sign(VerifierString.from_dict(m.manifest["licence"])), g)
+    m, sn = kept_customer(a.model, a.seed)
+    g = sn.geometry
     test = DataSpec.from_manifest(m.manifest).load().test
     x, y = test.x[: a.images], test.y[: a.images]
     lo, hi = g.levels

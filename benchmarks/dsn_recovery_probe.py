@@ -21,13 +21,11 @@ from pathlib import Path
 
 import torch
 
-from deepserial.artifacts import load_model
 from deepserial.attacks.adaptive import key_recovery
 from deepserial.attacks.base import attacker_share
 from deepserial.data import TensorData
-from deepserial.identity import OwnerIdentity, VerifierString
+from deepserial.experiments.dsn_security import kept_customer
 from deepserial.report import environment
-from deepserial.serial import SerialGeometry, SerialNumber
 from deepserial.workflow import DataSpec
 
 
@@ -41,10 +39,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/dsn_recovery_probe.jsonl"))
     a = ap.parse_args()
     torch.set_num_threads(1)
-    m = load_model(a.model)
-    g = SerialGeometry.from_dict(m.manifest["serial_geometry"])
-    owner = OwnerIdentity.for_experiment(a.seed, "owner")
-    sn = SerialNumber.from_signature(owner.sign(VerifierString.from_dict(m.manifest["licence"])), g)
+    m, sn = kept_customer(a.model, a.seed)
+    g = sn.geometry
     splits = DataSpec.from_manifest(m.manifest).load()
     share = attacker_share(splits.attacker, 0.1, len(splits.owner) + len(splits.attacker), a.seed)
     if a.images > len(share):

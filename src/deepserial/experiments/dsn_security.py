@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from deepserial.artifacts import load_model, save_model
+from deepserial.artifacts import LoadedModel, load_model, save_model
 from deepserial.attacks.adaptive import fine_tuning_sweep, key_recovery
 from deepserial.attacks.base import attacker_share
 from deepserial.attacks.keyspace import keyspace_measures, output_readout
@@ -209,14 +209,21 @@ def _earlier_runs(path: Path, cfg: SecurityConfig) -> dict[str, dict[str, Any]]:
     return runs
 
 
+def kept_customer(path: Path, seed: int) -> tuple[LoadedModel, SerialNumber]:
+    """A customer model a ``--work`` folder kept for ``seed`` (``WORK/seed<S>/student.safetensors``) and its
+    serial number, re-created from the seed's owner and the licence in the model's manifest."""
+    kept = load_model(path)
+    geometry = SerialGeometry.from_dict(kept.manifest["serial_geometry"])
+    owner = OwnerIdentity.for_experiment(seed, "owner")
+    return kept, SerialNumber.from_signature(owner.sign(VerifierString.from_dict(kept.manifest["licence"])), geometry)
+
+
 def _customer(cfg: SecurityConfig, seed: int, progress: bool, work: Path | None) -> tuple[Any, SerialNumber, dict]:
     """The seed's customer model, its serial number and the record's first fields: issued now, or read
     back from ``work`` when an earlier invocation issued it."""
     ident = OwnerIdentity.for_experiment(seed, "owner")
     if work is not None and (work / "student.safetensors").exists() and (work / "record.json").exists():
-        kept = load_model(work / "student.safetensors")
-        geometry = SerialGeometry.from_dict(kept.manifest["serial_geometry"])
-        serial = SerialNumber.from_signature(ident.sign(VerifierString.from_dict(kept.manifest["licence"])), geometry)
+        kept, serial = kept_customer(work / "student.safetensors", seed)
         try:
             rec = json.loads((work / "record.json").read_text())
             if not isinstance(rec, dict) or "teacher_acc" not in rec:
