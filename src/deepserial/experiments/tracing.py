@@ -233,6 +233,12 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
             ModuleSuspect(net.eval(), tuple(teacher.input_shape)), licences, owner, fpr=cfg.fpr, queries=cfg.queries
         )
 
+    def ft_budget(opt: str, lr: float) -> AttackBudget:
+        """The thief's budget at one fine-tuning setting (fine-tuning the leak and training its own model)."""
+        return AttackBudget(
+            epochs=cfg.ft_epochs, lr=lr, optimizer=opt, momentum=0.9 if opt == "sgd" else 0.0, seed=cfg.seed
+        )
+
     customers = []
     thief = attacker_share(
         splits.attacker, cfg.ft_fraction, len(splits.owner) + len(splits.attacker) + len(test), cfg.seed
@@ -251,10 +257,7 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
         stamped = TensorData(stamp(thief.x, sn.geometry, sn.as_tensor()), thief.y)
         row["fine_tuning"] = {}
         for opt, lr in cfg.ft_settings:
-            budget = AttackBudget(
-                epochs=cfg.ft_epochs, lr=lr, optimizer=opt, momentum=0.9 if opt == "sgd" else 0.0, seed=cfg.seed
-            )
-            tuned, _ = get_attack("fine-tuning", {"mode": "FTAL"}).run(m.model, stamped, budget)
+            tuned, _ = get_attack("fine-tuning", {"mode": "FTAL"}).run(m.model, stamped, ft_budget(opt, lr))
             r = _row(traced(_Stamped(tuned, sn)), truth)
             r["valid_acc"] = acc(tuned, sn)
             row["fine_tuning"][f"{opt} {lr:g}"] = r
@@ -266,10 +269,7 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
     # initialised, the same data (raw: a model trained from scratch needs no key), settings and epochs
     from_scratch = {}
     for opt, lr in cfg.ft_settings:
-        budget = AttackBudget(
-            epochs=cfg.ft_epochs, lr=lr, optimizer=opt, momentum=0.9 if opt == "sgd" else 0.0, seed=cfg.seed
-        )
-        own, _ = get_attack("from-scratch").run(teacher.model, thief, budget)
+        own, _ = get_attack("from-scratch").run(teacher.model, thief, ft_budget(opt, lr))
         from_scratch[f"{opt} {lr:g}"] = accuracy(own, test)
 
     rng = np.random.default_rng(cfg.seed)
