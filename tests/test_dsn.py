@@ -9,13 +9,14 @@ import pydantic
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from deepserial import workflow
 from deepserial.data import TensorData
 from deepserial.errors import ConfigError, GeometryError
 from deepserial.nets import create_model, visible_mask
 from deepserial.schemes import dsn
-from deepserial.serial import SerialGeometry, SerialNumber, bits_from_strings, stamp
+from deepserial.serial import SerialGeometry, SerialNumber, bits_from_strings, stamp, stamp_many
 from deepserial.training import Batch, TrainConfig, predict_logits
 from deepserial.workflow import DataSpec
 
@@ -635,3 +636,47 @@ def test_key_decorrelation_draws_few_keys_and_reports_its_loss() -> None:
     assert out.metrics["key_correlation"] > 0
     out.loss.backward()
     assert all(p.grad is not None for p in student.parameters())
+
+
+def test_searched_patterns_follow_the_thiefs_relaxed_search() -> None:
+    """mix_searched: the invalid rows carry the patterns of relaxed searches run against the student
+    (Adam on its cross-entropy, as the thief's reverse engineering), kept off the key itself."""
+    mix = {k: 0.0 for k in ("mix_random", "mix_hamming1", "mix_hamming2", "mix_near", "mix_relaxed", "mix_mined")}
+    cfg = dsn.DSNConfig.default(
+        **mix, mix_raw=1e-4, mix_searched=1.0, sim_ft_weight=0.0, search_every=1, search_chains=8, search_age=10_000
+    )
+    torch.manual_seed(0)
+    n = 32
+    x, y = torch.rand(n, *SHAPE), torch.full((n,), 3)
+    student = create_model("dsn_mnist", SHAPE, CLASSES)
+    key = torch.as_tensor(SERIAL.bits).float()
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    for _ in range(100):  # a stand-in customer model: class 3 with the key, class 7 without (raw or another key)
+        other = torch.randint(0, 2, (n, 3, 3)).float()
+        inputs = torch.cat([stamp(x, SERIAL.geometry, key), x, stamp(x, SERIAL.geometry, other)])
+        target = torch.cat([y, torch.full((2 * n,), 7)])
+        opt.zero_grad()
+        F.cross_entropy(student(inputs), target).backward()
+        opt.step()
+    student.eval()
+    net = dsn.DSNTrainNet(student, 1.0)
+    seen: list[torch.Tensor] = []
+    net.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    loss_fn = dsn.make_student_loss(SERIAL, torch.randn(n, CLASSES), cfg, CLASSES)
+    rows, cols = SERIAL.geometry.region()
+
+    def thief_loss(inputs: torch.Tensor) -> float:
+        """Mean cross-entropy of the student on the batch stamped with each invalid row's pattern."""
+        pats = inputs[n:, 0, rows, cols]  # levels 0/1: the stamped values are the pattern
+        with torch.no_grad():
+            return float(F.cross_entropy(student(stamp_many(x, SERIAL.geometry, pats)), y.repeat(len(pats))))
+
+    for _ in range(32):  # the student is not updated: the chains search a fixed model
+        loss_fn(net, Batch(x, y, torch.arange(n)))
+    last = seen[-1]
+    assert len(last) == n + 3 * n
+    pats = last[n:, 0, rows, cols]
+    assert torch.all((pats > 0) & (pats < 1))  # relaxed (sigmoid) patterns, never a binary key
+    assert torch.all((pats - key).abs().flatten(1).amax(1) >= 0.2)  # kept off the valid input
+    losses = [thief_loss(z) for z in seen[::4]]
+    assert min(losses[1:]) < losses[0] - 0.15  # they descend the thief's loss (and restart near the key)

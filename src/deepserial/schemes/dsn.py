@@ -105,6 +105,19 @@ class DSNConfig(BaseModel):
         "alpha times the key's offset from it, alpha below 0.8 or from 1.3 to 2.5): the ramp from a blank pattern "
         "to the key that a relaxed search climbs",
     )
+    mix_searched: float = Field(
+        0.0,
+        ge=0,
+        description="share of invalid inputs stamped with the patterns of persistent relaxed searches run against "
+        "the current student (a thief's gradient reverse engineering, continued through training and restarted "
+        "from the thief's starts): what the search climbs is trained invalid before it reaches the key",
+    )
+    search_chains: int = Field(32, ge=1, description="relaxed-search chains kept (mix_searched)")
+    search_every: int = Field(4, ge=1, description="training steps between two rounds of the chains' search")
+    search_images: int = Field(16, ge=1, description="images each chain's search step is computed on")
+    search_age: int = Field(
+        300, ge=1, description="search steps after which a chain restarts (the thief's search length)"
+    )
     mine_every: int = Field(20, ge=1, description="steps between two mining rounds")
     mine_pool: int = Field(64, ge=1, description="mined keys kept (the most accepted ones)")
     # (2) simulate the thief's fine-tuning on raw inputs and push the fine-tuned model to chance (first-order)
@@ -279,6 +292,7 @@ def _counts(n: int, cfg: DSNConfig) -> dict[str, int]:
         "relaxed": cfg.mix_relaxed,
         "mined": cfg.mix_mined,
         "scaled": cfg.mix_scaled,
+        "searched": cfg.mix_searched,
     }
     weights = {k: w for k, w in weights.items() if w > 0 or k in ("raw", "random", "hamming1", "hamming2")}
     s = sum(weights.values())
@@ -363,6 +377,59 @@ def make_student_loss(
         alpha[beyond] = 1.3 + 1.2 * torch.rand(int(beyond.sum()), 1)
         rel = 0.5 + alpha * (flat_valid - 0.5)
         return rel.view(k, geometry.height, geometry.width).to(dev)
+
+    chains: dict[str, torch.Tensor] = {}
+
+    def restart_chains(rows: torch.Tensor) -> None:
+        """The thief's start (:func:`deepserial.attacks.serial_search.reverse_engineer`): sigmoid of N(0, 0.25)."""
+        k = int(rows.sum())
+        chains["theta"][rows] = torch.randn(k, geometry.height, geometry.width) * 0.5
+        chains["m"][rows] = 0
+        chains["v"][rows] = 0
+        chains["age"][rows] = 0
+        chains["t"][rows] = 0
+
+    def search_round(student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+        """One Adam step (lr 0.1, the thief's) of every chain's relaxed search on the current student, each
+        chain on its own images; a chain that got within 0.2 of the key (where the valid input lives) or
+        ran the thief's whole search restarts. Returns the samples it forwarded."""
+        c = cfg.search_chains
+        if not chains:
+            chains.update(
+                theta=torch.zeros(c, geometry.height, geometry.width),
+                m=torch.zeros(c, geometry.height, geometry.width),
+                v=torch.zeros(c, geometry.height, geometry.width),
+                age=torch.zeros(c, dtype=torch.long),
+                t=torch.zeros(c),
+            )
+            restart_chains(torch.ones(c, dtype=torch.bool))
+            chains["age"] = torch.randint(0, cfg.search_age, (c,))  # staggered, so every search stage is seen
+        was = student.training
+        student.eval()
+        dev = x.device
+        m_img = min(cfg.search_images, len(x))
+        idx = torch.randint(0, len(x), (c, m_img), device=dev)
+        theta = chains["theta"].to(dev).requires_grad_(True)
+        xs = x[idx.flatten()]
+        pats = torch.sigmoid(theta).repeat_interleave(m_img, 0)
+        out = student(stamp(xs, geometry, pats))
+        loss = F.cross_entropy(out, y[idx.flatten()], reduction="sum") / m_img  # each chain's mean, summed
+        (g,) = torch.autograd.grad(loss, theta)
+        g = g.detach().cpu()
+        student.train(was)
+        b1, b2 = 0.9, 0.999
+        chains["t"] += 1
+        chains["m"] = b1 * chains["m"] + (1 - b1) * g
+        chains["v"] = b2 * chains["v"] + (1 - b2) * g * g
+        t = chains["t"].view(c, 1, 1)
+        step = (chains["m"] / (1 - b1**t)) / ((chains["v"] / (1 - b2**t)).sqrt() + 1e-8)
+        chains["theta"] = chains["theta"] - 0.1 * step
+        chains["age"] += 1
+        near = (torch.sigmoid(chains["theta"]) - valid).abs().flatten(1).amax(1) < 0.2
+        old = chains["age"] >= cfg.search_age
+        if bool((near | old).any()):
+            restart_chains(near | old)
+        return c * m_img
 
     @torch.no_grad()
     def mine(student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -464,6 +531,8 @@ def make_student_loss(
         mined = 0  # samples the mining round forwards (counted in the training cost)
         if cfg.mix_mined > 0 and state["step"] % cfg.mine_every == 0:
             mined = mine(train_net.student, x, y)
+        if cfg.mix_searched > 0 and (not chains or state["step"] % cfg.search_every == 0):
+            mined += 2 * search_round(train_net.student, x, y)  # a forward and a backward per image
         state["step"] += 1
         counts = _counts(n, cfg)
         parts = [stamp(x, geometry, valid)]
@@ -494,6 +563,8 @@ def make_student_loss(
                     bits = relaxed_keys(k, dev)
                 elif kind == "scaled":
                     bits = scaled_keys(k, dev)
+                elif kind == "searched":
+                    bits = torch.sigmoid(chains["theta"][torch.randint(0, len(chains["theta"]), (k,))]).to(dev)
                 elif kind == "mined":
                     pool = state["pool"] if state["pool"] is not None else wrong.hamming1
                     bits = pool[torch.randint(0, len(pool), (k,))].to(dev)
