@@ -672,7 +672,9 @@ def test_searched_patterns_follow_the_thiefs_relaxed_search() -> None:
             return float(F.cross_entropy(student(stamp_many(x, SERIAL.geometry, pats)), y.repeat(len(pats))))
 
     for _ in range(32):  # the student is not updated: the chains search a fixed model
-        loss_fn(net, Batch(x, y, torch.arange(n)))
+        out = loss_fn(net, Batch(x, y, torch.arange(n)))
+        out.loss.backward()  # the training step's graph holds nothing of the chains' search
+        student.zero_grad()
     last = seen[-1]
     assert len(last) == n + 3 * n
     pats = last[n:, 0, rows, cols]

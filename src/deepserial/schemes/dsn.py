@@ -409,7 +409,7 @@ def make_student_loss(
         dev = x.device
         m_img = min(cfg.search_images, len(x))
         idx = torch.randint(0, len(x), (c, m_img), device=dev)
-        theta = chains["theta"].to(dev).requires_grad_(True)
+        theta = chains["theta"].detach().clone().to(dev).requires_grad_(True)
         xs = x[idx.flatten()]
         pats = torch.sigmoid(theta).repeat_interleave(m_img, 0)
         out = student(stamp(xs, geometry, pats))
@@ -564,7 +564,8 @@ def make_student_loss(
                 elif kind == "scaled":
                     bits = scaled_keys(k, dev)
                 elif kind == "searched":
-                    bits = torch.sigmoid(chains["theta"][torch.randint(0, len(chains["theta"]), (k,))]).to(dev)
+                    rows = torch.randint(0, len(chains["theta"]), (k,))
+                    bits = torch.sigmoid(chains["theta"][rows]).detach().to(dev)
                 elif kind == "mined":
                     pool = state["pool"] if state["pool"] is not None else wrong.hamming1
                     bits = pool[torch.randint(0, len(pool), (k,))].to(dev)
