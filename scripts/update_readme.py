@@ -371,7 +371,7 @@ def dsn_thief(reports: Path) -> str:
                 f"{rec['keyspace']['hamming1']['max']:.1f}%."
             )
     parts.append("The table above was measured with an earlier recipe.")
-    for name in ("mnist5k", "mnist5k-alt"):
+    for name in ("mnist5k", "mnist5k-alt", "fashion-mnist"):
         security = reports / f"dsn_security_{name}.json"
         if not security.exists():
             continue
