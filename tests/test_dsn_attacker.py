@@ -390,3 +390,21 @@ def test_output_readout_sees_through_flat_outputs() -> None:
         output_readout(
             _FlatButLeaky(), serial, serial.hamming_neighbours(1)[:1], TensorData(att.x[:1], att.y[:1]), test
         )
+
+
+def test_the_relaxed_search_starts_where_its_init_scale_says() -> None:
+    """``init_scale``: 0.5 starts near the levels' midpoint (the thief the shipped search models), 3 near
+    random binary keys (a thief's other start against a defence trained on the first)."""
+    from deepserial.attacks.serial_search import _relaxed_search
+
+    data = _images(32, 9)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, C)).requires_grad_(False)
+    g = SerialGeometry(6, 6, 3, 3)
+
+    def start(scale: float) -> torch.Tensor:  # one step at a negligible rate: where the search began
+        return _relaxed_search(model, data.x, data.y, g, 1, 1e-9, 0.0, 32, torch.Generator().manual_seed(0), scale)
+
+    near_mid, near_binary = start(0.5), start(3.0)
+    far = 0.3  # |sigmoid(z) - 0.5| > 0.3: |z| > 1.39, for 0.6% of N(0, 0.25) and 64% of N(0, 9)
+    assert ((near_mid - 0.5).abs() > far).float().mean() < 0.1
+    assert ((near_binary - 0.5).abs() > far).float().mean() > 0.5

@@ -71,6 +71,13 @@ class SerialSearchConfig(BaseModel):
     restarts: int = Field(20, ge=1, description="independent reverse-engineering starts")
     steps: int = Field(300, ge=1, description="Adam steps of each relaxed search")
     lr: float = Field(0.1, gt=0)
+    init_scale: float = Field(
+        0.5,
+        gt=0,
+        description="standard deviation of the relaxed search's start (the pattern's logits): 0.5 starts near "
+        "the levels' midpoint, 3 near random binary keys (a thief's other start against a defence trained "
+        "on the first)",
+    )
     lam: float = Field(
         0.0,
         ge=0,
@@ -315,11 +322,13 @@ def _relaxed_search(
     lam: float,
     batch_size: int,
     gen: torch.Generator,
+    init_scale: float = 0.5,
 ) -> torch.Tensor:
-    """Adam on ``theta`` (h, w): CE(model(stamp_soft(x, sigmoid(theta))), y) + lam * |sigmoid(theta)|.
+    """Adam on ``theta`` (h, w), started at N(0, init_scale^2): CE(model(stamp_soft(x, sigmoid(theta))), y)
+    + lam * |sigmoid(theta)|.
     Returns the final ``sigmoid(theta)`` on the CPU. The model must be frozen (:func:`_frozen`)."""
     dev = model_device(model)
-    theta = (torch.randn(geometry.height, geometry.width, generator=gen) * 0.5).to(dev).requires_grad_(True)
+    theta = (torch.randn(geometry.height, geometry.width, generator=gen) * init_scale).to(dev).requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)
     full = len(x) <= batch_size
     xd, yd = (x.to(dev), y.to(dev)) if full else (x, y)
@@ -367,7 +376,9 @@ def _known_region(
     spent = 0
     for r in range(restarts):
         t0 = time.perf_counter()
-        proxy = _relaxed_search(model, x_fit, y_fit, geometry, cfg.steps, cfg.lr, cfg.lam, cfg.batch_size, gen)
+        proxy = _relaxed_search(
+            model, x_fit, y_fit, geometry, cfg.steps, cfg.lr, cfg.lam, cfg.batch_size, gen, cfg.init_scale
+        )
         spent += cfg.steps * min(cfg.batch_size, len(x_fit)) + len(xh)  # the steps, then the relaxed loss
         rounded = (proxy > 0.5).float()
         round_loss, round_acc = select(rounded[None])
@@ -724,7 +735,9 @@ def locate(model: SplitNet, data: TensorData, cfg: SerialSearchConfig, seed: int
         cands: dict[tuple[int, int, int, int], float] = {}
         for box in dict.fromkeys(boxes):  # each distinct region: a short relaxed search, its held-out loss
             g = SerialGeometry(*box, amplitude=cfg.amplitude)
-            proxy = _relaxed_search(model, xf, yf, g, cfg.scan_steps, cfg.lr, cfg.lam, cfg.batch_size, gen)
+            proxy = _relaxed_search(
+                model, xf, yf, g, cfg.scan_steps, cfg.lr, cfg.lam, cfg.batch_size, gen, cfg.init_scale
+            )
             spent += cfg.scan_steps * min(cfg.batch_size, len(xf)) + len(xh)
             cands[box] = _soft_loss(model, xh, yh, g, proxy)
         ranked = sorted(cands.items(), key=lambda kv: kv[1])
