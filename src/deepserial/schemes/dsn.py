@@ -532,7 +532,7 @@ def make_student_loss(
         if cfg.mix_mined > 0 and state["step"] % cfg.mine_every == 0:
             mined = mine(train_net.student, x, y)
         if cfg.mix_searched > 0 and (not chains or state["step"] % cfg.search_every == 0):
-            mined += 2 * search_round(train_net.student, x, y)  # a forward and a backward per image
+            mined += search_round(train_net.student, x, y)  # forwards, as the simulated fine-tuning counts
         state["step"] += 1
         counts = _counts(n, cfg)
         parts = [stamp(x, geometry, valid)]
