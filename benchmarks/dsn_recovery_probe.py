@@ -77,6 +77,17 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/dsn_recovery_probe.jsonl"))
     a = ap.parse_args()
+    extra = {}
+    for item in a.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--option {item!r}: expected KEY=JSON")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise SystemExit(
+                f"--option {item!r}: the value is not JSON (strings need quotes: 'locate=\"grid\"')"
+            ) from None
     torch.set_num_threads(1)
     m, sn = kept_customer(a.model, a.seed)
     g = sn.geometry
@@ -84,12 +95,6 @@ def main() -> None:
     share = attacker_share(splits.attacker, 0.1, len(splits.owner) + len(splits.attacker), a.seed)
     if a.images > len(share):
         raise SystemExit(f"the 10% share holds {len(share)} images; ask for at most that many")
-    extra = {}
-    for item in a.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--option {item!r}: expected KEY=JSON")
-        extra[key] = json.loads(value)
     thief = TensorData(share.x[: a.images], share.y[: a.images])
     rec = key_recovery(
         m.model.eval(),
