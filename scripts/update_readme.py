@@ -370,6 +370,16 @@ def dsn_thief(reports: Path) -> str:
                 f"far, `{path.parent.relative_to(reports.parent)}/`): {got}, although one bit off reaches at most "
                 f"{rec['keyspace']['hamming1']['max']:.1f}%."
             )
+        searched = sweeps.parent / "dsn_security_fashion-mnist-searched_partial" / "seed0_record.json"
+        if searched.exists():
+            rec = json.loads(searched.read_text())
+            ev = rec["recovery"]["reverse-engineer"]["evaluation"]
+            best = ev["oracle_best_test_accuracy"]
+            found = "exact key" if ev["chosen"]["exact"] else f"no key (best {100 * best:.1f}%)"
+            parts.append(
+                f"With `mix_searched` (research, decisions item 17): {found}, "
+                f"one bit off {rec['keyspace']['hamming1']['max']:.1f}%."
+            )
     parts.append("The table above was measured with an earlier recipe.")
     for name in ("mnist5k", "mnist5k-alt", "fashion-mnist"):
         security = reports / f"dsn_security_{name}.json"
