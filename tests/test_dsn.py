@@ -643,7 +643,14 @@ def test_searched_patterns_follow_the_thiefs_relaxed_search() -> None:
     (Adam on its cross-entropy, as the thief's reverse engineering), kept off the key itself."""
     mix = {k: 0.0 for k in ("mix_random", "mix_hamming1", "mix_hamming2", "mix_near", "mix_relaxed", "mix_mined")}
     cfg = dsn.DSNConfig.default(
-        **mix, mix_raw=1e-4, mix_searched=1.0, sim_ft_weight=0.0, search_every=1, search_chains=8, search_age=10_000
+        **mix,
+        mix_raw=1e-4,
+        mix_searched=1.0,
+        sim_ft_weight=0.0,
+        search_every=1,
+        search_chains=8,
+        search_age=10_000,
+        search_restart=0.1,
     )
     torch.manual_seed(0)
     n = 32
@@ -679,6 +686,6 @@ def test_searched_patterns_follow_the_thiefs_relaxed_search() -> None:
     assert len(last) == n + 3 * n
     pats = last[n:, 0, rows, cols]
     assert torch.all((pats > 0) & (pats < 1))  # relaxed (sigmoid) patterns, never a binary key
-    assert torch.all((pats - key).abs().flatten(1).amax(1) >= 0.2)  # kept off the valid input
+    assert torch.all((pats - key).abs().flatten(1).amax(1) >= 0.1)  # kept off the valid input (search_restart)
     losses = [thief_loss(z) for z in seen[::4]]
     assert min(losses[1:]) < losses[0] - 0.15  # they descend the thief's loss (and restart near the key)

@@ -118,6 +118,13 @@ class DSNConfig(BaseModel):
     search_age: int = Field(
         300, ge=1, description="search steps after which a chain restarts (the thief's search length)"
     )
+    search_restart: float = Field(
+        0.2,
+        gt=0,
+        lt=0.5,
+        description="a chain restarts once every pixel of its pattern is within this of the key's (the valid "
+        "input); the patterns further out are trained invalid, so a smaller value narrows the key's basin",
+    )
     mine_every: int = Field(20, ge=1, description="steps between two mining rounds")
     mine_pool: int = Field(64, ge=1, description="mined keys kept (the most accepted ones)")
     # (2) simulate the thief's fine-tuning on raw inputs and push the fine-tuned model to chance (first-order)
@@ -391,7 +398,7 @@ def make_student_loss(
 
     def search_round(student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
         """One Adam step (lr 0.1, the thief's) of every chain's relaxed search on the current student, each
-        chain on its own images; a chain that got within 0.2 of the key (where the valid input lives) or
+        chain on its own images; a chain that got within ``search_restart`` of the key (where the valid input lives) or
         ran the thief's whole search restarts. Returns the samples it forwarded."""
         c = cfg.search_chains
         if not chains:
@@ -425,7 +432,7 @@ def make_student_loss(
         step = (chains["m"] / (1 - b1**t)) / ((chains["v"] / (1 - b2**t)).sqrt() + 1e-8)
         chains["theta"] = chains["theta"] - 0.1 * step
         chains["age"] += 1
-        near = (torch.sigmoid(chains["theta"]) - valid).abs().flatten(1).amax(1) < 0.2
+        near = (torch.sigmoid(chains["theta"]) - valid).abs().flatten(1).amax(1) < cfg.search_restart
         old = chains["age"] >= cfg.search_age
         if bool((near | old).any()):
             restart_chains(near | old)
