@@ -17,7 +17,7 @@ from torch import nn
 
 from deepserial.attacks.adaptive import fine_tuning_sweep, key_recovery
 from deepserial.attacks.base import AttackBudget, AttackLog, get_attack
-from deepserial.attacks.keyspace import keyspace_measures, output_readout
+from deepserial.attacks.keyspace import balanced_order, keyspace_measures, output_readout
 from deepserial.attacks.serial_search import KeyScorer, _mask_box, greedy_bit_search
 from deepserial.data import TensorData
 from deepserial.errors import ConfigError
@@ -288,11 +288,42 @@ def test_keyspace_counts_every_neighbour_and_the_blind_guessing_cost() -> None:
     )
     assert ks["hamming3"]["keys"] == ks["hamming3"]["total"] == 84 and ks["hamming3"]["exhaustive"]
     assert [ks[f"hamming{d}"]["unlocking"] for d in (1, 2, 3)] == [3, 3, 1]
-    assert ks["U_exact"] == 8 and ks["blind_guess_cost"] == 2**9 / 8
+    assert ks["U_exact"] == 8  # the random sample may hold one of the 7 keys that differ only in weak bits
+    assert ks["U"] == max(8.0, ks["random"]["unlocking"] / 50 * 2**9) and ks["blind_guess_cost"] == 2**9 / ks["U"]
     # A model that does not lock at all: every random key unlocks, and so a first guess does.
     ks = keyspace_measures(_WeakBitsNet(small.as_tensor(), 5, 5, list(range(9))), small, _images(30, 11))
     assert ks["random"]["keys"] == 511 and ks["random"]["exhaustive"] and ks["U"] == 512.0
     assert ks["blind_guess_cost"] == 1.0 and ks["blind_guess_cost_near_keys"] > 1.0
+
+
+class _Constant(nn.Module):
+    """A locked model's usual answer to every wrong key: one class, whatever the input."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.c = c
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(x), C) + self.w
+        out[:, self.c] = 1.0
+        return out
+
+
+def test_small_subsets_read_a_constant_answer_as_its_share_of_the_whole_set() -> None:
+    """Random keys are scored on 50 images: a subset over-representing the answered class would make
+    a locked model look unlocked (a 14% mean on a model scoring 10.3% on the whole test set)."""
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate((400, 300, 200, 100))])
+    for seed in range(5):
+        order = balanced_order(y, np.random.default_rng(seed))
+        assert sorted(order.tolist()) == list(range(len(y)))
+        for k in (10, 50, 200):
+            counts = torch.bincount(y[order[:k]], minlength=C).float()
+            assert torch.all((counts - k * torch.tensor([0.4, 0.3, 0.2, 0.1])).abs() <= 1)
+    data = TensorData(torch.rand(len(y), 1, SIDE, SIDE), y[torch.randperm(len(y))])
+    serial = SerialNumber(SerialGeometry(3, 3, 5, 5), _key(3, 3, 10).numpy().astype(np.uint8))
+    ks = keyspace_measures(_Constant(3), serial, data, random_images=50, random_keys=40)
+    assert ks["random"]["mean"] == pytest.approx(10.0) and ks["random"]["max"] == pytest.approx(10.0)  # class 3
 
 
 # ----- fine-tuning sweep -----------------------------------------------------------------------------
