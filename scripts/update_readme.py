@@ -325,30 +325,28 @@ def dsn_thief(reports: Path) -> str:
                 else "."
             )
         )
-    amp = sorted((sweeps.parent / "dsn_security_amp6").glob("dsn_security_*.json"))
+    amp = sorted(sweeps.parent.glob("dsn_security_amp6*/dsn_security_*.json"))
     if loud and amp:
         found = []
         for path in amp:
             rep = json.loads(path.read_text())
             for seed, r in rep["runs"].items():
                 c = r["checks"]
-                what = (
-                    "**exact key recovered**"
-                    if c["exact_key_recovered"]["value"]
-                    else f"recovered keys at most {c['recovered_max']['value']:.1f}%"
-                )
+                what = "**exact key**" if c["exact_key_recovered"]["value"] else f"{c['recovered_max']['value']:.1f}%"
+                name = f"`{rep['name']}`" + ("" if "amp6" in rep["name"] else " (plain -6/+6)")
                 found.append(
-                    f"`{rep['name']}` seed {seed}: {sum(v['holds'] for v in c.values())} of {len(c)} checks, "
-                    f"one bit off at most {c['hamming1_max']['value']:.1f}%, {what}"
+                    f"{name} seed {seed}: {sum(v['holds'] for v in c.values())}/{len(c)}, "
+                    f"{c['hamming1_max']['value']:.1f}%, {what}"
                 )
         parts.append(
             f"Bits written as -6/+6 instead of 0/1 (`DSNConfig.amplitude`, research): keys one bit off at most "
             f"{each('{h1_max:.1f}', loud)}% and a per-key probe "
             + " / ".join(f"{_probe_max(r['readout']):.1f}" for r in loud)
-            + "% on the same seeds; not shipped, because of what `reproduce dsn-security` found with them ("
+            + "% on the same seeds; not shipped, because of what `reproduce dsn-security` found with them (checks "
+            "held, one bit off at most, best recovered key: "
             + "; ".join(found)
-            + "; `-scaled`: the key at other contrasts also trained as invalid, `mix_scaled`, docs/decisions.md "
-            "item 16; `benchmarks/results/dsn_security_amp6/`)."
+            + "; `-scaled`: `mix_scaled`, `-searched`: `mix_searched`, `64`: 64 chains stepped every step, "
+            "docs/decisions.md items 16-18; `benchmarks/results/dsn_security_amp6*/`)."
         )
     partial = sorted((sweeps.parent / "dsn_security_fashion-mnist_partial").glob("seed*_record.json"))
     if partial and not (reports / "dsn_security_fashion-mnist.json").exists():
