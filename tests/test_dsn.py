@@ -650,7 +650,7 @@ def test_searched_patterns_follow_the_thiefs_relaxed_search() -> None:
         search_every=1,
         search_chains=8,
         search_age=10_000,
-        search_restart=0.1,
+        search_restart=0.45,  # wide: with the default 0.2, some chains would be seen inside it
     )
     torch.manual_seed(0)
     n = 32
@@ -686,6 +686,6 @@ def test_searched_patterns_follow_the_thiefs_relaxed_search() -> None:
     assert len(last) == n + 3 * n
     pats = last[n:, 0, rows, cols]
     assert torch.all((pats > 0) & (pats < 1))  # relaxed (sigmoid) patterns, never a binary key
-    assert torch.all((pats - key).abs().flatten(1).amax(1) >= 0.1)  # kept off the valid input (search_restart)
+    assert torch.all((pats - key).abs().flatten(1).amax(1) >= 0.45)  # kept off the valid input (search_restart)
     losses = [thief_loss(z) for z in seen[::4]]
     assert min(losses[1:]) < losses[0] - 0.15  # they descend the thief's loss (and restart near the key)

@@ -288,8 +288,9 @@ def test_keyspace_counts_every_neighbour_and_the_blind_guessing_cost() -> None:
     )
     assert ks["hamming3"]["keys"] == ks["hamming3"]["total"] == 84 and ks["hamming3"]["exhaustive"]
     assert [ks[f"hamming{d}"]["unlocking"] for d in (1, 2, 3)] == [3, 3, 1]
-    assert ks["U_exact"] == 8  # the random sample may hold one of the 7 keys that differ only in weak bits
-    assert ks["U"] == max(8.0, ks["random"]["unlocking"] / 50 * 2**9) and ks["blind_guess_cost"] == 2**9 / ks["U"]
+    assert ks["U_exact"] == 8 and ks["U_estimate"] == 8
+    # the random sample may hold some of the 7 keys that differ from the true one only in weak bits
+    assert ks["random"]["unlocking"] <= 7 and ks["blind_guess_cost"] == 2**9 / ks["U"]
     # A model that does not lock at all: every random key unlocks, and so a first guess does.
     ks = keyspace_measures(_WeakBitsNet(small.as_tensor(), 5, 5, list(range(9))), small, _images(30, 11))
     assert ks["random"]["keys"] == 511 and ks["random"]["exhaustive"] and ks["U"] == 512.0

@@ -120,10 +120,11 @@ class DSNConfig(BaseModel):
     )
     search_restart: float = Field(
         0.2,
-        gt=0,
+        ge=0.01,
         lt=0.5,
-        description="a chain restarts once every pixel of its pattern is within this of the key's (the valid "
-        "input); the patterns further out are trained invalid, so a smaller value narrows the key's basin",
+        description="a chain restarts once every pixel of its pattern is within this of the key's bit (in "
+        "pattern units, 0..1, before the bit levels are applied): the patterns further out are trained "
+        "invalid, so a smaller radius narrows the key's basin",
     )
     mine_every: int = Field(20, ge=1, description="steps between two mining rounds")
     mine_pool: int = Field(64, ge=1, description="mined keys kept (the most accepted ones)")
