@@ -327,26 +327,37 @@ def dsn_thief(reports: Path) -> str:
         )
     amp = sorted(sweeps.parent.glob("dsn_security_amp6*/dsn_security_*.json"))
     if loud and amp:
-        found = []
+        by_geometry: dict[str, list[tuple[str, str, dict]]] = {}
         for path in amp:
             rep = json.loads(path.read_text())
+            cfg = rep["config"]
+            where = f"{cfg['size'][0]}x{cfg['size'][1]}" + (
+                " at {}/{}".format(*cfg["position"]) if cfg["position"] else ""
+            )
             for seed, r in rep["runs"].items():
-                c = r["checks"]
-                what = "**exact key**" if c["exact_key_recovered"]["value"] else f"{c['recovered_max']['value']:.1f}%"
-                name = f"`{rep['name']}`" + ("" if "amp6" in rep["name"] else " (plain -6/+6)")
-                found.append(
-                    f"{name} seed {seed}: {sum(v['holds'] for v in c.values())}/{len(c)}, "
-                    f"{c['hamming1_max']['value']:.1f}%, {what}"
-                )
+                by_geometry.setdefault(where, []).append((rep["name"], seed, r["checks"]))
+        found = []
+        for where, runs in by_geometry.items():
+            exact = sum(bool(c["exact_key_recovered"]["value"]) for _, _, c in runs)
+            locked = [
+                f"`{n}` seed {s}"
+                for n, s, c in runs
+                if all(v["holds"] for k, v in c.items() if not k.startswith("finetune_gain"))
+            ]
+            found.append(
+                f"{where}: {len(runs)} runs, exact key recovered in {exact}, one bit off "
+                f"{min(c['hamming1_max']['value'] for _, _, c in runs):.1f}-"
+                f"{max(c['hamming1_max']['value'] for _, _, c in runs):.1f}%, every check but fine-tuning held by "
+                + (", ".join(locked) if locked else "none")
+            )
         parts.append(
             f"Bits written as -6/+6 instead of 0/1 (`DSNConfig.amplitude`, research): keys one bit off at most "
             f"{each('{h1_max:.1f}', loud)}% and a per-key probe "
             + " / ".join(f"{_probe_max(r['readout']):.1f}" for r in loud)
-            + "% on the same seeds; not shipped, because of what `reproduce dsn-security` found with them (checks "
-            "held, one bit off at most, best recovered key: "
+            + "% on the same seeds; not shipped: `reproduce dsn-security` with them and with `mix_scaled` or "
+            "`mix_searched` on mnist5k (docs/decisions.md items 15-18, `benchmarks/results/dsn_security_amp6*/`), "
             + "; ".join(found)
-            + "; `-scaled`: `mix_scaled`, `-searched`: `mix_searched`, `64`: 64 chains stepped every step, "
-            "docs/decisions.md items 16-18; `benchmarks/results/dsn_security_amp6*/`)."
+            + "."
         )
     partial = sorted((sweeps.parent / "dsn_security_fashion-mnist_partial").glob("seed*_record.json"))
     if partial and not (reports / "dsn_security_fashion-mnist.json").exists():
