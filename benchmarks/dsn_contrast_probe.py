@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from deepserial.experiments.dsn_security import kept_customer
-from deepserial.report import environment
+from deepserial.report import append_result, mark_start
 from deepserial.workflow import DataSpec
 
 ALPHAS = (0.0, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0)
@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/dsn_contrast_probe.jsonl"))
     a = ap.parse_args()
+    mark_start()
     torch.set_num_threads(1)
     m, sn = kept_customer(a.model, a.seed)
     g = sn.geometry
@@ -69,12 +70,8 @@ def main() -> None:
         "alpha": {f"{al:g}": acc(mid + al * (full - mid)) for al in ALPHAS},
         "per_bit_share": per_bit,
         "dsn_config": {k: v for k, v in m.manifest["dsn_config"].items() if k in ("amplitude", "mix_scaled")},
-        "command": "python benchmarks/dsn_contrast_probe.py " + " ".join(f"{k}={v}" for k, v in vars(a).items()),
-        "environment": environment(),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    with a.out.open("a") as f:
-        f.write(json.dumps(rec) + "\n")
+    append_result(a.out, rec)  # with the command line, commit and versions
     print(json.dumps({k: rec[k] for k in ("label", "alpha", "per_bit_share")}))
 
 

@@ -34,7 +34,7 @@ from deepserial.attacks.adaptive import key_recovery
 from deepserial.attacks.base import attacker_share
 from deepserial.data import TensorData
 from deepserial.experiments.dsn_security import kept_customer
-from deepserial.report import environment
+from deepserial.report import append_result, mark_start
 from deepserial.serial import SerialGeometry
 from deepserial.workflow import DataSpec
 
@@ -77,6 +77,7 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/dsn_recovery_probe.jsonl"))
     a = ap.parse_args()
+    mark_start()
     extra = {}
     for item in a.option:
         key, sep, value = item.partition("=")
@@ -120,12 +121,8 @@ def main() -> None:
         "relaxed_losses": sorted(round(r["relaxed_loss"], 3) for r in rec["details"].get("restarts", [])),
         "scan": _scan_summary(rec["details"], g),
         "wall_s": rec["wall_s"],
-        "command": "python benchmarks/dsn_recovery_probe.py " + " ".join(f"{k}={v}" for k, v in vars(a).items()),
-        "environment": environment(),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    with a.out.open("a") as f:
-        f.write(json.dumps(line) + "\n")
+    append_result(a.out, line)  # with the command line, commit and versions
     print(json.dumps({k: line[k] for k in ("images", "method", "evaluation", "wall_s")}))
 
 

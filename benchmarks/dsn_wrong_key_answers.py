@@ -24,7 +24,7 @@ import torch
 
 from deepserial.attacks.keyspace import balanced_order
 from deepserial.experiments.dsn_security import kept_customer
-from deepserial.report import environment
+from deepserial.report import append_result, mark_start
 from deepserial.serial import stamp_many
 from deepserial.workflow import DataSpec
 
@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--whole-keys", type=int, default=20, help="random wrong keys on every test image")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/dsn_wrong_key_answers.jsonl"))
     a = ap.parse_args()
+    mark_start()
     torch.set_num_threads(1)
     m, sn = kept_customer(a.model, a.seed)
     model = m.model.eval()
@@ -73,12 +74,8 @@ def main() -> None:
         "unstratified_50": score(old, wrong[: a.keys]),
         "stratified_50": score(new, wrong[: a.keys]),
         "whole_test_set": score(torch.arange(len(test)), wrong[: a.whole_keys]),
-        "command": "python benchmarks/dsn_wrong_key_answers.py " + " ".join(f"{k}={v}" for k, v in vars(a).items()),
-        "environment": environment(),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    with a.out.open("a") as f:
-        f.write(json.dumps(rec) + "\n")
+    append_result(a.out, rec)  # with the command line, commit and versions
     print(json.dumps({k: rec[k] for k in ("label", "unstratified_50", "stratified_50", "whole_test_set")}))
 
 

@@ -8,7 +8,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from deepserial import report
 from deepserial.report import (
@@ -132,3 +134,15 @@ def test_a_report_names_the_git_state_its_run_started_from(monkeypatch: pytest.M
     report.mark_start()  # the run starts on commit a, clean; the tree is at b, dirty, when it writes
     env = report.with_provenance({"x": 1})["environment"]
     assert (env["git_commit"], env["git_dirty"]) == ("a" * 40, False)
+
+
+def test_a_probe_line_carries_its_provenance(tmp_path: Path) -> None:
+    """Probes append one JSON line per model; each line names its command, commit and versions."""
+    out = tmp_path / "results" / "probe.jsonl"
+    for seed in (0, 1):
+        report.append_result(out, {"label": "m", "seed": seed, "value": np.float32(0.5)})
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["seed"] for x in lines] == [0, 1] and lines[0]["value"] == 0.5
+    env = lines[0]["environment"]
+    assert env["argv"] and "git_commit" in env and env["torch"] == torch.__version__
+    assert report.missing_provenance(lines[1]) == []

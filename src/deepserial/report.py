@@ -154,6 +154,15 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
     atomic_write(path, json_bytes(data))
 
 
+def append_result(path: str | Path, record: dict[str, Any]) -> None:
+    """Append ``record`` with its provenance (:func:`with_provenance`: environment, command line, git
+    state) as one line of JSON to ``path``: the result files of probes that add one line per model."""
+    line = json.dumps(_jsonable(with_provenance(record)), sort_keys=False) + "\n"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(line)
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write text (UTF-8), atomically."""
     atomic_write(path, text.encode())
