@@ -7,7 +7,8 @@ with DSN options the shipped recipe leaves off.
 The report (``OUT/dsn_security_NAME.{md,json,png}``) records the full configuration and recipe, so a
 run of another recipe is never gathered with it; ``--work`` makes an interrupted run resume. The reports
 in ``benchmarks/results/dsn_security_amp6/`` named ``*-scaled*`` were made by one-off scripts that made
-exactly this call (their JSON holds the configuration).
+exactly this call (their JSON holds the configuration). ``--size`` and ``--position`` measure a
+geometry no configuration names (a held-out one).
 """
 
 from __future__ import annotations
@@ -28,13 +29,20 @@ def main() -> None:
     ap.add_argument("--name", required=True, help="report name: OUT/dsn_security_NAME")
     ap.add_argument("--seeds", type=int, nargs="+", required=True)
     ap.add_argument("--set", nargs="*", default=[], help="DSNConfig options name=value over the shipped recipe")
+    ap.add_argument("--size", type=int, nargs=2, default=None, help="serial-number rows and columns (a held-out geometry)")
+    ap.add_argument("--position", type=int, nargs=2, default=None, help="serial-number top-left row and column")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=None)
     a = ap.parse_args()
     mark_start()
     torch.set_num_threads(1)
     dsn = {k: float(v) if "." in v or "e" in v else int(v) for k, v in (item.split("=", 1) for item in a.set)}
-    cfg = dsn_security.CONFIGS[a.base].model_copy(update={"dsn": dsn})
+    update: dict[str, object] = {"dsn": dsn}
+    if a.size:
+        update["size"] = tuple(a.size)
+    if a.position:
+        update["position"] = tuple(a.position)
+    cfg = dsn_security.CONFIGS[a.base].model_copy(update=update)
     paths = dsn_security.run(a.name, a.out, a.seeds, config=cfg, work=a.work, command=" ".join(sys.argv))
     print("wrote " + ", ".join(map(str, paths)))
 
