@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--name", required=True, help="report name: OUT/dsn_security_NAME")
     ap.add_argument("--seeds", type=int, nargs="+", required=True)
     ap.add_argument("--set", nargs="*", default=[], help="DSNConfig options name=value over the shipped recipe")
-    ap.add_argument("--size", type=int, nargs=2, default=None, help="serial-number rows and columns (a held-out geometry)")
+    ap.add_argument("--size", type=int, nargs=2, default=None, help="serial-number rows, columns (held out)")
     ap.add_argument("--position", type=int, nargs=2, default=None, help="serial-number top-left row and column")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=None)
