@@ -689,3 +689,33 @@ def test_searched_patterns_follow_the_thiefs_relaxed_search() -> None:
     assert torch.all((pats - key).abs().flatten(1).amax(1) >= 0.45)  # kept off the valid input (search_restart)
     losses = [thief_loss(z) for z in seen[::4]]
     assert min(losses[1:]) < losses[0] - 0.15  # they descend the thief's loss (and restart near the key)
+
+
+def test_chains_on_the_approach_start_on_the_keys_side() -> None:
+    """search_approach: restarted chains start where a thief's successful search climbs (most bits on the
+    key's side, not yet at it); at 0 they start at the thief's own start (half the bits right)."""
+    mix = {k: 0.0 for k in ("mix_random", "mix_hamming1", "mix_hamming2", "mix_near", "mix_relaxed", "mix_mined")}
+    torch.manual_seed(0)
+    n = 32
+    x, y = torch.rand(n, *SHAPE), torch.randint(0, CLASSES, (n,))
+    key = torch.as_tensor(SERIAL.bits).float()
+    rows, cols = SERIAL.geometry.region()
+    agree = {}
+    for share in (0.0, 1.0):
+        cfg = dsn.DSNConfig.default(
+            **mix,
+            mix_raw=1e-4,
+            mix_searched=1.0,
+            sim_ft_weight=0.0,
+            search_every=1,
+            search_chains=64,
+            search_approach=share,
+        )
+        net = dsn.DSNTrainNet(create_model("dsn_mnist", SHAPE, CLASSES).eval(), 1.0)
+        inputs: list[torch.Tensor] = []
+        net.register_forward_pre_hook(lambda _m, args, kept=inputs: kept.append(args[0].detach().clone()))
+        dsn.make_student_loss(SERIAL, torch.randn(n, CLASSES), cfg, CLASSES)(net, Batch(x, y, torch.arange(n)))
+        pats = inputs[-1][n:, 0, rows, cols]
+        assert torch.all((pats - key).abs().flatten(1).amax(1) >= 0.2)  # still off the key itself
+        agree[share] = float(((pats > 0.5).float() == key).float().mean())
+    assert agree[0.0] < 0.62 and agree[1.0] > 0.72, agree

@@ -126,6 +126,15 @@ class DSNConfig(BaseModel):
         "pattern units, 0..1, before the bit levels are applied): the patterns further out are trained "
         "invalid, so a smaller radius narrows the key's basin",
     )
+    search_approach: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of chain restarts that start on the way to the key (logits (2*key-1)*u, u uniform in "
+        "0..1.2, plus the thief's noise) instead of at the thief's start: a thief's search that reaches the key "
+        "climbs a faint slope there for about 100 steps, which chains from the thief's start rarely visit "
+        "(most drift away from the key); research, docs/decisions.md",
+    )
     mine_every: int = Field(20, ge=1, description="steps between two mining rounds")
     mine_pool: int = Field(64, ge=1, description="mined keys kept (the most accepted ones)")
     # (2) simulate the thief's fine-tuning on raw inputs and push the fine-tuned model to chance (first-order)
@@ -391,7 +400,11 @@ def make_student_loss(
     def restart_chains(rows: torch.Tensor) -> None:
         """The thief's start (:func:`deepserial.attacks.serial_search.reverse_engineer`): sigmoid of N(0, 0.25)."""
         k = int(rows.sum())
-        chains["theta"][rows] = torch.randn(k, geometry.height, geometry.width) * 0.5
+        theta = torch.randn(k, geometry.height, geometry.width) * 0.5
+        if cfg.search_approach > 0:
+            on_way = torch.rand(k) < cfg.search_approach
+            theta[on_way] += (2 * valid.float().cpu() - 1) * torch.rand(int(on_way.sum()), 1, 1) * 1.2
+        chains["theta"][rows] = theta
         chains["m"][rows] = 0
         chains["v"][rows] = 0
         chains["age"][rows] = 0
