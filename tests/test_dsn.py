@@ -638,20 +638,17 @@ def test_key_decorrelation_draws_few_keys_and_reports_its_loss() -> None:
     assert all(p.grad is not None for p in student.parameters())
 
 
+def _chains_only(**options: float) -> dsn.DSNConfig:
+    """A recipe whose invalid rows are all the chains' patterns (mix_searched), stepped every batch."""
+    mix = {k: 0.0 for k in ("mix_random", "mix_hamming1", "mix_hamming2", "mix_near", "mix_relaxed", "mix_mined")}
+    return dsn.DSNConfig.default(**mix, mix_raw=1e-4, mix_searched=1.0, sim_ft_weight=0.0, search_every=1, **options)
+
+
 def test_searched_patterns_follow_the_thiefs_relaxed_search() -> None:
     """mix_searched: the invalid rows carry the patterns of relaxed searches run against the student
     (Adam on its cross-entropy, as the thief's reverse engineering), kept off the key itself."""
-    mix = {k: 0.0 for k in ("mix_random", "mix_hamming1", "mix_hamming2", "mix_near", "mix_relaxed", "mix_mined")}
-    cfg = dsn.DSNConfig.default(
-        **mix,
-        mix_raw=1e-4,
-        mix_searched=1.0,
-        sim_ft_weight=0.0,
-        search_every=1,
-        search_chains=8,
-        search_age=10_000,
-        search_restart=0.45,  # wide: with the default 0.2, some chains would be seen inside it
-    )
+    # a wide restart radius: with the default 0.2, some chains would be seen inside it
+    cfg = _chains_only(search_chains=8, search_age=10_000, search_restart=0.45)
     torch.manual_seed(0)
     n = 32
     x, y = torch.rand(n, *SHAPE), torch.full((n,), 3)
@@ -694,7 +691,6 @@ def test_searched_patterns_follow_the_thiefs_relaxed_search() -> None:
 def test_chains_on_the_approach_start_on_the_keys_side() -> None:
     """search_approach: restarted chains start where a thief's successful search climbs (most bits on the
     key's side, not yet at it); at 0 they start at the thief's own start (half the bits right)."""
-    mix = {k: 0.0 for k in ("mix_random", "mix_hamming1", "mix_hamming2", "mix_near", "mix_relaxed", "mix_mined")}
     torch.manual_seed(0)
     n = 32
     x, y = torch.rand(n, *SHAPE), torch.randint(0, CLASSES, (n,))
@@ -702,15 +698,7 @@ def test_chains_on_the_approach_start_on_the_keys_side() -> None:
     rows, cols = SERIAL.geometry.region()
     agree = {}
     for share in (0.0, 1.0):
-        cfg = dsn.DSNConfig.default(
-            **mix,
-            mix_raw=1e-4,
-            mix_searched=1.0,
-            sim_ft_weight=0.0,
-            search_every=1,
-            search_chains=64,
-            search_approach=share,
-        )
+        cfg = _chains_only(search_chains=64, search_approach=share)
         net = dsn.DSNTrainNet(create_model("dsn_mnist", SHAPE, CLASSES).eval(), 1.0)
         inputs: list[torch.Tensor] = []
         net.register_forward_pre_hook(lambda _m, args, kept=inputs: kept.append(args[0].detach().clone()))
