@@ -344,11 +344,11 @@ def dsn_thief(reports: Path) -> str:
                 for n, s, c in runs
                 if all(v["holds"] for k, v in c.items() if not k.startswith("finetune_gain"))
             ]
+            lo, hi = (f(c["hamming1_max"]["value"] for _, _, c in runs) for f in (min, max))
             found.append(
-                f"{where}: {len(runs)} runs, exact key recovered in {exact}, one bit off "
-                f"{min(c['hamming1_max']['value'] for _, _, c in runs):.1f}-"
-                f"{max(c['hamming1_max']['value'] for _, _, c in runs):.1f}%, every check but fine-tuning held by "
-                + (", ".join(locked) if locked else "none")
+                f"{where}: {len(runs)} run{'s' if len(runs) > 1 else ''}, exact key recovered in {exact}, one bit "
+                f"off {lo:.1f}" + (f"-{hi:.1f}" if hi > lo else "") + "%, every check but fine-tuning held in "
+                f"{len(locked)}" + (" (" + ", ".join(locked) + ")" if locked else "")
             )
         parts.append(
             f"Bits written as -6/+6 instead of 0/1 (`DSNConfig.amplitude`, research): keys one bit off at most "
