@@ -398,7 +398,8 @@ def make_student_loss(
     chains: dict[str, torch.Tensor] = {}
 
     def restart_chains(rows: torch.Tensor) -> None:
-        """The thief's start (:func:`deepserial.attacks.serial_search.reverse_engineer`): sigmoid of N(0, 0.25)."""
+        """The thief's start (:func:`deepserial.attacks.serial_search.reverse_engineer`): sigmoid of N(0, 0.25);
+        for a ``search_approach`` share of the chains, shifted towards the key by a random fraction."""
         k = int(rows.sum())
         theta = torch.randn(k, geometry.height, geometry.width) * 0.5
         if cfg.search_approach > 0:
