@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deepserial.errors import ConfigError
+from deepserial.errors import ConfigError, GeometryError
 from deepserial.experiments import dsn_security
 
 TINY = dsn_security.SecurityConfig(
@@ -75,6 +75,11 @@ def test_bad_names_and_seeds_are_refused_before_training(tmp_path: Path) -> None
         dsn_security.run("mnist5k", tmp_path, [0, 0])
     with pytest.raises(ConfigError, match="distinct non-negative"):
         dsn_security.run("mnist5k", tmp_path, [])
+    # a serial number the network cannot see (the Table 7 net ignores rows 26-27) is refused before the
+    # work folder records the configuration, so the corrected command can use the same folder
+    blind = TINY.model_copy(update={"size": (5, 7), "position": (22, 1)})
+    with pytest.raises(GeometryError, match="never reach the network"):
+        dsn_security.run("tiny", tmp_path, [0], config=blind, work=tmp_path / "work")
     assert not list(tmp_path.iterdir())
 
 

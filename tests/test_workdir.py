@@ -22,24 +22,11 @@ def test_the_first_invocation_records_the_signing_time_and_later_ones_read_it(
     assert workdir.start(tmp_path / "w", {"a": 1}, "test") == "1790000000"
     monkeypatch.delenv("SOURCE_DATE_EPOCH")
     assert workdir.start(tmp_path / "w", {"a": 1}, "test") == "1790000000"
-    workdir.stage(tmp_path / "w", "teacher", lambda: {"acc": 1.0})
     with pytest.raises(ConfigError, match="another configuration"):
         workdir.start(tmp_path / "w", {"a": 2}, "test")
     (tmp_path / "w" / "run.json").write_text("[1]")
     with pytest.raises(ConfigError, match="not a test work record"):
         workdir.start(tmp_path / "w", {"a": 1}, "test")
-
-
-def test_a_run_refused_before_its_first_stage_does_not_block_the_corrected_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # a geometry the network cannot see is refused after the folder recorded its configuration; the
-    # corrected command must start there, not be told that the folder holds another run
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1790000000")
-    workdir.start(tmp_path / "w", {"position": [22, 1]}, "test")
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1790000500")
-    assert workdir.start(tmp_path / "w", {"position": [21, 1]}, "test") == "1790000500"
-    assert json.loads((tmp_path / "w" / "run.json").read_text())["config"] == {"position": [21, 1]}
 
 
 def test_a_stage_is_computed_once_and_a_damaged_one_is_refused(tmp_path: Path) -> None:

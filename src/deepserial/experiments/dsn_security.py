@@ -33,16 +33,18 @@ from deepserial.artifacts import LoadedModel, load_model, save_model
 from deepserial.attacks.adaptive import fine_tuning_sweep, key_recovery
 from deepserial.attacks.base import attacker_share
 from deepserial.attacks.keyspace import SUBSETS, keyspace_measures, output_readout
+from deepserial.data import load_dataset
 from deepserial.errors import ConfigError
 from deepserial.experiments import workdir
 from deepserial.experiments.watermarks import signing_time
 from deepserial.files import atomic_write
 from deepserial.identity import OwnerIdentity, VerifierString
+from deepserial.nets import create_model
 from deepserial.report import environment, git_state, json_bytes, markdown_table, write_report
 from deepserial.schemes.dsn import DSNConfig, key_accuracies
 from deepserial.serial import SerialGeometry, SerialNumber
 from deepserial.training import TrainConfig, accuracy
-from deepserial.workflow import DataSpec, issue, loaded, train_teacher
+from deepserial.workflow import DataSpec, choose_geometry, issue, loaded, train_teacher
 
 #: What the lock is held to (accuracies in %): a figure "holds" when it is at most its bound; the
 #: valid serial number must stay within ``valid_gap`` of the teacher; fine-tuning "holds" when the
@@ -115,6 +117,7 @@ def run(
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ConfigError(f"seeds must be distinct non-negative integers, got {seeds}")
     cfg = config or CONFIGS[name]
+    _check_geometry(cfg)  # before the work folder records this configuration and a teacher is trained
     commit, dirty = git_state()  # the git state the run starts from: a run of hours outlives many commits
     env = environment() | {"git_commit": commit, "git_dirty": dirty}
     t0 = time.perf_counter()
@@ -137,6 +140,14 @@ def run(
     if earlier:
         top["merged"] = "runs of earlier invocations kept (seeds " + ", ".join(sorted(earlier, key=int)) + ")"
     return _write(stem, name, cfg, earlier | per_seed, top)
+
+
+def _check_geometry(cfg: SecurityConfig) -> None:
+    """Refuse (one line, :class:`GeometryError`) a serial-number size or position the customer model's
+    network cannot see, before anything is trained or recorded."""
+    data = load_dataset(cfg.dataset, limit=cfg.limit)
+    net = create_model("dsn_mnist", data.input_shape, data.num_classes)  # what train_teacher builds
+    choose_geometry(net, data.input_shape, cfg.size, cfg.position, amplitude=DSNConfig.default(**cfg.dsn).amplitude)
 
 
 def _write(stem: Path, name: str, cfg: SecurityConfig, runs: dict[str, Any], top: dict[str, Any]) -> list[Path]:

@@ -45,8 +45,7 @@ def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def start(work: Path, config: dict[str, Any], what: str) -> str:
     """The signing time ``work`` recorded for ``config`` (recorded now, from ``SOURCE_DATE_EPOCH`` or the
-    clock, when the folder is new, or holds only the record of another configuration whose run stopped
-    before its first stage); ``what`` names the reproduction in errors."""
+    clock, when the folder is new); ``what`` names the reproduction in errors."""
     path = work / "run.json"
     config = json.loads(json.dumps(config))  # the form it is compared in once read back
     if not path.exists():
@@ -60,9 +59,6 @@ def start(work: Path, config: dict[str, Any], what: str) -> str:
         epoch = str(int(state["signed_at_epoch"]))
     except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(f"{path} is not a {what} work record; use another --work folder") from None
-    if not same and {p.name for p in work.iterdir()} == {"run.json"}:
-        path.unlink()  # another run refused before its first stage (a geometry out of view): nothing to keep
-        return start(work, config, what)
     if not same:
         raise ConfigError(f"{work} holds a run of another configuration; remove it or use another --work folder")
     return epoch
