@@ -2,14 +2,16 @@
 
 The product's reverse engineering (:func:`deepserial.attacks.serial_search.reverse_engineer`) runs
 restarts of a relaxed search (Adam at 0.1 on the cross-entropy of stamped images, logits started at
-N(0, 0.25)) and keeps the lowest loss. This reruns that search on a kept customer model and records each
-restart's path: every 25 steps the share of its pattern's bits on the key's side of 0.5 and its loss,
-and whether it ended at the exact key. It tells a defence where the searches that succeed climb.
+N(0, 0.25)), rounds each, refines it by a bit search and keeps the lowest loss on held-out images. This
+reruns its relaxed stage alone (same start, step and batch; on all the thief's images, no held-out part,
+no bit search) on a kept customer model and records each restart's path: every 25 steps the share of its
+pattern's bits on the key's side of 0.5 and its loss, and whether its rounded end is the exact key. It
+tells a defence where the searches that succeed climb; the report's full search decides what a thief gets.
 
     python benchmarks/dsn_search_paths.py WORK/seed0/student.safetensors --seed 0 --restarts 40 --label L
 
-WORK is a ``reproduce dsn-security --work`` folder; the thief's images are the first 400 of the same
-attacker share the report draws. One line of JSON (every path) is appended to
+WORK is a ``reproduce dsn-security --work`` folder; the thief's images are the first 400 of the 10% attacker
+share (the report's ``recovery_fraction``) drawn as the report draws it. One line of JSON (every path) is appended to
 ``benchmarks/results/dsn_search_paths.jsonl``.
 """
 

@@ -355,7 +355,7 @@ def dsn_thief(reports: Path) -> str:
             f"{each('{h1_max:.1f}', loud)}% and a per-key probe "
             + " / ".join(f"{_probe_max(r['readout']):.1f}" for r in loud)
             + "% on the same seeds; not shipped: `reproduce dsn-security` with them and with `mix_scaled` or "
-            "`mix_searched` on mnist5k (docs/decisions.md items 15-18, `benchmarks/results/dsn_security_amp6*/`), "
+            "`mix_searched` on mnist5k (docs/decisions.md items 15-19, `benchmarks/results/dsn_security_amp6*/`), "
             + "; ".join(found)
             + "."
         )
@@ -1274,10 +1274,10 @@ INDEPENDENT_CHECK: dict[str, dict[str, bool]] = {
 }
 
 
-def _gone(rep: Report, fraction: str, label: str) -> tuple[bool, float | None, float | None]:
-    """Whether the owner's verdict failed after the attack, its accuracy cost and p-value."""
-    o = outcome(rep, fraction, label)
-    return (not o["verified"]), o["cost"], o["p_value"]
+def _gone(rep: Report, fraction: str, label: str) -> bool | None:
+    """Whether the owner's verdict failed after the attack (None: the report holds no verdict for it)."""
+    verified = outcome(rep, fraction, label)["verified"]
+    return None if verified is None else not verified
 
 
 def independent_check_section(reports: Path, seed_runs: Path) -> str:
@@ -1305,10 +1305,15 @@ def independent_check_section(reports: Path, seed_runs: Path) -> str:
                     if rep is None or f not in rep["fractions"] or label not in rep["fractions"][f]["attacks"]:
                         row.append("–")
                         continue
-                    gone, cost, p = _gone(rep, f, label)
+                    gone, o = _gone(rep, f, label), outcome(rep, f, label)
+                    if gone is None:
+                        row.append("–")
+                        continue
                     total[(sd, f)] += 1
                     agree[(sd, f)] += gone == theirs
-                    row.append(f"{'gone' if gone else 'kept'} {cost:+.1f}, p = {p:.2g}")
+                    cost = "" if o["cost"] is None else f" {o['cost']:+.1f}"
+                    p = "" if o["p_value"] is None else f", p = {o['p_value']:.2g}"
+                    row.append(("gone" if gone else "kept") + cost + p)
             rows.append(row)
     tally = "; ".join(
         f"seed {sd} at {100 * float(f):g}%: {agree[(sd, f)]} of {total[(sd, f)]}" for sd, f in cells if total[(sd, f)]

@@ -132,7 +132,7 @@ class DSNConfig(BaseModel):
         le=1,
         description="share of chain restarts that start on the way to the key (logits (2*key-1)*u, u uniform in "
         "0..1.2, plus the thief's noise) instead of at the thief's start: a thief's search that reaches the key "
-        "climbs a faint slope there for about 100 steps, which chains from the thief's start rarely visit "
+        "climbs a faint slope there for 25-200 steps, which chains from the thief's start rarely visit "
         "(most drift away from the key); research, docs/decisions.md",
     )
     mine_every: int = Field(20, ge=1, description="steps between two mining rounds")
