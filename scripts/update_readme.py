@@ -1274,12 +1274,6 @@ INDEPENDENT_CHECK: dict[str, dict[str, bool]] = {
 }
 
 
-def _gone(rep: Report, fraction: str, label: str) -> bool | None:
-    """Whether the owner's verdict failed after the attack (None: the report holds no verdict for it)."""
-    verified = outcome(rep, fraction, label)["verified"]
-    return None if verified is None else not verified
-
-
 def independent_check_section(reports: Path, seed_runs: Path) -> str:
     """Our verdicts beside the independent check's for the attacks and schemes it ran: per seed run and
     attacker share, 'gone' (the owner's verdict failed, whatever the cost) or 'kept', with cost and p."""
@@ -1305,10 +1299,11 @@ def independent_check_section(reports: Path, seed_runs: Path) -> str:
                     if rep is None or f not in rep["fractions"] or label not in rep["fractions"][f]["attacks"]:
                         row.append("–")
                         continue
-                    gone, o = _gone(rep, f, label), outcome(rep, f, label)
-                    if gone is None:
+                    o = outcome(rep, f, label)
+                    if o["verified"] is None:  # no verdict recorded for this attack
                         row.append("–")
                         continue
+                    gone = not o["verified"]
                     total[(sd, f)] += 1
                     agree[(sd, f)] += gone == theirs
                     cost = "" if o["cost"] is None else f" {o['cost']:+.1f}"

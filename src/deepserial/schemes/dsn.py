@@ -396,6 +396,7 @@ def make_student_loss(
         return rel.view(k, geometry.height, geometry.width).to(dev)
 
     chains: dict[str, torch.Tensor] = {}
+    toward_key = 2 * valid.float().cpu() - 1  # the key's side of each chain logit (search_approach)
 
     def restart_chains(rows: torch.Tensor) -> None:
         """The thief's start (:func:`deepserial.attacks.serial_search.reverse_engineer`): sigmoid of N(0, 0.25);
@@ -404,7 +405,7 @@ def make_student_loss(
         theta = torch.randn(k, geometry.height, geometry.width) * 0.5
         if cfg.search_approach > 0:
             on_way = torch.rand(k) < cfg.search_approach
-            theta[on_way] += (2 * valid.float().cpu() - 1) * torch.rand(int(on_way.sum()), 1, 1) * 1.2
+            theta[on_way] += toward_key * torch.rand(int(on_way.sum()), 1, 1) * 1.2
         chains["theta"][rows] = theta
         chains["m"][rows] = 0
         chains["v"][rows] = 0
