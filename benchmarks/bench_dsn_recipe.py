@@ -5,9 +5,10 @@ Run: ``python benchmarks/bench_dsn_recipe.py [--epochs 3 --rounds 2]`` (writes
 research recipe (DSN options over the shipped one) as a third row and writes
 ``bench_dsn_recipe_NAME.{json,md}`` instead, so a recipe's cost is known before it is shipped.
 Every recipe trains the same student on the same owner split of ``mnist5k`` with the same teacher
-outputs, batch 128, one thread; rounds alternate the order of the recipes to cancel drift, and the median wall time per epoch is reported. The shipped recipe forwards
-more invalid inputs per batch (3 per valid one instead of 2), mines keys every 20 steps and simulates
-the thief's fine-tuning every second step; the ratio is what that costs.
+outputs, batch 128, one thread; rounds alternate the order of the recipes to cancel drift, and the
+median wall time per epoch is reported. The shipped recipe forwards more invalid inputs per batch (3 per
+valid one instead of 2), mines keys every 20 steps and simulates the thief's fine-tuning every second
+step; the ratio is what that costs.
 """
 
 from __future__ import annotations
