@@ -8,7 +8,8 @@ The report (``OUT/dsn_security_NAME.{md,json,png}``) records the full configurat
 run of another recipe is never gathered with it; ``--work`` makes an interrupted run resume. The reports
 in ``benchmarks/results/dsn_security_amp6/`` named ``*-scaled*`` were made by one-off scripts that made
 exactly this call (their JSON holds the configuration). ``--size`` and ``--position`` measure a
-geometry no configuration names (a held-out one).
+geometry no configuration names (a held-out one). ``--gather SRC...`` merges reports of the same recipe
+run elsewhere (other seeds) into ``OUT/dsn_security_NAME`` without training (``--seeds`` is then unused).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def main() -> None:
     ap.add_argument("--position", type=int, nargs=2, default=None, help="serial-number top-left row and column")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument(
+        "--gather", type=Path, nargs="+", default=None, help="reports of this recipe run elsewhere: merge, no training"
+    )
     a = ap.parse_args()
     mark_start()
     torch.set_num_threads(1)
@@ -43,7 +47,10 @@ def main() -> None:
     if a.position:
         update["position"] = tuple(a.position)
     cfg = dsn_security.CONFIGS[a.base].model_copy(update=update)
-    paths = dsn_security.run(a.name, a.out, a.seeds, config=cfg, work=a.work, command=" ".join(sys.argv))
+    if a.gather:
+        paths = dsn_security.gather(a.name, a.out, a.gather, config=cfg)
+    else:
+        paths = dsn_security.run(a.name, a.out, a.seeds, config=cfg, work=a.work, command=" ".join(sys.argv))
     print("wrote " + ", ".join(map(str, paths)))
 
 
