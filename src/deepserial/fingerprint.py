@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from deepserial import stats
 from deepserial.errors import ConfigError
 from deepserial.identity import OwnerIdentity, VerifierString, derive
+from deepserial.training import predict_logits
 
 #: Queries in the shared set; each costs one query of a trace.
 DEFAULT_QUERIES = 100
@@ -134,10 +135,8 @@ class Fingerprint:
 def match_rate(model: torch.nn.Module, fp: Fingerprint, stamp_fn: Any = None) -> float:
     """Share of the queries ``model`` answers with the codeword (after ``stamp_fn`` on the queries, if given)."""
     was = model.training
-    model.eval()
-    with torch.no_grad():
-        x = fp.queries if stamp_fn is None else stamp_fn(fp.queries)
-        pred = model(x).argmax(1)
+    x = fp.queries if stamp_fn is None else stamp_fn(fp.queries)
+    pred = predict_logits(model, x).argmax(1)  # on the model's device, answers on the CPU
     model.train(was)
     return float((pred == fp.codeword).float().mean())
 

@@ -353,7 +353,7 @@ def predict_logits(
     model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH, device: torch.device | None = None
 ) -> torch.Tensor:
     """Logits of ``model`` on ``x`` in evaluation mode, batched, returned on the CPU."""
-    device = device or next(model.parameters()).device
+    device = device or model_device(model)
     model.eval()
     # An empty batch still goes through the network once, so the result has its (0, classes) shape.
     starts = range(0, len(x), batch_size) if len(x) else [0]

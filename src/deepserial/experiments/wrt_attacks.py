@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
@@ -51,7 +50,7 @@ from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.report import markdown_table
 from deepserial.schemes.dsn import SCHEME as DSN_SCHEME
 from deepserial.serial import stamp
-from deepserial.training import TrainConfig
+from deepserial.training import TrainConfig, predict_logits
 from deepserial.workflow import DataSpec, issue, loaded, measure_model, train_teacher
 
 #: Accuracy points an attack may cost and still count as a removal (our choice, one place).
@@ -160,9 +159,7 @@ def tracing_after(model: Any, fp: Fingerprint, others: list[Any], serial: Any, c
     servers: dict[str, Any] = {}
     for server, x in (("stamping", stamp(fp.queries, serial.geometry, serial.as_tensor())), ("raw", fp.queries)):
         was = model.training
-        model.eval()
-        with torch.no_grad():
-            answers = model(x).argmax(1)
+        answers = predict_logits(model, x).argmax(1)  # on the model's device, answers on the CPU
         model.train(was)
         own, *rest = decode(answers, [fp.codeword, *others], classes, TRACE_FPR)
         servers[server] = {
