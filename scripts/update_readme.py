@@ -1329,37 +1329,50 @@ def independent_check_section(reports: Path, seed_runs: Path) -> str:
 
 
 def wrt_headline(reports: Path) -> str:
-    """README: per protection, the WRT attacks that removed it at the smallest attacker share (named) and
-    at the largest (counted), beside training from scratch on those shares."""
-    rows = []
+    """README: per protection and data set, how many WRT attacks removed it at the smallest and at the
+    largest attacker share, beside training from scratch on those shares (the attacks are named in
+    docs/results.md); and which reports were made on a GPU."""
+    by_scheme: dict[str, dict[str, Report]] = {}
     for d in DATASETS:
         for rep in _wrt_reports(reports, d):
-            fr = sorted(rep["fractions"], key=float)
-            small, large = fr[0], fr[-1]
-            gone = _wrt_removed_by(rep, small)
-            total = len(rep["fractions"][small]["attacks"])
-            scratch = " / ".join(f"{rep['fractions'][f]['from_scratch']['test_acc']:.1f}" for f in fr)
-            rows.append(
-                [
-                    f"{rep['scheme']} (`{d}`)",
-                    f"{protected_acc(rep):.1f}",
-                    f"{scratch} ({_shares(fr)}%)",
-                    f"{len(gone)} of {total}" + (": " + ", ".join(gone) if gone else ""),
-                    f"{len(_wrt_removed_by(rep, large))} of {len(rep['fractions'][large]['attacks'])}",
-                ]
-            )
-    if not rows:
+            by_scheme.setdefault(rep["scheme"], {})[d] = rep
+    if not by_scheme:
         return "No report yet: run `deepserial reproduce attacks --suite wrt --scheme <scheme>`."
-    return _table(
-        [
-            "protection",
-            "protected model (DSN: with SN)",
-            "from scratch on the attacker's data",
-            f"WRT attacks that removed it with the smallest share (accuracy within {REMOVAL_MARGIN:g} points)",
-            "with the largest share",
-        ],
-        rows,
+    sets = [d for d in DATASETS if any(d in v for v in by_scheme.values())]
+
+    def cells(rep: Report | None) -> list[str]:
+        if rep is None:
+            return ["no report", "–"]
+        fr = sorted(rep["fractions"], key=float)
+        scratch = " / ".join(f"{rep['fractions'][f]['from_scratch']['test_acc']:.1f}" for f in fr)
+        removed = " / ".join(str(len(_wrt_removed_by(rep, f))) for f in fr)
+        total = len(rep["fractions"][fr[-1]]["attacks"])
+        return [f"{protected_acc(rep):.1f} ({scratch})", f"{removed} of {total} ({_shares(fr)}%)"]
+
+    header = ["protection"]
+    for d in sets:
+        header += [f"`{d}`: protected model (from scratch)", f"`{d}`: removed by"]
+    rows = [[name] + [c for d in sets for c in cells(v.get(d))] for name, v in by_scheme.items()]
+    gpu = sorted(
+        f"{r['scheme']} (`{d}`)"
+        for v in by_scheme.values()
+        for d, r in v.items()
+        if (r.get("environment") or {}).get("cuda")
     )
+    devices = sorted(
+        {
+            r["environment"]["cuda"]
+            for v in by_scheme.values()
+            for r in v.values()
+            if r.get("environment", {}).get("cuda")
+        }
+    )
+    note = (
+        f"\n\nMade on a GPU ({', '.join(devices)}, bf16 autocast), the others on one CPU thread: {', '.join(gpu)}."
+        if gpu
+        else ""
+    )
+    return _table(header, rows) + note
 
 
 # ----- provenance and benchmarks ----------------------------------------------------------------------

@@ -186,7 +186,16 @@ def test_wrt_summary_marks_removed_kept_and_too_costly(gen: ModuleType, tmp_path
         "protections no attack removed: dsn" in text
         and "removed by combined (weight shifting + smoothing): 0 of 2" in text
     )
-    assert "| uchida (`mnist5k`) | 95.0 | 93.0 (40%) | 1 of 3: weight shifting | 1 of 3 |" in gen.wrt_headline(tmp_path)
+    head = gen.wrt_headline(tmp_path)
+    assert "| uchida | 95.0 (93.0) | 1 of 3 (40%) |" in head and "GPU" not in head
+    gpu = dict(wm, environment={"cuda": "NVIDIA H200"})
+    (tmp_path / "wrt_uchida_fashion-mnist.json").write_text(json.dumps(gpu | {"dataset": "fashion-mnist"}))
+    head = gen.wrt_headline(tmp_path)
+    assert "| dsn | 97.0 (92.0) | 0 of 1 (40%) | no report | – |" in head  # DSN: with its serial number
+    assert head.endswith(
+        "Made on a GPU (NVIDIA H200, bf16 autocast), the others on one CPU thread: uchida (`fashion-mnist`)."
+    )
+    (tmp_path / "wrt_uchida_fashion-mnist.json").unlink()
     wm["reference_attacks"]["attacks"]["regularization"]["verdict"] = verified
     (tmp_path / "wrt_uchida_mnist5k.json").write_text(json.dumps(wm))
     assert "**uchida: unmarked reference after regularization**" in gen.wrt_section(tmp_path, "mnist5k")
