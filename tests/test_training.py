@@ -287,3 +287,6 @@ def test_predict_logits_batches(data: TensorData) -> None:
     assert full.shape == (N, 4)
     assert torch.allclose(full, chunked, atol=1e-6)
     assert predict_logits(model, data.x[:0]).numel() == 0
+    # A model without parameters (a wrapper, an identity) is queried on the CPU, not refused.
+    flat = predict_logits(nn.Flatten(), data.x[:3])
+    assert flat.shape == (3, data.x[0].numel()) and flat.device.type == "cpu"
