@@ -359,25 +359,24 @@ def dsn_thief(reports: Path) -> str:
             + "; ".join(found)
             + "."
         )
-    partial = sorted((sweeps.parent / "dsn_security_fashion-mnist_partial").glob("seed*_record.json"))
+    folder = sweeps.parent / "dsn_security_fashion-mnist_partial"
+    # records copied out of a CPU run, and the work folders of runs made on a GPU (gpu/workS/seedS/)
+    partial = sorted(folder.glob("seed*_record.json")) + sorted(folder.glob("gpu/work*/seed*/record.json"))
     if partial and not (reports / "dsn_security_fashion-mnist.json").exists():
-        for path in partial:
-            rec = json.loads(path.read_text())
-            if "recovery" not in rec:
-                continue
-            ev = rec["recovery"]["reverse-engineer"]["evaluation"]
-            restarts = len(ev["restarts"])
-            got = (
-                f"**reverse engineering recovered the exact key** in {ev['exact_restarts']} of {restarts} restarts "
-                f"({100 * ev['chosen']['test_accuracy']:.1f}% on test)"
-                if ev["chosen"]["exact"]
-                else f"reverse engineering's best key {100 * ev['chosen']['test_accuracy']:.1f}% on test"
-            )
-            seed = path.stem.removesuffix("_record").removeprefix("seed")
+        recs = [r for r in (json.loads(p.read_text()) for p in partial) if "recovery" in r]
+        if recs:
+            evs = [r["recovery"]["reverse-engineer"]["evaluation"] for r in recs]
+            exact = sum(bool(ev["chosen"]["exact"]) for ev in evs)
+            gpu = sum("gpu" in p.parts for p in partial)
             parts.append(
-                f"Full fashion-mnist, shipped recipe (seed {seed}, the stages finished so "
-                f"far, `{path.parent.relative_to(reports.parent)}/`): {got}, although one bit off reaches at most "
-                f"{rec['keyspace']['hamming1']['max']:.1f}%."
+                f"Full fashion-mnist, shipped recipe ({len(recs)} customer models, the stages finished so far, "
+                f"`{folder.relative_to(reports.parent)}/`"
+                + (f", {gpu} trained on a GPU" if gpu else "")
+                + f"): **reverse engineering recovered the exact key** of {exact} of {len(recs)} (the thief's pick "
+                + " / ".join(f"{100 * ev['chosen']['test_accuracy']:.1f}" for ev in evs)
+                + "% on test), although one bit off reaches at most "
+                + " / ".join(f"{r['keyspace']['hamming1']['max']:.1f}" for r in recs)
+                + "%."
             )
         searched = sweeps.parent / "dsn_security_fashion-mnist-searched_partial" / "seed0_record.json"
         if searched.exists():
