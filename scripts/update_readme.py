@@ -363,11 +363,12 @@ def dsn_thief(reports: Path) -> str:
     # records copied out of a CPU run, and the work folders of runs made on a GPU (gpu/workS/seedS/)
     partial = sorted(folder.glob("seed*_record.json")) + sorted(folder.glob("gpu/work*/seed*/record.json"))
     if partial and not (reports / "dsn_security_fashion-mnist.json").exists():
-        recs = [r for r in (json.loads(p.read_text()) for p in partial) if "recovery" in r]
-        if recs:
+        kept = [(p, r) for p, r in ((p, json.loads(p.read_text())) for p in partial) if "recovery" in r]
+        if kept:
+            recs = [r for _, r in kept]
             evs = [r["recovery"]["reverse-engineer"]["evaluation"] for r in recs]
             exact = sum(bool(ev["chosen"]["exact"]) for ev in evs)
-            gpu = sum("gpu" in p.parts for p in partial)
+            gpu = sum("gpu" in p.parts for p, _ in kept)
             parts.append(
                 f"Full fashion-mnist, shipped recipe ({len(recs)} customer models, the stages finished so far, "
                 f"`{folder.relative_to(reports.parent)}/`"
@@ -1352,25 +1353,12 @@ def wrt_headline(reports: Path) -> str:
     for d in sets:
         header += [f"`{d}`: protected model (from scratch)", f"`{d}`: removed by"]
     rows = [[name] + [c for d in sets for c in cells(v.get(d))] for name, v in by_scheme.items()]
-    gpu = sorted(
-        f"{r['scheme']} (`{d}`)"
-        for v in by_scheme.values()
-        for d, r in v.items()
-        if (r.get("environment") or {}).get("cuda")
-    )
-    devices = sorted(
-        {
-            r["environment"]["cuda"]
-            for v in by_scheme.values()
-            for r in v.values()
-            if r.get("environment", {}).get("cuda")
-        }
-    )
-    note = (
-        f"\n\nMade on a GPU ({', '.join(devices)}, bf16 autocast), the others on one CPU thread: {', '.join(gpu)}."
-        if gpu
-        else ""
-    )
+    on_gpu = [(d, r) for v in by_scheme.values() for d, r in v.items() if (r.get("environment") or {}).get("cuda")]
+    note = ""
+    if on_gpu:
+        devices = ", ".join(sorted({r["environment"]["cuda"] for _, r in on_gpu}))
+        made = ", ".join(sorted(f"{r['scheme']} (`{d}`)" for d, r in on_gpu))
+        note = f"\n\nMade on a GPU ({devices}, bf16 autocast), the others on one CPU thread: {made}."
     return _table(header, rows) + note
 
 
