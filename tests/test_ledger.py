@@ -350,7 +350,7 @@ def test_unfinished_issuances_are_hidden_listed_and_repaired(
     b = begin("b", 2)
     _model_file(b[2][0], b[1])
     b[2][1].write_text(json.dumps({"verifier": b[1].to_dict()}))
-    b_inner = b[2][0].with_name(f".{b[2][0].name}.tmp4242")
+    b_inner = b[2][0].with_name(f".{b[2][0].name}.0123456789ab.tmp")  # _temp_copy's name
     b_inner.write_bytes(b"half a model")
     # killed after its model was renamed into place
     c = begin("c", 3)

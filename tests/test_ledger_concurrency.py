@@ -25,6 +25,7 @@ import pytest
 import deepserial
 from deepserial.artifacts import read_manifest
 from deepserial.cli import main
+from deepserial.files import stray_temps
 from deepserial.identity import OwnerIdentity
 from deepserial.ledger import Ledger
 
@@ -344,7 +345,7 @@ def test_kill_9_at_every_step_of_an_issuance(
                 claimed = {Path(p).name for u in pending for p in (u.model_path, u.licence_path, *u.temps)}
                 for f in out.iterdir():  # a file without a row is one a pending row names (or atomic_write's temp)
                     if str(f) not in issued:
-                        assert f.name in claimed or any(f.name.startswith(f".{c}.tmp") for c in claimed), f
+                        assert f.name in claimed or any(f in stray_temps(out / c) for c in claimed), f
                 capsys.readouterr()
                 assert main(["ledger", "check", "--ledger", str(ledger)]) == (1 if pending else 0)
                 assert main(["ledger", "check", "--repair", "--ledger", str(ledger)]) == 0

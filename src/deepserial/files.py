@@ -24,6 +24,7 @@ are there.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 import tempfile
@@ -80,6 +81,13 @@ def check_writable(*paths: str | Path | None, directory: bool = False) -> None:
                 pass
         except OSError as e:
             raise ConfigError(f"cannot write {path}: {e.strerror or e} in {base}") from None
+
+
+def stray_temps(path: str | Path) -> list[Path]:
+    """The temporary files a write of ``path`` killed midway left beside it (:func:`_temp_copy`'s names),
+    for whoever cleans up after a crash (``ledger check --repair``)."""
+    path = Path(path)
+    return [p for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if p.is_file()]
 
 
 def _temp_copy(path: Path, data: bytes, mode: int | None) -> Path:

@@ -74,6 +74,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from deepserial.errors import ConfigError, DeepSerialError, IdentityError, IntegrityError
+from deepserial.files import stray_temps
 from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.serial import SerialGeometry, SerialNumber
 
@@ -944,7 +945,7 @@ class Ledger:
             except (TypeError, ValueError):
                 verifier = None
             for t in map(Path, item.temps):
-                for p in [t, *t.parent.glob(f".{t.name}.tmp*")]:  # and atomic_write's own temporary file
+                for p in [t, *stray_temps(t)]:  # and atomic_write's own temporary file
                     if p.is_file():
                         p.unlink()
                         removed.append(str(p))
