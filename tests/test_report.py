@@ -136,6 +136,21 @@ def test_a_report_names_the_git_state_its_run_started_from(monkeypatch: pytest.M
     assert (env["git_commit"], env["git_dirty"]) == ("a" * 40, False)
 
 
+def test_a_report_names_the_sources_that_ran(tmp_path: Path) -> None:
+    """A copy of the tree whose git base is older than its files (a device machine's copy) still names
+    its code: the digest changes with any byte of any source file and is the same for an identical copy."""
+    pkg = Path(report.__file__).resolve().parent
+    env = report.with_provenance({"x": 1})["environment"]
+    assert env["source_sha256"] == report.source_digest(pkg) and len(env["source_sha256"]) == 64
+    copy = tmp_path / "deepserial"
+    for f in pkg.rglob("*.py"):
+        (copy / f.relative_to(pkg)).parent.mkdir(parents=True, exist_ok=True)
+        (copy / f.relative_to(pkg)).write_bytes(f.read_bytes())
+    assert report.source_digest(copy) == report.source_digest(pkg)
+    (copy / "report.py").write_bytes((pkg / "report.py").read_bytes() + b"\n")
+    assert report.source_digest(copy) != report.source_digest(pkg)
+
+
 def test_a_probe_line_carries_its_provenance(tmp_path: Path) -> None:
     """Probes append one JSON line per model; each line names its command, commit and versions."""
     out = tmp_path / "results" / "probe.jsonl"

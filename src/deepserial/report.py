@@ -9,6 +9,7 @@ names those fields and :func:`missing_provenance` lists the ones an older report
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -59,6 +60,20 @@ def git_state(where: str | Path | None = None) -> tuple[str | None, bool | None]
         return None, None
     status = git("status", "--porcelain", "--untracked-files=no")
     return commit.strip(), None if status is None else bool(status.strip())
+
+
+def source_digest(root: str | Path | None = None) -> str:
+    """SHA-256 over the package's Python sources (each file's path relative to ``root`` and its bytes, in
+    path order): names the code a run used where the git state cannot, in a copy of the tree whose git
+    base is older than its files or in a dirty checkout. ``root`` defaults to this package; give it
+    ``src/deepserial`` of a checkout of some commit to tell whether that commit is the code that ran."""
+    base = Path(root) if root is not None else Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(base.rglob("*.py")):
+        rel = f.relative_to(base).as_posix().encode()
+        data = f.read_bytes()
+        h.update(len(rel).to_bytes(8, "big") + rel + len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()
 
 
 # Options whose value is a secret: kept out of the command line a report records.
@@ -186,19 +201,22 @@ def save_figure(fig: Any, path: str | Path) -> None:
 
 
 _started: tuple[str | None, bool | None] | None = None
+_started_source: str | None = None
 
 
 def mark_start() -> None:
     """Record the git state now, for every report this process writes later: a reproduction runs for an
     hour or more, and the tree it ends on is not always the one it started from."""
-    global _started
+    global _started, _started_source
     _started = git_state()
+    _started_source = source_digest()
 
 
 def with_provenance(report: dict[str, Any]) -> dict[str, Any]:
     """``report`` with every :data:`PROVENANCE` field present: an environment when it has none, this
     process's command line (:func:`command_line`) and git state (:func:`git_state`, as
-    :func:`mark_start` recorded it when it was called) in it, and
+    :func:`mark_start` recorded it when it was called) in it, with the digest of the sources
+    (:func:`source_digest`, at the same moment), and
     ``seed`` and ``signed_at_epoch`` as None when the run did not record them (it drew nothing from a
     seed, or signed nothing)."""
     out = dict(report)
@@ -208,6 +226,7 @@ def with_provenance(report: dict[str, Any]) -> dict[str, Any]:
         env.setdefault("argv", command_line())
         env.setdefault("git_commit", commit)
         env.setdefault("git_dirty", dirty)
+    env.setdefault("source_sha256", _started_source or source_digest())
     out["environment"] = env
     if "seeds" not in out:
         out.setdefault("seed", None)

@@ -40,7 +40,7 @@ from deepserial.experiments.watermarks import signing_time
 from deepserial.files import atomic_write
 from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.nets import create_model
-from deepserial.report import environment, git_state, json_bytes, markdown_table, write_report
+from deepserial.report import environment, git_state, json_bytes, markdown_table, source_digest, write_report
 from deepserial.schemes.dsn import DSNConfig, key_accuracies
 from deepserial.serial import SerialGeometry, SerialNumber
 from deepserial.training import TrainConfig, accuracy
@@ -119,7 +119,7 @@ def run(
     cfg = config or CONFIGS[name]
     _check_geometry(cfg)  # before the work folder records this configuration and a teacher is trained
     commit, dirty = git_state()  # the git state the run starts from: a run of hours outlives many commits
-    env = environment() | {"git_commit": commit, "git_dirty": dirty}
+    env = environment() | {"git_commit": commit, "git_dirty": dirty, "source_sha256": source_digest()}
     t0 = time.perf_counter()
     stem = out / f"dsn_security_{name}"
     earlier = _earlier_runs(stem.with_suffix(".json"), cfg)
