@@ -302,6 +302,24 @@ def test_a_failed_group_write_leaves_none_of_its_files(tmp_path: Path, monkeypat
     assert listing(tmp_path) == {"old.json": hashlib.sha256(b"old").hexdigest()}  # no new file, no temporary
 
 
+def test_stray_temps_names_exactly_what_a_killed_write_of_that_path_leaves(tmp_path: Path) -> None:
+    """What ``ledger check --repair`` deletes after a crash: the temporary files a write of that path
+    made (as ``_temp_copy`` names them), never another path's, whatever characters the name holds."""
+    target = tmp_path / "c[1].safetensors"
+    left = files._temp_copy(target, b"half a model", None)  # what a write killed before its rename leaves
+    neighbours = [
+        files._temp_copy(tmp_path / "c[1].safetensors.bak", b"x", None),  # another file's write
+        files._temp_copy(tmp_path / "c1.safetensors", b"x", None),
+        tmp_path / f".{target.name}.notahex0000.tmp",
+        tmp_path / f".{target.name}.tmp",
+    ]
+    for p in neighbours[2:]:
+        p.write_bytes(b"x")
+    assert files.stray_temps(target) == [left]
+    assert files.stray_temps(tmp_path / "missing" / "c1.safetensors") == []
+    assert files.stray_temps(left / "inside-a-file") == []
+
+
 def test_a_key_pair_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_replace = os.replace
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
+from deepserial import files
 from deepserial.cli import main
 from deepserial.errors import ConfigError, IdentityError, IntegrityError
 from deepserial.identity import OwnerIdentity, VerifierString
@@ -350,8 +351,7 @@ def test_unfinished_issuances_are_hidden_listed_and_repaired(
     b = begin("b", 2)
     _model_file(b[2][0], b[1])
     b[2][1].write_text(json.dumps({"verifier": b[1].to_dict()}))
-    b_inner = b[2][0].with_name(f".{b[2][0].name}.0123456789ab.tmp")  # _temp_copy's name
-    b_inner.write_bytes(b"half a model")
+    b_inner = files._temp_copy(b[2][0], b"half a model", None)  # as a write killed before its rename leaves it
     # killed after its model was renamed into place
     c = begin("c", 3)
     _model_file(c[3], c[1])

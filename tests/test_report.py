@@ -4,6 +4,7 @@ versions (deepserial.report)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -146,9 +147,20 @@ def test_a_report_names_the_sources_that_ran(tmp_path: Path) -> None:
     for f in pkg.rglob("*.py"):
         (copy / f.relative_to(pkg)).parent.mkdir(parents=True, exist_ok=True)
         (copy / f.relative_to(pkg)).write_bytes(f.read_bytes())
+    (copy / "__pycache__").mkdir(exist_ok=True)
+    (copy / "__pycache__" / "x.py").write_bytes(b"not source")  # nor is an editor's hidden file
+    (copy / ".#report.py").symlink_to(tmp_path / "no-such-file")
     assert report.source_digest(copy) == report.source_digest(pkg)
     (copy / "report.py").write_bytes((pkg / "report.py").read_bytes() + b"\n")
     assert report.source_digest(copy) != report.source_digest(pkg)
+    (copy / "report.py").chmod(0)
+    if os.geteuid() != 0:  # root reads any file
+        assert report.source_digest(copy) is None  # unreadable: no digest, and the report is still written
+
+
+def test_a_report_names_the_sources_its_run_started_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report, "_started_source", "c" * 64)
+    assert report.with_provenance({"x": 1})["environment"]["source_sha256"] == "c" * 64
 
 
 def test_a_probe_line_carries_its_provenance(tmp_path: Path) -> None:

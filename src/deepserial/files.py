@@ -24,8 +24,8 @@ are there.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import Sequence
@@ -83,17 +83,26 @@ def check_writable(*paths: str | Path | None, directory: bool = False) -> None:
             raise ConfigError(f"cannot write {path}: {e.strerror or e} in {base}") from None
 
 
+#: Random bytes in a temporary file's name (:func:`_temp_copy`), written as twice as many hex digits.
+_TEMP_TOKEN_BYTES = 6
+
+
 def stray_temps(path: str | Path) -> list[Path]:
-    """The temporary files a write of ``path`` killed midway left beside it (:func:`_temp_copy`'s names),
-    for whoever cleans up after a crash (``ledger check --repair``)."""
+    """The temporary files a write of ``path`` killed midway left beside it (exactly :func:`_temp_copy`'s
+    names for ``path``, nothing a write of another path leaves), for whoever cleans up after a crash
+    (``ledger check --repair``)."""
     path = Path(path)
-    return [p for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if p.is_file()]
+    name = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.tmp")
+    try:
+        return sorted(p for p in path.parent.iterdir() if name.fullmatch(p.name) and p.is_file())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _temp_copy(path: Path, data: bytes, mode: int | None) -> Path:
     """``data`` in a new temporary file beside ``path``, flushed to disk; returns its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.tmp")
     # A file with an explicit mode (a secret) is created 0600 and given its mode before any byte is
     # written: a private key never sits on disk readable by others, not even for a moment. Others get
     # the usual 0666 under the umask.

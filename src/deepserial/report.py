@@ -62,17 +62,28 @@ def git_state(where: str | Path | None = None) -> tuple[str | None, bool | None]
     return commit.strip(), None if status is None else bool(status.strip())
 
 
-def source_digest(root: str | Path | None = None) -> str:
-    """SHA-256 over the package's Python sources (each file's path relative to ``root`` and its bytes, in
-    path order): names the code a run used where the git state cannot, in a copy of the tree whose git
-    base is older than its files or in a dirty checkout. ``root`` defaults to this package; give it
-    ``src/deepserial`` of a checkout of some commit to tell whether that commit is the code that ran."""
+def source_digest(root: str | Path | None = None) -> str | None:
+    """SHA-256 over the package's Python sources (each ``*.py`` file's path relative to ``root`` and its
+    bytes, in path order; hidden files and ``__pycache__`` left out): names the package code a run used
+    where the git state cannot, in a copy of the tree whose git base is older than its files or in a dirty
+    checkout. It covers ``src/deepserial`` only, not the script that called it nor the libraries. ``root``
+    defaults to this package; give it ``src/deepserial`` of a checkout of some commit to tell whether that
+    commit is the code that ran. None when a source cannot be read: a report is never lost to it."""
     base = Path(root) if root is not None else Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for f in sorted(base.rglob("*.py")):
-        rel = f.relative_to(base).as_posix().encode()
-        data = f.read_bytes()
-        h.update(len(rel).to_bytes(8, "big") + rel + len(data).to_bytes(8, "big") + data)
+    try:
+        files = sorted(
+            (f.relative_to(base).as_posix(), f)
+            for f in base.rglob("*.py")
+            if not any(part.startswith(".") or part == "__pycache__" for part in f.relative_to(base).parts)
+            and f.is_file()
+            and not f.is_symlink()
+        )
+        for rel, f in files:
+            data = f.read_bytes()
+            h.update(len(rel.encode()).to_bytes(8, "big") + rel.encode() + len(data).to_bytes(8, "big") + data)
+    except OSError:
+        return None
     return h.hexdigest()
 
 
@@ -205,8 +216,9 @@ _started_source: str | None = None
 
 
 def mark_start() -> None:
-    """Record the git state now, for every report this process writes later: a reproduction runs for an
-    hour or more, and the tree it ends on is not always the one it started from."""
+    """Record the git state and the sources' digest (:func:`source_digest`) now, for every report this
+    process writes later: a reproduction runs for an hour or more, and the tree it ends on is not always
+    the one it started from."""
     global _started, _started_source
     _started = git_state()
     _started_source = source_digest()
@@ -216,7 +228,8 @@ def with_provenance(report: dict[str, Any]) -> dict[str, Any]:
     """``report`` with every :data:`PROVENANCE` field present: an environment when it has none, this
     process's command line (:func:`command_line`) and git state (:func:`git_state`, as
     :func:`mark_start` recorded it when it was called) in it, with the digest of the sources
-    (:func:`source_digest`, at the same moment), and
+    (:func:`source_digest`, from :func:`mark_start` too when it was called; not one of
+    :data:`PROVENANCE`, which reports written before it existed lack), and
     ``seed`` and ``signed_at_epoch`` as None when the run did not record them (it drew nothing from a
     seed, or signed nothing)."""
     out = dict(report)
