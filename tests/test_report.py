@@ -161,6 +161,9 @@ def test_a_report_names_the_sources_that_ran(tmp_path: Path) -> None:
 def test_a_report_names_the_sources_its_run_started_from(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(report, "_started_source", "c" * 64)
     assert report.with_provenance({"x": 1})["environment"]["source_sha256"] == "c" * 64
+    # a report of an earlier run, written again (gathered, its summary recomputed), keeps its own record
+    old = {"environment": {"argv": ["x"], "git_commit": "a" * 40, "git_dirty": False}}
+    assert "source_sha256" not in report.with_provenance(old)["environment"]
 
 
 def test_a_probe_line_carries_its_provenance(tmp_path: Path) -> None:

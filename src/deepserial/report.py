@@ -239,7 +239,8 @@ def with_provenance(report: dict[str, Any]) -> dict[str, Any]:
         env.setdefault("argv", command_line())
         env.setdefault("git_commit", commit)
         env.setdefault("git_dirty", dirty)
-    env.setdefault("source_sha256", _started_source or source_digest())
+        # with this process's git state only: a report written again keeps what its own run recorded
+        env.setdefault("source_sha256", _started_source or source_digest())
     out["environment"] = env
     if "seeds" not in out:
         out.setdefault("seed", None)
