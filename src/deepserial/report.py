@@ -72,16 +72,11 @@ def source_digest(root: str | Path | None = None) -> str | None:
     base = Path(root) if root is not None else Path(__file__).resolve().parent
     h = hashlib.sha256()
     try:
-        files = sorted(
-            (f.relative_to(base).as_posix(), f)
-            for f in base.rglob("*.py")
-            if not any(part.startswith(".") or part == "__pycache__" for part in f.relative_to(base).parts)
-            and f.is_file()
-            and not f.is_symlink()
-        )
-        for rel, f in files:
-            data = f.read_bytes()
-            h.update(len(rel.encode()).to_bytes(8, "big") + rel.encode() + len(data).to_bytes(8, "big") + data)
+        rels = (f.relative_to(base) for f in base.rglob("*.py") if f.is_file() and not f.is_symlink())
+        kept = (r.as_posix() for r in rels if not any(p.startswith(".") or p == "__pycache__" for p in r.parts))
+        for rel in sorted(kept):
+            name, data = rel.encode(), (base / rel).read_bytes()
+            h.update(len(name).to_bytes(8, "big") + name + len(data).to_bytes(8, "big") + data)
     except OSError:
         return None
     return h.hexdigest()
