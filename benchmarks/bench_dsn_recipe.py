@@ -6,9 +6,9 @@ research recipe (DSN options over the shipped one) as a third row and writes
 ``bench_dsn_recipe_NAME.{json,md}`` instead, so a recipe's cost is known before it is shipped.
 Every recipe trains the same student on the same owner split of ``mnist5k`` with the same teacher
 outputs, batch 128, one thread; rounds alternate the order of the recipes to cancel drift, and the
-median wall time per epoch of the whole ``train_student`` call is reported (reports before the CPU
-column timed the training loop alone), beside two measures that machine load moves less: the
-process's CPU time per epoch (time waiting for a core is left out; a shared cache still slows it) and
+median wall time per epoch of the whole ``train_student`` call is reported (reports made before commit
+c2f049e, ``approach-ir2-e4``'s among them, timed the training loop alone), beside two measures that machine
+load moves less: the process's CPU time per epoch (time waiting for a core is left out; a shared cache still slows it) and
 the samples the training loop forwarded per epoch (load cannot move it; it depends on the seed, as
 mining forwards the keys it finds, and it does not weigh backward passes, which cost about two forwards
 each: mining's forwards have none). The shipped
