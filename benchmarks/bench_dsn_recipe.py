@@ -7,13 +7,13 @@ research recipe (DSN options over the shipped one) as a third row and writes
 Every recipe trains the same student on the same owner split of ``mnist5k`` with the same teacher
 outputs, batch 128, one thread; rounds alternate the order of the recipes to cancel drift, and the
 median wall time per epoch of the whole ``train_student`` call is reported (reports made before commit
-c2f049e, ``approach-ir2-e4``'s among them, timed the training loop alone), beside two measures that machine
-load moves less: the process's CPU time per epoch (time waiting for a core is left out; a shared cache still slows it) and
-the samples the training loop forwarded per epoch (load cannot move it; it depends on the seed, as
-mining forwards the keys it finds, and it does not weigh backward passes, which cost about two forwards
-each: mining's forwards have none). The shipped
-recipe forwards more invalid inputs per batch (3 per valid one instead of 2), mines keys every 20 steps
-and simulates the thief's fine-tuning every second step; the ratio is what that costs.
+c2f049e, ``approach-ir2-e4``'s among them, timed the training loop alone), beside two measures that
+machine load moves less: the process's CPU time per epoch (time waiting for a core is left out; a shared
+cache still slows it) and the samples the training loop forwarded per epoch (load cannot move it; it
+depends on the seed, as mining forwards the keys it finds, and it does not weigh backward passes, which
+cost about two forwards each: mining's forwards have none). The shipped recipe forwards more invalid
+inputs per batch (3 per valid one instead of 2), mines keys every 20 steps and simulates the thief's
+fine-tuning every second step; the ratio is what that costs.
 """
 
 from __future__ import annotations
