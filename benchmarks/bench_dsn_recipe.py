@@ -11,9 +11,11 @@ c2f049e, ``approach-ir2-e4``'s among them, timed the training loop alone), besid
 machine load moves less: the process's CPU time per epoch (time waiting for a core is left out; a shared
 cache still slows it) and the samples the training loop forwarded per epoch (load cannot move it; it
 depends on the seed, as mining forwards the keys it finds, and it does not weigh backward passes, which
-cost about two forwards each: mining's forwards have none). The shipped recipe forwards more invalid
-inputs per batch (3 per valid one instead of 2), mines keys every 20 steps and simulates the thief's
-fine-tuning every second step; the ratio is what that costs.
+cost about two forwards each: mining's forwards have none). The shipped recipe (docs/decisions.md item
+21) forwards as many invalid inputs per batch as the previous default (2 per valid one), steps the
+thief's relaxed search every fourth step, mines keys every 40 steps and simulates the thief's fine-tuning
+every second step; the ratio is what that costs. Reports written before 2026-12-04 time the recipe shipped
+until then (3 invalid inputs per valid one, keys mined every 20 steps, no searched patterns).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # the rules of this checkout, not of some installed copy
 
 from deepserial.experiments.attacks import HEADLINE, WORKED_RULE, attack_worked  # noqa: E402
+from deepserial.experiments.dsn_security import checks  # noqa: E402
 from deepserial.experiments.wrt_attacks import (  # noqa: E402
     LOCK_MARGIN,
     REMOVAL_MARGIN,
@@ -272,141 +273,31 @@ def dsn_headline(reports: Path) -> str:
     return caption + _table(header, rows)
 
 
-def _probe_max(readout: dict) -> float:
-    """The best a per-key probe reads under any Hamming-1 key of a research row (every key when the row
-    measured them all, else its three worst by top-1)."""
-    if "h1_probe_each" in readout:
-        return max(readout["h1_probe_each"])
-    return max(w["probe"] for w in readout["worst_h1"])
-
-
 def dsn_thief(reports: Path) -> str:
-    """README: what the adaptive thief gets from a leaked customer model (research runs, one seed)."""
-    research = reports / "dsn_lock_research.jsonl"
-    sweeps = reports.parent / "benchmarks" / "results" / "dsn_lock_sweeps.jsonl"
-    if not research.exists() or not sweeps.exists():
-        return "No adaptive-thief study yet: run `python benchmarks/dsn_lock_research.py`."
-    runs = [json.loads(line) for line in research.read_text().splitlines() if line.strip()]
-
-    def recipe_rows(geometry: str) -> list[dict]:
-        return [
-            r
-            for r in runs
-            if r["recipe"] == "keyspace+simft" and r["geometry"] == geometry and not r.get("set") and r["epochs"] == 40
-        ]
-
-    def each(fmt: str, rows: list[dict]) -> str:
-        return " / ".join(fmt.format(**r) for r in rows)
-
-    def trained(rows: list[dict]) -> list[dict]:  # one trained row per seed
-        return sorted({r["seed"]: r for r in rows if r.get("train_s")}.values(), key=lambda r: r["seed"])
-
-    shipped, loud = trained(recipe_rows("default")), trained(recipe_rows("amp6"))
-    parts = []
-    if shipped:
-        read = [r for r in shipped if r.get("readout")]
-        parts.append(
-            "The shipped recipe (`reports/dsn_lock_research.md`, seeds "
-            + " and ".join(str(r["seed"]) for r in shipped)
-            + "): "
-            + f"{each('{valid:.1f}', shipped)}% with the serial number (teachers {each('{teacher:.1f}', shipped)}%), "
-            f"{each('{raw:.1f}', shipped)}% without; keys one bit off at most {each('{h1_max:.1f}', shipped)}% "
-            f"({each('{h1_over25}', shipped)} of 36 above 25%), two and three bits off at most "
-            + " / ".join(f"{max(r['h2_max'], r['h3_max']):.1f}" for r in shipped)
-            + "%"
-            + (
-                "; a probe a thief fits on the outputs under each one-bit neighbour reads up to "
-                + " / ".join(f"{_probe_max(r['readout']):.1f}" for r in read)
-                + "% (seed"
-                + ("s " if len(read) > 1 else " ")
-                + f"{' and '.join(str(r['seed']) for r in read)}): flat outputs that still name the class "
-                "(docs/decisions.md, the DSN lock)."
-                if read
-                else "."
-            )
-        )
-    amp = sorted(sweeps.parent.glob("dsn_security_amp6*/dsn_security_*.json"))
-    if loud and amp:
-        by_geometry: dict[str, list[tuple[str, str, dict]]] = {}
-        for path in amp:
-            rep = json.loads(path.read_text())
-            cfg = rep["config"]
-            where = f"{cfg['size'][0]}x{cfg['size'][1]}" + (
-                " at {}/{}".format(*cfg["position"]) if cfg["position"] else ""
-            )
-            for seed, r in rep["runs"].items():
-                by_geometry.setdefault(where, []).append((rep["name"], seed, r["checks"]))
-        found = []
-        for where, runs in by_geometry.items():
-            exact = sum(bool(c["exact_key_recovered"]["value"]) for _, _, c in runs)
-            locked = [
-                f"`{n}` seed {s}"
-                for n, s, c in runs
-                if all(v["holds"] for k, v in c.items() if not k.startswith("finetune_gain"))
-            ]
-            lo, hi = (f(c["hamming1_max"]["value"] for _, _, c in runs) for f in (min, max))
-            found.append(
-                f"{where}: {len(runs)} run{'s' if len(runs) > 1 else ''}, exact key recovered in {exact}, one bit "
-                f"off {lo:.1f}" + (f"-{hi:.1f}" if hi > lo else "") + "%, every check but fine-tuning held in "
-                f"{len(locked)}" + (" (" + ", ".join(locked) + ")" if locked else "")
-            )
-        parts.append(
-            f"Bits written as -6/+6 instead of 0/1 (`DSNConfig.amplitude`, research): keys one bit off at most "
-            f"{each('{h1_max:.1f}', loud)}% and a per-key probe "
-            + " / ".join(f"{_probe_max(r['readout']):.1f}" for r in loud)
-            + "% on the same seeds; not shipped: `reproduce dsn-security` with them and with `mix_scaled` or "
-            "`mix_searched` on mnist5k (docs/decisions.md items 15-19, `benchmarks/results/dsn_security_amp6*/`), "
-            + "; ".join(found)
-            + "."
-        )
-    folder = sweeps.parent / "dsn_security_fashion-mnist_partial"
-    # records copied out of a CPU run, and the work folders of runs made on a GPU (gpu/workS/seedS/)
-    partial = sorted(folder.glob("seed*_record.json")) + sorted(folder.glob("gpu/work*/seed*/record.json"))
-    if partial and not (reports / "dsn_security_fashion-mnist.json").exists():
-        kept = [(p, r) for p, r in ((p, json.loads(p.read_text())) for p in partial) if "recovery" in r]
-        if kept:
-            recs = [r for _, r in kept]
-            evs = [r["recovery"]["reverse-engineer"]["evaluation"] for r in recs]
-            exact = sum(bool(ev["chosen"]["exact"]) for ev in evs)
-            gpu = sum("gpu" in p.parts for p, _ in kept)
-            parts.append(
-                f"Full fashion-mnist, shipped recipe ({len(recs)} customer models, the stages finished so far, "
-                f"`{folder.relative_to(reports.parent)}/`"
-                + (f", {gpu} trained on a GPU" if gpu else "")
-                + f"): **reverse engineering recovered the exact key** of {exact} of {len(recs)} (the thief's pick "
-                + " / ".join(f"{100 * ev['chosen']['test_accuracy']:.1f}" for ev in evs)
-                + "% on test), although one bit off reaches at most "
-                + " / ".join(f"{r['keyspace']['hamming1']['max']:.1f}" for r in recs)
-                + "%."
-            )
-        searched = sweeps.parent / "dsn_security_fashion-mnist-searched_partial" / "seed0_record.json"
-        if searched.exists():
-            rec = json.loads(searched.read_text())
-            ev = rec["recovery"]["reverse-engineer"]["evaluation"]
-            best = ev["oracle_best_test_accuracy"]
-            found = "exact key" if ev["chosen"]["exact"] else f"no key (best {100 * best:.1f}%)"
-            parts.append(
-                f"With `mix_searched` (research, decisions item 17): {found}, "
-                f"one bit off {rec['keyspace']['hamming1']['max']:.1f}%."
-            )
-    parts.append("The table above was measured with an earlier recipe.")
+    """README: what an adaptive thief gets from a leaked customer model: the shipped recipe's reproductions,
+    the fashion-mnist runs still under way, and the research recipes measured beside them."""
+    results = reports.parent / "benchmarks" / "results"
+    parts = ["With the shipped recipe (docs/decisions.md item 20):"]
     for name in ("mnist5k", "mnist5k-alt", "fashion-mnist"):
         security = reports / f"dsn_security_{name}.json"
         if not security.exists():
             continue
         rep = json.loads(security.read_text())
-        summary, cfg = rep["summary"], rep["config"]
+        summary, cfg, runs = rep["summary"], rep["config"], list(rep["runs"].values())
         where = f"at rows/columns {cfg['position'][0]}/{cfg['position'][1]}" if cfg["position"] else "in the corner"
         failing = [f"{k} {v['worst']:.1f}" for k, v in summary.items() if v["held"] < v["of"]]
         old = "" if _is_current(cfg.get("recipe")) else "measured with another recipe, "
+        exact = sum(r["checks"]["exact_key_recovered"]["value"] > 0 for r in runs)
         parts.append(
             f"`deepserial reproduce dsn-security --dataset {name}` ({old}{cfg['size'][0]}x{cfg['size'][1]} {where}, "
             f"seeds {', '.join(map(str, rep['seeds']))}, `reports/dsn_security_{name}.md`): "
             f"{sum(v['held'] == v['of'] for v in summary.values())} of {len(summary)} acceptance checks hold on "
-            "every seed" + (f"; failing (worst value): {', '.join(failing)}." if failing else ".")
+            "every seed"
+            + (f"; failing (worst value): {', '.join(failing)}" if failing else "")
+            + f"; **exact key recovered by reverse engineering in {exact} of {len(runs)}**."
         )
         gains = {
-            k.removeprefix("finetune_gain_"): [r["checks"][k]["value"] for r in rep["runs"].values()]
+            k.removeprefix("finetune_gain_"): [r["checks"][k]["value"] for r in runs]
             for k in summary
             if k.startswith("finetune_gain_")
         }
@@ -417,7 +308,84 @@ def dsn_thief(reports: Path) -> str:
                 f"{lead} (points its best fine-tuning or transfer setting, picked on its own data, gains over "
                 f"training from scratch on the same data, worst / mean over seeds, by share of the data): {listed}."
             )
-    return " ".join(parts)
+    if not (reports / "dsn_security_fashion-mnist.json").exists():
+        parts += _fashion_partial(results)
+    parts.append(_research_recipes(results))
+    parts.append("The table above was measured with an earlier recipe.")
+    return " ".join(p for p in parts if p)
+
+
+def _fashion_partial(results: Path) -> list[str]:
+    """One sentence per folder of unfinished fashion-mnist runs: their recipe, and what the stages they
+    finished show (records copied out of CPU runs, and work folders of runs made on a GPU)."""
+    out = []
+    for folder in sorted(results.glob("dsn_security_fashion-mnist*_partial")):
+        runs = sorted(folder.glob("run.json")) + sorted(folder.glob("seed*_run.json"))
+        runs += sorted(folder.glob("gpu/work*/run.json"))
+        recipes = [json.loads(p.read_text())["config"].get("recipe") for p in runs]
+        found = sorted(folder.glob("seed*_record.json")) + sorted(folder.glob("gpu/work*/seed*/record.json"))
+        kept = [(p, r) for p, r in ((p, json.loads(p.read_text())) for p in found) if "recovery" in r]
+        if not kept or not recipes:
+            continue
+        shipped = all(_is_current(r) for r in recipes)
+        label = "shipped recipe" if shipped else "another recipe"
+        checked = [checks(r | {"finetune": r.get("finetune", {})}) for _, r in kept]
+        exact = sum(c["exact_key_recovered"]["value"] > 0 for c in checked)
+        gpu = sum("gpu" in p.parts for p, _ in kept)
+
+        def each(key: str, checked: list[dict] = checked) -> str:
+            return " / ".join(f"{c[key]['value']:.1f}" for c in checked)
+
+        done = sorted(set.intersection(*({k for k in c if k.startswith("finetune_gain_")} for c in checked)))
+        out.insert(
+            0 if shipped else len(out),
+            f"Full fashion-mnist, {label} ({len(kept)} customer model{'s' if len(kept) > 1 else ''}, the stages "
+            "finished so far, "
+            f"`{folder.relative_to(results.parents[1])}/`"
+            + (f", {gpu} trained on a GPU" if gpu else "")
+            + f"): exact key recovered in {exact} of {len(kept)} (the thief's pick {each('recovered_max')}% on "
+            f"test), one bit off at most {each('hamming1_max')}%, valid gap {each('valid_gap')} points"
+            + "".join(f", fine-tuning gain at {k.removeprefix('finetune_gain_')} {each(k)}" for k in done)
+            + ".",
+        )
+    return out
+
+
+def _research_recipes(results: Path) -> str:
+    """The research recipes' reproductions on mnist5k, by geometry: how often the key was recovered."""
+    by_geometry: dict[str, list[tuple[str, str, dict]]] = {}
+    for path in sorted(results.glob("dsn_security_amp6*/dsn_security_*.json")):
+        rep = json.loads(path.read_text())
+        cfg = rep["config"]
+        where = f"{cfg['size'][0]}x{cfg['size'][1]}" + (" at {}/{}".format(*cfg["position"]) if cfg["position"] else "")
+        for seed, r in rep["runs"].items():
+            by_geometry.setdefault(where, []).append((rep["name"], seed, r["checks"]))
+    found = []
+    for where, runs in by_geometry.items():
+        exact = sum(bool(c["exact_key_recovered"]["value"]) for _, _, c in runs)
+        locked = sum(all(v["holds"] for k, v in c.items() if not k.startswith("finetune_gain")) for _, _, c in runs)
+        lo, hi = (f(c["hamming1_max"]["value"] for _, _, c in runs) for f in (min, max))
+        found.append(
+            f"{where}: {len(runs)} run{'s' if len(runs) > 1 else ''}, exact key recovered in {exact}, one bit "
+            f"off {lo:.1f}" + (f"-{hi:.1f}" if hi > lo else "") + f"%, every check but fine-tuning held in {locked}"
+        )
+    previous = results / "dsn_security_recipe_until_2026-12-04"
+    before = []
+    for path in sorted(previous.glob("dsn_security_*.json")):
+        rep = json.loads(path.read_text())
+        runs = list(rep["runs"].values())
+        h1 = [r["checks"]["hamming1_max"]["value"] for r in runs]
+        exact = sum(r["checks"]["exact_key_recovered"]["value"] > 0 for r in runs)
+        before.append(f"`{rep['name']}` one bit off {min(h1):.1f}-{max(h1):.1f}%, exact key in {exact} of {len(runs)}")
+    return (
+        "Research recipes (`benchmarks/results/dsn_security_amp6*/`, items 15-20): " + "; ".join(found) + ". "
+        if found
+        else ""
+    ) + (
+        f"The recipe shipped before (`{previous.relative_to(results.parents[1])}/`): " + "; ".join(before) + "."
+        if before
+        else ""
+    )
 
 
 def _is_current(recipe: dict | None) -> bool:

@@ -97,6 +97,11 @@ class Recorder(nn.Module):
         self.net = net
         self.calls: list[tuple[torch.Tensor, int]] = []
 
+    @property
+    def student(self) -> nn.Module:
+        """The recorded network's student (what the recipe's searched patterns are run against)."""
+        return self.net.student
+
     def forward(self, x: torch.Tensor, n_gd: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         self.calls.append((x.detach().clone(), n_gd))
         return self.net(x, n_gd=n_gd)
@@ -334,20 +339,22 @@ def test_default_geometry_dsn_mnist() -> None:
     assert workflow.choose_geometry(model, SHAPE, (6, 6), None) == g6
 
 
-def test_a_recipe_with_loud_bits_places_them_in_the_geometry_and_the_default_writes_zero_and_one() -> None:
+def test_the_shipped_recipe_writes_loud_bits_into_the_geometry_and_the_paper_writes_zero_and_one() -> None:
     model = create_model("dsn_mnist", SHAPE, CLASSES)
-    loud = dsn.DSNConfig.default(amplitude=6)
-    assert dsn.DSNConfig.default().amplitude == 0 and dsn.DSNConfig.paper().amplitude == 0
+    loud = dsn.DSNConfig.default()
+    assert (
+        loud.amplitude == 6
+        and dsn.DSNConfig.paper().amplitude == 0
+        and dsn.DSNConfig.default(amplitude=0).amplitude == 0
+    )
     g = workflow.choose_geometry(model, SHAPE, (6, 6), None, amplitude=loud.amplitude)
     assert (g.top, g.left, g.amplitude, g.levels) == (20, 20, 6, (-6.0, 6.0))
     assert workflow.choose_geometry(model, SHAPE, (5, 7), (8, 12), amplitude=6).amplitude == 6
     data = TensorData(torch.rand(40, *SHAPE), torch.randint(0, CLASSES, (40,)))
     key = dsn.DSNScheme(loud).make_key(b"sig", data, CLASSES, model)
     assert SerialGeometry.from_dict(key.meta["geometry"]).amplitude == 6
-    assert SerialGeometry.from_dict(dsn.DSNScheme().make_key(b"sig", data, CLASSES, model).meta["geometry"]).levels == (
-        0.0,
-        1.0,
-    )
+    paper = dsn.DSNScheme(dsn.DSNConfig.paper()).make_key(b"sig", data, CLASSES, model)
+    assert SerialGeometry.from_dict(paper.meta["geometry"]).levels == (0.0, 1.0)
     with pytest.raises(pydantic.ValidationError):
         dsn.DSNConfig.default(amplitude=17)
 
@@ -508,14 +515,16 @@ def test_dsn_scheme_refuses_bad_fpr_and_malformed_keys(learned: Learned) -> None
 
 
 def test_shipped_recipe_draws_every_kind_of_invalid_input() -> None:
-    counts = dsn._counts(128, dsn.DSNConfig.default())
-    assert sum(counts.values()) == 3 * 128
-    assert set(counts) == {"raw", "random", "hamming1", "hamming2", "near", "relaxed", "mined"}
+    cfg = dsn.DSNConfig.default()
+    counts = dsn._counts(128, cfg)
+    assert sum(counts.values()) == round(128 * cfg.invalid_ratio) == 2 * 128
+    assert set(counts) == {"raw", "random", "hamming1", "hamming2", "near", "relaxed", "mined", "searched"}
     assert all(v > 0 for v in counts.values())
 
 
 def test_scaled_keys_are_the_key_at_another_contrast() -> None:
-    mix = {k: 0.0 for k in ("mix_random", "mix_hamming1", "mix_hamming2", "mix_near", "mix_relaxed", "mix_mined")}
+    kinds = ("mix_random", "mix_hamming1", "mix_hamming2", "mix_near", "mix_relaxed", "mix_mined", "mix_searched")
+    mix = dict.fromkeys(kinds, 0.0)
     # raw inputs at a weight too small to get a row (the recipe needs one of the four basic kinds)
     cfg = dsn.DSNConfig.default(**mix, mix_raw=1e-4, mix_scaled=1.0, sim_ft_weight=0.0, invalid_ratio=4.0)
     n = 64
@@ -641,6 +650,8 @@ def test_key_decorrelation_draws_few_keys_and_reports_its_loss() -> None:
 def _chains_only(**options: float) -> dsn.DSNConfig:
     """A recipe whose invalid rows are all the chains' patterns (mix_searched), stepped every batch."""
     mix = {k: 0.0 for k in ("mix_random", "mix_hamming1", "mix_hamming2", "mix_near", "mix_relaxed", "mix_mined")}
+    # three rows per valid one, from the thief's start only: the mechanism, whatever the shipped recipe's ratio
+    options = {"invalid_ratio": 3.0, "search_approach": 0.0} | options
     return dsn.DSNConfig.default(**mix, mix_raw=1e-4, mix_searched=1.0, sim_ft_weight=0.0, search_every=1, **options)
 
 

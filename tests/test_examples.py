@@ -43,7 +43,9 @@ def test_byo_resnet_cifar_protects_a_user_network_end_to_end(
     monkeypatch.setenv("SOURCE_DATE_EPOCH", VENDOR_TIME)
     out = byo.protect(
         tmp_path,
-        n_train=400,
+        # 800 images: at 400 the customer model of this small network reached 25-70% with its key, by key and
+        # recipe option (the shipped recipe 28% on this key, the one before it 61%): too near chance to test
+        n_train=800,
         n_test=100,
         side=16,
         width=8,

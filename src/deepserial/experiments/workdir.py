@@ -32,9 +32,13 @@ from deepserial.schemes.dsn import DSNConfig
 def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two recorded configurations are the same run's. A ``recipe`` entry (the DSN recipe the
     customer models train with) is compared as a :class:`DSNConfig`, so a recipe option added later, off
-    by default, does not make an earlier record look like another configuration."""
+    by default, does not make an earlier record look like another configuration; beside a recipe, the
+    ``dsn`` overrides it was resolved from are not compared (a research recipe that becomes the shipped
+    default is the same recipe, reached without overrides)."""
     a, b = dict(a), dict(b)
     ra, rb = a.pop("recipe", None), b.pop("recipe", None)
+    if ra is not None and rb is not None:
+        a.pop("dsn", None), b.pop("dsn", None)
     if a != b or (ra is None) != (rb is None):
         return False
     try:

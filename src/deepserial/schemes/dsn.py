@@ -142,9 +142,9 @@ class DSNConfig(BaseModel):
     sim_ft_every: int = Field(2, ge=1, description="steps between two simulated fine-tunings")
     sim_ft_steps: int = Field(3, ge=1, description="inner fine-tuning steps")
     sim_ft_lr: float = Field(0.05, gt=0, description="inner fine-tuning learning rate (SGD)")
-    # (3) louder key bits: a one-bit flip becomes a large input change (SerialGeometry.amplitude). Measured
-    # (docs/decisions.md, item 15): at 6 no one-bit neighbour unlocks, but gradient reverse engineering found
-    # the exact key on seed 0, so it is off
+    # (3) louder key bits: a one-bit flip becomes a large input change (SerialGeometry.amplitude). Alone
+    # (docs/decisions.md, item 15) gradient reverse engineering found the exact key at 6; the shipped recipe
+    # pairs it with the searched patterns above (item 20)
     amplitude: int = Field(
         0,
         ge=0,
@@ -210,9 +210,10 @@ class DSNConfig(BaseModel):
 
     @classmethod
     def default(cls, **kw: float) -> DSNConfig:
-        """The shipped recipe (docs/decisions.md, "The DSN lock against an adaptive thief"): near misses
-        at every distance, relaxed patterns and keys mined from what the student still accepts on the
-        invalid side, and the thief's fine-tuning simulated inside distillation."""
+        """The shipped recipe (docs/decisions.md, "The DSN lock against an adaptive thief", item 20): near
+        misses at every distance, relaxed patterns, keys mined from what the student still accepts and the
+        patterns of a thief's relaxed search continued against the student on the invalid side, key bits
+        written at +-6, and the thief's fine-tuning simulated inside distillation."""
         return cls(mode="default", **(RECIPE | kw))
 
     @classmethod
@@ -235,7 +236,7 @@ RECIPE: dict[str, float] = {
     "grl_coefficient": 1.0,
     "gd_weight": 0.1,
     "uniform_weight": 2.0,
-    "invalid_ratio": 3.0,
+    "invalid_ratio": 2.0,
     "mix_raw": 0.1,
     "mix_random": 0.1,
     "mix_hamming1": 0.3,
@@ -243,6 +244,11 @@ RECIPE: dict[str, float] = {
     "mix_near": 0.15,
     "mix_relaxed": 0.15,
     "mix_mined": 0.1,
+    "mine_every": 40,
+    "mix_searched": 0.15,
+    "search_every": 4,
+    "search_approach": 0.5,
+    "amplitude": 6,
     "sim_ft_weight": 1.0,
 }
 
