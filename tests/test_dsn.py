@@ -351,8 +351,8 @@ def test_the_shipped_recipe_writes_loud_bits_into_the_geometry_and_the_paper_wri
     assert (g.top, g.left, g.amplitude, g.levels) == (20, 20, 6, (-6.0, 6.0))
     assert workflow.choose_geometry(model, SHAPE, (5, 7), (8, 12), amplitude=6).amplitude == 6
     data = TensorData(torch.rand(40, *SHAPE), torch.randint(0, CLASSES, (40,)))
-    key = dsn.DSNScheme(loud).make_key(b"sig", data, CLASSES, model)
-    assert SerialGeometry.from_dict(key.meta["geometry"]).amplitude == 6
+    key = dsn.DSNScheme().make_key(b"sig", data, CLASSES, model)  # no settings: the shipped recipe's levels
+    assert dsn.DSNScheme().config == loud and SerialGeometry.from_dict(key.meta["geometry"]).amplitude == 6
     paper = dsn.DSNScheme(dsn.DSNConfig.paper()).make_key(b"sig", data, CLASSES, model)
     assert SerialGeometry.from_dict(paper.meta["geometry"]).levels == (0.0, 1.0)
     with pytest.raises(pydantic.ValidationError):

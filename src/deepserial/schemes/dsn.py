@@ -924,7 +924,9 @@ class DSNScheme(Scheme):
         size: tuple[int, int] = (6, 6),
         verify_samples: int = 100,
     ) -> None:
-        super().__init__(config)
+        # no settings: the shipped recipe, as `deepserial issue` trains it (not the options' bare defaults,
+        # which would write the key at other levels than the customer models of that recipe read)
+        super().__init__(DSNConfig.default() if config is None else config)
         self.teacher, self.size, self.verify_samples = teacher, size, verify_samples
 
     def make_key(
