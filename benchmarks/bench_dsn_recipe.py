@@ -3,8 +3,8 @@
 Run: ``python benchmarks/bench_dsn_recipe.py [--epochs 3 --rounds 2]`` (writes
 ``benchmarks/results/bench_dsn_recipe.{json,md}``; the committed one is ``--epochs 40 --rounds 1``, the
 product's mnist5k schedule: keys are mined every 40th step, so a run of a few epochs of 19 steps holds
-one or two mining rounds, more or fewer per epoch than the full schedule does). ``--candidate NAME --set option=value ...`` times a
-research recipe (DSN options over the shipped one) as a third row and writes
+one or two mining rounds, more or fewer per epoch than the full schedule does). ``--candidate NAME --set
+option=value ...`` times a research recipe (DSN options over the shipped one) as a third row and writes
 ``bench_dsn_recipe_NAME.{json,md}`` instead, so a recipe's cost is known before it is shipped.
 Every recipe trains the same student on the same owner split of ``mnist5k`` with the same teacher
 outputs, batch 128, one thread; rounds alternate the order of the recipes to cancel drift, and the
