@@ -277,7 +277,7 @@ def dsn_thief(reports: Path) -> str:
     """README: what an adaptive thief gets from a leaked customer model: the shipped recipe's reproductions,
     the fashion-mnist runs still under way, and the research recipes measured beside them."""
     results = reports.parent / "benchmarks" / "results"
-    parts = ["With the shipped recipe (docs/decisions.md item 20):"]
+    parts = ["With the shipped recipe (docs/decisions.md item 21):"]
     for name in ("mnist5k", "mnist5k-alt", "fashion-mnist"):
         security = reports / f"dsn_security_{name}.json"
         if not security.exists():
@@ -345,7 +345,7 @@ def _fashion_partial(results: Path) -> list[str]:
             + (f", {gpu} trained on a GPU" if gpu else "")
             + f"): exact key recovered in {exact} of {len(kept)} (the thief's pick {each('recovered_max')}% on "
             f"test), one bit off at most {each('hamming1_max')}%, valid gap {each('valid_gap')} points"
-            + "".join(f", fine-tuning gain at {k.removeprefix('finetune_gain_')} {each(k)}" for k in done)
+            + "".join(f", fine-tuning gain at {float(k.removeprefix('finetune_gain_')):.0%} {each(k)}" for k in done)
             + ".",
         )
     return out
