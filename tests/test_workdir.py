@@ -59,6 +59,17 @@ def test_a_recipe_option_added_later_at_its_default_is_the_same_recipe() -> None
     assert not workdir.same_config({"recipe": recipe}, {})
 
 
+def test_a_research_recipe_that_became_the_default_is_the_same_recipe_as_the_default() -> None:
+    """The overrides a recipe was reached by are not compared beside the resolved recipe; the recipe is."""
+    amp = {"amplitude": DSNConfig.default().amplitude}  # an override equal to the shipped value
+    research = {"seed": 0, "dsn": amp, "recipe": DSNConfig.default(**amp).model_dump()}
+    shipped = {"seed": 0, "dsn": {}, "recipe": DSNConfig.default().model_dump()}
+    assert workdir.same_config(research, shipped)
+    other = {"seed": 0, "dsn": {"amplitude": 0}, "recipe": DSNConfig.default(amplitude=0).model_dump()}
+    assert not workdir.same_config(other, shipped)
+    assert not workdir.same_config({"seed": 0, "dsn": amp}, {"seed": 0, "dsn": {}})  # no recipe: overrides count
+
+
 def test_a_re_created_model_with_other_weights_is_refused(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2)

@@ -38,7 +38,8 @@ def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
     a, b = dict(a), dict(b)
     ra, rb = a.pop("recipe", None), b.pop("recipe", None)
     if ra is not None and rb is not None:
-        a.pop("dsn", None), b.pop("dsn", None)
+        a.pop("dsn", None)
+        b.pop("dsn", None)
     if a != b or (ra is None) != (rb is None):
         return False
     try:

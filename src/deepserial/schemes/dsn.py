@@ -144,7 +144,7 @@ class DSNConfig(BaseModel):
     sim_ft_lr: float = Field(0.05, gt=0, description="inner fine-tuning learning rate (SGD)")
     # (3) louder key bits: a one-bit flip becomes a large input change (SerialGeometry.amplitude). Alone
     # (docs/decisions.md, item 15) gradient reverse engineering found the exact key at 6; the shipped recipe
-    # pairs it with the searched patterns above (item 20)
+    # pairs it with the searched patterns above (items 20-21)
     amplitude: int = Field(
         0,
         ge=0,
@@ -210,7 +210,7 @@ class DSNConfig(BaseModel):
 
     @classmethod
     def default(cls, **kw: float) -> DSNConfig:
-        """The shipped recipe (docs/decisions.md, "The DSN lock against an adaptive thief", item 20): near
+        """The shipped recipe (docs/decisions.md, "The DSN lock against an adaptive thief", item 21): near
         misses at every distance, relaxed patterns, keys mined from what the student still accepts and the
         patterns of a thief's relaxed search continued against the student on the invalid side, key bits
         written at +-6, and the thief's fine-tuning simulated inside distillation."""
