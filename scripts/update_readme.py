@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -287,7 +287,7 @@ def dsn_thief(reports: Path) -> str:
         where = f"at rows/columns {cfg['position'][0]}/{cfg['position'][1]}" if cfg["position"] else "in the corner"
         failing = [f"{k} {v['worst']:.1f}" for k, v in summary.items() if v["held"] < v["of"]]
         old = "" if _is_current(cfg.get("recipe")) else "measured with another recipe, "
-        exact = sum(r["checks"]["exact_key_recovered"]["value"] > 0 for r in runs)
+        exact = _keys_lost(r["checks"] for r in runs)
         parts.append(
             f"`deepserial reproduce dsn-security --dataset {name}` ({old}{cfg['size'][0]}x{cfg['size'][1]} {where}, "
             f"seeds {', '.join(map(str, rep['seeds']))}, `reports/dsn_security_{name}.md`): "
@@ -315,6 +315,11 @@ def dsn_thief(reports: Path) -> str:
     return " ".join(p for p in parts if p)
 
 
+def _keys_lost(checked: Iterable[dict]) -> int:
+    """How many customer models (their dsn-security checks) gave their exact key to reverse engineering."""
+    return sum(c["exact_key_recovered"]["value"] > 0 for c in checked)
+
+
 def _fashion_partial(results: Path) -> list[str]:
     """One sentence per folder of unfinished fashion-mnist runs: their recipe, and what the stages they
     finished show (records copied out of CPU runs, and work folders of runs made on a GPU)."""
@@ -330,7 +335,7 @@ def _fashion_partial(results: Path) -> list[str]:
         shipped = all(_is_current(r) for r in recipes)
         label = "shipped recipe" if shipped else "another recipe"
         checked = [checks(r | {"finetune": r.get("finetune", {})}) for _, r in kept]
-        exact = sum(c["exact_key_recovered"]["value"] > 0 for c in checked)
+        exact = _keys_lost(checked)
         gpu = sum("gpu" in p.parts for p, _ in kept)
 
         def each(key: str, checked: list[dict] = checked) -> str:
@@ -362,7 +367,7 @@ def _research_recipes(results: Path) -> str:
             by_geometry.setdefault(where, []).append((rep["name"], seed, r["checks"]))
     found = []
     for where, runs in by_geometry.items():
-        exact = sum(bool(c["exact_key_recovered"]["value"]) for _, _, c in runs)
+        exact = _keys_lost(c for _, _, c in runs)
         locked = sum(all(v["holds"] for k, v in c.items() if not k.startswith("finetune_gain")) for _, _, c in runs)
         lo, hi = (f(c["hamming1_max"]["value"] for _, _, c in runs) for f in (min, max))
         found.append(
@@ -375,7 +380,7 @@ def _research_recipes(results: Path) -> str:
         rep = json.loads(path.read_text())
         runs = list(rep["runs"].values())
         h1 = [r["checks"]["hamming1_max"]["value"] for r in runs]
-        exact = sum(r["checks"]["exact_key_recovered"]["value"] > 0 for r in runs)
+        exact = _keys_lost(r["checks"] for r in runs)
         before.append(f"`{rep['name']}` one bit off {min(h1):.1f}-{max(h1):.1f}%, exact key in {exact} of {len(runs)}")
     return (
         "Research recipes (`benchmarks/results/dsn_security_amp6*/`, items 15-20): " + "; ".join(found) + ". "
