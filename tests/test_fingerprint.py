@@ -76,17 +76,46 @@ def test_decode_p_values_are_exact_and_the_family_wise_rate_holds() -> None:
     rows = decode(answers, codes, 10, fpr=1e-3)
     assert [r.named for r in rows] == [False, False, True, False, False]
     for r, c in zip(rows, codes, strict=True):
-        k = int((answers == c).sum())
-        assert r.matches == k and r.p_value == pytest.approx(stats.binom_tail(k, 100, 0.1))
+        assert r.matches == int((answers == c).sum())
         assert r.p_adjusted == pytest.approx(min(1.0, r.p_value * 5))
-    # Any answers independent of the codewords (here: random, constant, or another codeword's symbols)
-    # name someone in at most ``fpr`` of the traces (binomial bound, 4 standard deviations).
-    trials, fpr, named = 3000, 0.05, 0
+    # answers spread evenly over the classes weigh every match alike: the plain binomial test
+    even = torch.arange(100) % 10
+    for r, c in zip(decode(even, codes, 10, fpr=1e-3), codes, strict=True):
+        assert r.p_value == pytest.approx(stats.binom_tail(int((even == c).sum()), 100, 0.1), rel=1e-9)
+    # Any answers independent of the codewords (here: random, constant, skewed, or another codeword's
+    # symbols) name someone in at most ``fpr`` of the traces (binomial bound, 4 standard deviations).
+    trials, fpr, named = 4000, 0.05, 0
+    skewed = torch.from_numpy(np.where(rng.random(100) < 0.7, 3, rng.integers(0, 10, 100)))
     for t in range(trials):
         fresh = [torch.from_numpy(rng.integers(0, 10, 100)) for _ in range(5)]
-        ans = [torch.from_numpy(rng.integers(0, 10, 100)), torch.full((100,), 3), codes[0]][t % 3]
+        ans = [torch.from_numpy(rng.integers(0, 10, 100)), torch.full((100,), 3), codes[0], skewed][t % 4]
         named += any(r.named for r in decode(ans, fresh, 10, fpr))
     assert named / trials <= fpr + 4 * (fpr * (1 - fpr) / trials) ** 0.5
+
+
+def test_decode_p_values_are_valid_at_every_level_for_skewed_answers() -> None:
+    """The weighted test's p-value is uniform-or-larger under the null, also when the suspect piles
+    its answers onto one class (the case the weights are for)."""
+    rng = np.random.default_rng(1)
+    ans = torch.from_numpy(np.where(rng.random(100) < 0.6, 7, rng.integers(0, 10, 100)))
+    ps = np.array([decode(ans, [torch.from_numpy(rng.integers(0, 10, 100))], 10, 0.5)[0].p_value for _ in range(6000)])
+    for level in (0.01, 0.05, 0.2, 0.5):
+        assert (ps <= level).mean() <= level + 4 * (level * (1 - level) / len(ps)) ** 0.5
+
+
+def test_decode_weights_find_a_fingerprint_under_answers_piled_on_one_class() -> None:
+    """A leaked model a thief fine-tuned answers most queries with one class and keeps a few codeword
+    symbols elsewhere: the plain match count misses it at 1e-3, the weighted count names it."""
+    rng = np.random.default_rng(2)
+    codes = [torch.from_numpy(rng.integers(0, 10, 100)) for _ in range(5)]
+    code = codes[1]
+    ans = torch.full((100,), 3)
+    kept = np.flatnonzero(code.numpy() != 3)[:14]
+    ans[kept] = code[kept]
+    plain = stats.binom_tail(int((ans == code).sum()), 100, 0.1) * 5
+    assert plain > 1e-3
+    rows = decode(ans, codes, 10, fpr=1e-3)
+    assert [r.named for r in rows] == [False, True, False, False, False]
 
 
 def test_trace_names_the_customer_and_nobody_for_unissued_models(tmp_path: Path, strong_teacher: LoadedModel) -> None:

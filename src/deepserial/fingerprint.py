@@ -16,13 +16,16 @@ DSN student's training loop, :func:`deepserial.schemes.dsn.make_student_loss`):
   stamps its key itself, one that passes inputs through and one that stamps something else all answer
   the fingerprint alike.
 
-Decoding (:func:`decode`). For licence ``L`` let ``s_L`` count the queries the suspect answers with
-``L``'s symbol. Under the null "the suspect does not hold ``L``'s model", ``L``'s codeword is independent
-of everything the suspect holds and of the queries (separate derivations from a secret the suspect
-lacks), so each symbol matches with probability exactly ``1/classes`` *whatever* the suspect answers:
-``s_L ~ Binomial(m, 1/classes)``, an exact p-value. Naming every licence whose Bonferroni-adjusted
-p-value (times the number of licences) is at most ``fpr`` keeps the chance of naming *any* innocent
-customer at most ``fpr``, for any server, lying or not: this is what makes tracing frame-proof.
+Decoding (:func:`decode`). For licence ``L`` let ``s_L`` be the weighted count of the queries the
+suspect answers with ``L``'s symbol, each weighted by how rarely the suspect gives that answer
+(:func:`answer_weights`: an attacked model piles answers onto a few classes, and a match there says
+little). Under the null "the suspect does not hold ``L``'s model", ``L``'s codeword is independent of
+everything the suspect holds and of the queries (separate derivations from a secret the suspect
+lacks), so each symbol matches with probability exactly ``1/classes`` *whatever* the suspect answers,
+independently of the weights: the tail of ``s_L`` is computed exactly. Naming every licence whose
+Bonferroni-adjusted p-value (times the number of licences) is at most ``fpr`` keeps the chance of
+naming *any* innocent customer at most ``fpr``, for any server, lying or not: this is what makes
+tracing frame-proof.
 
 The code. Random q-ary codewords rather than a Tardos code: Tardos codes are built for binary symbols
 under the marking assumption and large coalitions (length of order c^2 log(n / eps)); here a symbol is
@@ -141,6 +144,10 @@ def match_rate(model: torch.nn.Module, fp: Fingerprint, stamp_fn: Any = None) ->
     return float((pred == fp.codeword).float().mean())
 
 
+#: Resolution of the decoder's per-query weights (a weight is an integer from 0 to this).
+WEIGHT_LEVELS = 16
+
+
 @dataclass(frozen=True)
 class Match:
     """One licence's score against a suspect's answers."""
@@ -150,21 +157,54 @@ class Match:
     p_value: float
     p_adjusted: float
     named: bool
+    #: the weighted match count the p-value is computed from (see :func:`answer_weights`)
+    score: int = 0
+
+
+def answer_weights(answers: torch.Tensor, num_classes: int) -> np.ndarray:
+    """How much a match on each query counts: ``min(1, (1/C) / f)``, with ``f`` the share of the
+    suspect's answers that are that query's answer, on a grid of :data:`WEIGHT_LEVELS`.
+
+    Why. A thief's fine-tuning, or two colluders' averaged weights, pull many fingerprint answers onto
+    one or two classes the attacked model now prefers for these images. A match on such an answer is
+    weak evidence (any codeword holding that class there matches), a match on an answer the suspect
+    rarely gives is strong: for a model that kept a share ``r`` of its fingerprint, the likelihood
+    ratio of a match at an answer of share ``f`` falls off as ``1/f`` once ``f`` exceeds chance, so
+    these are the locally most powerful weights, capped at chance. The weights depend on the answers
+    alone, never on any codeword, so the test stays exact (:func:`decode`)."""
+    a = answers.long().numpy()
+    share = np.bincount(a, minlength=num_classes)[a] / len(a)
+    return np.rint(WEIGHT_LEVELS * np.minimum(1.0, (1.0 / num_classes) / share)).astype(np.int64)
 
 
 def decode(answers: torch.Tensor, codewords: list[torch.Tensor], num_classes: int, fpr: float) -> list[Match]:
     """Score each codeword against ``answers`` (the suspect's labels on the query set); a licence is
-    named when its p-value times ``len(codewords)`` is at most ``fpr`` (family-wise over licences)."""
+    named when its p-value times ``len(codewords)`` is at most ``fpr`` (family-wise over licences).
+
+    The score is the weighted match count ``sum_j w_j [a_j = c_j]`` with :func:`answer_weights`. Under
+    the null (the suspect does not hold this licence's model) the codeword's symbols are uniform and
+    independent of the answers and so of the weights: each match indicator is Bernoulli(1/C),
+    independently, and the p-value is the exact tail of that weighted sum
+    (:func:`deepserial.stats.weighted_bernoulli_tails`), whatever the suspect answered."""
     stats.check_fpr(fpr)
     if not codewords:
         raise ConfigError("no codeword to decode against")
+    if num_classes < 2:
+        raise ConfigError(f"a fingerprint needs at least two classes, got {num_classes}")
     m = len(answers)
+    if m == 0:
+        raise ConfigError("no answers to decode")
+    if int(answers.min()) < 0 or int(answers.max()) >= num_classes:
+        raise ConfigError(f"answers must be class indices below {num_classes}")
+    w = answer_weights(answers, num_classes)
+    tails = stats.weighted_bernoulli_tails(w, 1.0 / num_classes)
     out = []
     for cw in codewords:
         if len(cw) != m:
             raise ConfigError(f"codeword of {len(cw)} symbols against {m} answers")
-        k = int((answers.long() == cw.long()).sum())
-        p = stats.binom_tail(k, m, 1.0 / num_classes)
+        hit = (answers.long() == cw.long()).numpy()
+        score = int(w[hit].sum())
+        p = float(min(1.0, tails[score]))
         adj = min(1.0, p * len(codewords))
-        out.append(Match(k, m, p, adj, adj <= fpr))
+        out.append(Match(int(hit.sum()), m, p, adj, adj <= fpr, score))
     return out

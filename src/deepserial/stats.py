@@ -35,6 +35,25 @@ def binom_tail(k: int, n: int, p0: float) -> float:
     return float(_st.binom.sf(k - 1, n, p0))
 
 
+def weighted_bernoulli_tails(weights: np.ndarray, p0: float) -> np.ndarray:
+    """``tails[t] = P[sum_j w_j B_j >= t]`` for independent ``B_j ~ Bernoulli(p0)`` and non-negative
+    integer weights ``w_j`` (``t`` from 0 to ``sum w``): the exact null distribution of a weighted match
+    count, by convolution. Only sums of positive terms, so tails far below 1e-30 keep their precision."""
+    w = np.asarray(weights, dtype=np.int64)
+    if w.ndim != 1 or (w < 0).any():
+        raise ConfigError("weights must be a 1-D array of non-negative integers")
+    if not 0.0 < p0 < 1.0:
+        raise ConfigError(f"chance rate must be between 0 and 1 (exclusive), got {p0}")
+    dist = np.zeros(int(w.sum()) + 1)
+    dist[0] = 1.0
+    top = 0
+    for wj in w[w > 0]:
+        new = dist * (1.0 - p0)
+        new[wj : top + wj + 1] += dist[: top + 1] * p0
+        dist, top = new, top + int(wj)
+    return np.cumsum(dist[::-1])[::-1]
+
+
 def binom_threshold(n: int, p0: float, fpr: float) -> int:
     """The smallest match count k with P[X >= k] <= fpr under Binomial(n, p0); ``n + 1`` when even
     n matches out of n are not enough (too few queries for that false-positive rate)."""

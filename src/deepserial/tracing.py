@@ -5,7 +5,8 @@ Two tests, one answer (:class:`TraceResult`).
 **Fingerprint (the default, :func:`trace`).** Every customer model learns a per-licence codeword on a
 query set shared by all of the owner's customers (:mod:`deepserial.fingerprint`). The tracer sends the
 query set, once, unstamped, and scores each licence's codeword against the answers with an exact
-binomial test, Bonferroni over the licences: family-wise false-positive rate ``fpr`` whatever the
+test of a weighted match count (a match on an answer the suspect rarely gives weighs more), Bonferroni
+over the licences: family-wise false-positive rate ``fpr`` whatever the
 suspect answers. What the suspect sees is the same for every ledger and carries no serial number, so
 tracing a thief's API reveals nothing about any customer; the answer is read through whatever the
 server does with the stamp (a server that stamps the key itself, one that passes inputs through);
@@ -130,6 +131,7 @@ def trace(
             "customer": lic.customer,
             "outcome": "named" if sc.named else "not named",
             "matches": sc.matches,
+            "score": sc.score,
             "queries": sc.queries,
             "p_value": sc.p_value,
             "p_adjusted": sc.p_adjusted,

@@ -37,7 +37,7 @@ from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
 from deepserial.data import TensorData
 from deepserial.experiments import workdir
 from deepserial.experiments.watermarks import signing_time
-from deepserial.fingerprint import DEFAULT_QUERIES
+from deepserial.fingerprint import DEFAULT_QUERIES, WEIGHT_LEVELS
 from deepserial.identity import OwnerIdentity, VerifierString
 from deepserial.ledger import Ledger
 from deepserial.report import environment, markdown_table, write_report
@@ -48,6 +48,10 @@ from deepserial.suspect import HTTPSuspect, ModuleSuspect
 from deepserial.tracing import TraceResult, trace
 from deepserial.training import TrainConfig, accuracy
 from deepserial.workflow import DataSpec, issue, train_teacher
+
+#: How the report's traces score a licence (:func:`deepserial.fingerprint.decode`); reports written
+#: before the weighted count was introduced record none, and used the plain match count.
+DECODER = f"weighted match count (weights min(1, chance / answer share), {WEIGHT_LEVELS} levels)"
 
 
 class TracingConfig(BaseModel):
@@ -322,6 +326,7 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
 
     report = {
         "experiment": "tracing",
+        "decoder": DECODER,
         "config": cfg.model_dump(mode="json") | {"recipe": state["config"]["recipe"]},  # the models' recipe
         "seed": cfg.seed,
         "signed_at_epoch": state["signed_at_epoch"],
@@ -405,7 +410,8 @@ def markdown(rep: dict[str, Any]) -> str:
         "",
         f"{n} customer models issued with the shipped DSN recipe ({cfg['student_epochs']} student epochs, "
         f"batch {cfg['batch_size']}), a {cfg['queries']}-query fingerprint each; teacher {rep['teacher_acc']:.1f}%, "
-        f"customers with their serial number {s['valid_acc_mean']:.1f}% on average. Family-wise false-positive "
+        f"customers with their serial number {s['valid_acc_mean']:.1f}% on average. Decoded by "
+        f"{rep.get('decoder', 'plain match count')}; family-wise false-positive "
         f"rate {cfg['fpr']:g} over the {n} licences. Seed {rep['seed']}, signed at {rep['signed_at_epoch']}.",
         "",
         markdown_table(
