@@ -1,7 +1,8 @@
 """Probe: how a fingerprint setting holds against a licensee-thief's fine-tuning and pruning.
 
 Run: ``python benchmarks/fingerprint_probe.py EPOCHS QUERIES TAG ['{"weight": 3.0}']`` (appends one
-JSON line to ``benchmarks/results/fingerprint_probes.jsonl``).
+JSON line to ``benchmarks/results/fingerprint_probes.jsonl``). Probes since 2026-12-04 also record the
+customer model's accuracy with each one-bit-off key (``hamming1_mean``/``max`` on 1,000 test images).
 
 One mnist5k teacher (20 epochs, seed 0), one customer model issued with the shipped DSN recipe and a
 fingerprint with the given settings (:class:`deepserial.fingerprint.Fingerprint` fields), then: the
@@ -82,19 +83,29 @@ def main() -> None:
     )
     sp, sn = iss.splits, iss.serial
     g = sn.geometry
-    fp = Fingerprint.for_licence(owner, VerifierString.from_dict(iss.manifest["licence"]), (1, 28, 28), 10, n_queries)
+    v = VerifierString.from_dict(iss.manifest["licence"])
+    fp = Fingerprint.for_licence(owner, v, (1, 28, 28), 10, n_queries) if n_queries else None  # 0: a plain twin
+
+    def hamming1(m: torch.nn.Module) -> dict[str, float]:
+        """Accuracy with every one-bit-off key (the lock figure a fingerprint must not weaken)."""
+        test = sp.test.subset(torch.arange(min(1000, len(sp.test))))
+        accs = [accuracy(m, TensorData(stamp(test.x, g, k), test.y)) for k in sn.hamming_neighbours(1)]
+        return {"hamming1_mean": sum(accs) / len(accs), "hamming1_max": max(accs)}
 
     def rates(m: torch.nn.Module) -> dict[str, float]:
-        return {
-            "raw": match_rate(m, fp),
-            "sn": match_rate(m, fp, lambda q: stamp(q, g, sn.as_tensor())),
+        matches = (
+            {}
+            if fp is None
+            else {"raw": match_rate(m, fp), "sn": match_rate(m, fp, lambda q: stamp(q, g, sn.as_tensor()))}
+        )
+        return matches | {
             "acc_sn": accuracy(m, TensorData(stamp(sp.test.x, g, sn.as_tensor()), sp.test.y)),
             "acc_raw": accuracy(m, sp.test),
         }
 
     student = iss.student.eval()
     out = {"tag": tag, "epochs": epochs, "nq": n_queries, "fingerprint": iss.manifest["fingerprint"]}
-    out |= {"base": rates(student), "train_s": iss.log.wall_s}
+    out |= {"base": rates(student) | hamming1(student), "train_s": iss.log.wall_s}
     attack_and_record(out, student, sp, sn, rates, t0)
 
 

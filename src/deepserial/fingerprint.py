@@ -103,12 +103,17 @@ class Fingerprint:
     ft_steps: int = 0
     ft_lr: float = 0.05
     ft_every: int = 2
+    #: share of the stamped queries that carry a random pattern rather than the customer's serial number
+    #: (a server that stamps something else still answers the codeword); research, docs/decisions.md
+    random_stamps: float = 0.5
 
     def __post_init__(self) -> None:
         if len(self.queries) != len(self.codeword) or len(self.queries) == 0:
             raise ConfigError("a fingerprint needs one codeword symbol per query")
         if not self.weight > 0:
             raise ConfigError(f"the fingerprint weight must be > 0, got {self.weight}")
+        if not 0.0 <= self.random_stamps <= 1.0:
+            raise ConfigError(f"random_stamps must lie in [0, 1], got {self.random_stamps}")
 
     @classmethod
     def for_licence(
@@ -132,6 +137,7 @@ class Fingerprint:
             "ft_steps": self.ft_steps,
             "ft_lr": self.ft_lr,
             "ft_every": self.ft_every,
+            "random_stamps": self.random_stamps,
         }
 
 

@@ -714,15 +714,16 @@ def fingerprint_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fingerprint's queries as one training step sees them, with their codeword symbols: at most
     ``batch`` of them (all when the batch is at least as large as the query set, so small batches are
-    not swamped), each at random raw, stamped with ``serial`` or stamped with a random pattern of its
-    geometry (whatever a server does with the stamp, the answer must stay the codeword's)."""
+    not swamped), each at random raw (a third), or stamped: with a random pattern of its geometry (a
+    share ``fingerprint.random_stamps`` of the stamped ones) or with ``serial`` (whatever a server does
+    with the stamp, the answer must stay the codeword's)."""
     m = len(fingerprint.queries)
     pick = torch.randperm(m)[:batch] if batch < m else torch.arange(m)
     q = fingerprint.queries[pick].to(device)
     g = serial.geometry
     k = len(q)
     patterns = torch.randint(0, 2, (k, g.height, g.width), device=device).float()
-    patterns[torch.rand(k, device=device) < 0.5] = serial.as_tensor().to(device)
+    patterns[torch.rand(k, device=device) >= fingerprint.random_stamps] = serial.as_tensor().to(device)
     stamped = stamp(q, g, patterns)
     x = torch.where((torch.rand(k, 1, 1, 1, device=device) < 1 / 3), q, stamped)
     return x, fingerprint.codeword[pick].to(device)
