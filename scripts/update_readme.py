@@ -419,7 +419,8 @@ def trace_headline(reports: Path) -> str:
             f"`mnist5k`, {s['customers']} fingerprinted customer models (`reports/tracing_mnist5k.md`"
             + ("" if _is_current(rep["config"].get("recipe")) else "; measured with another recipe")
             + f"), at most "
-            f"{s['max_queries']} queries per trace, family-wise false-positive rate {rep['config']['fpr']:g}; "
+            f"{s['max_queries']} queries per trace, {rep.get('decoder', 'plain match count').split(' (')[0]}, "
+            f"family-wise false-positive rate {rep['config']['fpr']:g}; "
             f"models that must name nobody (the teacher, {len(rep['innocents']) - 1} unissued): "
             f"{len(s['innocents_named'])} named.",
             "",
@@ -427,7 +428,8 @@ def trace_headline(reports: Path) -> str:
             "",
             "The fingerprint's cost (the same licence issued without one, "
             f"{len(rep['twins'])} customers): accuracy with the key "
-            f"{-cost.get('valid_sn_acc', float('nan')):+.2f} points, one-bit-off max "
+            f"{-cost.get('valid_sn_acc', float('nan')):+.2f} points, one-bit-off mean "
+            f"{-cost.get('hamming1_mean', float('nan')):+.2f} and max "
             f"{-cost.get('hamming1_max', float('nan')):+.2f}, random wrong keys max "
             f"{-cost.get('wrong_sn_max', float('nan')):+.2f}. At this short schedule "
             f"({rep['config']['student_epochs']} student epochs) the customer models do not reject near keys, "
