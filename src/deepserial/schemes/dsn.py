@@ -137,6 +137,9 @@ class DSNConfig(BaseModel):
     )
     mine_every: int = Field(20, ge=1, description="steps between two mining rounds")
     mine_pool: int = Field(64, ge=1, description="mined keys kept (the most accepted ones)")
+    mine_images: int = Field(
+        32, ge=1, description="batch images each candidate key is scored on in a mining round (its cost per round)"
+    )
     # (2) simulate the thief's fine-tuning on raw inputs and push the fine-tuned model to chance (first-order)
     sim_ft_weight: float = Field(0.0, ge=0, description="weight of the uniform loss after simulated fine-tuning")
     sim_ft_every: int = Field(2, ge=1, description="steps between two simulated fine-tunings")
@@ -471,7 +474,7 @@ def make_student_loss(
         if state["pool"] is not None:
             cands.append(state["pool"])
         keys = torch.cat(cands).to(dev)
-        xs, ys = x[:32], y[:32]
+        xs, ys = x[: cfg.mine_images], y[: cfg.mine_images]
         pred = student(stamp_many(xs, geometry, keys)).argmax(1).view(len(keys), len(xs))
         acc = (pred == ys.unsqueeze(0)).float().mean(1)
         top = acc.argsort(descending=True)[: cfg.mine_pool]
