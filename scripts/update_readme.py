@@ -426,8 +426,8 @@ def trace_headline(reports: Path) -> str:
             "",
             _table(["leaked model", "right customer named", "an innocent named", "accuracy with key"], rows),
             "",
-            "The fingerprint's cost (the same licence issued without one, "
-            f"{len(rep['twins'])} customers): accuracy with the key "
+            "The fingerprint's cost (fingerprinted minus the same licence issued without one, "
+            f"{len(rep['twins'])} customers; + on a wrong-key figure is a weaker lock): accuracy with the key "
             f"{-cost.get('valid_sn_acc', float('nan')):+.2f} points, one-bit-off mean "
             f"{-cost.get('hamming1_mean', float('nan')):+.2f} and max "
             f"{-cost.get('hamming1_max', float('nan')):+.2f}, random wrong keys max "

@@ -4,6 +4,7 @@ nothing about any serial number in what the tracer sends."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -101,6 +102,53 @@ def test_decode_p_values_are_valid_at_every_level_for_skewed_answers() -> None:
     ps = np.array([decode(ans, [torch.from_numpy(rng.integers(0, 10, 100))], 10, 0.5)[0].p_value for _ in range(6000)])
     for level in (0.01, 0.05, 0.2, 0.5):
         assert (ps <= level).mean() <= level + 4 * (level * (1 - level) / len(ps)) ** 0.5
+
+
+def test_weighted_tails_match_brute_force_enumeration() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        m, p0 = int(rng.integers(1, 8)), float(rng.choice([0.1, 1 / 3, 0.5, 0.9]))
+        w = rng.integers(0, 6, m)
+        tails = stats.weighted_bernoulli_tails(w, p0)
+        exact = np.zeros(int(w.sum()) + 1)
+        for bits in itertools.product((0, 1), repeat=m):
+            b = np.array(bits)
+            exact[int((w * b).sum())] += p0 ** b.sum() * (1 - p0) ** (m - b.sum())
+        assert np.allclose(tails, np.cumsum(exact[::-1])[::-1], atol=1e-12) and tails[0] == 1.0
+    with pytest.raises(ConfigError):
+        stats.weighted_bernoulli_tails(np.array([1, -1]), 0.1)
+    with pytest.raises(ConfigError):
+        stats.weighted_bernoulli_tails(np.array([1, 2]), 1.0)
+
+
+def test_decode_refuses_malformed_answers_with_a_config_error() -> None:
+    codes = [torch.randint(0, 10, (100,))]
+    for bad in (
+        torch.tensor([], dtype=torch.long),  # nothing answered
+        torch.full((100,), 10),  # out of range
+        torch.full((100,), -1),
+        torch.zeros(100),  # floats, not labels
+        torch.zeros(100, dtype=torch.bool),
+        torch.zeros(10, 10, dtype=torch.long),  # 2-D
+        torch.zeros(50, dtype=torch.long),  # fewer answers than symbols
+    ):
+        with pytest.raises(ConfigError):
+            decode(bad, codes, 10, 1e-3)
+    with pytest.raises(ConfigError):
+        decode(torch.zeros(100, dtype=torch.long), codes, 1, 1e-3)
+    with pytest.raises(ConfigError):
+        decode(torch.zeros(100, dtype=torch.long), codes, 10.0, 1e-3)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        Fingerprint(torch.zeros(3, 1, 4, 4), torch.zeros(3, dtype=torch.long), random_stamps=1.5)
+
+
+def test_decode_weights_stay_informative_with_more_classes_than_queries() -> None:
+    """With 5,000 classes and 100 queries every answer given once weighs fully: a model that answers
+    its codeword is named, as with ten classes."""
+    rng = np.random.default_rng(4)
+    codes = [torch.from_numpy(rng.integers(0, 5000, 100)) for _ in range(3)]
+    rows = decode(codes[0].clone(), codes, 5000, 1e-3)
+    assert [r.named for r in rows] == [True, False, False] and rows[0].p_value < 1e-100
 
 
 def test_decode_weights_find_a_fingerprint_under_answers_piled_on_one_class() -> None:

@@ -150,7 +150,7 @@ def match_rate(model: torch.nn.Module, fp: Fingerprint, stamp_fn: Any = None) ->
     return float((pred == fp.codeword).float().mean())
 
 
-#: Resolution of the decoder's per-query weights (a weight is an integer from 0 to this).
+#: Resolution of the decoder's per-query weights: a weight is a whole number of 1/WEIGHT_LEVELS, 0 to 1.
 WEIGHT_LEVELS = 16
 
 
@@ -168,19 +168,22 @@ class Match:
 
 
 def answer_weights(answers: torch.Tensor, num_classes: int) -> np.ndarray:
-    """How much a match on each query counts: ``min(1, (1/C) / f)``, with ``f`` the share of the
-    suspect's answers that are that query's answer, on a grid of :data:`WEIGHT_LEVELS`.
+    """How much a match on each query counts: ``min(1, b / f)`` with ``b = max(1/C, 1/m)`` and ``f`` the
+    share of the suspect's ``m`` answers that are that query's answer, rounded to the nearest sixteenth
+    (:data:`WEIGHT_LEVELS`; ties to even) and returned in sixteenths (integers 0..16).
 
     Why. A thief's fine-tuning, or two colluders' averaged weights, pull many fingerprint answers onto
     one or two classes the attacked model now prefers for these images. A match on such an answer is
     weak evidence (any codeword holding that class there matches), a match on an answer the suspect
     rarely gives is strong: for a model that kept a share ``r`` of its fingerprint, the likelihood
     ratio of a match at an answer of share ``f`` falls off as ``1/f`` once ``f`` exceeds chance, so
-    these are the locally most powerful weights, capped at chance. The weights depend on the answers
-    alone, never on any codeword, so the test stays exact (:func:`decode`)."""
-    a = answers.long().numpy()
-    share = np.bincount(a, minlength=num_classes)[a] / len(a)
-    return np.rint(WEIGHT_LEVELS * np.minimum(1.0, (1.0 / num_classes) / share)).astype(np.int64)
+    these are the locally most powerful weights, capped at chance (``b`` is ``1/m`` rather than ``1/C``
+    when there are more classes than answers, so a once-given answer still weighs 1). The weights depend
+    on the answers alone, never on any codeword, so the test stays exact (:func:`decode`)."""
+    a = answers.long().cpu().numpy()
+    share = np.bincount(a)[a] / len(a)
+    base = max(1.0 / num_classes, 1.0 / len(a))
+    return np.rint(WEIGHT_LEVELS * np.minimum(1.0, base / share)).astype(np.int64)
 
 
 def decode(answers: torch.Tensor, codewords: list[torch.Tensor], num_classes: int, fpr: float) -> list[Match]:
@@ -195,20 +198,24 @@ def decode(answers: torch.Tensor, codewords: list[torch.Tensor], num_classes: in
     stats.check_fpr(fpr)
     if not codewords:
         raise ConfigError("no codeword to decode against")
-    if num_classes < 2:
-        raise ConfigError(f"a fingerprint needs at least two classes, got {num_classes}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer) or num_classes < 2:
+        raise ConfigError(f"a fingerprint needs an integer number of classes of at least two, got {num_classes!r}")
+    if not isinstance(answers, torch.Tensor) or answers.ndim != 1 or len(answers) == 0:
+        raise ConfigError("answers must be a non-empty 1-D tensor of class indices")
+    if answers.dtype == torch.bool or answers.is_floating_point() or answers.is_complex():
+        raise ConfigError(f"answers must be integer class indices, got {answers.dtype}")
+    answers = answers.cpu().long()
     m = len(answers)
-    if m == 0:
-        raise ConfigError("no answers to decode")
     if int(answers.min()) < 0 or int(answers.max()) >= num_classes:
         raise ConfigError(f"answers must be class indices below {num_classes}")
-    w = answer_weights(answers, num_classes)
-    tails = stats.weighted_bernoulli_tails(w, 1.0 / num_classes)
-    out = []
     for cw in codewords:
         if len(cw) != m:
             raise ConfigError(f"codeword of {len(cw)} symbols against {m} answers")
-        hit = (answers.long() == cw.long()).numpy()
+    w = answer_weights(answers, int(num_classes))
+    tails = stats.weighted_bernoulli_tails(w, 1.0 / num_classes)  # O(16 m^2): 0.06 s at m = 3000
+    out = []
+    for cw in codewords:
+        hit = (answers == cw.cpu().long()).numpy()
         score = int(w[hit].sum())
         p = float(min(1.0, tails[score]))
         adj = min(1.0, p * len(codewords))

@@ -38,7 +38,8 @@ def binom_tail(k: int, n: int, p0: float) -> float:
 def weighted_bernoulli_tails(weights: np.ndarray, p0: float) -> np.ndarray:
     """``tails[t] = P[sum_j w_j B_j >= t]`` for independent ``B_j ~ Bernoulli(p0)`` and non-negative
     integer weights ``w_j`` (``t`` from 0 to ``sum w``): the exact null distribution of a weighted match
-    count, by convolution. Only sums of positive terms, so tails far below 1e-30 keep their precision."""
+    count, by convolution. Only sums of positive terms, so tails keep their relative precision down to
+    about 1e-300 (below that they underflow to 0)."""
     w = np.asarray(weights, dtype=np.int64)
     if w.ndim != 1 or (w < 0).any():
         raise ConfigError("weights must be a 1-D array of non-negative integers")
@@ -51,7 +52,7 @@ def weighted_bernoulli_tails(weights: np.ndarray, p0: float) -> np.ndarray:
         new = dist * (1.0 - p0)
         new[wj : top + wj + 1] += dist[: top + 1] * p0
         dist, top = new, top + int(wj)
-    return np.cumsum(dist[::-1])[::-1]
+    return np.minimum(np.cumsum(dist[::-1])[::-1], 1.0)
 
 
 def binom_threshold(n: int, p0: float, fpr: float) -> int:

@@ -726,7 +726,7 @@ def fingerprint_inputs(
     g = serial.geometry
     k = len(q)
     patterns = torch.randint(0, 2, (k, g.height, g.width), device=device).float()
-    patterns[torch.rand(k, device=device) >= fingerprint.random_stamps] = serial.as_tensor().to(device)
+    patterns[torch.rand(k, device=device) < 1 - fingerprint.random_stamps] = serial.as_tensor().to(device)
     stamped = stamp(q, g, patterns)
     x = torch.where((torch.rand(k, 1, 1, 1, device=device) < 1 / 3), q, stamped)
     return x, fingerprint.codeword[pick].to(device)
