@@ -51,7 +51,7 @@ from deepserial.workflow import DataSpec, issue, train_teacher
 
 #: How the report's traces score a licence (:func:`deepserial.fingerprint.decode`); reports written
 #: before the weighted count was introduced record none, and used the plain match count.
-DECODER = f"weighted match count (weights min(1, chance / answer share), {WEIGHT_LEVELS} levels)"
+DECODER = f"weighted match count (weights min(1, max(chance, 1/queries) / answer share), in 1/{WEIGHT_LEVELS}ths)"
 
 
 class TracingConfig(BaseModel):
