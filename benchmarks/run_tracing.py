@@ -2,7 +2,9 @@
 
 ``python benchmarks/run_tracing.py WORK [LOCK_EVAL_SAMPLES]``: the settings of ``deepserial reproduce
 tracing --work WORK``, except that the twins' random and Hamming-2 keys may be scored on fewer test
-images (the full test set took about five minutes per model on a shared 2-core machine).
+images (the full test set took about five minutes per model on a shared 2-core machine). The models
+(40 student epochs each, about nine minutes on one CPU thread) may be issued beforehand in several
+processes with :func:`deepserial.experiments.tracing.issue_models` and ``only``.
 """
 
 from __future__ import annotations

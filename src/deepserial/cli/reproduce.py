@@ -187,7 +187,7 @@ def reproduce_dsn_security(
 def reproduce_tracing(
     dataset: Annotated[str, typer.Option(help=f"{registered('datasets')}.")] = "mnist5k",
     customers: Annotated[int, typer.Option(help="Customer models issued and recorded in the ledger.")] = 20,
-    student_epochs: Annotated[int, typer.Option(help="DSN student epochs of every customer model.")] = 10,
+    student_epochs: Annotated[int, typer.Option(help="DSN student epochs of every customer model.")] = 40,
     seed: Seed = 0,
     work: Annotated[
         Path | None,

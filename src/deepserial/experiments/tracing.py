@@ -65,7 +65,7 @@ class TracingConfig(BaseModel):
     unissued: int = Field(3, ge=0, description="customer models issued for licences the ledger does not hold")
     twins: int = Field(3, ge=0, description="customers issued again without a fingerprint (its cost)")
     teacher_epochs: int = Field(20, ge=1)
-    student_epochs: int = Field(10, ge=1)
+    student_epochs: int = Field(40, ge=1, description="the DSN schedule every customer model is issued with")
     batch_size: int = Field(128, ge=1)
     queries: int = Field(DEFAULT_QUERIES, ge=10)
     fpr: float = Field(1e-3, gt=0, lt=1)
