@@ -346,6 +346,24 @@ def test_trace_cli_names_the_customer_by_fingerprint_and_refuses_nothing_secret(
     assert [t["licence_id"] for t in Ledger(tmp_path / "l.db").traces()] == [2, None]
 
 
+def test_reproduce_tracing_issues_the_models_whose_lock_the_dsn_security_report_measures() -> None:
+    """The traced customer models follow each data set's DSN lock schedule, not a shorter one of their
+    own (at 10 student epochs the fingerprint was learnt half as well as at the product's 40)."""
+    from deepserial.experiments.dsn_security import CONFIGS
+    from deepserial.experiments.tracing import for_dataset
+
+    for name in ("mnist5k", "fashion-mnist"):
+        cfg, sec = for_dataset(name), CONFIGS[name]
+        assert (cfg.teacher_epochs, cfg.student_epochs, cfg.batch_size) == (
+            sec.teacher_epochs,
+            sec.student_epochs,
+            sec.batch_size,
+        )
+    assert (for_dataset("mnist5k").customers, for_dataset("fashion-mnist").customers) == (20, 10)
+    cfg = for_dataset("fashion-mnist", customers=None, student_epochs=3, seed=2)  # None: the data set's
+    assert (cfg.customers, cfg.student_epochs, cfg.seed) == (10, 3, 2)
+
+
 def test_reproduce_tracing_runs_end_to_end_on_small_data(tmp_path: Path) -> None:
     """The reproduction's plumbing on tiny settings (its figures are meaningless at this size): every
     model issued and cached, every kind of trace run, the report written with its provenance, and a

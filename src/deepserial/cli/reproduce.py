@@ -20,7 +20,6 @@ from deepserial.errors import ConfigError
 from deepserial.experiments import attacks, dsn, dsn_security, neural_cleanse, tracing, watermarks
 from deepserial.experiments.attack_configs import CONFIGS as ATTACK_CONFIGS
 from deepserial.experiments.attack_configs import PLANS
-from deepserial.experiments.tracing import TracingConfig
 from deepserial.files import check_writable
 from deepserial.workflow import parse_pixels_per_bit
 
@@ -186,8 +185,16 @@ def reproduce_dsn_security(
 
 def reproduce_tracing(
     dataset: Annotated[str, typer.Option(help=f"{registered('datasets')}.")] = "mnist5k",
-    customers: Annotated[int, typer.Option(help="Customer models issued and recorded in the ledger.")] = 20,
-    student_epochs: Annotated[int, typer.Option(help="DSN student epochs of every customer model.")] = 40,
+    customers: Annotated[
+        int | None,
+        typer.Option(help="Customer models issued and recorded in the ledger (default 20; fashion-mnist 10)."),
+    ] = None,
+    student_epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="DSN student epochs of every customer model (default: the `reproduce dsn-security` schedule)."
+        ),
+    ] = None,
     seed: Seed = 0,
     work: Annotated[
         Path | None,
@@ -199,7 +206,7 @@ def reproduce_tracing(
     """Fingerprint tracing: every customer named through a stamping and a raw-input server, after
     fine-tuning and pruning, and when two collude; nobody named for unissued models or the teacher; what
     the fingerprint costs: reports/tracing_<dataset>."""
-    cfg = TracingConfig(dataset=dataset, customers=customers, student_epochs=student_epochs, seed=seed)
+    cfg = tracing.for_dataset(dataset, customers=customers, student_epochs=student_epochs, seed=seed)
     check_writable(out, directory=True)  # before hours of work
     typer.echo(wrote(tracing.run(cfg, out, work=work, progress=not quiet)))
 

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from deepserial.artifacts import LoadedModel, load_model, save_model
 from deepserial.attacks.base import AttackBudget, attacker_share, get_attack
 from deepserial.data import TensorData
-from deepserial.experiments import workdir
+from deepserial.experiments import dsn_security, workdir
 from deepserial.experiments.watermarks import signing_time
 from deepserial.fingerprint import DEFAULT_QUERIES, WEIGHT_LEVELS
 from deepserial.identity import OwnerIdentity, VerifierString
@@ -80,6 +80,25 @@ class TracingConfig(BaseModel):
     )
 
 
+#: Customers issued per data set where the default (20) would not fit a day on CPU.
+CUSTOMERS = {"fashion-mnist": 10}
+
+
+def for_dataset(dataset: str, **overrides: Any) -> TracingConfig:
+    """The run ``reproduce tracing --dataset DATASET`` makes: customer models issued on the schedule of the
+    DSN lock report on the same data (:data:`deepserial.experiments.dsn_security.CONFIGS`), so the models
+    traced are the ones whose lock that report measures; ``overrides`` (None values ignored) change any
+    setting."""
+    base: dict[str, Any] = {"dataset": dataset}
+    if dataset in dsn_security.CONFIGS:
+        sec = dsn_security.CONFIGS[dataset]
+        base |= {"teacher_epochs": sec.teacher_epochs, "student_epochs": sec.student_epochs}
+        base["batch_size"] = sec.batch_size
+    if dataset in CUSTOMERS:
+        base["customers"] = CUSTOMERS[dataset]
+    return TracingConfig(**(base | {k: v for k, v in overrides.items() if v is not None}))
+
+
 def _names(cfg: TracingConfig) -> list[tuple[str, str, bool]]:
     """(model id, customer name, fingerprinted) of every model the run issues, in order."""
     out = [(f"customer-{i:02d}", f"customer-{i:02d}", True) for i in range(cfg.customers)]
@@ -115,7 +134,9 @@ def _teacher(work: Path, cfg: TracingConfig, data: DataSpec, progress: bool) -> 
     path = work / "teacher.safetensors"
     if path.exists():
         return load_model(path)
-    t = train_teacher(data, TrainConfig(epochs=cfg.teacher_epochs, batch_size=128, seed=cfg.seed, progress=progress))
+    t = train_teacher(
+        data, TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
+    )
     save_model(path, t.model, t.manifest)
     return load_model(path)
 
