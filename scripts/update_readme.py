@@ -410,7 +410,13 @@ def trace_headline(reports: Path) -> str:
     rep = json.loads(path.read_text())
     s = rep["summary"]
     rows = [
-        [k, f"{r['right']}/{r['traces']}", f"{r['innocent_named']}/{r['traces']}", f"{r['valid_acc_mean']:.1f}"]
+        [
+            k,
+            f"{r['right']}/{r['traces']}",
+            f"{r['innocent_named']}/{r['traces']}",
+            f"{r['valid_acc_mean']:.1f}",
+            f"{r['right_worth_serving']}/{r['worth_serving']}" if "worth_serving" in r else "not counted",
+        ]
         for k, r in s["rows"].items()
     ]
     cost = s.get("fingerprint_cost", {})
@@ -424,7 +430,19 @@ def trace_headline(reports: Path) -> str:
             f"models that must name nobody (the teacher, {len(rep['innocents']) - 1} unissued): "
             f"{len(s['innocents_named'])} named.",
             "",
-            _table(["leaked model", "right customer named", "an innocent named", "accuracy with key"], rows),
+            _table(
+                [
+                    "leaked model",
+                    "right customer named",
+                    "an innocent named",
+                    "accuracy with key",
+                    "named, of those worth serving",
+                ],
+                rows,
+            ),
+            "",
+            "Worth serving: accuracy with the key above the thief's best model trained from scratch on the same "
+            f"data ({max(rep.get('from_scratch', {'not trained': float('nan')}).values()):.1f}%).",
             "",
             "The fingerprint's cost (fingerprinted minus the same licence issued without one, "
             f"{len(rep['twins'])} customers; + on a wrong-key figure is a weaker lock): accuracy with the key "

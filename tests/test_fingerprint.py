@@ -364,6 +364,41 @@ def test_reproduce_tracing_issues_the_models_whose_lock_the_dsn_security_report_
     assert (cfg.customers, cfg.student_epochs, cfg.seed) == (10, 3, 2)
 
 
+def test_tracing_summary_counts_the_leaks_worth_serving_against_the_thiefs_own_model() -> None:
+    """A leak the thief's attack left below its own from-scratch model is counted apart: it is traced or
+    not, but no thief would serve it."""
+    from deepserial.experiments.tracing import TracingConfig, summarise
+
+    def row(right: bool, acc: float | None = None) -> dict[str, object]:
+        return {"right": right, "innocent_named": [], "queries": 100} | ({} if acc is None else {"valid_acc": acc})
+
+    cfg = TracingConfig(ft_settings=[("adam", 1e-3)])
+    customers = [
+        {
+            "valid_acc": acc,
+            "stamping_server": row(True),
+            "raw_server": row(True),
+            "fine_tuning": {"adam 0.001": row(right, ft)},
+            "pruning": row(True, acc - 1),
+        }
+        for acc, right, ft in ((95.0, True, 94.0), (94.0, False, 60.0), (96.0, False, 93.0))
+    ]
+    collusion = {"weights": [row(True, 14.0) | {"pair": [0, 1]}], "outputs": [row(True, 95.0) | {"pair": [0, 1]}]}
+    s = summarise(customers, collusion, {}, [], cfg, {"adam 0.001": 90.0})
+    ft = s["rows"]["fine-tuned (adam 0.001, 10 epochs, 10% of the data)"]
+    assert (ft["right"], ft["worth_serving"], ft["right_worth_serving"]) == (1, 2, 1)
+    assert s["rows"]["through a raw-input server"]["worth_serving"] == 3  # the customers' own accuracy
+    assert s["rows"]["collusion: pairs averaging weights"] == {
+        "traces": 1,
+        "right": 1,
+        "innocent_named": 0,
+        "valid_acc_mean": 14.0,
+        "worth_serving": 0,
+        "right_worth_serving": 0,
+    }
+    assert "worth_serving" not in summarise(customers, collusion, {}, [], cfg)["rows"]["pruned 50%"]
+
+
 def test_reproduce_tracing_runs_end_to_end_on_small_data(tmp_path: Path) -> None:
     """The reproduction's plumbing on tiny settings (its figures are meaningless at this size): every
     model issued and cached, every kind of trace run, the report written with its provenance, and a

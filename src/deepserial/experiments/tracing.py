@@ -358,7 +358,7 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
         "collusion": collusion,
         "innocents": innocents,
         "twins": twins,
-        "summary": summarise(customers, collusion, innocents, twins, cfg),
+        "summary": summarise(customers, collusion, innocents, twins, cfg, from_scratch),
         "wall_s": time.perf_counter() - t_start,
         "environment": environment(),
     }
@@ -389,24 +389,32 @@ def summarise(
     innocents: dict[str, dict[str, Any]],
     twins: list[dict[str, Any]],
     cfg: TracingConfig,
+    from_scratch: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The acceptance figures: traced right, innocents named, queries, what the fingerprint cost."""
+    """The acceptance figures: traced right, innocents named, queries, what the fingerprint cost.
+
+    With the thief's own from-scratch accuracies, each row also counts the leaked models *worth serving*
+    (accuracy with the key above the thief's best own model) and how many of those were traced right: a
+    leak the thief's attack has made worse than its own model is not one it would serve."""
+    bar = max(from_scratch.values()) if from_scratch else None
+
+    def tally(rs: list[dict[str, Any]], accs: list[float]) -> dict[str, Any]:
+        out = {
+            "traces": len(rs),
+            "right": sum(r["right"] for r in rs),
+            "innocent_named": sum(bool(r["innocent_named"]) for r in rs),
+            "valid_acc_mean": float(np.mean(accs)) if accs else None,
+        }
+        if bar is not None:
+            worth = [r for r, a in zip(rs, accs, strict=True) if a > bar]
+            out |= {"worth_serving": len(worth), "right_worth_serving": sum(r["right"] for r in worth)}
+        return out
+
     rows: dict[str, dict[str, Any]] = {}
     for kind, rs in _kinds(customers, cfg.model_dump()).items():
-        accs = [r["valid_acc"] for r in rs if "valid_acc" in r] or [c["valid_acc"] for c in customers]
-        rows[kind] = {
-            "traces": len(rs),
-            "right": sum(r["right"] for r in rs),
-            "innocent_named": sum(bool(r["innocent_named"]) for r in rs),
-            "valid_acc_mean": float(np.mean(accs)),
-        }
+        rows[kind] = tally(rs, [r.get("valid_acc", c["valid_acc"]) for r, c in zip(rs, customers, strict=True)])
     for k, rs in collusion.items():
-        rows[f"collusion: pairs averaging {k}"] = {
-            "traces": len(rs),
-            "right": sum(r["right"] for r in rs),
-            "innocent_named": sum(bool(r["innocent_named"]) for r in rs),
-            "valid_acc_mean": float(np.mean([r["valid_acc"] for r in rs])) if rs else None,
-        }
+        rows[f"collusion: pairs averaging {k}"] = tally(rs, [r["valid_acc"] for r in rs])
     out: dict[str, Any] = {
         "customers": len(customers),
         "rows": rows,
@@ -436,9 +444,21 @@ def markdown(rep: dict[str, Any]) -> str:
         f"rate {cfg['fpr']:g} over the {n} licences. Seed {rep['seed']}, signed at {rep['signed_at_epoch']}.",
         "",
         markdown_table(
-            ["leaked model", "traced right", "an innocent named", "mean accuracy with the key"],
             [
-                [k, f"{r['right']}/{r['traces']}", f"{r['innocent_named']}/{r['traces']}", r["valid_acc_mean"]]
+                "leaked model",
+                "traced right",
+                "an innocent named",
+                "mean accuracy with the key",
+                "traced right of those worth serving",
+            ],
+            [
+                [
+                    k,
+                    f"{r['right']}/{r['traces']}",
+                    f"{r['innocent_named']}/{r['traces']}",
+                    r["valid_acc_mean"],
+                    f"{r['right_worth_serving']}/{r['worth_serving']}" if "worth_serving" in r else "",
+                ]
                 for k, r in s["rows"].items()
             ],
         ),
@@ -454,7 +474,8 @@ def markdown(rep: dict[str, Any]) -> str:
             f"The thief's own model, trained from scratch on the same {cfg['ft_fraction']:.0%} of the data with each "
             "fine-tuning setting (test accuracy without any key): "
             + ", ".join(f"{k} {v:.1f}" for k, v in own.items())
-            + f"; best {max(own.values()):.1f}. A fine-tuned leak is worth to the thief what it keeps above that.",
+            + f"; best {max(own.values()):.1f}. A fine-tuned leak is worth to the thief what it keeps above that: "
+            "a leaked model is *worth serving* when its accuracy with the key is above that best (last column).",
         ]
     if rep["twins"]:
         keys = list(rep["twins"][0]["plain"])
