@@ -442,7 +442,21 @@ def test_reproduce_tracing_runs_end_to_end_on_small_data(tmp_path: Path) -> None
         "unissued-0.safetensors",
     ]
     stamp_before = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("*.safetensors")}
-    run(cfg, tmp_path / "reports", work=tmp_path / "work")
+    (stages,) = (tmp_path / "work").glob("eval-*")  # every measurement kept: an interrupted run resumes
+    assert sorted(p.name for p in stages.iterdir()) == [
+        "customer-00.json",
+        "customer-01.json",
+        "from-scratch.json",
+        "innocents.json",
+        "pair-00.json",
+        "twin-00.json",
+    ]
+    (stages / "customer-01.json").unlink()  # as if the run had stopped there
+    again = json.loads(run(cfg, tmp_path / "reports", work=tmp_path / "work")[1].read_text())
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("*.safetensors")} == stamp_before
+    for k in ("customers", "collusion", "from_scratch", "innocents", "twins"):
+        assert again[k] == rep[k]  # the kept measurements read back, the missing one measured again alike
+    run(cfg.model_copy(update={"fpr": 1e-2}), tmp_path / "reports", work=tmp_path / "work")
+    assert len(list((tmp_path / "work").glob("eval-*"))) == 2  # another evaluation is kept apart
     with pytest.raises(ConfigError, match="another configuration"):
         run(cfg.model_copy(update={"student_epochs": 2}), tmp_path / "reports", work=tmp_path / "work")

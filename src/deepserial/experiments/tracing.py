@@ -21,6 +21,8 @@ processes can issue disjoint subsets at once; a last run without ``only`` evalua
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -130,6 +132,13 @@ def _state(work: Path, cfg: TracingConfig) -> dict[str, Any]:
     return {"config": issuing, "signed_at_epoch": workdir.start(work, issuing, "tracing")}
 
 
+def _evaluation_digest(cfg: TracingConfig) -> str:
+    """A short digest of the settings that change how the issued models are evaluated (not which models
+    are issued) and of the decoder: the kept measurements of a work folder are those of one evaluation."""
+    ev = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _ISSUING} | {"decoder": DECODER}
+    return hashlib.sha256(json.dumps(ev, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def _teacher(work: Path, cfg: TracingConfig, data: DataSpec, progress: bool) -> LoadedModel:
     path = work / "teacher.safetensors"
     if path.exists():
@@ -229,7 +238,10 @@ def _row(res: TraceResult, truth: set[int]) -> dict[str, Any]:
 
 
 def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: bool = False) -> list[Path]:
-    """Issue what is missing, trace everything, write ``reports/tracing_<dataset>.{md,json,png}``."""
+    """Issue what is missing, trace everything, write ``reports/tracing_<dataset>.{md,json,png}``.
+
+    ``work`` keeps the issued models and each finished measurement (a customer's traces, a colluding pair,
+    the thief's own models, the innocents, a twin), so an interrupted run resumes where it stopped."""
     t_start = time.perf_counter()
     work = work or out_dir / ".work" / f"tracing_{cfg.dataset}"
     state = issue_models(cfg, work, progress=progress)
@@ -264,11 +276,16 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
             epochs=cfg.ft_epochs, lr=lr, optimizer=opt, momentum=0.9 if opt == "sgd" else 0.0, seed=cfg.seed
         )
 
-    customers = []
+    stages = f"eval-{_evaluation_digest(cfg)}"  # kept measurements of other evaluation settings never mix
+
+    def kept(name: str, compute: Any) -> dict[str, Any]:
+        return workdir.stage(work, f"{stages}/{name}", compute)
+
     thief = attacker_share(
         splits.attacker, cfg.ft_fraction, len(splits.owner) + len(splits.attacker) + len(test), cfg.seed
     )
-    for mid, customer, _ in _names(cfg)[: cfg.customers]:
+
+    def customer_row(mid: str, customer: str) -> dict[str, Any]:
         m, sn, lic = models[mid], serials[mid], by_customer[customer]
         truth = {lic.id}
         row: dict[str, Any] = {"model": mid, "licence_id": lic.id, "valid_acc": acc(m.model, sn)}
@@ -288,20 +305,23 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
             row["fine_tuning"][f"{opt} {lr:g}"] = r
         pruned, _ = get_attack("pruning", {"rate": cfg.prune_rate}).run(m.model, stamped, AttackBudget(epochs=0))
         row["pruning"] = _row(traced(_Stamped(pruned, sn)), truth) | {"valid_acc": acc(pruned, sn)}
-        customers.append(row)
+        return row
 
-    # the thief's own training, the bar a fine-tuned leak is worth something above: the same network freshly
-    # initialised, the same data (raw: a model trained from scratch needs no key), settings and epochs
-    from_scratch = {}
-    for opt, lr in cfg.ft_settings:
-        own, _ = get_attack("from-scratch").run(teacher.model, thief, ft_budget(opt, lr))
-        from_scratch[f"{opt} {lr:g}"] = accuracy(own, test)
+    customers = [kept(mid, lambda mid=mid, c=c: customer_row(mid, c)) for mid, c, _ in _names(cfg)[: cfg.customers]]
 
-    rng = np.random.default_rng(cfg.seed)
-    collusion: dict[str, list[dict[str, Any]]] = {"weights": [], "outputs": []}
-    cust_ids = [mid for mid, _, _ in _names(cfg)[: cfg.customers]]
-    for _ in range(cfg.pairs):
-        a, b = (cust_ids[i] for i in rng.choice(len(cust_ids), 2, replace=False))
+    def own_models() -> dict[str, Any]:
+        """The thief's own training, the bar a fine-tuned leak is worth something above: the same network
+        freshly initialised, the same data (raw: a model trained from scratch needs no key), settings and
+        epochs."""
+        out = {}
+        for opt, lr in cfg.ft_settings:
+            own, _ = get_attack("from-scratch").run(teacher.model, thief, ft_budget(opt, lr))
+            out[f"{opt} {lr:g}"] = accuracy(own, test)
+        return out
+
+    from_scratch = kept("from-scratch", own_models)
+
+    def pair_rows(a: str, b: str) -> dict[str, Any]:
         truth = {
             by_customer[models[a].manifest["licence"]["customer"]].id,
             by_customer[models[b].manifest["licence"]["customer"]].id,
@@ -309,17 +329,28 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
         avg = _averaged_weights(models[a].model, models[b].model)
         acc_a, acc_b = acc(avg, serials[a]), acc(avg, serials[b])
         best_acc, use = (acc_a, serials[a]) if acc_a >= acc_b else (acc_b, serials[b])
-        collusion["weights"].append({"pair": [a, b], "valid_acc": best_acc} | _row(traced(_Stamped(avg, use)), truth))
         both = _AveragedOutputs(_Stamped(models[a].model, serials[a]), _Stamped(models[b].model, serials[b]))
-        collusion["outputs"].append({"pair": [a, b], "valid_acc": accuracy(both, test)} | _row(traced(both), truth))
+        return {
+            "weights": {"pair": [a, b], "valid_acc": best_acc} | _row(traced(_Stamped(avg, use)), truth),
+            "outputs": {"pair": [a, b], "valid_acc": accuracy(both, test)} | _row(traced(both), truth),
+        }
 
-    innocents = {"teacher": _row(traced(teacher.model), set())}
-    for mid, _, _ in _names(cfg)[cfg.customers : cfg.customers + cfg.unissued]:
-        innocents[mid] = _row(traced(_Stamped(models[mid].model, serials[mid])), set())
+    rng = np.random.default_rng(cfg.seed)
+    cust_ids = [mid for mid, _, _ in _names(cfg)[: cfg.customers]]
+    pairs = [[cust_ids[i] for i in rng.choice(len(cust_ids), 2, replace=False)] for _ in range(cfg.pairs)]
+    pair_recs = [kept(f"pair-{i:02d}", lambda a=a, b=b: pair_rows(a, b)) for i, (a, b) in enumerate(pairs)]
+    collusion = {k: [rec[k] for rec in pair_recs] for k in ("weights", "outputs")}
 
-    twins = []
-    for mid, customer, _ in _names(cfg)[cfg.customers + cfg.unissued :]:
-        pair = {}
+    def innocent_rows() -> dict[str, Any]:
+        out = {"teacher": _row(traced(teacher.model), set())}
+        for mid, _, _ in _names(cfg)[cfg.customers : cfg.customers + cfg.unissued]:
+            out[mid] = _row(traced(_Stamped(models[mid].model, serials[mid])), set())
+        return out
+
+    innocents = kept("innocents", innocent_rows)
+
+    def twin_row(mid: str, customer: str) -> dict[str, Any]:
+        pair: dict[str, Any] = {}
         # a twin is issued for the licence of the customer model of the same name (model id = customer name)
         for which, m in (("fingerprinted", models[customer]), ("plain", models[mid])):
             ev = dsn.evaluate(
@@ -343,7 +374,11 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
                     "hamming2_max",
                 )
             }
-        twins.append({"customer": customer} | pair)
+        return {"customer": customer} | pair
+
+    twins = [
+        kept(mid, lambda mid=mid, c=c: twin_row(mid, c)) for mid, c, _ in _names(cfg)[cfg.customers + cfg.unissued :]
+    ]
 
     report = {
         "experiment": "tracing",
