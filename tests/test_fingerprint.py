@@ -423,7 +423,8 @@ def test_reproduce_tracing_runs_end_to_end_on_small_data(tmp_path: Path) -> None
     rep = json.loads(paths[1].read_text())
     assert rep["summary"]["customers"] == 2 and rep["summary"]["max_queries"] == 20
     assert set(rep["innocents"]) == {"teacher", "unissued-0"}
-    assert len(rep["collusion"]["weights"]) == len(rep["collusion"]["outputs"]) == 1
+    assert [len(v) for v in rep["collusion"].values()] == [1, 1, 1]
+    assert list(rep["collusion"])[2] == "weights, then fine-tuned (adam 0.001)"
     assert rep["twins"][0]["customer"] == "customer-00" and set(rep["twins"][0]) == {
         "customer",
         "fingerprinted",
@@ -448,6 +449,7 @@ def test_reproduce_tracing_runs_end_to_end_on_small_data(tmp_path: Path) -> None
         "customer-01.json",
         "from-scratch.json",
         "innocents.json",
+        "pair-00-tuned-adam-0.001.json",
         "pair-00.json",
         "twin-00.json",
     ]

@@ -76,6 +76,10 @@ class TracingConfig(BaseModel):
     ft_settings: list[tuple[str, float]] = [("adam", 1e-4), ("adam", 1e-3), ("adam", 1e-2), ("sgd", 1e-2)]
     prune_rate: float = Field(0.5, ge=0, lt=1)
     pairs: int = Field(20, ge=0, description="random colluding pairs, for each way of colluding")
+    collusion_ft: tuple[str, float] | None = Field(
+        ("adam", 1e-3),
+        description="(optimiser, rate) of the colluders' fine-tuning of their averaged weights (None: not run)",
+    )
     wrong_keys: int = Field(1000, ge=10, description="random wrong keys in the lock figures of the twins")
     lock_eval_samples: int | None = Field(
         None, ge=10, description="test images per random or Hamming-2 key in the twins' lock figures (None: all)"
@@ -135,7 +139,9 @@ def _state(work: Path, cfg: TracingConfig) -> dict[str, Any]:
 def _evaluation_digest(cfg: TracingConfig) -> str:
     """A short digest of the settings that change how the issued models are evaluated (not which models
     are issued) and of the decoder: the kept measurements of a work folder are those of one evaluation."""
-    ev = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _ISSUING} | {"decoder": DECODER}
+    # collusion_ft names its own stages, so adding or changing it keeps every other measurement
+    ev = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in (*_ISSUING, "collusion_ft")}
+    ev["decoder"] = DECODER
     return hashlib.sha256(json.dumps(ev, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -340,6 +346,23 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
     pairs = [[cust_ids[i] for i in rng.choice(len(cust_ids), 2, replace=False)] for _ in range(cfg.pairs)]
     pair_recs = [kept(f"pair-{i:02d}", lambda a=a, b=b: pair_rows(a, b)) for i, (a, b) in enumerate(pairs)]
     collusion = {k: [rec[k] for rec in pair_recs] for k in ("weights", "outputs")}
+
+    def pair_tuned(a: str, b: str, opt: str, lr: float) -> dict[str, Any]:
+        """Averaged weights do not make a working network (both keys near chance); colluders who hold both
+        keys and the thief's data fine-tune the average under one of their keys, as one thief would."""
+        truth = {by_customer[models[m].manifest["licence"]["customer"]].id for m in (a, b)}
+        sn = serials[a]
+        stamped = TensorData(stamp(thief.x, sn.geometry, sn.as_tensor()), thief.y)
+        avg = _averaged_weights(models[a].model, models[b].model)
+        tuned, _ = get_attack("fine-tuning", {"mode": "FTAL"}).run(avg, stamped, ft_budget(opt, lr))
+        return {"pair": [a, b], "valid_acc": acc(tuned, sn)} | _row(traced(_Stamped(tuned, sn)), truth)
+
+    if cfg.collusion_ft is not None:
+        opt, lr = cfg.collusion_ft
+        collusion[f"weights, then fine-tuned ({opt} {lr:g})"] = [
+            kept(f"pair-{i:02d}-tuned-{opt}-{lr:g}", lambda a=a, b=b: pair_tuned(a, b, opt, lr))
+            for i, (a, b) in enumerate(pairs)
+        ]
 
     def innocent_rows() -> dict[str, Any]:
         out = {"teacher": _row(traced(teacher.model), set())}
