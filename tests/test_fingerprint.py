@@ -346,6 +346,24 @@ def test_trace_cli_names_the_customer_by_fingerprint_and_refuses_nothing_secret(
     assert [t["licence_id"] for t in Ledger(tmp_path / "l.db").traces()] == [2, None]
 
 
+def test_colluders_majority_vote_answers_what_most_of_them_answer() -> None:
+    from deepserial.experiments.tracing import _MajorityVote
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits: list[float]) -> None:
+            super().__init__()
+            self.logits = torch.tensor([logits], dtype=torch.float32)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.logits.expand(len(x), -1)
+
+    x = torch.zeros(2, 1, 4, 4)
+    two_for_1 = _MajorityVote(Fixed([0, 1, 0]), Fixed([0, 1, 0]), Fixed([0, 0, 9]))  # class 2 most confident
+    assert two_for_1(x).argmax(1).tolist() == [1, 1]
+    tie = _MajorityVote(Fixed([0, 1, 0]), Fixed([0, 0, 9]))  # one vote each: the higher mean probability
+    assert tie(x).argmax(1).tolist() == [2, 2]
+
+
 def test_reproduce_tracing_issues_the_models_whose_lock_the_dsn_security_report_measures() -> None:
     """The traced customer models follow each data set's DSN lock schedule, not a shorter one of their
     own (at 10 student epochs the fingerprint was learnt half as well as at the product's 40)."""
@@ -407,7 +425,7 @@ def test_reproduce_tracing_runs_end_to_end_on_small_data(tmp_path: Path) -> None
 
     cfg = TracingConfig(
         limit=600,
-        customers=2,
+        customers=3,
         unissued=1,
         twins=1,
         teacher_epochs=1,
@@ -416,15 +434,17 @@ def test_reproduce_tracing_runs_end_to_end_on_small_data(tmp_path: Path) -> None
         ft_epochs=1,
         ft_settings=[("adam", 1e-3)],
         pairs=1,
+        triples=1,
         wrong_keys=10,
         lock_eval_samples=20,
     )
     paths = run(cfg, tmp_path / "reports", work=tmp_path / "work")
     rep = json.loads(paths[1].read_text())
-    assert rep["summary"]["customers"] == 2 and rep["summary"]["max_queries"] == 20
+    assert rep["summary"]["customers"] == 3 and rep["summary"]["max_queries"] == 20
     assert set(rep["innocents"]) == {"teacher", "unissued-0"}
-    assert [len(v) for v in rep["collusion"].values()] == [1, 1, 1]
-    assert list(rep["collusion"])[2] == "weights, then fine-tuned (adam 0.001)"
+    assert [len(v) for v in rep["collusion"].values()] == [1, 1, 1, 1]
+    assert list(rep["collusion"])[2:] == ["weights, then fine-tuned (adam 0.001)", "triples, majority of outputs"]
+    assert len(rep["collusion"]["triples, majority of outputs"][0]["coalition"]) == 3
     assert rep["twins"][0]["customer"] == "customer-00" and set(rep["twins"][0]) == {
         "customer",
         "fingerprinted",
@@ -438,6 +458,7 @@ def test_reproduce_tracing_runs_end_to_end_on_small_data(tmp_path: Path) -> None
     assert models == [
         "customer-00.safetensors",
         "customer-01.safetensors",
+        "customer-02.safetensors",
         "teacher.safetensors",
         "twin-00.safetensors",
         "unissued-0.safetensors",
@@ -447,10 +468,12 @@ def test_reproduce_tracing_runs_end_to_end_on_small_data(tmp_path: Path) -> None
     assert sorted(p.name for p in stages.iterdir()) == [
         "customer-00.json",
         "customer-01.json",
+        "customer-02.json",
         "from-scratch.json",
         "innocents.json",
         "pair-00-tuned-adam-0.001.json",
         "pair-00.json",
+        "triple-00-majority.json",
         "twin-00.json",
     ]
     (stages / "customer-01.json").unlink()  # as if the run had stopped there

@@ -76,6 +76,7 @@ class TracingConfig(BaseModel):
     ft_settings: list[tuple[str, float]] = [("adam", 1e-4), ("adam", 1e-3), ("adam", 1e-2), ("sgd", 1e-2)]
     prune_rate: float = Field(0.5, ge=0, lt=1)
     pairs: int = Field(20, ge=0, description="random colluding pairs, for each way of colluding")
+    triples: int = Field(20, ge=0, description="random coalitions of three answering by majority vote")
     collusion_ft: tuple[str, float] | None = Field(
         ("adam", 1e-3),
         description="(optimiser, rate) of the colluders' fine-tuning of their averaged weights (None: not run)",
@@ -139,8 +140,8 @@ def _state(work: Path, cfg: TracingConfig) -> dict[str, Any]:
 def _evaluation_digest(cfg: TracingConfig) -> str:
     """A short digest of the settings that change how the issued models are evaluated (not which models
     are issued) and of the decoder: the kept measurements of a work folder are those of one evaluation."""
-    # collusion_ft names its own stages, so adding or changing it keeps every other measurement
-    ev = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in (*_ISSUING, "collusion_ft")}
+    # collusion_ft and triples name their own stages, so adding or changing them keeps every other measurement
+    ev = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in (*_ISSUING, "collusion_ft", "triples")}
     ev["decoder"] = DECODER
     return hashlib.sha256(json.dumps(ev, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -202,6 +203,20 @@ class _AveragedOutputs(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([n(x).softmax(1) for n in self.nets]).mean(0).clamp_min(1e-12).log()
+
+
+class _MajorityVote(torch.nn.Module):
+    """Colluders who answer with the class most of their models give (a tie goes to the highest mean
+    probability, which is below 1 and so never outweighs a vote)."""
+
+    def __init__(self, *nets: torch.nn.Module) -> None:
+        super().__init__()
+        self.nets = torch.nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([n(x).softmax(1) for n in self.nets])
+        votes = torch.nn.functional.one_hot(probs.argmax(2), probs.shape[2]).sum(0).float()
+        return votes + probs.mean(0) / 2
 
 
 def _averaged_weights(a: torch.nn.Module, b: torch.nn.Module) -> torch.nn.Module:
@@ -364,6 +379,18 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
             for i, (a, b) in enumerate(pairs)
         ]
 
+    def majority_row(members: list[str]) -> dict[str, Any]:
+        truth = {by_customer[models[m].manifest["licence"]["customer"]].id for m in members}
+        vote = _MajorityVote(*(_Stamped(models[m].model, serials[m]) for m in members))
+        return {"coalition": members, "valid_acc": accuracy(vote, test)} | _row(traced(vote), truth)
+
+    trio_rng = np.random.default_rng([cfg.seed, 3])  # apart from the pairs' draws, which stay as they were
+    if cfg.customers >= 3:
+        trios = [[cust_ids[i] for i in trio_rng.choice(len(cust_ids), 3, replace=False)] for _ in range(cfg.triples)]
+        collusion["triples, majority of outputs"] = [
+            kept(f"triple-{i:02d}-majority", lambda t=t: majority_row(t)) for i, t in enumerate(trios)
+        ]
+
     def innocent_rows() -> dict[str, Any]:
         out = {"teacher": _row(traced(teacher.model), set())}
         for mid, _, _ in _names(cfg)[cfg.customers : cfg.customers + cfg.unissued]:
@@ -472,7 +499,8 @@ def summarise(
     for kind, rs in _kinds(customers, cfg.model_dump()).items():
         rows[kind] = tally(rs, [r.get("valid_acc", c["valid_acc"]) for r, c in zip(rs, customers, strict=True)])
     for k, rs in collusion.items():
-        rows[f"collusion: pairs averaging {k}"] = tally(rs, [r["valid_acc"] for r in rs])
+        label = f"collusion: {k}" if k.startswith("triples") else f"collusion: pairs averaging {k}"
+        rows[label] = tally(rs, [r["valid_acc"] for r in rs])
     out: dict[str, Any] = {
         "customers": len(customers),
         "rows": rows,
