@@ -478,6 +478,7 @@ def test_reproduce_tracing_runs_end_to_end_on_small_data(tmp_path: Path) -> None
     ]
     (stages / "customer-01.json").unlink()  # as if the run had stopped there
     again = json.loads(run(cfg, tmp_path / "reports", work=tmp_path / "work")[1].read_text())
+    assert (rep["measurements_read_back"], again["measurements_read_back"]) == (0, 8)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("*.safetensors")} == stamp_before
     for k in ("customers", "collusion", "from_scratch", "innocents", "twins"):
         assert again[k] == rep[k]  # the kept measurements read back, the missing one measured again alike

@@ -298,6 +298,7 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
         )
 
     stages = f"eval-{_evaluation_digest(cfg)}"  # kept measurements of other evaluation settings never mix
+    read_back = len(list((work / stages).glob("*.json"))) if (work / stages).is_dir() else 0
 
     def kept(name: str, compute: Any) -> dict[str, Any]:
         return workdir.stage(work, f"{stages}/{name}", compute)
@@ -444,7 +445,8 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
         "innocents": innocents,
         "twins": twins,
         "summary": summarise(customers, collusion, innocents, twins, cfg, from_scratch),
-        "wall_s": time.perf_counter() - t_start,
+        "wall_s": time.perf_counter() - t_start,  # this invocation only: see measurements_read_back
+        "measurements_read_back": read_back,  # kept by earlier invocations of a resumed run
         "environment": environment(),
     }
     return write_report(out_dir / f"tracing_{cfg.dataset}", report, markdown(report), figure(report))
