@@ -441,9 +441,15 @@ def trace_headline(reports: Path) -> str:
                 rows,
             ),
             "",
-            "Worth serving: accuracy with the key above the thief's best model trained from scratch on the same "
-            f"data ({max(rep.get('from_scratch', {'not trained': float('nan')}).values()):.1f}%).",
-            "",
+            *(
+                [
+                    "Worth serving: accuracy with the key above the thief's best model trained from scratch on "
+                    f"the same data ({max(rep['from_scratch'].values()):.1f}%).",
+                    "",
+                ]
+                if rep.get("from_scratch")
+                else []
+            ),
             "The fingerprint's cost (fingerprinted minus the same licence issued without one, "
             f"{len(rep['twins'])} customers; + on a wrong-key figure is a weaker lock): accuracy with the key "
             f"{-cost.get('valid_sn_acc', float('nan')):+.2f} points, one-bit-off mean "

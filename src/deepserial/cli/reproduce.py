@@ -204,7 +204,7 @@ def reproduce_tracing(
     quiet: Quiet = False,
 ) -> None:
     """Fingerprint tracing: every customer named through a stamping and a raw-input server, after
-    fine-tuning and pruning, and when two collude; nobody named for unissued models or the teacher; what
+    fine-tuning and pruning, and when two or three collude; nobody named for unissued models or the teacher; what
     the fingerprint costs: reports/tracing_<dataset>."""
     cfg = tracing.for_dataset(dataset, customers=customers, student_epochs=student_epochs, seed=seed)
     check_writable(out, directory=True)  # before hours of work

@@ -299,7 +299,7 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
         )
 
     stages = f"eval-{_evaluation_digest(cfg)}"  # kept measurements of other evaluation settings never mix
-    read_back = len(list((work / stages).glob("*.json"))) if (work / stages).is_dir() else 0
+    read_back = len(list((work / stages).glob("*.json")))
 
     def kept(name: str, compute: Any) -> dict[str, Any]:
         return workdir.stage(work, f"{stages}/{name}", compute)
@@ -307,6 +307,10 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
     thief = attacker_share(
         splits.attacker, cfg.ft_fraction, len(splits.owner) + len(splits.attacker) + len(test), cfg.seed
     )
+
+    def licence_ids(members: list[str]) -> set[int]:
+        """The ledger ids of the licences the customer models ``members`` were issued for."""
+        return {by_customer[models[m].manifest["licence"]["customer"]].id for m in members}
 
     def customer_row(mid: str, customer: str) -> dict[str, Any]:
         m, sn, lic = models[mid], serials[mid], by_customer[customer]
@@ -345,10 +349,7 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
     from_scratch = kept("from-scratch", own_models)
 
     def pair_rows(a: str, b: str) -> dict[str, Any]:
-        truth = {
-            by_customer[models[a].manifest["licence"]["customer"]].id,
-            by_customer[models[b].manifest["licence"]["customer"]].id,
-        }
+        truth = licence_ids([a, b])
         avg = _averaged_weights(models[a].model, models[b].model)
         acc_a, acc_b = acc(avg, serials[a]), acc(avg, serials[b])
         best_acc, use = (acc_a, serials[a]) if acc_a >= acc_b else (acc_b, serials[b])
@@ -367,7 +368,7 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
     def pair_tuned(a: str, b: str, opt: str, lr: float) -> dict[str, Any]:
         """Averaged weights do not make a working network (both keys near chance); colluders who hold both
         keys and the thief's data fine-tune the average under one of their keys, as one thief would."""
-        truth = {by_customer[models[m].manifest["licence"]["customer"]].id for m in (a, b)}
+        truth = licence_ids([a, b])
         sn = serials[a]
         stamped = TensorData(stamp(thief.x, sn.geometry, sn.as_tensor()), thief.y)
         avg = _averaged_weights(models[a].model, models[b].model)
@@ -382,7 +383,7 @@ def run(cfg: TracingConfig, out_dir: Path, work: Path | None = None, progress: b
         ]
 
     def majority_row(members: list[str]) -> dict[str, Any]:
-        truth = {by_customer[models[m].manifest["licence"]["customer"]].id for m in members}
+        truth = licence_ids(members)
         vote = _MajorityVote(*(_Stamped(models[m].model, serials[m]) for m in members))
         return {"coalition": members, "valid_acc": accuracy(vote, test)} | _row(traced(vote), truth)
 
